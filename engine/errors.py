@@ -1,0 +1,162 @@
+"""Every exception the worker raises on purpose.
+
+The tree::
+
+    WorkerError                      one-line ``message`` + ``details`` + stable ``code``
+    ├── RequestError                 the request itself is malformed (nothing ran)
+    ├── InputImageError              one or more input images could not be used
+    ├── WorkflowValidationError      ComfyUI refused the graph before running it
+    ├── NodeExecutionError           a node raised while the graph ran
+    ├── JobInterruptedError          ComfyUI stopped the run part-way
+    │   └── JobTimeoutError          ... because the per-job limit passed (also a TimeoutError)
+    ├── ResponseTooLargeError        base64 outputs would exceed RunPod's payload cap
+    ├── ConfigError                  an environment variable has an unusable value (also a ValueError)
+    └── RuntimeBootError             the ComfyUI runtime could not start
+
+Per-item problems that do not fail the job on their own (one image that failed to
+download, one output that could not be uploaded) are ``ItemError``; they are
+gathered into the job-level error or into ``errors[]``.
+
+Only ``engine.runtime`` translates ComfyUI's own failures into these; everything
+else raises them directly. ``handler.py`` turns a ``WorkerError`` into the
+contract's ``{"error": ..., "details": [...]}``; anything else is a bug and
+propagates so RunPod records its type and traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# RunPod's job status keeps only the handler's ``error`` string (the SDK moves other
+# keys into ``output``; its local API server drops them), so the details travel in
+# the string too. The cap keeps a thousand-node failure from becoming a megabyte.
+_MAX_ERROR_CHARS = 4000
+
+
+class WorkerError(Exception):
+    """Base of every expected failure: a message a person can act on."""
+
+    code = "worker_error"
+
+    def __init__(
+        self,
+        message: str,
+        details: list[str] | None = None,
+        *,
+        node_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details or [])
+        self.node_id = node_id
+        self.extra = dict(extra or {})
+
+    def summary(self) -> str:
+        """The message with its details, on one line, bounded in length."""
+        if not self.details:
+            return self.message
+        text = f"{self.message}: " + "; ".join(self.details)
+        if len(text) > _MAX_ERROR_CHARS:
+            text = text[: _MAX_ERROR_CHARS - 20].rstrip() + " ... (truncated)"
+        return text
+
+    def to_response(self) -> dict[str, Any]:
+        """The contract's failed-job shape."""
+        body: dict[str, Any] = {
+            "error": self.summary(),
+            "message": self.message,
+            "details": self.details,
+            "code": self.code,
+        }
+        if self.node_id is not None:
+            body["node_id"] = self.node_id
+        body.update(self.extra)
+        return body
+
+
+class RequestError(WorkerError, ValueError):
+    """The request is malformed: a missing or ill-typed field."""
+
+    code = "invalid_request"
+
+
+class ItemError(Exception):
+    """One item (an input image, an output file) failed; names it and says why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class InputImageError(WorkerError):
+    """One or more input images could not be fetched, decoded or stored."""
+
+    code = "input_images_failed"
+    MESSAGE = "Failed to upload one or more input images"
+
+    def __init__(self, failures: list[ItemError]) -> None:
+        super().__init__(self.MESSAGE, [str(f) for f in failures])
+        self.failures = failures
+
+
+class WorkflowValidationError(WorkerError):
+    """ComfyUI's validation refused the workflow; one detail line per problem."""
+
+    code = "workflow_validation_failed"
+    MESSAGE = "Workflow validation failed"
+
+    def __init__(self, details: list[str], node_errors: dict[str, Any] | None = None) -> None:
+        super().__init__(self.MESSAGE, details, extra={"node_errors": node_errors or {}})
+
+
+class NodeExecutionError(WorkerError):
+    """A node raised while the workflow ran."""
+
+    code = "execution_failed"
+
+    def __init__(
+        self, node_id: str, class_type: str, exception_type: str, exception_message: str
+    ) -> None:
+        message = f"Node {node_id} ({class_type}) failed: {exception_type}: {exception_message}"
+        super().__init__(
+            message,
+            [message],
+            node_id=node_id,
+            extra={
+                "class_type": class_type,
+                "exception_type": exception_type,
+                "exception_message": exception_message,
+            },
+        )
+
+
+class JobInterruptedError(WorkerError):
+    """ComfyUI stopped the run before it finished."""
+
+    code = "execution_interrupted"
+
+
+class JobTimeoutError(JobInterruptedError, TimeoutError):
+    """The per-job time limit passed; ComfyUI was interrupted."""
+
+    code = "job_timeout"
+
+
+class ResponseTooLargeError(WorkerError):
+    """Base64 outputs would exceed the payload RunPod accepts."""
+
+    code = "response_too_large"
+
+
+class ConfigError(WorkerError, ValueError):
+    """An environment variable has a value the worker cannot use."""
+
+    code = "config_error"
+
+
+class RuntimeBootError(WorkerError, RuntimeError):
+    """The ComfyUI runtime failed to start."""
+
+    code = "runtime_boot_failed"

@@ -1,0 +1,95 @@
+"""The job's ``input``, parsed into a typed, frozen request.
+
+A request that does not match raises :class:`RequestError` with one detail line
+per problem, each naming the field to fix (``input.images[2].name: ...``).
+Unknown extra fields are ignored so that clients written for other ComfyUI
+workers keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.errors import RequestError
+
+
+class InputImage(BaseModel):
+    """One input image: the file name the workflow uses and where its bytes are."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    name: str = Field(min_length=1, max_length=255)
+    image: str = Field(min_length=1)
+    """An ``http(s)://`` URL, a ``data:`` URI or bare base64."""
+
+
+class FramesToVideo(BaseModel):
+    """Ask the worker to join a node's image-sequence output into one video."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    fps: float = Field(default=8.0, gt=0, le=240)
+    format: Literal["mp4", "webm"] = "mp4"
+    keep_frames: bool = False
+    """Also return the still frames the video was made from."""
+
+
+class JobRequest(BaseModel):
+    """The parsed ``input`` of a RunPod job."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    workflow: dict[str, Any]
+    images: list[InputImage] = Field(default_factory=list)
+    comfy_org_api_key: str | None = Field(default=None, repr=False)
+    frames_to_video: FramesToVideo | None = None
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow_is_api_format(cls, workflow: dict[str, Any]) -> dict[str, Any]:
+        if not workflow:
+            raise ValueError("the workflow is empty: export it with Workflow -> Export (API)")
+        if "nodes" in workflow and "links" in workflow:
+            raise ValueError(
+                "this is ComfyUI's UI format (it has 'nodes' and 'links'); "
+                "export the API format instead: Workflow -> Export (API)"
+            )
+        problems = []
+        for node_id, node in workflow.items():
+            if not isinstance(node, dict):
+                problems.append(f"node {node_id!r} must be an object, got {type(node).__name__}")
+            elif not isinstance(node.get("class_type"), str) or not node["class_type"]:
+                problems.append(f"node {node_id!r} has no class_type")
+            elif not isinstance(node.get("inputs", {}), dict):
+                problems.append(f"node {node_id!r} inputs must be an object")
+        if problems:
+            raise ValueError("; ".join(problems[:10]))
+        return workflow
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    path = "input"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def parse_request(job_input: Any) -> JobRequest:
+    """Parse a job's ``input`` or raise :class:`RequestError` naming each bad field."""
+    if not isinstance(job_input, dict):
+        raise RequestError(
+            "Invalid request",
+            [f"input must be an object with a 'workflow', got {type(job_input).__name__}"],
+        )
+    try:
+        return JobRequest.model_validate(job_input)
+    except ValidationError as exc:
+        details = []
+        for problem in exc.errors(include_url=False):
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            if problem["type"] == "missing":
+                message = "is required"
+            details.append(f"{_location(tuple(problem['loc']))}: {message}")
+        raise RequestError("Invalid request", details) from None

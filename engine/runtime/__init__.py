@@ -1,0 +1,129 @@
+"""The project's boundary with ComfyUI.
+
+Everything outside this package talks to ComfyUI only through :class:`Runtime`.
+The real implementation (``engine.runtime.comfy``) is the only module that
+imports ComfyUI or torch, and it does so when it boots, not at import. Tests
+replace it with a small runtime that writes real files and returns shapes
+recorded from the real engine; ``engine.runtime.shapes`` turns those shapes
+into typed errors for both.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
+
+Workflow = dict[str, Any]
+"""A ComfyUI graph in API format: node id -> {"class_type", "inputs", ...}."""
+
+UiOutputs = dict[str, dict[str, Any]]
+"""Node id -> the ui dict the node reported, exactly as ComfyUI gives it."""
+
+
+@dataclass(frozen=True)
+class Directories:
+    """Where ComfyUI reads inputs and writes outputs, by ComfyUI's folder type."""
+
+    input: Path
+    output: Path
+    temp: Path
+
+    def for_type(self, folder_type: str) -> Path:
+        """The folder behind a ui item's ``type`` (``output``, ``temp``, ``input``)."""
+        try:
+            return {"input": self.input, "output": self.output, "temp": self.temp}[folder_type]
+        except KeyError:
+            raise ValueError(f"unknown ComfyUI folder type {folder_type!r}") from None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report: a node started, or a node advanced a step."""
+
+    node_id: str | None
+    class_type: str | None
+    value: int | None = None
+    total: int | None = None
+
+    def describe(self) -> str:
+        """A short line for RunPod's progress field."""
+        where = f"node {self.node_id} ({self.class_type})" if self.node_id else "workflow"
+        if self.value is not None and self.total:
+            return f"{where}: step {self.value}/{self.total}"
+        return f"running {where}"
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def _ignore_progress(event: ProgressEvent) -> None:
+    del event
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the runtime needs to run one prompt."""
+
+    prompt_id: str
+    workflow: Workflow
+    api_key_comfy_org: str | None = field(default=None, repr=False)
+    timeout_s: float | None = None
+    on_progress: ProgressCallback = _ignore_progress
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: each output node's ui dict, in ComfyUI's own shape."""
+
+    outputs: UiOutputs
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    """A ComfyUI engine the worker drives, one job at a time."""
+
+    @property
+    def directories(self) -> Directories:
+        """ComfyUI's input, output and temp folders."""
+        ...
+
+    def boot(self) -> None:
+        """Import and initialise the engine; called once per worker, before any job."""
+        ...
+
+    def file_inputs(self, class_type: str) -> frozenset[str]:
+        """Inputs of ``class_type`` whose allowed values the engine lists (files, models)."""
+        ...
+
+    def run(self, job: JobSpec) -> RunResult:
+        """Validate and execute one workflow.
+
+        Raises ``WorkflowValidationError``, ``NodeExecutionError``,
+        ``JobInterruptedError`` or ``JobTimeoutError``; after any of them the
+        runtime is ready for the next job.
+        """
+        ...
+
+    def after_job(self) -> None:
+        """Free per-job state (temp files, cached tensors); models stay loaded."""
+        ...
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    """Build the runtime named by ``settings.runtime_factory`` (``module:callable``)."""
+    module_name, _, attr = settings.runtime_factory.partition(":")
+    if not module_name or not attr:
+        from engine.errors import ConfigError
+
+        raise ConfigError(
+            f"WORKER_RUNTIME must look like 'package.module:factory', got {settings.runtime_factory!r}"
+        )
+    factory = getattr(importlib.import_module(module_name), attr)
+    runtime: Runtime = factory(settings)
+    return runtime

@@ -1,0 +1,137 @@
+"""Turn ComfyUI's own result shapes into the worker's typed errors.
+
+Pure functions over plain dicts, so the real runtime and the test runtime share
+them and CI checks them against shapes recorded from the real engine
+(``tests/fixtures/comfyui/``). ComfyUI reports failures as data, not exceptions:
+``execution.validate_prompt`` returns ``(ok, error, outputs, node_errors)`` and the
+executor leaves ``(event, data)`` pairs in ``status_messages``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from engine.errors import JobInterruptedError, NodeExecutionError, WorkflowValidationError
+
+# Allowed values are listed in a detail line only when the list is short enough to
+# read; a checkpoint folder with 300 files is summarised by where the worker looked.
+_MAX_LISTED_CHOICES = 12
+
+
+def _choices(error: Mapping[str, Any]) -> list[str] | None:
+    config = (error.get("extra_info") or {}).get("input_config")
+    if isinstance(config, (list, tuple)) and config:
+        first = config[0]
+        if isinstance(first, (list, tuple)):
+            return [str(c) for c in first]
+        if first == "COMBO" and len(config) > 1 and isinstance(config[1], Mapping):
+            options = config[1].get("options")
+            if isinstance(options, (list, tuple)):
+                return [str(c) for c in options]
+    return None
+
+
+def _describe_input_error(
+    node_id: str,
+    class_type: str,
+    error: Mapping[str, Any],
+    looked_in: Sequence[str] | None,
+) -> str:
+    extra = error.get("extra_info") or {}
+    input_name = extra.get("input_name")
+    where = f"Node {node_id} ({class_type})"
+    if input_name:
+        where += f" input '{input_name}'"
+    kind = error.get("type", "")
+    if kind == "value_not_in_list":
+        received = extra.get("received_value")
+        line = f"{where}: {received!r} is not one of the allowed values"
+        if looked_in:
+            line += f" (file not found; looked in: {', '.join(looked_in)})"
+        choices = _choices(error)
+        if choices is not None:
+            if not choices:
+                line += "; no files are available for this input"
+            elif len(choices) <= _MAX_LISTED_CHOICES:
+                line += f"; allowed: {', '.join(choices)}"
+            else:
+                line += f"; {len(choices)} values are allowed"
+        return line
+    message = str(error.get("message") or kind or "invalid")
+    details = str(error.get("details") or "").strip()
+    return f"{where}: {message}" + (f": {details}" if details else "")
+
+
+def validation_error(
+    error: Mapping[str, Any] | None,
+    node_errors: Mapping[str, Any] | None,
+    *,
+    unknown_types: Mapping[str, Sequence[str]] | None = None,
+    looked_in: Mapping[tuple[str, str], Sequence[str]] | None = None,
+) -> WorkflowValidationError:
+    """One detail line per problem ComfyUI's validation found.
+
+    ``unknown_types`` maps each class_type the engine does not know to the node ids
+    using it (ComfyUI stops at the first; the runtime finds them all first).
+    ``looked_in`` maps (node id, input) to the folders searched for a missing file.
+    """
+    details: list[str] = []
+    for class_type, node_ids in sorted((unknown_types or {}).items()):
+        ids = ", ".join(node_ids)
+        details.append(
+            f"Node type '{class_type}' is not installed (used by node{'s' if len(node_ids) > 1 else ''} "
+            f"{ids}): install the custom node pack that provides it, or fix class_type"
+        )
+    for node_id, entry in sorted((node_errors or {}).items(), key=lambda kv: _node_sort_key(kv[0])):
+        class_type = str(entry.get("class_type", "?"))
+        for item in entry.get("errors", []):
+            input_name = (item.get("extra_info") or {}).get("input_name", "")
+            details.append(
+                _describe_input_error(
+                    node_id, class_type, item, (looked_in or {}).get((node_id, input_name))
+                )
+            )
+    if error and not details:
+        kind = error.get("type", "")
+        if kind == "prompt_no_outputs":
+            details.append(
+                "The workflow has no output node: add one that saves its result, e.g. SaveImage or SaveVideo"
+            )
+        else:
+            message = str(error.get("message") or kind or "invalid prompt")
+            more = str(error.get("details") or "").strip()
+            details.append(message + (f": {more}" if more else ""))
+    if not details:
+        details.append("ComfyUI refused the workflow without saying why")
+    return WorkflowValidationError(details, node_errors=dict(node_errors or {}))
+
+
+def _node_sort_key(node_id: str) -> tuple[int, int, str]:
+    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+
+
+def execution_failure(
+    status_messages: Sequence[tuple[str, Mapping[str, Any]]],
+) -> NodeExecutionError | JobInterruptedError | None:
+    """The failure in an executor's ``status_messages``, or ``None`` if it succeeded."""
+    for event, data in reversed(status_messages):
+        if event == "execution_error":
+            return NodeExecutionError(
+                node_id=str(data.get("node_id", "?")),
+                class_type=str(data.get("node_type", "?")),
+                exception_type=str(data.get("exception_type", "Exception")),
+                exception_message=str(data.get("exception_message", "")).strip(),
+            )
+        if event == "execution_interrupted":
+            node = data.get("node_id")
+            where = f" at node {node} ({data.get('node_type')})" if node else ""
+            return JobInterruptedError(f"The workflow was interrupted{where}")
+        if event == "execution_success":
+            return None
+    return None
+
+
+def sort_node_ids(node_ids: list[str]) -> list[str]:
+    """Node ids in the order a person reads them: 2 before 10, then named ids."""
+    return sorted(node_ids, key=_node_sort_key)

@@ -1,0 +1,208 @@
+"""The worker's configuration: every environment variable, read once, typed.
+
+Nothing else in the project reads ``os.environ``; ``handler.py`` calls
+``Settings.from_env(os.environ)`` once and passes the result down. Each parse
+error names the variable and the value it expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from engine.errors import ConfigError
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _parse_number(kind: Callable[[str], T], name: str, raw: str, *, minimum: float) -> T:
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:  # type: ignore[operator]
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class BucketSettings:
+    """Where outputs go when S3 delivery is configured."""
+
+    endpoint_url: str
+    bucket: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    region: str
+    url_expiry_s: int
+    public_url: str | None
+    """When set, items get ``<public_url>/<key>`` instead of a presigned URL."""
+
+
+def _split_bucket_url(url: str, bucket_override: str | None) -> tuple[str, str]:
+    """Split ``BUCKET_ENDPOINT_URL`` into (S3 endpoint, bucket name).
+
+    Accepts path style (``https://s3.example.com/my-bucket``) and virtual-hosted
+    style (``https://my-bucket.s3.us-east-1.amazonaws.com``), as RunPod's own
+    upload helper does; ``BUCKET_NAME`` overrides the guess.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"BUCKET_ENDPOINT_URL must be an http(s) URL, got {url!r}")
+    path = parts.path.strip("/")
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if bucket_override:
+        return (origin if path else url.rstrip("/")), bucket_override
+    if path:
+        return origin, path.split("/", 1)[0]
+    host = parts.hostname or ""
+    labels = host.split(".")
+    if len(labels) > 2 and labels[1].startswith("s3"):
+        return f"{parts.scheme}://{'.'.join(labels[1:])}" + (
+            f":{parts.port}" if parts.port else ""
+        ), labels[0]
+    raise ConfigError(
+        "BUCKET_ENDPOINT_URL must name the bucket (https://host/bucket or "
+        f"https://bucket.s3.region.amazonaws.com), or set BUCKET_NAME; got {url!r}"
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of the worker's settings; build with :meth:`from_env`."""
+
+    comfy_org_api_key: str | None = field(default=None, repr=False)
+    bucket: BucketSettings | None = None
+    comfy_log_level: str = "DEBUG"
+    comfyui_path: Path | None = None
+    work_dir: Path = Path("/tmp/comfy-worker")
+    extra_model_paths: Path | None = None
+    # Inputs: the guide asks for < 10 MB per image; 50 MB leaves room for PNG masks.
+    input_max_image_bytes: int = 50 * 1024 * 1024
+    input_download_timeout_s: float = 30.0
+    input_max_redirects: int = 5
+    input_max_images: int = 64
+    input_max_pixels: int = 8192 * 8192
+    input_allow_private_urls: bool = False
+    # RunPod refuses /runsync results over 20 MB (/run inputs over 10 MB); users see a
+    # bare "Failed to return job results" at 19.5 MB, so refuse 10% below the cap.
+    response_limit_bytes: int = 20 * 1024 * 1024
+    response_margin: float = 0.10
+    job_timeout_s: float | None = None
+    warmup_workflow: Path | None = None
+    runtime_factory: str = "engine.runtime.comfy:ComfyRuntime"
+    cache_type: str = "classic"
+    # Kept so deployments made for HTTP-based workers start unchanged; an in-process
+    # engine has no socket to reconnect, so they have no effect here.
+    websocket_reconnect_attempts: int = 5
+    websocket_reconnect_delay_s: float = 3.0
+
+    @property
+    def response_budget_bytes(self) -> int:
+        """The largest response the worker will return: the cap less its margin."""
+        return int(self.response_limit_bytes * (1.0 - self.response_margin))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from an environment mapping (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value is not None and value.strip() != "" else None
+
+        def number(kind: Callable[[str], T], name: str, default: T, minimum: float) -> T:
+            raw = get(name)
+            return default if raw is None else _parse_number(kind, name, raw, minimum=minimum)
+
+        def path(name: str) -> Path | None:
+            raw = get(name)
+            return Path(raw).expanduser() if raw else None
+
+        log_level = (get("COMFY_LOG_LEVEL") or "DEBUG").upper()
+        if log_level not in _LOG_LEVELS:
+            raise ConfigError(
+                f"COMFY_LOG_LEVEL must be one of {', '.join(sorted(_LOG_LEVELS))}, got {log_level!r}"
+            )
+
+        cache_type = (get("COMFY_CACHE_TYPE") or "classic").lower()
+        if cache_type not in {"classic", "lru", "none"}:
+            raise ConfigError(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
+
+        job_timeout = number(float, "JOB_TIMEOUT_S", 0.0, 0)
+        mb = 1024 * 1024
+        return cls(
+            comfy_org_api_key=get("COMFY_ORG_API_KEY"),
+            bucket=_bucket_from_env(get),
+            comfy_log_level=log_level,
+            comfyui_path=path("COMFYUI_PATH"),
+            work_dir=path("WORKER_DIR") or cls.work_dir,
+            extra_model_paths=path("EXTRA_MODEL_PATHS"),
+            input_max_image_bytes=int(number(float, "INPUT_MAX_IMAGE_MB", 50.0, 0.001) * mb),
+            input_download_timeout_s=number(float, "INPUT_DOWNLOAD_TIMEOUT_S", 30.0, 0.1),
+            input_max_redirects=number(int, "INPUT_MAX_REDIRECTS", 5, 0),
+            input_max_images=number(int, "INPUT_MAX_IMAGES", 64, 1),
+            input_max_pixels=number(int, "INPUT_MAX_PIXELS", 8192 * 8192, 1),
+            input_allow_private_urls=_parse_bool(
+                "INPUT_ALLOW_PRIVATE_URLS", get("INPUT_ALLOW_PRIVATE_URLS") or "false"
+            ),
+            response_limit_bytes=int(number(float, "RESPONSE_LIMIT_MB", 20.0, 0.001) * mb),
+            job_timeout_s=job_timeout or None,
+            warmup_workflow=path("WARMUP_WORKFLOW"),
+            runtime_factory=get("WORKER_RUNTIME") or cls.runtime_factory,
+            cache_type=cache_type,
+            websocket_reconnect_attempts=number(int, "WEBSOCKET_RECONNECT_ATTEMPTS", 5, 0),
+            websocket_reconnect_delay_s=number(float, "WEBSOCKET_RECONNECT_DELAY_S", 3.0, 0),
+        )
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a response or a log line."""
+        values = [self.comfy_org_api_key]
+        if self.bucket:
+            values += [self.bucket.access_key_id, self.bucket.secret_access_key]
+        return [v for v in values if v]
+
+
+def _bucket_from_env(get: Callable[[str], str | None]) -> BucketSettings | None:
+    endpoint = get("BUCKET_ENDPOINT_URL")
+    if endpoint is None:
+        return None
+    key_id, secret = get("BUCKET_ACCESS_KEY_ID"), get("BUCKET_SECRET_ACCESS_KEY")
+    missing = [n for n, v in (("BUCKET_ACCESS_KEY_ID", key_id), ("BUCKET_SECRET_ACCESS_KEY", secret)) if not v]
+    if missing:
+        raise ConfigError(
+            f"BUCKET_ENDPOINT_URL is set but {' and '.join(missing)} is not: set both keys, "
+            "or unset BUCKET_ENDPOINT_URL to return outputs as base64"
+        )
+    endpoint_url, bucket = _split_bucket_url(endpoint, get("BUCKET_NAME"))
+    expiry_raw = get("BUCKET_URL_EXPIRY_S")
+    # SigV4 presigned URLs live at most 7 days.
+    expiry = 3600 if expiry_raw is None else _parse_number(int, "BUCKET_URL_EXPIRY_S", expiry_raw, minimum=1)
+    if expiry > 604800:
+        raise ConfigError(f"BUCKET_URL_EXPIRY_S must be at most 604800 (7 days), got {expiry}")
+    return BucketSettings(
+        endpoint_url=endpoint_url,
+        bucket=bucket,
+        access_key_id=key_id or "",
+        secret_access_key=secret or "",
+        region=get("BUCKET_REGION") or "us-east-1",
+        url_expiry_s=expiry,
+        public_url=(get("BUCKET_PUBLIC_URL") or "").rstrip("/") or None,
+    )
