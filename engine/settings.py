@@ -113,6 +113,8 @@ class Settings:
     # engine has no socket to reconnect, so they have no effect here.
     websocket_reconnect_attempts: int = 5
     websocket_reconnect_delay_s: float = 3.0
+    on_runpod: bool = False
+    """Running under RunPod's job queue (not the SDK's local API server): send progress."""
 
     @property
     def response_budget_bytes(self) -> int:
@@ -170,6 +172,8 @@ class Settings:
             cache_type=cache_type,
             websocket_reconnect_attempts=number(int, "WEBSOCKET_RECONNECT_ATTEMPTS", 5, 0),
             websocket_reconnect_delay_s=number(float, "WEBSOCKET_RECONNECT_DELAY_S", 3.0, 0),
+            # RunPod sets this on its workers; progress goes to it as an HTTP POST.
+            on_runpod=get("RUNPOD_WEBHOOK_POST_OUTPUT") is not None,
         )
 
     def secrets(self) -> list[str]:

@@ -1,0 +1,218 @@
+"""One job, start to finish: request -> inputs -> workflow -> runtime -> outputs -> delivery.
+
+:class:`Worker` owns the outside systems (the ComfyUI runtime, the image
+fetcher, the S3 uploader), all passed in so tests can replace each one. Its
+:meth:`Worker.handle` is RunPod's handler body: expected failures become the
+contract's ``{"error", "details"}`` shape; anything else is a bug and
+propagates, so RunPod records its type and traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine import logs
+from engine.delivery import S3Uploader, Uploader, deliver
+from engine.errors import WorkerError
+from engine.inputs import Fetcher, HttpFetcher, store_images
+from engine.outputs import OutputFile, collect_outputs
+from engine.request import JobRequest, parse_request
+from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
+from engine.settings import Settings
+from engine.workflow import normalize_paths, scope_outputs
+
+log = logging.getLogger(__name__)
+
+ProgressSink = Callable[[dict[str, Any], str], None]
+"""Called with the RunPod job and a progress line (``runpod.serverless.progress_update``)."""
+
+# Per-step progress can arrive hundreds of times a second on a GPU; RunPod's
+# progress update is an HTTP POST each, so steps are sent at most this often.
+_PROGRESS_INTERVAL_S = 0.5
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def job_folder(job_id: str) -> str:
+    """The per-job folder name under ComfyUI's output folder."""
+    return "job-" + (_UNSAFE_ID_CHARS.sub("_", job_id)[:64] or "unnamed")
+
+
+class _Progress:
+    """Forwards runtime progress to RunPod: every node change, steps throttled."""
+
+    def __init__(self, job: dict[str, Any], sink: ProgressSink | None) -> None:
+        self._job, self._sink = job, sink
+        self._last_node: str | None = None
+        self._last_sent = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self._sink is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            node_changed = event.node_id != self._last_node
+            if not node_changed and now - self._last_sent < _PROGRESS_INTERVAL_S:
+                return
+            self._last_node, self._last_sent = event.node_id, now
+        try:
+            self._sink(self._job, event.describe())
+        except Exception:  # progress is best-effort: a failed POST must not fail the job
+            log.warning("could not send progress update", exc_info=True)
+
+
+class Worker:
+    """Runs jobs against one booted runtime."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime,
+        *,
+        fetcher: Fetcher | None = None,
+        uploader: Uploader | None = None,
+        progress: ProgressSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.fetcher: Fetcher = fetcher or HttpFetcher(settings)
+        self.uploader = uploader
+        self.progress = progress
+
+    @classmethod
+    def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
+        """The production wiring: the configured runtime, HTTP fetcher and S3 (if set)."""
+        uploader = S3Uploader(settings.bucket) if settings.bucket else None
+        return cls(settings, load_runtime(settings), uploader=uploader, progress=progress)
+
+    def boot(self) -> None:
+        """Start the runtime; once per worker process, before the first job."""
+        started = time.perf_counter()
+        self.runtime.boot()
+        log.info(
+            "worker ready in %.2f s (outputs: %s)",
+            time.perf_counter() - started,
+            "S3" if self.uploader else "base64",
+        )
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """RunPod's handler: the response for one job, or the contract's error shape."""
+        job_id = str(job.get("id") or f"local-{uuid.uuid4()}")
+        job_input = job.get("input")
+        request_key = job_input.get("comfy_org_api_key") if isinstance(job_input, dict) else None
+        secrets = [request_key] if isinstance(request_key, str) else []
+        with logs.job_context(job_id, secrets):
+            started = time.perf_counter()
+            try:
+                result = self.run(job_id, job_input, progress=_Progress(job, self.progress))
+            except WorkerError as exc:
+                log.warning(
+                    "job failed in %.2f s: %s", time.perf_counter() - started, exc.summary()
+                )
+                response: dict[str, Any] = logs.redact_obj(exc.to_response(), secrets)
+                return response
+            log.info(
+                "job done in %.2f s: %d output(s), %d error(s)",
+                time.perf_counter() - started,
+                len(result["images"]),
+                len(result["errors"]),
+            )
+            redacted: dict[str, Any] = logs.redact_obj(result, secrets)
+            return redacted
+
+    def run(
+        self,
+        job_id: str,
+        job_input: Any,
+        progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run one job; raises a ``WorkerError`` for anything the user can fix."""
+        request = parse_request(job_input)
+        folder = job_folder(job_id)
+        with self._job_files(folder) as files_of_job:
+            files_of_job.inputs = store_images(
+                request.images, self.runtime.directories.input, self.settings, self.fetcher
+            )
+            result = self.runtime.run(self._job_spec(job_id, request, folder, progress))
+            files, errors = collect_outputs(
+                result.outputs,
+                self.runtime.directories,
+                frames_to_video=request.frames_to_video,
+                scratch_dir=files_of_job.scratch,
+            )
+            files = [_unscope(f, folder) for f in files]
+            items, delivery_errors = deliver(
+                files,
+                job_id=job_id,
+                uploader=self.uploader,
+                budget_bytes=self.settings.response_budget_bytes,
+            )
+        return {"images": items, "errors": errors + delivery_errors}
+
+    def _job_spec(
+        self,
+        job_id: str,
+        request: JobRequest,
+        folder: str,
+        progress: Callable[[ProgressEvent], None] | None,
+    ) -> JobSpec:
+        workflow = normalize_paths(request.workflow, self.runtime.file_inputs)
+        workflow = scope_outputs(workflow, folder)
+        spec = JobSpec(
+            prompt_id=job_id,
+            workflow=workflow,
+            api_key_comfy_org=request.comfy_org_api_key or self.settings.comfy_org_api_key,
+            timeout_s=self.settings.job_timeout_s,
+        )
+        return dataclasses.replace(spec, on_progress=progress) if progress else spec
+
+    @contextmanager
+    def _job_files(self, folder: str) -> Iterator[_JobFiles]:
+        """Files the job makes; every one is removed when the job ends, however it ends."""
+        dirs = self.runtime.directories
+        files = _JobFiles(scratch=Path(self.settings.work_dir) / "scratch" / folder)
+        files.scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            yield files
+        finally:
+            for path in files.inputs:
+                _remove_file_and_empty_parents(path, stop=dirs.input)
+            for leftover in (files.scratch, dirs.output / folder, dirs.temp / folder):
+                shutil.rmtree(leftover, ignore_errors=True)
+            self.runtime.after_job()
+
+
+@dataclasses.dataclass
+class _JobFiles:
+    scratch: Path
+    inputs: list[Path] = dataclasses.field(default_factory=list)
+
+
+def _unscope(file: OutputFile, folder: str) -> OutputFile:
+    """Drop the per-job folder from a file's subfolder: users never named it."""
+    parts = Path(file.subfolder).parts
+    if parts and parts[0] == folder:
+        return dataclasses.replace(file, subfolder=str(Path(*parts[1:])) if parts[1:] else "")
+    return file
+
+
+def _remove_file_and_empty_parents(path: Path, stop: Path) -> None:
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent != stop and stop in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: another input of the job still lives there
+            break
+        parent = parent.parent

@@ -1,0 +1,85 @@
+"""Rewrites of the user's workflow before it reaches ComfyUI.
+
+Two, both pure and both returning a new graph (the request stays as sent):
+
+* :func:`normalize_paths` turns Windows separators into POSIX ones in values that
+  name files or models (``SDXL\\model.safetensors`` -> ``SDXL/model.safetensors``),
+  so a workflow exported on Windows runs on the Linux worker. Prompt text is
+  never touched: ``\\(masterpiece\\)`` is emphasis syntax, not a path.
+* :func:`scope_outputs` puts every ``filename_prefix`` under a per-job folder.
+  That keeps one job's files apart from the next, keeps ComfyUI's ``_00001_``
+  counter from listing an ever-growing folder on each save, and, because the
+  prefix differs per job, makes ComfyUI's execution cache re-run output nodes
+  on a repeated workflow instead of reporting files that were already deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+
+from engine.runtime import Workflow
+
+# Inputs that hold a file name whatever node they are on.
+_FILE_INPUT_NAMES = frozenset({"image", "video", "audio", "mask", "filename_prefix"})
+
+_FILE_EXTENSIONS = (
+    # models
+    ".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".onnx", ".gguf",
+    ".engine", ".yaml",
+    # media
+    ".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".exr",
+    ".mp4", ".webm", ".mov", ".avi", ".mkv", ".wav", ".mp3", ".flac", ".ogg", ".m4a",
+)  # fmt: skip
+
+_BACKSLASHES = re.compile(r"\\+")
+
+
+def _looks_like_file(value: str) -> bool:
+    # Prompts are multi-line or long sentences; file names are neither. The
+    # extension test is what lets a path through on a node the runtime does not list.
+    return "\n" not in value and value.lower().endswith(_FILE_EXTENSIONS)
+
+
+def _to_posix(value: str) -> str:
+    # A JSON export written by hand sometimes doubles the separator ("a\\\\b").
+    return _BACKSLASHES.sub("/", value)
+
+
+def normalize_paths(
+    workflow: Workflow, file_inputs: Callable[[str], frozenset[str]]
+) -> Workflow:
+    """Return a copy of ``workflow`` with Windows paths in file-name values made POSIX.
+
+    ``file_inputs(class_type)`` names the inputs whose allowed values the engine
+    lists (checkpoint, LoRA, VAE and image pickers); those, the common file inputs
+    and any value ending in a model or media extension are converted.
+    """
+    result = copy.deepcopy(workflow)
+    for node in result.values():
+        inputs = node.get("inputs")
+        if not isinstance(inputs, dict):
+            continue
+        listed = file_inputs(str(node.get("class_type", "")))
+        for name, value in inputs.items():
+            if not isinstance(value, str) or "\\" not in value:
+                continue
+            if name in listed or name in _FILE_INPUT_NAMES or _looks_like_file(value):
+                inputs[name] = _to_posix(value)
+    return result
+
+
+def scope_outputs(workflow: Workflow, folder: str) -> Workflow:
+    """Return a copy of ``workflow`` whose ``filename_prefix`` values live under ``folder``.
+
+    A prefix wired from another node (a link, not a string) is left alone: its
+    value is only known while the graph runs.
+    """
+    result = copy.deepcopy(workflow)
+    for node in result.values():
+        inputs = node.get("inputs")
+        if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
+            prefix = inputs["filename_prefix"].lstrip("/") or "ComfyUI"
+            inputs["filename_prefix"] = f"{folder}/{prefix}"
+    return result

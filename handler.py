@@ -1,0 +1,65 @@
+"""RunPod entry point: boot the in-process ComfyUI worker once, then serve jobs.
+
+``python handler.py`` starts the worker under RunPod's queue;
+``python handler.py --rp_serve_api --rp_api_port 8000`` serves the same handler
+through the runpod SDK's local API server (``/run``, ``/runsync``, ``/status``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import runpod
+
+from engine import logs
+from engine.errors import RuntimeBootError, WorkerError
+from engine.settings import Settings
+from engine.worker import Worker
+
+log = logging.getLogger("handler")
+
+_worker: Worker | None = None
+_boot_error: WorkerError | None = None
+
+
+def _start() -> None:
+    """Build and boot the worker once; a failure is kept and reported by every job."""
+    global _worker, _boot_error
+    try:
+        settings = Settings.from_env(os.environ)
+        logs.configure(settings.comfy_log_level, settings.secrets())
+        progress = runpod.serverless.progress_update if settings.on_runpod else None
+        worker = Worker.from_settings(settings, progress=progress)
+        worker.boot()
+        _worker = worker
+    except WorkerError as exc:
+        _boot_error = exc
+    except Exception as exc:  # ComfyUI itself failed to import or initialise
+        log.exception("the ComfyUI runtime failed to start")
+        _boot_error = RuntimeBootError(
+            "ComfyUI failed to start on this worker; see the worker's logs",
+            [f"{type(exc).__name__}: {exc}"],
+        )
+    if _boot_error is not None:
+        logs.configure()
+        log.error("worker cannot run jobs: %s", _boot_error.summary())
+
+
+def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """RunPod's handler: one job in, the contract's response out."""
+    if _worker is None and _boot_error is None:
+        _start()
+    if _worker is None:
+        assert _boot_error is not None
+        # refresh_worker asks RunPod to replace this worker after the job.
+        return {**_boot_error.to_response(), "refresh_worker": True}
+    return _worker.handle(job)
+
+
+if __name__ == "__main__":
+    # Boot before taking jobs, so FlashBoot snapshots a warm engine and the first
+    # job does not pay for importing torch and ComfyUI.
+    _start()
+    runpod.serverless.start({"handler": handler})

@@ -1,0 +1,376 @@
+"""A small stand-in for ComfyUI at the project's runtime boundary.
+
+It runs a handful of real node types on real pixels (Pillow) and writes real
+PNG, animated WEBP and MP4/WebM files where ComfyUI would, and it answers in
+ComfyUI's own shapes: validation ``error``/``node_errors`` dicts and executor
+``status_messages``, translated by the same ``engine.runtime.shapes`` functions
+the real runtime uses. Those shapes are the ones recorded from the real engine
+in ``tests/fixtures/comfyui/``. It also mimics ComfyUI's execution cache: an
+output node whose inputs did not change is not run again and reports its
+earlier ui outputs without writing files.
+
+Test-only node types: ``TestRaise`` (raises at run time) and ``TestSleep``
+(sleeps ``seconds``, honouring interrupts, and passes its images through).
+
+Used in-process by the unit tests and, through ``WORKER_RUNTIME=tests.fake_runtime:FakeRuntime``,
+by the worker started under the runpod SDK's local API server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from engine.runtime import Directories, JobSpec, ProgressEvent, RunResult, Workflow
+from engine.runtime.shapes import execution_failure, sort_node_ids, validation_error
+from engine.settings import Settings
+from tests import media_factory
+
+FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
+
+# Combo inputs by node type, as ComfyUI's object_info lists them.
+CHECKPOINTS = ["SDXL/ultraRealisticByStable_v20FP16.safetensors", "sd15/tiny.safetensors"]
+_COMBOS: dict[str, dict[str, list[str]]] = {
+    "CheckpointLoaderSimple": {"ckpt_name": CHECKPOINTS},
+    "LoraLoader": {"lora_name": ["styles/pixel.safetensors"]},
+    "SaveVideo": {"format": ["auto", "mp4", "webm"], "codec": ["auto", "h264", "vp9"]},
+}
+_REQUIRED: dict[str, list[str]] = {
+    "LoadImage": ["image"],
+    "ImageInvert": ["image"],
+    "EmptyImage": ["width", "height"],
+    "SaveImage": ["images"],
+    "PreviewImage": ["images"],
+    "SaveAnimatedWEBP": ["images"],
+    "CreateVideo": ["images"],
+    "SaveVideo": ["video"],
+    "VHS_VideoCombine": ["images"],
+    "CheckpointLoaderSimple": ["ckpt_name"],
+    "LoraLoader": ["lora_name"],
+    "TestRaise": [],
+    "TestSleep": ["seconds"],
+}
+_OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveVideo", "VHS_VideoCombine"}
+
+
+def _recorded(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return data
+
+
+class FakeRuntime:
+    """Runs model-free workflows on Pillow, answering in ComfyUI's shapes."""
+
+    def __init__(self, settings: Settings) -> None:
+        root = Path(settings.work_dir)
+        self._dirs = Directories(input=root / "input", output=root / "output", temp=root / "temp")
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._interrupt = threading.Event()
+        self.booted = 0
+        self.jobs: list[JobSpec] = []
+
+    @property
+    def directories(self) -> Directories:
+        """ComfyUI's three folders, under the worker's work dir."""
+        return self._dirs
+
+    def boot(self) -> None:
+        """Create the folders; counts boots so tests can prove it happens once."""
+        for folder in (self._dirs.input, self._dirs.output, self._dirs.temp):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.booted += 1
+
+    def file_inputs(self, class_type: str) -> frozenset[str]:
+        """The combo inputs of a node type."""
+        return frozenset(_COMBOS.get(class_type, {}))
+
+    def after_job(self) -> None:
+        """Nothing to free: no models."""
+
+    def interrupt(self) -> None:
+        """What ``interrupt_current_processing`` does for ComfyUI."""
+        self._interrupt.set()
+
+    # -- validation -----------------------------------------------------------------
+
+    def _validate(self, workflow: Workflow) -> None:
+        unknown: dict[str, list[str]] = {}
+        for node_id in sort_node_ids(list(workflow)):
+            class_type = workflow[node_id]["class_type"]
+            if class_type not in _REQUIRED:
+                unknown.setdefault(class_type, []).append(node_id)
+        if unknown:
+            error = _recorded("validation_unknown_type.json")["error"]
+            raise validation_error(error, {}, unknown_types=unknown)
+        outputs = [n for n, node in workflow.items() if node["class_type"] in _OUTPUT_NODES]
+        if not outputs:
+            raise validation_error(_recorded("validation_no_outputs.json")["error"], {})
+        node_errors: dict[str, Any] = {}
+        for node_id, node in workflow.items():
+            errors = self._node_errors(node_id, node, workflow)
+            if errors:
+                node_errors[node_id] = {
+                    "errors": errors,
+                    "dependent_outputs": outputs,
+                    "class_type": node["class_type"],
+                }
+        if node_errors:
+            error = _recorded("validation_bad_value.json")["error"]
+            raise validation_error(error, node_errors)
+
+    def _node_errors(self, node_id: str, node: dict[str, Any], workflow: Workflow) -> list[Any]:
+        class_type, inputs = node["class_type"], node.get("inputs", {})
+        errors: list[Any] = []
+        for name in _REQUIRED[class_type]:
+            if name not in inputs:
+                errors.append(
+                    {
+                        "type": "required_input_missing",
+                        "message": "Required input is missing",
+                        "details": name,
+                        "extra_info": {"input_name": name},
+                    }
+                )
+        for name, choices in _COMBOS.get(class_type, {}).items():
+            value = inputs.get(name)
+            if value is not None and value not in choices:
+                errors.append(
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": f"{name}: '{value}' not in {choices}",
+                        "extra_info": {
+                            "input_name": name,
+                            "input_config": [choices, {}],
+                            "received_value": value,
+                        },
+                    }
+                )
+        if class_type == "LoadImage" and "image" in inputs:
+            if not (self._dirs.input / str(inputs["image"])).is_file():
+                errors.append(
+                    {
+                        "type": "custom_validation_failed",
+                        "message": "Custom validation failed for node",
+                        "details": f"image - Invalid image file: {inputs['image']}",
+                        "extra_info": {"input_name": "image"},
+                    }
+                )
+        for name, value in inputs.items():
+            if isinstance(value, list) and (len(value) != 2 or str(value[0]) not in workflow):
+                errors.append(
+                    {
+                        "type": "bad_linked_input",
+                        "message": "Bad linked input, must be a length-2 list of [string, int]",
+                        "details": f"{name}: {value}",
+                        "extra_info": {"input_name": name},
+                    }
+                )
+        return errors
+
+    # -- execution --------------------------------------------------------------------
+
+    def run(self, job: JobSpec) -> RunResult:
+        """Validate, then run every output node, as ComfyUI's executor would."""
+        self.jobs.append(job)
+        self._interrupt.clear()
+        workflow = job.workflow
+        self._validate(workflow)
+        deadline = time.monotonic() + job.timeout_s if job.timeout_s else None
+        values: dict[str, Any] = {}
+        outputs: dict[str, dict[str, Any]] = {}
+        messages: list[tuple[str, dict[str, Any]]] = [("execution_start", {"prompt_id": job.prompt_id})]
+        try:
+            for node_id in sort_node_ids(list(workflow)):
+                if workflow[node_id]["class_type"] not in _OUTPUT_NODES:
+                    continue
+                signature = json.dumps([node_id, _closure(workflow, node_id)], sort_keys=True)
+                if signature in self._cache:  # ComfyUI's cache: no run, old ui
+                    outputs[node_id] = self._cache[signature]
+                    continue
+                ui = self._eval(node_id, workflow, values, job, deadline)
+                outputs[node_id] = self._cache[signature] = ui
+        except _Interrupted as stop:
+            messages.append(("execution_interrupted", stop.data))
+        except _NodeFailed as failure:
+            messages.append(("execution_error", failure.data))
+        else:
+            messages.append(("execution_success", {"prompt_id": job.prompt_id}))
+        failure_or_none = execution_failure(messages)
+        if failure_or_none is not None:
+            if deadline is not None and time.monotonic() >= deadline:
+                from engine.errors import JobTimeoutError
+
+                raise JobTimeoutError(
+                    f"The job ran longer than JOB_TIMEOUT_S={job.timeout_s:g} s and was stopped"
+                ) from failure_or_none
+            raise failure_or_none
+        return RunResult(outputs=outputs)
+
+    def _eval(
+        self,
+        node_id: str,
+        workflow: Workflow,
+        values: dict[str, Any],
+        job: JobSpec,
+        deadline: float | None,
+    ) -> Any:
+        if node_id in values:
+            return values[node_id]
+        node = workflow[node_id]
+        class_type = node["class_type"]
+        args = {
+            name: self._eval(str(value[0]), workflow, values, job, deadline)[int(value[1])]
+            if isinstance(value, list)
+            else value
+            for name, value in node.get("inputs", {}).items()
+        }
+        job.on_progress(ProgressEvent(node_id=node_id, class_type=class_type))
+        try:
+            result = getattr(self, f"_node_{class_type}")(args, job, deadline)
+        except _Interrupted as stop:
+            stop.data.update(node_id=node_id, node_type=class_type)
+            raise
+        except Exception as exc:
+            raise _NodeFailed(job.prompt_id, node_id, class_type, exc) from exc
+        values[node_id] = result
+        return result
+
+    def _save_path(self, prefix: str, ext: str, folder: Path) -> tuple[Path, str, str]:
+        subfolder, _, base = prefix.rpartition("/")
+        target = folder / subfolder
+        target.mkdir(parents=True, exist_ok=True)
+        pattern = re.compile(rf"{re.escape(base)}_(\d{{5}})_?\.")
+        counter = 1 + max(
+            (int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0
+        )
+        name = f"{base}_{counter:05}_.{ext}"
+        return target / name, name, subfolder
+
+    # Each _node_* returns the node's outputs (a tuple) or, for output nodes, its ui dict.
+
+    def _node_LoadImage(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
+        with Image.open(self._dirs.input / args["image"]) as img:
+            return ([img.convert("RGB")], None)
+
+    def _node_EmptyImage(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
+        color = int(args.get("color", 0))
+        rgb = ((color >> 16) & 255, (color >> 8) & 255, color & 255)
+        size = (int(args["width"]), int(args["height"]))
+        return ([Image.new("RGB", size, rgb) for _ in range(int(args.get("batch_size", 1)))],)
+
+    def _node_ImageInvert(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
+        return ([ImageOps.invert(img) for img in args["image"]],)
+
+    def _node_TestRaise(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
+        raise RuntimeError(args.get("message", "this node always fails"))
+
+    def _node_TestSleep(self, args: dict[str, Any], job: JobSpec, deadline: float | None) -> Any:
+        end = time.monotonic() + float(args["seconds"])
+        while time.monotonic() < end:
+            if self._interrupt.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                raise _Interrupted(job.prompt_id)
+            time.sleep(0.02)
+        return (args.get("images", [Image.new("RGB", (8, 8))]),)
+
+    def _node_CreateVideo(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
+        return ({"frames": args["images"], "fps": float(args.get("fps", 8))},)
+
+    def _save_stills(self, args: dict[str, Any], folder: Path, kind: str) -> dict[str, Any]:
+        items = []
+        for img in args["images"]:
+            path, name, subfolder = self._save_path(args.get("filename_prefix", "ComfyUI"), "png", folder)
+            img.save(path)
+            items.append({"filename": name, "subfolder": subfolder, "type": kind})
+        return {"images": items}
+
+    def _node_SaveImage(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return self._save_stills(args, self._dirs.output, "output")
+
+    def _node_PreviewImage(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return self._save_stills({**args, "filename_prefix": "ComfyUI_temp_preview"}, self._dirs.temp, "temp")
+
+    def _node_SaveAnimatedWEBP(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
+        path, name, subfolder = self._save_path(args.get("filename_prefix", "ComfyUI"), "webp", self._dirs.output)
+        first, *rest = args["images"]
+        duration = int(1000 / float(args.get("fps", 6)))
+        first.save(path, save_all=True, append_images=rest, duration=duration, loop=0, lossless=True)
+        item = {"filename": name, "subfolder": subfolder, "type": "output"}
+        return {"images": [item], "animated": (True,)}
+
+    def _write_video(self, prefix: str, frames: list[Image.Image], fps: float, fmt: str) -> tuple[str, str, Path]:
+        path, name, subfolder = self._save_path(prefix, fmt, self._dirs.output)
+        media_factory.write_video(path, frames, fps)
+        return name, subfolder, path
+
+    def _node_SaveVideo(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
+        video = args["video"]
+        fmt = "webm" if args.get("format") == "webm" else "mp4"
+        name, subfolder, _ = self._write_video(
+            args.get("filename_prefix", "video/ComfyUI"), video["frames"], video["fps"], fmt
+        )
+        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+
+    def _node_VHS_VideoCombine(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
+        fps = float(args.get("frame_rate", 8))
+        name, subfolder, path = self._write_video(
+            args.get("filename_prefix", "AnimateDiff"), args["images"], fps, "mp4"
+        )
+        # VHS also saves a first-frame PNG with the workflow in it; it is not an output.
+        args["images"][0].save(path.with_suffix(".png"))
+        item = {
+            "filename": name,
+            "subfolder": subfolder,
+            "type": "output",
+            "format": "video/h264-mp4",
+            "frame_rate": fps,
+            "workflow": path.with_suffix(".png").name,
+            "fullpath": str(path),
+        }
+        return {"gifs": [item]}
+
+    def _node_CheckpointLoaderSimple(self, *_: Any) -> tuple[Any, ...]:
+        return (None, None, None)
+
+    def _node_LoraLoader(self, *_: Any) -> tuple[Any, ...]:
+        return (None, None)
+
+
+def _closure(workflow: Workflow, node_id: str) -> Any:
+    """A node's inputs with links replaced by their sources, recursively (a cache key)."""
+    node = workflow[node_id]
+    return {
+        "class_type": node["class_type"],
+        "inputs": {
+            k: _closure(workflow, str(v[0])) if isinstance(v, list) else v
+            for k, v in sorted(node.get("inputs", {}).items())
+        },
+    }
+
+
+class _Interrupted(Exception):
+    def __init__(self, prompt_id: str) -> None:
+        super().__init__("interrupted")
+        self.data: dict[str, Any] = {"prompt_id": prompt_id, "executed": []}
+
+
+class _NodeFailed(Exception):
+    def __init__(self, prompt_id: str, node_id: str, class_type: str, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.data = {
+            "prompt_id": prompt_id,
+            "node_id": node_id,
+            "node_type": class_type,
+            "executed": [],
+            "exception_message": f"{exc}\n",
+            "exception_type": type(exc).__name__,
+            "traceback": ["Traceback (most recent call last):\n", "..."],
+            "current_inputs": {},
+            "current_outputs": {},
+        }

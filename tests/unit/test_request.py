@@ -1,0 +1,63 @@
+"""Request parsing: typed, every problem named, extra fields ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.errors import RequestError
+from engine.request import parse_request
+
+WF = {"9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}}}
+
+
+def test_a_full_request_parses() -> None:
+    req = parse_request(
+        {
+            "workflow": WF,
+            "images": [{"name": "a.png", "image": "data:image/png;base64,AAAA"}],
+            "comfy_org_api_key": "key-123456",
+            "frames_to_video": {"fps": 12, "format": "webm"},
+            "webhook_extra": {"ignored": True},
+        }
+    )
+    assert req.images[0].name == "a.png"
+    assert req.frames_to_video is not None and req.frames_to_video.fps == 12.0
+    assert "key-123456" not in repr(req)
+
+
+@pytest.mark.parametrize(
+    ("job_input", "expected"),
+    [
+        (None, "input must be an object"),
+        ("workflow", "input must be an object"),
+        ({}, "input.workflow: is required"),
+        ({"workflow": "{}"}, "input.workflow: Input should be a valid dictionary"),
+        ({"workflow": {}}, "the workflow is empty"),
+        ({"workflow": {"nodes": [], "links": []}}, "UI format"),
+        ({"workflow": {"1": 5}}, "node '1' must be an object"),
+        ({"workflow": {"1": {"inputs": {}}}}, "node '1' has no class_type"),
+        ({"workflow": {"1": {"class_type": "A", "inputs": []}}}, "node '1' inputs must be an object"),
+        ({"workflow": WF, "images": "a.png"}, "input.images: Input should be a valid list"),
+        ({"workflow": WF, "images": [{"image": "AAAA"}]}, "input.images[0].name: is required"),
+        ({"workflow": WF, "images": [{"name": "a.png"}]}, "input.images[0].image: is required"),
+        ({"workflow": WF, "images": [{"name": 3, "image": "AAAA"}]}, "input.images[0].name: Input should be a valid string"),
+        ({"workflow": WF, "images": [{"name": "", "image": "AAAA"}]}, "input.images[0].name"),
+        ({"workflow": WF, "comfy_org_api_key": 5}, "input.comfy_org_api_key"),
+        ({"workflow": WF, "frames_to_video": {"format": "gif"}}, "input.frames_to_video.format"),
+        ({"workflow": WF, "frames_to_video": {"fps": 0}}, "input.frames_to_video.fps"),
+    ],
+)
+def test_bad_requests_name_the_field(job_input: Any, expected: str) -> None:
+    with pytest.raises(RequestError) as err:
+        parse_request(job_input)
+    assert err.value.message == "Invalid request"
+    assert any(expected in d for d in err.value.details), err.value.details
+    assert expected in err.value.summary()
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(RequestError) as err:
+        parse_request({"workflow": WF, "images": [{"name": "a"}, {"image": "b"}]})
+    assert len(err.value.details) == 2
