@@ -1,0 +1,349 @@
+"""Downloading input images over HTTP(S) without becoming an SSRF proxy.
+
+A job's URL is chosen by whoever can call the endpoint, and the worker runs inside
+a cloud network, so every hop (the URL and each redirect target) is checked:
+
+- only ``http``/``https``;
+- the host is resolved once and **every** address must be public: loopback,
+  private (RFC 1918, ULA), link-local (169.254.169.254 and fd00:ec2::254 are cloud
+  metadata), CGNAT, unspecified, multicast and reserved ranges are refused, also
+  when wrapped in IPv6 (``::ffff:10.0.0.1``, NAT64, 6to4), unless
+  ``INPUT_ALLOW_PRIVATE_URLS=true``;
+- the connection goes to the address that was checked (the request is sent to the
+  IP, with the original ``Host`` header and TLS SNI/certificate name), so a DNS
+  answer that changes between check and connect (DNS rebinding) cannot steer it;
+- the body is streamed and cut at ``INPUT_MAX_IMAGE_MB`` (refused up front when
+  Content-Length says so), under one deadline of ``INPUT_DOWNLOAD_TIMEOUT_S`` for
+  all hops together.
+
+Failures raise :class:`~engine.errors.ItemError` named by the URL without its query
+string: presigned URLs carry their credentials there, so it never reaches a
+message or a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+import httpx
+
+from engine.errors import ItemError
+from engine.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[IPAddress]]
+"""``(host, port) -> addresses``; raises ``OSError`` when the name does not resolve."""
+AddressPolicy = Callable[[IPAddress], "str | None"]
+"""Why an address is refused (``"a loopback address"``), or ``None`` to allow it."""
+
+USER_AGENT = "comfy-inprocess-worker/0.1 (input image fetcher)"
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# RFC 6598 shared space; Python 3.11 calls it neither private nor global.
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the low 32 bits are an IPv4 address
+_MAX_URL_CHARS = 200  # a shown URL is for recognising the input, not for reproducing it
+_MB = 1024 * 1024
+# Hints for the status codes users actually hit with image links.
+_STATUS_HINTS = {
+    401: "the URL must be public or presigned",
+    403: "the URL must be public, or the presigned link has expired",
+    404: "check the URL",
+    410: "check the URL",
+    429: "the host is rate-limiting; retry later or host the image elsewhere",
+}
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, query string or fragment, shortened for messages."""
+    try:
+        parsed = httpx.URL(url.strip())
+        shown = str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        # Unparseable: cut at the first query/fragment marker and drop anything up to an '@'.
+        shown = url.strip().split("?", 1)[0].split("#", 1)[0]
+        scheme, sep, rest = shown.partition("://")
+        if sep and "@" in rest.split("/", 1)[0]:
+            shown = f"{scheme}://{rest.split('@', 1)[1]}"
+    if len(shown) > _MAX_URL_CHARS:
+        shown = shown[: _MAX_URL_CHARS - 3] + "..."
+    return shown
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, NAT64, 6to4): where packets go."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def refusal_reason(address: IPAddress) -> str | None:
+    """Why fetching from ``address`` is refused, or ``None`` for a public address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(address)
+        if inner is not None:
+            # Judged by the IPv4 host it reaches: ::ffff:10.0.0.1 is 10.0.0.1, while a
+            # DNS64 answer for a public host (64:ff9b::/96) stays fetchable.
+            return refusal_reason(inner)
+    # Most specific first: Python also counts loopback, link-local and 240/4 as private.
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address (cloud metadata services live there)"
+    if address.is_multicast:
+        return "a multicast address"
+    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
+        return "a carrier-grade NAT address"
+    if address.is_reserved:
+        return "a reserved address"
+    if address.is_private:
+        return "a private address"
+    if not address.is_global:
+        return "a non-public address"
+    return None
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, in the resolver's order of preference."""
+    # getaddrinfo has no timeout of its own (the system resolver's, ~5 s per try,
+    # applies); the download deadline is checked again once it returns.
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        # The scope id of a link-local IPv6 answer ("fe80::1%eth0") is not part of the address.
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _mb(size: int) -> str:
+    return f"{size / _MB:.1f} MB"
+
+
+class _RedactUrls(logging.Filter):
+    """Strips query strings from the URLs httpx logs at INFO ("HTTP Request: GET ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
+# Installed on import, once: the worker logs at DEBUG by default (COMFY_LOG_LEVEL), and
+# httpx's own request line would otherwise carry a presigned URL's signature.
+logging.getLogger("httpx").addFilter(_RedactUrls())
+
+
+class HttpFetcher:
+    """Downloads one image per :meth:`fetch`; safe to share between threads."""
+
+    # Inner steps raise ItemError with an empty name; fetch() names it by the URL.
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.Client | None = None,
+        *,
+        resolver: Resolver = resolve_host,
+        address_policy: AddressPolicy = refusal_reason,
+    ) -> None:
+        self._timeout_s = settings.input_download_timeout_s
+        self._max_bytes = settings.input_max_image_bytes
+        self._max_redirects = settings.input_max_redirects
+        self._allow_private = settings.input_allow_private_urls
+        self._resolver = resolver
+        self._policy = address_policy
+        self._owns_client = client is None
+        self._client = client or httpx.Client(
+            # No proxy or .netrc from the environment: through a proxy, the address
+            # check would vouch for the proxy, not for the host the proxy reaches.
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),  # see "Connection: close"
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client if this fetcher created it."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> HttpFetcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def fetch(self, url: str) -> bytes:
+        """The body at ``url``; raises :class:`ItemError` named by the redacted URL."""
+        shown = redact_url(url)
+        started = time.monotonic()
+        try:
+            body = self._fetch(httpx.URL(url.strip()), started + self._timeout_s)
+        except httpx.TimeoutException as exc:
+            raise ItemError(shown, self._timeout_reason()) from exc
+        except httpx.InvalidURL as exc:
+            raise ItemError(shown, f"not a valid URL ({exc})") from exc
+        except httpx.ConnectError as exc:
+            raise ItemError(shown, f"could not connect ({exc})") from exc
+        except httpx.HTTPError as exc:
+            # Protocol and read errors; their text names no URL.
+            raise ItemError(shown, f"{type(exc).__name__}: {exc}") from exc
+        except ItemError as exc:
+            raise ItemError(shown, exc.reason) from exc
+        elapsed_ms = (time.monotonic() - started) * 1e3
+        logger.debug("fetched %s: %d bytes in %.0f ms", shown, len(body), elapsed_ms)
+        return body
+
+    def _timeout_reason(self) -> str:
+        return (
+            f"timed out after {self._timeout_s:g} s (INPUT_DOWNLOAD_TIMEOUT_S); "
+            "the host is too slow or the file too large"
+        )
+
+    def _fetch(self, url: httpx.URL, deadline: float) -> bytes:
+        for hop in range(self._max_redirects + 1):
+            try:
+                with contextlib.closing(self._open(url, deadline)) as response:
+                    if response.status_code not in _REDIRECT_CODES:
+                        return self._read_body(response, deadline)
+                    location = response.headers.get("location")
+                    if not location:
+                        raise ItemError("", f"HTTP {response.status_code} without a Location")
+            except ItemError as exc:
+                if hop == 0:
+                    raise
+                # A redirect's target is not what the user sent: say which hop failed.
+                raise ItemError("", f"redirected to {redact_url(str(url))}: {exc.reason}") from exc
+            try:
+                url = url.join(location)
+            except httpx.InvalidURL as exc:
+                raise ItemError("", f"redirected to an invalid URL ({exc})") from exc
+            logger.debug("redirect %d to %s", hop + 1, redact_url(str(url)))
+        raise ItemError(
+            "",
+            f"too many redirects (more than {self._max_redirects}, INPUT_MAX_REDIRECTS); "
+            "link the image itself",
+        )
+
+    def _addresses(self, url: httpx.URL, deadline: float) -> list[IPAddress]:
+        """The addresses ``url``'s host resolves to, all checked; raises if any is refused."""
+        if url.scheme not in {"http", "https"}:
+            raise ItemError(
+                "", f"only http and https URLs are fetched, not {url.scheme or '(none)'}"
+            )
+        host = url.raw_host.decode("ascii")
+        if not host:
+            raise ItemError("", "the URL has no host")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = list(self._resolver(host, port))
+        except (OSError, UnicodeError) as exc:
+            raise ItemError("", f"could not resolve host {host} ({exc})") from exc
+        if not addresses:
+            raise ItemError("", f"could not resolve host {host}")
+        if time.monotonic() > deadline:
+            raise ItemError("", self._timeout_reason())
+        if self._allow_private:
+            return addresses
+        for address in addresses:
+            why = self._policy(address)
+            if why is not None:
+                where = (
+                    f"{address} is" if _is_ip_literal(host) else f"{host} resolves to {address},"
+                )
+                raise ItemError(
+                    "",
+                    f"refused: {where} {why}; only public addresses are fetched "
+                    "(INPUT_ALLOW_PRIVATE_URLS=true allows others)",
+                )
+        return addresses
+
+    def _open(self, url: httpx.URL, deadline: float) -> httpx.Response:
+        """GET ``url`` from one of its checked addresses; the body is left unread."""
+        addresses = self._addresses(url, deadline)
+        host = url.raw_host.decode("ascii")
+        headers = {
+            # The request goes to the checked IP; the server still needs the name.
+            "Host": url.netloc.decode("ascii"),
+            "User-Agent": USER_AGENT,
+            "Accept": "image/*, */*;q=0.5",
+            # Images are compressed already; identity keeps a gzip bomb off the table.
+            "Accept-Encoding": "identity",
+            # One connection per request, whatever the client's pool: a TLS connection
+            # verified for one host name must never carry a request for another name
+            # that resolved to the same address (the pool is keyed by IP and port).
+            "Connection": "close",
+        }
+        # TLS must send and verify the host name, not the IP the socket connects to.
+        pin_tls = url.scheme == "https" and not _is_ip_literal(host)
+        extensions = {"sni_hostname": host} if pin_tls else {}
+        error: httpx.ConnectError | None = None
+        for address in addresses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise httpx.ConnectTimeout("the deadline passed before connecting")
+            request = self._client.build_request(
+                "GET",
+                url.copy_with(host=str(address)),
+                headers=headers,
+                timeout=httpx.Timeout(remaining),
+                extensions=extensions,
+            )
+            try:
+                return self._client.send(request, stream=True, follow_redirects=False)
+            except httpx.ConnectError as exc:
+                # Try the host's next checked address (an unreachable IPv6, then IPv4).
+                error = exc
+        assert error is not None  # the resolver returned at least one address
+        raise error
+
+    def _read_body(self, response: httpx.Response, deadline: float) -> bytes:
+        status = response.status_code
+        if not 200 <= status < 300:
+            reason = f"HTTP {status} {response.reason_phrase}".rstrip()
+            hint = _STATUS_HINTS.get(status)
+            raise ItemError("", f"{reason}; {hint}" if hint else reason)
+        if response.headers.get("content-type", "").lower().startswith("text/html"):
+            # Share pages (Google Drive, Dropbox) answer 200 with HTML, not the file.
+            raise ItemError("", "the URL returned a web page (text/html); link the image file")
+        limit = f"{_mb(self._max_bytes)} limit (INPUT_MAX_IMAGE_MB)"
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            # Refused before reading a byte of the body.
+            raise ItemError("", f"the image is {_mb(int(declared))}, over the {limit}")
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > self._max_bytes:
+                raise ItemError("", f"the image is over the {limit}; the download was stopped")
+            # Read timeouts bound each wait; this bounds a server that drips bytes forever.
+            if time.monotonic() > deadline:
+                raise ItemError("", self._timeout_reason())
+        return bytes(body)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

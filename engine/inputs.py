@@ -1,0 +1,352 @@
+"""Input images: each request image becomes a verified file in ComfyUI's input directory.
+
+A source is an ``http(s)://`` URL (downloaded by a :class:`Fetcher`, by default
+:class:`engine.fetch.HttpFetcher`), a ``data:`` URI or bare base64. All images of a
+request are fetched and decoded concurrently, each is checked by Pillow, and only
+when every one is good are they moved into place: a request with one bad image
+writes nothing and fails with :class:`InputImageError`, one detail per bad image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import io
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from PIL import Image, UnidentifiedImageError
+
+from engine.errors import InputImageError, ItemError
+from engine.fetch import HttpFetcher, redact_url
+from engine.request import InputImage
+from engine.settings import Settings
+
+# HttpFetcher is re-exported: callers wire the store and its default fetcher from here.
+__all__ = ["Fetcher", "HttpFetcher", "safe_input_path", "store_images"]
+
+logger = logging.getLogger(__name__)
+
+# Each worker thread holds at most one image (up to INPUT_MAX_IMAGE_MB) in memory:
+# 8 x 50 MB bounds a request's peak, and 8 parallel downloads already fill a link.
+_MAX_PARALLEL = 8
+# What browsers and phone cameras produce. The allow-list keeps Pillow's rarer parsers
+# off untrusted bytes, EPS above all (it runs Ghostscript).
+_ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+_MB = 1024 * 1024
+
+
+class Fetcher(Protocol):
+    """Downloads one URL; raises :class:`ItemError` (its ``reason`` is shown to the user)."""
+
+    def fetch(self, url: str) -> bytes: ...
+
+
+def safe_input_path(input_dir: Path, name: str) -> Path:
+    """The file ``name`` under ``input_dir``; raises :class:`ItemError` if it could leave it."""
+    # ComfyUI on Windows writes sub-folders with backslashes; the workflow's names are
+    # normalised to '/' (engine.workflow), so the file names must be too.
+    posix = name.replace("\\", "/")
+    if not name.strip():
+        raise ItemError(name, "the name is empty")
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise ItemError(name, "the name holds a control character (NUL, newline...)")
+    if posix.startswith("/"):
+        raise ItemError(name, "the name is an absolute path; use a relative one such as a.png")
+    if _DRIVE.match(posix):
+        raise ItemError(name, "the name starts with a drive letter; use a relative one")
+    parts = posix.split("/")
+    if any(part in {"", ".", ".."} for part in parts):
+        raise ItemError(
+            name, "the name has an empty, '.' or '..' segment; use a plain path like masks/a.png"
+        )
+    if any(len(part.encode()) > 255 for part in parts):
+        raise ItemError(name, "a segment of the name is longer than 255 bytes")
+    base = input_dir.resolve()
+    # resolve() follows symlinks that already exist, so a linked sub-folder that
+    # points elsewhere is caught here, not after the write.
+    target = base.joinpath(*PurePosixPath(posix).parts).resolve()
+    if not target.is_relative_to(base) or target == base:
+        raise ItemError(name, "the name resolves outside the input directory (a symlink?)")
+    return target
+
+
+def store_images(
+    images: Sequence[InputImage],
+    input_dir: Path,
+    settings: Settings,
+    fetcher: Fetcher | None = None,
+) -> list[Path]:
+    """Fetch, verify and write every image; returns the written paths, or writes none."""
+    if not images:
+        return []
+    if len(images) > settings.input_max_images:
+        reason = (
+            f"{len(images)} images sent, at most {settings.input_max_images} are accepted "
+            "per request (INPUT_MAX_IMAGES)"
+        )
+        raise InputImageError([ItemError("input.images", reason)])
+    input_dir.mkdir(parents=True, exist_ok=True)
+    # Names are checked before anything is fetched: a request that fails anyway
+    # makes no outbound requests.
+    targets = _check_names(images, input_dir)
+    owned = (
+        HttpFetcher(settings)
+        if fetcher is None and any(_is_url(image.image) for image in images)
+        else None
+    )
+    started = time.monotonic()
+    created: list[Path] = []
+    staged: dict[Path, Path] = {}
+    try:
+        _make_parents(targets.values(), input_dir.resolve(), created)
+        _stage_all(images, targets, settings, owned or fetcher, staged)
+        written = _commit(staged, {path: name for name, path in targets.items()})
+    except BaseException:
+        for temp in staged.values():
+            temp.unlink(missing_ok=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):  # not empty: something else lives there now
+                folder.rmdir()
+        raise
+    finally:
+        if owned is not None:
+            owned.close()
+    elapsed_ms = (time.monotonic() - started) * 1e3
+    logger.debug("stored %d input images in %.0f ms", len(written), elapsed_ms)
+    return written
+
+
+def _check_names(images: Sequence[InputImage], input_dir: Path) -> dict[str, Path]:
+    """Each name's target path; raises for bad and duplicate names, all at once."""
+    targets: dict[str, Path] = {}
+    failures: list[ItemError] = []
+    first_use: dict[Path, int] = {}
+    for index, image in enumerate(images):
+        try:
+            target = safe_input_path(input_dir, image.name)
+        except ItemError as exc:
+            failures.append(exc)
+            continue
+        if target in first_use:
+            reason = (
+                f"duplicate name (images[{first_use[target]}] and images[{index}] both write "
+                "this file); give each image its own name"
+            )
+            failures.append(ItemError(image.name, reason))
+            continue
+        first_use[target] = index
+        targets[image.name] = target
+    if failures:
+        raise InputImageError(failures)
+    return targets
+
+
+def _make_parents(targets: Iterable[Path], base: Path, created: list[Path]) -> None:
+    """Create the targets' missing sub-folders, appending each to ``created``, outermost first."""
+    for target in targets:
+        for folder in reversed(target.parents):
+            if folder == base or not folder.is_relative_to(base) or folder.is_dir():
+                continue
+            try:
+                folder.mkdir()
+            except OSError as exc:  # most often a file of that name is in the way
+                name = target.relative_to(base).as_posix()
+                reason = f"cannot create the folder {folder.name}/ ({exc.strerror or exc})"
+                raise InputImageError([ItemError(name, reason)]) from exc
+            created.append(folder)
+
+
+def _stage_all(
+    images: Sequence[InputImage],
+    targets: dict[str, Path],
+    settings: Settings,
+    fetcher: Fetcher | None,
+    staged: dict[Path, Path],
+) -> None:
+    """Stage every image concurrently into ``staged`` (target -> temp); raise on any failure."""
+    failures: list[ItemError] = []
+    unexpected: BaseException | None = None
+    with ThreadPoolExecutor(min(_MAX_PARALLEL, len(images)), "input-image") as pool:
+        futures = [pool.submit(_stage, im, targets[im.name], settings, fetcher) for im in images]
+        # Every future is collected, even after a failure, so that each temporary file
+        # is known and removed, and every bad image is reported at once.
+        for future in futures:
+            try:
+                temp, final = future.result()
+            except ItemError as exc:
+                failures.append(exc)
+            except Exception as exc:  # a bug (in a fetcher, say): re-raised below
+                unexpected = unexpected or exc
+            else:
+                staged[final] = temp
+    if unexpected is not None:
+        raise unexpected
+    if failures:
+        raise InputImageError(failures)
+
+
+def _stage(
+    image: InputImage, target: Path, settings: Settings, fetcher: Fetcher | None
+) -> tuple[Path, Path]:
+    """Load and verify one image, then write it beside its target under a temporary name."""
+    data = _load(image, settings, fetcher)
+    _verify(image, data, settings)
+    # A hidden temporary name in the same folder: the final rename is atomic and
+    # ComfyUI never sees a half-written file.
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        temp.write_bytes(data)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise ItemError(image.name, f"could not be written ({exc.strerror or exc})") from exc
+    return temp, target
+
+
+def _commit(staged: dict[Path, Path], names: dict[Path, str]) -> list[Path]:
+    """Rename every staged file (target -> temp) into place; on failure remove those placed."""
+    placed: list[Path] = []
+    for final, temp in staged.items():
+        try:
+            temp.replace(final)
+        except OSError as exc:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            reason = f"could not be written ({exc.strerror or exc})"
+            raise InputImageError([ItemError(names[final], reason)]) from exc
+        placed.append(final)
+    return placed
+
+
+def _is_url(source: str) -> bool:
+    return source.lstrip()[:8].lower().startswith(("http://", "https://"))
+
+
+def _load(image: InputImage, settings: Settings, fetcher: Fetcher | None) -> bytes:
+    """The image's bytes from its URL, data URI or base64 text."""
+    source = image.image.strip()
+    if _is_url(source):
+        assert fetcher is not None  # store_images makes one whenever a URL is present
+        try:
+            return fetcher.fetch(source)
+        except ItemError as exc:
+            raise ItemError(
+                image.name,
+                f"Failed to download image from URL: {redact_url(source)} ({exc.reason})",
+            ) from exc
+    if source[:5].lower() == "data:":
+        return _decode_data_uri(image.name, source, settings.input_max_image_bytes)
+    scheme = _SCHEME.match(source)
+    if scheme:
+        # Base64 has no ':', so this is a URL or path of a kind the worker cannot read.
+        raise ItemError(
+            image.name,
+            f"unsupported source '{scheme.group(1)}:...'; send an http(s) URL, "
+            "a data URI (data:image/png;base64,...) or base64",
+        )
+    return _decode_base64(image.name, source, settings.input_max_image_bytes)
+
+
+def _decode_data_uri(name: str, uri: str, max_bytes: int) -> bytes:
+    header, comma, payload = uri.partition(",")
+    if not comma:
+        raise ItemError(name, "not a valid data URI (no ','); expected data:image/png;base64,...")
+    params = [p.strip().lower() for p in header[5:].split(";")[1:]]
+    if "base64" not in params:
+        raise ItemError(
+            name, "the data URI is not base64-encoded; expected data:image/png;base64,..."
+        )
+    return _decode_base64(name, payload, max_bytes)
+
+
+def _decode_base64(name: str, text: str, max_bytes: int) -> bytes:
+    # Tolerated: line breaks and spaces (MIME wraps at 76 columns), missing '=' padding
+    # and the URL-safe alphabet ('-', '_').
+    compact = "".join(text.split()).translate(_URLSAFE_TO_STANDARD).rstrip("=")
+    if not compact:
+        raise ItemError(name, "the image data is empty")
+    bad = _NOT_BASE64.search(compact)
+    if bad:
+        raise ItemError(
+            name,
+            f"not valid base64 (found {bad.group()!r}); send the file's bytes base64-encoded, "
+            "alone or as data:image/png;base64,...",
+        )
+    if len(compact) % 4 == 1:
+        raise ItemError(name, "not valid base64 (the data is cut short: one character too many)")
+    # Without padding, n base64 characters decode to exactly n*3//4 bytes: the limit is
+    # checked before the decoded copy is made.
+    size = len(compact) * 3 // 4
+    if size > max_bytes:
+        raise ItemError(
+            name, f"the image is {_mb(size)}, over the {_mb(max_bytes)} limit (INPUT_MAX_IMAGE_MB)"
+        )
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except binascii.Error as exc:
+        raise ItemError(name, f"not valid base64 ({exc})") from exc
+
+
+@cache
+def _formats() -> tuple[str, ...]:
+    """The accepted formats this Pillow build can open (AVIF needs libavif)."""
+    Image.init()
+    return tuple(f for f in _ACCEPTED_FORMATS if f in Image.OPEN)
+
+
+def _verify(image: InputImage, data: bytes, settings: Settings) -> None:
+    """Raise :class:`ItemError` unless ``data`` is a whole image within the pixel limit."""
+    name = image.name
+    source = f" downloaded from {redact_url(image.image)}" if _is_url(image.image) else ""
+    accepted = ", ".join(_formats())
+    try:
+        with Image.open(io.BytesIO(data), formats=_formats()) as im:
+            width, height = im.size
+            if width * height > settings.input_max_pixels:
+                raise ItemError(
+                    name,
+                    f"the image is {width}x{height} = {width * height} pixels, over the "
+                    f"{settings.input_max_pixels}-pixel limit (INPUT_MAX_PIXELS)",
+                )
+            # verify() checks structure and checksums but leaves the image unusable...
+            im.verify()
+        # ...so a second open decodes the pixels, which catches truncated data.
+        with Image.open(io.BytesIO(data), formats=_formats()) as im:
+            im.load()
+    except ItemError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard (Image.MAX_IMAGE_PIXELS) fires inside open() for headers
+        # that declare absurd sizes, before the check above can.
+        raise ItemError(
+            name,
+            f"the image{source} declares more pixels than is safe to decode (a decompression "
+            f"bomb?); the limit is {settings.input_max_pixels} pixels (INPUT_MAX_PIXELS)",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ItemError(name, f"not a decodable image{source} (not one of {accepted})") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Pillow's parsers raise many types on hostile input (OSError, SyntaxError,
+        # struct.error, IndexError...); each means the bytes are not a usable image.
+        raise ItemError(
+            name, f"not a decodable image{source} (corrupt or truncated: {exc})"
+        ) from exc
+
+
+def _mb(size: int) -> str:
+    return f"{size / _MB:.1f} MB"
