@@ -27,23 +27,28 @@ _MIN_SECRET_LEN = 6
 _FORMAT = "%(asctime)s %(levelname)s [%(job_id)s] %(name)s: %(message)s"
 
 
-def redact(text: str, extra: Iterable[str] = ()) -> str:
-    """``text`` with every registered secret (and ``extra``) replaced by ``***``."""
-    for secret in (*_secrets, *_current["secrets"], *extra):
+def redact(text: str, extra: Iterable[str] = (), *, registered: bool = True) -> str:
+    """``text`` with ``extra`` (and, if ``registered``, every registered secret) as ``***``."""
+    known = (*_secrets, *_current["secrets"]) if registered else ()
+    for secret in (*known, *extra):
         if len(secret) >= _MIN_SECRET_LEN and secret in text:
             text = text.replace(secret, "***")
     return text
 
 
-def redact_obj(value: Any, extra: Iterable[str] = ()) -> Any:
-    """A copy of a JSON-like value with secrets redacted in every string."""
-    extra = tuple(extra)
+def redact_obj(value: Any, secrets: Iterable[str]) -> Any:
+    """A copy of a JSON-like value with exactly ``secrets`` redacted in every string.
+
+    Only the values given: a response must keep an S3 access key *id*, which every
+    presigned URL carries by design, while the log hides it with the other keys.
+    """
+    secrets = tuple(s for s in secrets if s)
     if isinstance(value, str):
-        return redact(value, extra)
+        return redact(value, secrets, registered=False)
     if isinstance(value, dict):
-        return {k: redact_obj(v, extra) for k, v in value.items()}
+        return {k: redact_obj(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact_obj(v, extra) for v in value]
+        return [redact_obj(v, secrets) for v in value]
     return value
 
 
@@ -73,6 +78,10 @@ def configure(level: str = "INFO", secrets: Iterable[str | None] = ()) -> None:
     root = logging.getLogger()
     if any(getattr(h, "_comfy_worker", False) for h in root.handlers):
         return
+    # The runpod SDK calls logging.basicConfig() at import (serverless/utils/rp_upload.py):
+    # its root handler would print every line twice, and without our filter, unredacted.
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.addFilter(_JobFilter())

@@ -177,10 +177,16 @@ class Settings:
         )
 
     def secrets(self) -> list[str]:
-        """Values that must never appear in a response or a log line."""
-        values = [self.comfy_org_api_key]
-        if self.bucket:
-            values += [self.bucket.access_key_id, self.bucket.secret_access_key]
+        """Values that must never appear in a log line."""
+        return [*self.response_secrets(), *([self.bucket.access_key_id] if self.bucket else [])]
+
+    def response_secrets(self) -> list[str]:
+        """Values that must never appear in a response.
+
+        The S3 access key id is not among them: it is an identifier, and every
+        presigned URL carries it (``X-Amz-Credential``); the secret key never is.
+        """
+        values = [self.comfy_org_api_key, self.bucket.secret_access_key if self.bucket else None]
         return [v for v in values if v]
 
 
@@ -189,7 +195,11 @@ def _bucket_from_env(get: Callable[[str], str | None]) -> BucketSettings | None:
     if endpoint is None:
         return None
     key_id, secret = get("BUCKET_ACCESS_KEY_ID"), get("BUCKET_SECRET_ACCESS_KEY")
-    missing = [n for n, v in (("BUCKET_ACCESS_KEY_ID", key_id), ("BUCKET_SECRET_ACCESS_KEY", secret)) if not v]
+    missing = [
+        n
+        for n, v in (("BUCKET_ACCESS_KEY_ID", key_id), ("BUCKET_SECRET_ACCESS_KEY", secret))
+        if not v
+    ]
     if missing:
         raise ConfigError(
             f"BUCKET_ENDPOINT_URL is set but {' and '.join(missing)} is not: set both keys, "
@@ -198,7 +208,11 @@ def _bucket_from_env(get: Callable[[str], str | None]) -> BucketSettings | None:
     endpoint_url, bucket = _split_bucket_url(endpoint, get("BUCKET_NAME"))
     expiry_raw = get("BUCKET_URL_EXPIRY_S")
     # SigV4 presigned URLs live at most 7 days.
-    expiry = 3600 if expiry_raw is None else _parse_number(int, "BUCKET_URL_EXPIRY_S", expiry_raw, minimum=1)
+    expiry = (
+        3600
+        if expiry_raw is None
+        else _parse_number(int, "BUCKET_URL_EXPIRY_S", expiry_raw, minimum=1)
+    )
     if expiry > 604800:
         raise ConfigError(f"BUCKET_URL_EXPIRY_S must be at most 604800 (7 days), got {expiry}")
     return BucketSettings(

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from engine import logs
 from engine.delivery import S3Uploader, Uploader, deliver
 from engine.errors import WorkerError
@@ -99,6 +101,8 @@ class Worker:
     def boot(self) -> None:
         """Start the runtime; once per worker process, before the first job."""
         started = time.perf_counter()
+        # One pixel limit for the worker's checks and for ComfyUI's own image loaders.
+        Image.MAX_IMAGE_PIXELS = self.settings.input_max_pixels
         self.runtime.boot()
         log.info(
             "worker ready in %.2f s (outputs: %s)",
@@ -111,8 +115,9 @@ class Worker:
         job_id = str(job.get("id") or f"local-{uuid.uuid4()}")
         job_input = job.get("input")
         request_key = job_input.get("comfy_org_api_key") if isinstance(job_input, dict) else None
-        secrets = [request_key] if isinstance(request_key, str) else []
-        with logs.job_context(job_id, secrets):
+        job_secrets = [request_key] if isinstance(request_key, str) else []
+        secrets = [*job_secrets, *self.settings.response_secrets()]
+        with logs.job_context(job_id, job_secrets):
             started = time.perf_counter()
             try:
                 result = self.run(job_id, job_input, progress=_Progress(job, self.progress))

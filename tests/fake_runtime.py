@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -91,7 +92,9 @@ class FakeRuntime:
         return frozenset(_COMBOS.get(class_type, {}))
 
     def after_job(self) -> None:
-        """Nothing to free: no models."""
+        """Empty the temp folder (previews), as the real runtime does; no models to free."""
+        for path in self._dirs.temp.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def interrupt(self) -> None:
         """What ``interrupt_current_processing`` does for ComfyUI."""
@@ -152,16 +155,19 @@ class FakeRuntime:
                         },
                     }
                 )
-        if class_type == "LoadImage" and "image" in inputs:
-            if not (self._dirs.input / str(inputs["image"])).is_file():
-                errors.append(
-                    {
-                        "type": "custom_validation_failed",
-                        "message": "Custom validation failed for node",
-                        "details": f"image - Invalid image file: {inputs['image']}",
-                        "extra_info": {"input_name": "image"},
-                    }
-                )
+        if (
+            class_type == "LoadImage"
+            and "image" in inputs
+            and not (self._dirs.input / str(inputs["image"])).is_file()
+        ):
+            errors.append(
+                {
+                    "type": "custom_validation_failed",
+                    "message": "Custom validation failed for node",
+                    "details": f"image - Invalid image file: {inputs['image']}",
+                    "extra_info": {"input_name": "image"},
+                }
+            )
         for name, value in inputs.items():
             if isinstance(value, list) and (len(value) != 2 or str(value[0]) not in workflow):
                 errors.append(
@@ -185,7 +191,9 @@ class FakeRuntime:
         deadline = time.monotonic() + job.timeout_s if job.timeout_s else None
         values: dict[str, Any] = {}
         outputs: dict[str, dict[str, Any]] = {}
-        messages: list[tuple[str, dict[str, Any]]] = [("execution_start", {"prompt_id": job.prompt_id})]
+        messages: list[tuple[str, dict[str, Any]]] = [
+            ("execution_start", {"prompt_id": job.prompt_id})
+        ]
         try:
             for node_id in sort_node_ids(list(workflow)):
                 if workflow[node_id]["class_type"] not in _OUTPUT_NODES:
@@ -285,7 +293,9 @@ class FakeRuntime:
     def _save_stills(self, args: dict[str, Any], folder: Path, kind: str) -> dict[str, Any]:
         items = []
         for img in args["images"]:
-            path, name, subfolder = self._save_path(args.get("filename_prefix", "ComfyUI"), "png", folder)
+            path, name, subfolder = self._save_path(
+                args.get("filename_prefix", "ComfyUI"), "png", folder
+            )
             img.save(path)
             items.append({"filename": name, "subfolder": subfolder, "type": kind})
         return {"images": items}
@@ -294,17 +304,25 @@ class FakeRuntime:
         return self._save_stills(args, self._dirs.output, "output")
 
     def _node_PreviewImage(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
-        return self._save_stills({**args, "filename_prefix": "ComfyUI_temp_preview"}, self._dirs.temp, "temp")
+        return self._save_stills(
+            {**args, "filename_prefix": "ComfyUI_temp_preview"}, self._dirs.temp, "temp"
+        )
 
     def _node_SaveAnimatedWEBP(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
-        path, name, subfolder = self._save_path(args.get("filename_prefix", "ComfyUI"), "webp", self._dirs.output)
+        path, name, subfolder = self._save_path(
+            args.get("filename_prefix", "ComfyUI"), "webp", self._dirs.output
+        )
         first, *rest = args["images"]
         duration = int(1000 / float(args.get("fps", 6)))
-        first.save(path, save_all=True, append_images=rest, duration=duration, loop=0, lossless=True)
+        first.save(
+            path, save_all=True, append_images=rest, duration=duration, loop=0, lossless=True
+        )
         item = {"filename": name, "subfolder": subfolder, "type": "output"}
         return {"images": [item], "animated": (True,)}
 
-    def _write_video(self, prefix: str, frames: list[Image.Image], fps: float, fmt: str) -> tuple[str, str, Path]:
+    def _write_video(
+        self, prefix: str, frames: list[Image.Image], fps: float, fmt: str
+    ) -> tuple[str, str, Path]:
         path, name, subfolder = self._save_path(prefix, fmt, self._dirs.output)
         media_factory.write_video(path, frames, fps)
         return name, subfolder, path
@@ -315,7 +333,10 @@ class FakeRuntime:
         name, subfolder, _ = self._write_video(
             args.get("filename_prefix", "video/ComfyUI"), video["frames"], video["fps"], fmt
         )
-        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+        return {
+            "images": [{"filename": name, "subfolder": subfolder, "type": "output"}],
+            "animated": (True,),
+        }
 
     def _node_VHS_VideoCombine(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
         fps = float(args.get("frame_rate", 8))

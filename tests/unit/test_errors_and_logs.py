@@ -18,12 +18,16 @@ from engine.errors import (
 
 def test_error_string_carries_the_details() -> None:
     """RunPod keeps only `error`: the details must be readable there."""
-    err = InputImageError([ItemError("a.jpg", "Failed to download image from URL: https://x/a.jpg (HTTP 404)")])
+    err = InputImageError(
+        [ItemError("a.jpg", "Failed to download image from URL: https://x/a.jpg (HTTP 404)")]
+    )
     body = err.to_response()
     assert body["error"].startswith("Failed to upload one or more input images: ")
     assert "a.jpg: Failed to download image from URL: https://x/a.jpg (HTTP 404)" in body["error"]
     assert body["message"] == "Failed to upload one or more input images"
-    assert body["details"] == ["a.jpg: Failed to download image from URL: https://x/a.jpg (HTTP 404)"]
+    assert body["details"] == [
+        "a.jpg: Failed to download image from URL: https://x/a.jpg (HTTP 404)"
+    ]
     assert body["code"] == "input_images_failed"
 
 

@@ -19,7 +19,8 @@ def test_defaults_from_an_empty_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"), [("true", True), ("TRUE", True), ("1", True), ("false", False), ("0", False), ("no", False)]
+    ("raw", "expected"),
+    [("true", True), ("TRUE", True), ("1", True), ("false", False), ("0", False), ("no", False)],
 )
 def test_booleans_are_parsed_explicitly(raw: str, expected: bool) -> None:
     assert Settings.from_env({"INPUT_ALLOW_PRIVATE_URLS": raw}).input_allow_private_urls is expected
@@ -33,7 +34,14 @@ def test_booleans_are_parsed_explicitly(raw: str, expected: bool) -> None:
         ({"JOB_TIMEOUT_S": "-1"}, "JOB_TIMEOUT_S"),
         ({"COMFY_LOG_LEVEL": "LOUD"}, "COMFY_LOG_LEVEL"),
         ({"BUCKET_ENDPOINT_URL": "https://s3.example.com/b"}, "BUCKET_ACCESS_KEY_ID"),
-        ({"BUCKET_ENDPOINT_URL": "ftp://x/b", "BUCKET_ACCESS_KEY_ID": "k", "BUCKET_SECRET_ACCESS_KEY": "s"}, "BUCKET_ENDPOINT_URL"),
+        (
+            {
+                "BUCKET_ENDPOINT_URL": "ftp://x/b",
+                "BUCKET_ACCESS_KEY_ID": "k",
+                "BUCKET_SECRET_ACCESS_KEY": "s",
+            },
+            "BUCKET_ENDPOINT_URL",
+        ),
         ({"WEBSOCKET_RECONNECT_ATTEMPTS": "five"}, "WEBSOCKET_RECONNECT_ATTEMPTS"),
     ],
 )
@@ -44,7 +52,9 @@ def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
 
 
 def test_websocket_settings_are_accepted_and_inert() -> None:
-    s = Settings.from_env({"WEBSOCKET_RECONNECT_ATTEMPTS": "9", "WEBSOCKET_RECONNECT_DELAY_S": "0.5"})
+    s = Settings.from_env(
+        {"WEBSOCKET_RECONNECT_ATTEMPTS": "9", "WEBSOCKET_RECONNECT_DELAY_S": "0.5"}
+    )
     assert (s.websocket_reconnect_attempts, s.websocket_reconnect_delay_s) == (9, 0.5)
 
 
@@ -52,13 +62,21 @@ def test_websocket_settings_are_accepted_and_inert() -> None:
     ("url", "endpoint", "bucket"),
     [
         ("http://127.0.0.1:9000/outputs", "http://127.0.0.1:9000", "outputs"),
-        ("https://my-bucket.s3.eu-west-1.amazonaws.com", "https://s3.eu-west-1.amazonaws.com", "my-bucket"),
+        (
+            "https://my-bucket.s3.eu-west-1.amazonaws.com",
+            "https://s3.eu-west-1.amazonaws.com",
+            "my-bucket",
+        ),
         ("https://s3.example.com/b/extra", "https://s3.example.com", "b"),
     ],
 )
 def test_bucket_url_forms(url: str, endpoint: str, bucket: str) -> None:
     s = Settings.from_env(
-        {"BUCKET_ENDPOINT_URL": url, "BUCKET_ACCESS_KEY_ID": "AKIAEXAMPLE", "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-value"}
+        {
+            "BUCKET_ENDPOINT_URL": url,
+            "BUCKET_ACCESS_KEY_ID": "AKIAEXAMPLE",
+            "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-value",
+        }
     )
     assert s.bucket is not None
     assert (s.bucket.endpoint_url, s.bucket.bucket) == (endpoint, bucket)
@@ -77,3 +95,4 @@ def test_secrets_never_in_repr() -> None:
     for secret in ("comfy-key-123456", "AKIAEXAMPLE", "s3cr3t-value"):
         assert secret not in text
     assert set(s.secrets()) == {"comfy-key-123456", "AKIAEXAMPLE", "s3cr3t-value"}
+    assert set(s.response_secrets()) == {"comfy-key-123456", "s3cr3t-value"}

@@ -12,7 +12,12 @@ def _listed(class_type: str) -> frozenset[str]:
 
 
 def test_model_name_in_a_listed_input_becomes_posix() -> None:
-    wf = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "SDXL\\model.safetensors"}}}
+    wf = {
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": "SDXL\\model.safetensors"},
+        }
+    }
     assert normalize_paths(wf, _listed)["4"]["inputs"]["ckpt_name"] == "SDXL/model.safetensors"
 
 
@@ -39,7 +44,10 @@ def test_multiline_text_ending_like_a_file_is_kept() -> None:
 def test_known_file_inputs_and_extensions_on_unknown_nodes() -> None:
     wf = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "faces\\a.jpg"}},
-        "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "out\\run", "images": ["1", 0]}},
+        "2": {
+            "class_type": "SaveImage",
+            "inputs": {"filename_prefix": "out\\run", "images": ["1", 0]},
+        },
         "3": {"class_type": "CustomLoader", "inputs": {"model": "wan\\wan2.2_5b.safetensors"}},
         "4": {"class_type": "CustomLoader", "inputs": {"mode": "a\\b"}},
     }

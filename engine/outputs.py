@@ -1,0 +1,281 @@
+"""ComfyUI's ui outputs -> the typed files the worker delivers.
+
+Each output node reports a ui dict of its own shape: SaveImage ``{"images": [...]}``,
+SaveAnimatedWEBP/PNG and SaveVideo the same plus ``"animated": (True,)``,
+VideoHelperSuite's VHS_VideoCombine ``{"gifs": [...]}``, SaveAudio ``{"audio": [...]}``.
+Rather than know every node, any list of dicts with a ``filename`` is a file. Every
+problem with one file becomes a line for the response's ``errors[]``; the other files
+are still returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from PIL import Image
+
+from engine import video
+from engine.errors import ItemError
+from engine.request import FramesToVideo
+from engine.runtime import Directories, UiOutputs
+from engine.runtime.shapes import sort_node_ids
+from engine.video import VideoInfo
+
+log = logging.getLogger(__name__)
+
+OutputKind = Literal["image", "animation", "video", "audio", "other"]
+
+# A fixed table, not ``mimetypes``: that module also reads the host's /etc/mime.types,
+# so the same file could get another type on another image.
+MIME_TYPES: Mapping[str, str] = {
+    "png": "image/png",
+    "apng": "image/apng",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
+    "avif": "image/avif",
+    "svg": "image/svg+xml",
+    "mp4": "video/mp4",
+    "m4v": "video/mp4",
+    "webm": "video/webm",
+    "mov": "video/quicktime",
+    "avi": "video/x-msvideo",
+    "mkv": "video/x-matroska",
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "m4a": "audio/mp4",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "json": "application/json",
+    "txt": "text/plain",
+    "glb": "model/gltf-binary",
+}
+_DEFAULT_MIME = "application/octet-stream"
+
+# Formats that may hold several frames; Pillow says whether this file does.
+_MAYBE_ANIMATED = frozenset({"image/png", "image/apng", "image/webp", "image/gif"})
+
+# ComfyUI names files <prefix>_<5-digit counter>_.<ext>; the joined video keeps the prefix.
+_COUNTER_SUFFIX = re.compile(r"_?\d+_?$")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file an output node saved, located on disk and typed."""
+
+    node_id: str
+    filename: str
+    subfolder: str
+    path: Path
+    mime_type: str
+    kind: OutputKind
+    video: VideoInfo | None = None
+
+
+def mime_type_for(filename: str) -> str:
+    """The MIME type for a file name, by its extension."""
+    return MIME_TYPES.get(PurePosixPath(filename).suffix.lower().lstrip("."), _DEFAULT_MIME)
+
+
+def collect_outputs(
+    ui: UiOutputs,
+    dirs: Directories,
+    *,
+    frames_to_video: FramesToVideo | None = None,
+    scratch_dir: Path | None = None,
+) -> tuple[list[OutputFile], list[str]]:
+    """Every non-preview file the output nodes reported, in a stable order, and the errors.
+
+    Order: node ids as a person reads them (2 before 10), then the node's keys in the
+    order it reported them, then list order. A file reported twice is returned once.
+    With ``frames_to_video``, a node's two or more still images become one video,
+    written into ``scratch_dir``.
+    """
+    if frames_to_video is not None and scratch_dir is None:
+        raise ValueError("collect_outputs needs a scratch_dir to write joined videos into")
+    files: list[OutputFile] = []
+    errors: list[str] = []
+    seen: set[Path] = set()
+    video_names: set[str] = set()
+    for node_id in sort_node_ids(list(ui)):
+        node_ui = ui[node_id]
+        if not isinstance(node_ui, Mapping):
+            continue
+        node_files = _node_files(node_id, node_ui, dirs, seen, errors)
+        if frames_to_video is not None and scratch_dir is not None:
+            node_files = _join_stills(node_files, frames_to_video, scratch_dir, video_names, errors)
+        files.extend(node_files)
+    for line in errors:
+        log.warning("output not collected as reported: %s", line)
+    log.debug("collected %d output file(s)", len(files))
+    return files, errors
+
+
+def _node_files(
+    node_id: str,
+    node_ui: Mapping[str, Any],
+    dirs: Directories,
+    seen: set[Path],
+    errors: list[str],
+) -> list[OutputFile]:
+    """The files one node reported, each checked; problems are appended to ``errors``."""
+    flagged_animated = _animated_flag(node_ui.get("animated"))
+    found: list[OutputFile] = []
+    for value in node_ui.values():
+        if not isinstance(value, (list, tuple)):
+            continue
+        for entry in value:
+            # Only dicts naming a file are files: text outputs are strings, and
+            # ``animated: (True,)`` is a flag.
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("filename"), str):
+                continue
+            folder_type = str(entry.get("type") or "output")
+            if folder_type == "temp":
+                continue  # PreviewImage and friends: the UI's previews, not results
+            name = f"{entry['filename']} (node {node_id})"
+            try:
+                path = _locate(entry, folder_type, dirs)
+                if path in seen:
+                    continue
+                seen.add(path)
+                file = _typed_file(node_id, entry, path, flagged_animated)
+            except ItemError as exc:
+                errors.append(f"{name}: {exc.reason}")
+                continue
+            if file.kind == "video":
+                try:
+                    file = replace(file, video=video.probe(path))
+                except ItemError as exc:
+                    # Still delivered: the user may be able to play what ffmpeg cannot read.
+                    errors.append(f"{name}: {exc.reason}")
+            found.append(file)
+    return found
+
+
+def _locate(entry: Mapping[str, Any], folder_type: str, dirs: Directories) -> Path:
+    """``<folder for type>/<subfolder>/<filename>``, refusing anything outside that folder."""
+    filename = str(entry["filename"])
+    subfolder = str(entry.get("subfolder") or "")
+    try:
+        base = dirs.for_type(folder_type).resolve()
+    except ValueError as exc:
+        raise ItemError(filename, str(exc)) from exc
+    if not filename or "\x00" in filename or "\x00" in subfolder:
+        raise ItemError(filename, "refused: not a usable file name")
+    # resolve() also follows symlinks, so a link out of the folder is refused too.
+    path = (base / subfolder / filename).resolve()
+    if not path.is_relative_to(base) or path == base:
+        raise ItemError(
+            filename,
+            f"refused: subfolder {subfolder!r} and file name {filename!r} point outside "
+            f"ComfyUI's {folder_type} folder",
+        )
+    return path
+
+
+def _typed_file(
+    node_id: str, entry: Mapping[str, Any], path: Path, flagged_animated: bool
+) -> OutputFile:
+    """An ``OutputFile`` for a located path; ``ItemError`` if it is missing or unreadable."""
+    if not path.exists():
+        raise ItemError(path.name, "the node reported it, but the file does not exist")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ItemError(path.name, f"cannot be read: {exc.strerror or exc}") from exc
+    mime = mime_type_for(path.name)
+    return OutputFile(
+        node_id=node_id,
+        filename=PurePosixPath(str(entry["filename"])).name,
+        subfolder=str(entry.get("subfolder") or ""),
+        path=path,
+        mime_type=mime,
+        kind=_kind(path, mime, flagged_animated),
+    )
+
+
+def _kind(path: Path, mime: str, flagged_animated: bool) -> OutputKind:
+    major = mime.partition("/")[0]
+    if major == "video":
+        return "video"
+    if major == "audio":
+        return "audio"
+    if major != "image":
+        return "other"
+    if mime not in _MAYBE_ANIMATED:
+        return "image"
+    try:
+        with Image.open(path) as image:
+            frames = int(getattr(image, "n_frames", 1))
+    except (OSError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+        # Still delivered as bytes; the node's own ``animated`` flag is the best guess.
+        log.warning("Pillow cannot read %s; typing it from the node's animated flag", path.name)
+        return "animation" if flagged_animated else "image"
+    return "animation" if frames > 1 else "image"
+
+
+def _animated_flag(value: Any) -> bool:
+    """ComfyUI's ``animated`` entry, ``(True,)``, as one bool for the node."""
+    if isinstance(value, (list, tuple)):
+        return any(v is True for v in value)
+    return value is True
+
+
+def _join_stills(
+    files: list[OutputFile],
+    request: FramesToVideo,
+    scratch_dir: Path,
+    used_names: set[str],
+    errors: list[str],
+) -> list[OutputFile]:
+    """Replace a node's still images by one video made of them (the stills kept if asked)."""
+    stills = [f for f in files if f.kind == "image"]
+    if len(stills) < 2:
+        return files
+    first = stills[0]
+    prefix = _COUNTER_SUFFIX.sub("", PurePosixPath(first.filename).stem) or f"node{first.node_id}"
+    filename = f"{prefix}_video.{request.format}"
+    if filename in used_names:
+        filename = f"{prefix}_{first.node_id}_video.{request.format}"
+    used_names.add(filename)
+    try:
+        path = video.frames_to_video(
+            [f.path for f in stills], scratch_dir / filename, request.fps, request.format
+        )
+        info = video.probe(path)
+    except ItemError as exc:
+        # A frame's problem names the frame; the video's own names nothing more.
+        why = exc.reason if exc.name == filename else str(exc)
+        errors.append(
+            f"{filename} (node {first.node_id}): could not join {len(stills)} frames "
+            f"into a video, returning the frames instead: {why}"
+        )
+        return files
+    joined = OutputFile(
+        node_id=first.node_id,
+        filename=filename,
+        subfolder=first.subfolder,
+        path=path,
+        mime_type=mime_type_for(filename),
+        kind="video",
+        video=info,
+    )
+    result: list[OutputFile] = []
+    for file in files:
+        if file is first:
+            result.append(joined)
+        if file.kind != "image" or request.keep_frames:
+            result.append(file)
+    return result

@@ -1,0 +1,278 @@
+"""Everything the worker does with ffmpeg: read a video's numbers, join frames into a video.
+
+The only module that runs ffmpeg. The binary is imageio-ffmpeg's bundled build (or
+the one ``IMAGEIO_FFMPEG_EXE`` names), so the worker needs no system ffmpeg. Every
+failure is an :class:`~engine.errors.ItemError` naming the file, ready to become
+one line of the response's ``errors[]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Literal
+
+import imageio_ffmpeg
+from PIL import Image
+
+from engine.errors import ItemError
+
+log = logging.getLogger(__name__)
+
+VideoFormat = Literal["mp4", "webm"]
+
+# Encoders tried in order for each container. libx264 gives the smallest files that
+# every browser plays; OpenH264 is the fallback some LGPL ffmpeg builds ship instead.
+_ENCODERS: dict[str, tuple[str, ...]] = {
+    "mp4": ("libx264", "libopenh264"),
+    "webm": ("libvpx-vp9",),
+}
+
+_ENCODER_ARGS: dict[str, tuple[str, ...]] = {
+    # CRF 18 is visually lossless for generated frames; faststart puts the index first
+    # so a browser can play the file from an S3 URL before it has all of it.
+    "libx264": ("-preset", "medium", "-crf", "18", "-movflags", "+faststart"),
+    "libopenh264": ("-b:v", "8M", "-movflags", "+faststart"),
+    # Constant quality (-b:v 0); cpu-used 4 and row-mt keep VP9, which is slow, bearable.
+    "libvpx-vp9": ("-crf", "30", "-b:v", "0", "-cpu-used", "4", "-row-mt", "1"),
+}
+
+# H.264 in yuv420p (the only pixel format every player decodes) needs even width and
+# height; ComfyUI's latents are multiples of 8, but an upscale or crop can make them odd.
+_EVEN_PAD = "pad=ceil(iw/2)*2:ceil(ih/2)*2"
+
+# Encoding is bounded by the number of frames: this is per frame, plus a start-up allowance.
+_ENCODE_S_PER_FRAME = 2.0
+_ENCODE_BASE_S = 60.0
+
+# The last lines of ffmpeg's log are the ones that say what went wrong.
+_STDERR_TAIL_LINES = 3
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video holds, as the response reports it."""
+
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    frames: int
+
+
+def probe(path: Path) -> VideoInfo:
+    """Duration, frame rate, size and frame count of the video at ``path``."""
+    if not path.is_file():
+        raise ItemError(path.name, "the video file does not exist")
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as exc:
+        raise ItemError(
+            path.name, f"ffmpeg cannot read it as a video: {_reason(exc, path)}"
+        ) from exc
+    finally:
+        reader.close()
+    try:
+        # Decodes every frame: the container's own count is missing from WebM and
+        # wrong for variable-frame-rate files, and decoding is cheap next to generating.
+        frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except RuntimeError as exc:
+        raise ItemError(path.name, f"ffmpeg cannot decode it: {_reason(exc, path)}") from exc
+    width, height = meta["size"]
+    duration = float(meta.get("duration") or 0.0) or float(seconds or 0.0)
+    fps = float(meta.get("fps") or 0.0)
+    if not fps and duration:
+        fps = frames / duration
+    return VideoInfo(
+        duration_s=round(duration, 3),
+        fps=round(fps, 3),
+        width=int(width),
+        height=int(height),
+        frames=int(frames),
+    )
+
+
+@functools.cache
+def available_encoders() -> frozenset[str]:
+    """Names of the encoders the ffmpeg in use was built with (asked once per process)."""
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-encoders"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    names = set()
+    # Lines look like " V....D libx264   libx264 H.264 / AVC ...", after a "------" rule.
+    _, _, table = result.stdout.partition("------")
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            names.add(fields[1])
+    return frozenset(names)
+
+
+def encoder_for(fmt: VideoFormat) -> str:
+    """The encoder ``frames_to_video`` uses for ``fmt``; an ``ItemError`` if there is none."""
+    have = available_encoders()
+    for name in _ENCODERS[fmt]:
+        if name in have:
+            return name
+    wanted = " or ".join(_ENCODERS[fmt])
+    other = "webm" if fmt == "mp4" else "mp4"
+    raise ItemError(
+        f"{fmt} video",
+        f"the ffmpeg in use has no {wanted} encoder: ask for format {other!r}, or point "
+        "IMAGEIO_FFMPEG_EXE at an ffmpeg build that has it",
+    )
+
+
+def frames_to_video(
+    frames: Sequence[Path],
+    dest: Path,
+    fps: float,
+    fmt: VideoFormat,
+    *,
+    timeout_s: float | None = None,
+) -> Path:
+    """Join still images, in order, into one MP4 (H.264) or WebM (VP9) at ``dest``.
+
+    Every frame is scaled to the first frame's size. Raises ``ItemError`` naming
+    the frame or the video when something cannot be read or encoded.
+    """
+    if len(frames) < 1:
+        raise ValueError("frames_to_video needs at least one frame")
+    try:
+        encoder = encoder_for(fmt)
+    except ItemError as exc:
+        raise ItemError(dest.name, exc.reason) from exc
+    width, height = _image_size(frames[0])
+    rate = Fraction(fps).limit_denominator(1001)
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        *("-hide_banner", "-nostdin", "-loglevel", "error", "-y"),
+        # Raw RGB frames on stdin: Pillow decodes them, so any size or mode ComfyUI wrote works.
+        *("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"),
+        *("-framerate", str(rate), "-i", "-"),
+        *("-an", "-c:v", encoder, "-pix_fmt", "yuv420p"),
+        *_ENCODER_ARGS[encoder],
+    ]
+    if fmt == "mp4" and (width % 2 or height % 2):
+        cmd += ["-vf", _EVEN_PAD]
+    cmd.append(str(dest))
+    limit = timeout_s or _ENCODE_BASE_S + _ENCODE_S_PER_FRAME * len(frames)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _encode(cmd, _rgb_frames(frames, (width, height)), dest, limit)
+    except BaseException:
+        if dest.is_file():  # a half-written video must not be delivered
+            dest.unlink()
+        raise
+    log.info(
+        "joined %d frames into %s (%dx%d, %s fps, %s)",
+        len(frames),
+        dest.name,
+        width,
+        height,
+        rate,
+        encoder,
+    )
+    return dest
+
+
+def _encode(cmd: list[str], frames: Iterator[bytes], dest: Path, timeout_s: float) -> None:
+    """Run ffmpeg on ``cmd``, feeding it raw frames; raise ``ItemError`` if it fails."""
+    # imageio_ffmpeg.write_frames never checks ffmpeg's exit status and lets its log go
+    # to the worker's stderr, so a failed encode would pass silently; hence our own pipe.
+    # The log goes to a file: a pipe nobody reads while frames are written can fill up.
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        stdin = process.stdin
+        if stdin is None:  # cannot happen with stdin=PIPE; narrows the type
+            raise RuntimeError("ffmpeg was started without a stdin pipe")
+        try:
+            for frame in frames:
+                stdin.write(frame)
+        except BrokenPipeError:
+            pass  # ffmpeg quit early; its exit status and log say why
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            with contextlib.suppress(BrokenPipeError):  # ffmpeg exited: nothing to flush
+                stdin.close()
+        try:
+            returncode = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise ItemError(
+                dest.name, f"ffmpeg did not finish encoding within {timeout_s:.0f} s"
+            ) from None
+        if returncode != 0:
+            reason = _tail(stderr).replace(str(dest), dest.name)
+            raise ItemError(dest.name, f"ffmpeg failed to encode it: {reason}")
+
+
+def _rgb_frames(frames: Sequence[Path], size: tuple[int, int]) -> Iterator[bytes]:
+    """Each frame as raw RGB bytes at ``size``, read one at a time to bound memory."""
+    for path in frames:
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise _unreadable_image(path, exc) from exc
+        if rgb.size != size:
+            log.info(
+                "resizing frame %s from %s to %s to match the first frame",
+                path.name,
+                rgb.size,
+                size,
+            )
+            rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+        yield rgb.tobytes()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise _unreadable_image(path, exc) from exc
+
+
+def _unreadable_image(path: Path, exc: Exception) -> ItemError:
+    # UnidentifiedImageError is an OSError. Pillow quotes the full path; the worker's
+    # folders are no business of the user.
+    return ItemError(
+        path.name, f"cannot be read as an image: {str(exc).replace(str(path), path.name)}"
+    )
+
+
+def _tail(log_file: IO[bytes]) -> str:
+    log_file.seek(0)
+    lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return " | ".join(lines[-_STDERR_TAIL_LINES:]) or "no message from ffmpeg"
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """What ffmpeg said is wrong, from an imageio-ffmpeg error that carries ffmpeg's whole log."""
+    text = str(exc)
+    if "Stream #" in text and " Video:" not in text:
+        return "it has no video stream"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("===", "FFMPEG", "ffmpeg version"))]
+    # ffmpeg names its input by full path; the worker's folders are no business of the user.
+    return (useful[-1] if useful else type(exc).__name__).replace(str(path), path.name)

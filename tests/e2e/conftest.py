@@ -1,0 +1,138 @@
+"""Real servers on 127.0.0.1: the worker under the runpod SDK's local API server, S3 (moto)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_RUNTIME = "tests.fake_runtime:FakeRuntime"
+
+# The worker's own env vars and AWS's: a developer's shell must not leak into a test worker.
+_SCRUBBED_PREFIXES = (
+    "BUCKET_",
+    "COMFY",
+    "INPUT_",
+    "JOB_",
+    "RESPONSE_",
+    "WORKER_",
+    "AWS_",
+    "RUNPOD_",
+)
+
+
+def free_port() -> int:
+    """An ephemeral port on loopback, free when asked."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class WorkerServer:
+    """``python handler.py --rp_serve_api`` in a subprocess, talked to over real HTTP."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, work_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.work_dir = work_dir
+        base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+        full_env = {
+            **base,
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "WORKER_RUNTIME": FAKE_RUNTIME,
+            "WORKER_DIR": str(work_dir),
+            "COMFY_LOG_LEVEL": "INFO",
+            **env,
+        }
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "handler.py",
+                "--rp_serve_api",
+                "--rp_api_host",
+                "127.0.0.1",
+                "--rp_api_port",
+                str(self.port),
+            ],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            try:
+                self.client.get("/openapi.json")
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"worker did not start in {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything the worker printed so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def runsync(self, job_input: Any) -> dict[str, Any]:
+        """POST /runsync and return the JSON RunPod would."""
+        response = self.client.post("/runsync", json={"input": job_input})
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def run_and_poll(self, job_input: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """POST /run, then POST /status/{id} (how the SDK's local server answers it)."""
+        queued = self.client.post("/run", json={"input": job_input})
+        queued.raise_for_status()
+        job_id = queued.json()["id"]
+        for _ in range(600):
+            status = self.client.post(f"/status/{job_id}").json()
+            if status["status"] in {"COMPLETED", "FAILED"}:
+                return queued.json(), status
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not finish")
+
+    def close(self) -> None:
+        """Stop the worker."""
+        self.client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def start_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerServer]]:
+    """A factory: start a worker with extra env; all are stopped after the module."""
+    servers: list[WorkerServer] = []
+
+    def start(**env: str) -> WorkerServer:
+        root = tmp_path_factory.mktemp("worker")
+        server = WorkerServer(env, root / "worker.log", root / "work")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()

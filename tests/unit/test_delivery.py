@@ -1,0 +1,317 @@
+"""engine.delivery: base64 items within RunPod's cap, uploads through the Uploader seam."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from engine.delivery import S3Uploader, deliver, object_key
+from engine.errors import ItemError, ResponseTooLargeError
+from engine.outputs import OutputFile
+from engine.settings import BucketSettings
+from engine.video import VideoInfo
+from tests.media_factory import make_animated_webp, make_png, make_video
+
+KEY_ID = "AKIAFAKEKEYID0000001"
+SECRET = "fake/secret+access/key0000000000000000000"
+
+
+def output(
+    path: Path,
+    mime: str = "image/png",
+    *,
+    node_id: str = "9",
+    subfolder: str = "",
+    kind: Any = "image",
+    info: VideoInfo | None = None,
+) -> OutputFile:
+    """An OutputFile for a file already on disk."""
+    return OutputFile(
+        node_id=node_id,
+        filename=path.name,
+        subfolder=subfolder,
+        path=path,
+        mime_type=mime,
+        kind=kind,
+        video=info,
+    )
+
+
+def bucket(**overrides: Any) -> BucketSettings:
+    """Bucket settings with fake keys; nothing here talks to a network."""
+    values: dict[str, Any] = {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "bucket": "outputs",
+        "access_key_id": KEY_ID,
+        "secret_access_key": SECRET,
+        "region": "us-east-1",
+        "url_expiry_s": 600,
+        "public_url": None,
+    }
+    values.update(overrides)
+    return BucketSettings(**values)
+
+
+class RecordingUploader:
+    """A fake Uploader: records calls, fails for chosen keys, tracks concurrency."""
+
+    def __init__(self, fail: set[str] | None = None, delay_s: float = 0.0) -> None:
+        self.calls: list[tuple[str, Path, str]] = []
+        self.fail = fail or set()
+        self.delay_s = delay_s
+        self.active = 0
+        self.most_active = 0
+        self._lock = threading.Lock()
+
+    def upload(self, key: str, path: Path, content_type: str) -> str:
+        with self._lock:
+            self.calls.append((key, path, content_type))
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            time.sleep(self.delay_s)
+            if key in self.fail:
+                raise ItemError(key, "S3 refused it (AccessDenied: Access Denied)")
+            return f"https://cdn.example.com/{key}"
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+class TestObjectKey:
+    @pytest.mark.parametrize(
+        ("subfolder", "filename", "key"),
+        [
+            ("", "ComfyUI_00001_.png", "job-1/ComfyUI_00001_.png"),
+            ("video/day one", "clip.mp4", "job-1/video/day_one/clip.mp4"),
+            ("../..", "x.png", "job-1/x.png"),
+            ("", "..", "job-1/output"),
+            ("a\\b", "é ü.png", "job-1/a/b/_.png"),
+            ("./", "a?b#c%d.webp", "job-1/a_b_c_d.webp"),
+        ],
+    )
+    def test_safe_characters_under_the_job_id(
+        self, subfolder: str, filename: str, key: str
+    ) -> None:
+        """Keys start with the job id and hold only characters no URL or shell must escape."""
+        file = dataclasses.replace(output(Path("unused"), subfolder=subfolder), filename=filename)
+        assert object_key("job-1", file) == key
+
+
+class TestBase64:
+    def test_items_are_data_uris_with_the_right_mime(self, tmp_path: Path) -> None:
+        """Each item decodes back to the file's bytes and carries its MIME, node and size."""
+        png = make_png(tmp_path / "ComfyUI_00001_.png")
+        webp = make_animated_webp(tmp_path / "anim.webp")
+        files = [output(png), output(webp, "image/webp", node_id="12", kind="animation")]
+        items, errors = deliver(files, job_id="j", uploader=None, budget_bytes=10_000_000)
+        assert errors == []
+        assert [i["filename"] for i in items] == ["ComfyUI_00001_.png", "anim.webp"]
+        for item, path, mime in zip(items, [png, webp], ["image/png", "image/webp"], strict=True):
+            prefix = f"data:{mime};base64,"
+            assert item["type"] == "base64"
+            assert item["mime_type"] == mime
+            assert item["data"].startswith(prefix)
+            assert base64.b64decode(item["data"][len(prefix) :]) == path.read_bytes()
+            assert item["size_bytes"] == path.stat().st_size
+            assert "video" not in item
+        assert items[1]["node_id"] == "12"
+
+    def test_video_items_carry_their_numbers(self, tmp_path: Path) -> None:
+        """A video item has duration, fps, size and frame count under ``video``."""
+        clip = make_video(tmp_path / "clip.mp4")
+        info = VideoInfo(duration_s=1.0, fps=8.0, width=64, height=48, frames=8)
+        items, _ = deliver(
+            [output(clip, "video/mp4", kind="video", info=info)],
+            job_id="j",
+            uploader=None,
+            budget_bytes=10_000_000,
+        )
+        assert items[0]["video"] == {
+            "duration_s": 1.0,
+            "fps": 8.0,
+            "width": 64,
+            "height": 48,
+            "frames": 8,
+        }
+
+    def test_the_budget_bounds_the_real_json_tightly(self, tmp_path: Path) -> None:
+        """The estimate covers every item's JSON, not only its base64; one byte under it fails."""
+        files = [output(make_png(tmp_path / f"{i}.png", (40 + i, 40))) for i in range(12)]
+        with pytest.raises(ResponseTooLargeError) as caught:
+            deliver(files, job_id="j", uploader=None, budget_bytes=1)
+        needed = caught.value.extra["response_bytes"]
+        items, errors = deliver(files, job_id="j", uploader=None, budget_bytes=needed)
+        assert len(items) == 12
+        actual = len(json.dumps({"images": items, "errors": errors}))
+        assert needed - 1024 < actual <= needed
+        with pytest.raises(ResponseTooLargeError):
+            deliver(files, job_id="j", uploader=None, budget_bytes=needed - 1)
+
+    def test_nothing_is_read_or_encoded_when_over_budget(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The cap is checked from file sizes alone: a 500 MB video is never loaded to refuse it."""
+
+        def must_not_encode(data: bytes) -> bytes:
+            raise AssertionError("encoded before checking the budget")
+
+        monkeypatch.setattr(base64, "b64encode", must_not_encode)
+        files = [output(make_png(tmp_path / "a.png"))]
+        with pytest.raises(ResponseTooLargeError):
+            deliver(files, job_id="j", uploader=None, budget_bytes=100)
+
+    def test_too_large_says_how_large_and_what_to_do(self, tmp_path: Path) -> None:
+        """The message names the size and the budget in MB and the S3 variables to set;
+        details list the largest files first."""
+        big = tmp_path / "big.mp4"
+        big.write_bytes(b"\x00" * 3 * 1024 * 1024)
+        small = make_png(tmp_path / "small.png")
+        files = [output(small), output(big, "video/mp4", kind="video")]
+        with pytest.raises(ResponseTooLargeError) as caught:
+            deliver(files, job_id="j", uploader=None, budget_bytes=2 * 1024 * 1024)
+        error = caught.value
+        assert "4.0 MB" in error.message
+        assert "2.0 MB" in error.message
+        for variable in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"):
+            assert variable in error.message
+        assert error.details[0].startswith("big.mp4: 4.0 MB as base64")
+        assert error.details[1].startswith("small.png:")
+        assert error.code == "response_too_large"
+
+    def test_a_vanished_file_is_an_error_line(self, tmp_path: Path) -> None:
+        """A file gone before delivery is named in errors; the others are returned."""
+        here = make_png(tmp_path / "here.png")
+        files = [output(tmp_path / "gone.png"), output(here)]
+        items, errors = deliver(files, job_id="j", uploader=None, budget_bytes=10_000_000)
+        assert [i["filename"] for i in items] == ["here.png"]
+        assert errors == ["gone.png: cannot be read: No such file or directory"]
+
+    def test_nothing_to_deliver(self) -> None:
+        assert deliver([], job_id="j", uploader=None, budget_bytes=1000) == ([], [])
+
+
+class TestUploads:
+    def test_items_are_urls_under_the_job_id(self, tmp_path: Path) -> None:
+        """Each file is uploaded with its Content-Type under a key holding the job id."""
+        png = make_png(tmp_path / "a.png")
+        clip = make_video(tmp_path / "clip.mp4")
+        info = VideoInfo(duration_s=1.0, fps=8.0, width=64, height=48, frames=8)
+        files = [output(png, subfolder="run"), output(clip, "video/mp4", kind="video", info=info)]
+        uploader = RecordingUploader()
+        items, errors = deliver(files, job_id="sync-42", uploader=uploader, budget_bytes=1)
+        assert errors == []
+        assert sorted(uploader.calls) == [
+            ("sync-42/clip.mp4", clip, "video/mp4"),
+            ("sync-42/run/a.png", png, "image/png"),
+        ]
+        assert [(i["type"], i["data"]) for i in items] == [
+            ("s3_url", "https://cdn.example.com/sync-42/run/a.png"),
+            ("s3_url", "https://cdn.example.com/sync-42/clip.mp4"),
+        ]
+        assert items[1]["video"]["frames"] == 8
+        assert items[0]["size_bytes"] == png.stat().st_size
+
+    def test_a_failed_upload_is_an_error_line_the_rest_returned(self, tmp_path: Path) -> None:
+        """One refused upload is named with its reason; order of the others is kept."""
+        files = [output(make_png(tmp_path / f"{n}.png")) for n in ("a", "b", "c")]
+        uploader = RecordingUploader(fail={"j/b.png"})
+        items, errors = deliver(files, job_id="j", uploader=uploader, budget_bytes=1)
+        assert [i["filename"] for i in items] == ["a.png", "c.png"]
+        assert errors == ["b.png: upload failed: S3 refused it (AccessDenied: Access Denied)"]
+
+    def test_a_vanished_file_is_an_error_line(self, tmp_path: Path) -> None:
+        files = [output(tmp_path / "gone.png"), output(make_png(tmp_path / "here.png"))]
+        items, errors = deliver(files, job_id="j", uploader=RecordingUploader(), budget_bytes=1)
+        assert [i["filename"] for i in items] == ["here.png"]
+        assert errors == ["gone.png: cannot be read: No such file or directory"]
+
+    def test_uploads_run_concurrently_but_bounded(self, tmp_path: Path) -> None:
+        """Several files upload at once, never more than four."""
+        files = [output(make_png(tmp_path / f"{i}.png")) for i in range(10)]
+        uploader = RecordingUploader(delay_s=0.05)
+        items, _ = deliver(files, job_id="j", uploader=uploader, budget_bytes=1)
+        assert len(items) == 10
+        assert 1 < uploader.most_active <= 4
+
+    def test_keys_that_collide_after_cleaning_are_made_distinct(self, tmp_path: Path) -> None:
+        """``a b.png`` and ``a_b.png`` would share a key; the second gets a suffix."""
+        files = [output(make_png(tmp_path / "a b.png")), output(make_png(tmp_path / "a_b.png"))]
+        uploader = RecordingUploader()
+        deliver(files, job_id="j", uploader=uploader, budget_bytes=1)
+        assert sorted(key for key, _, _ in uploader.calls) == ["j/a_b-2.png", "j/a_b.png"]
+
+
+class StubS3Client:
+    """Stands in for boto3's client: the failure it raises is the case under test."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.uploads: list[tuple[str, str, str, dict[str, str]]] = []
+
+    def upload_file(
+        self, filename: str, bucket: str, key: str, ExtraArgs: dict[str, str], Config: Any
+    ) -> None:
+        if self.error:
+            raise self.error
+        self.uploads.append((filename, bucket, key, ExtraArgs))
+
+    def generate_presigned_url(self, *args: Any, **kwargs: Any) -> str:
+        return "https://signed.example/url"
+
+
+class TestS3Uploader:
+    def test_presigned_url_is_path_style_for_an_ip_endpoint(self) -> None:
+        """``outputs.127.0.0.1`` cannot resolve, so local endpoints use path-style URLs."""
+        url = S3Uploader(bucket()).url_for("job/a.png")
+        assert url.startswith("http://127.0.0.1:9000/outputs/job/a.png?")
+        assert "X-Amz-Signature=" in url
+        assert "X-Amz-Expires=600" in url
+
+    def test_presigned_url_is_path_style_for_localhost(self) -> None:
+        url = S3Uploader(bucket(endpoint_url="http://localhost:9000")).url_for("job/a.png")
+        assert url.startswith("http://localhost:9000/outputs/job/a.png?")
+
+    def test_public_url_mode_needs_no_signature(self) -> None:
+        """With a public URL configured items get ``<public_url>/<key>``."""
+        uploader = S3Uploader(bucket(public_url="https://cdn.example.com/out"), StubS3Client())
+        assert uploader.upload("job/a b.png", Path("a.png"), "image/png") == (
+            "https://cdn.example.com/out/job/a%20b.png"
+        )
+
+    def test_upload_sends_the_content_type(self) -> None:
+        client = StubS3Client()
+        url = S3Uploader(bucket(), client).upload("job/a.webp", Path("a.webp"), "image/webp")
+        assert url == "https://signed.example/url"
+        assert client.uploads == [
+            ("a.webp", "outputs", "job/a.webp", {"ContentType": "image/webp"})
+        ]
+
+    def test_service_errors_are_one_line_without_secrets(self) -> None:
+        """botocore can quote the key id; the reason never carries it nor the secret."""
+        error = ClientError(
+            {
+                "Error": {
+                    "Code": "InvalidAccessKeyId",
+                    "Message": f"The AWS Access Key Id {KEY_ID} does not exist; {SECRET}",
+                }
+            },
+            "PutObject",
+        )
+        uploader = S3Uploader(bucket(), StubS3Client(error))
+        with pytest.raises(ItemError) as caught:
+            uploader.upload("job/a.png", Path("a.png"), "image/png")
+        reason = caught.value.reason
+        assert KEY_ID not in reason
+        assert SECRET not in reason
+        assert reason.startswith("S3 refused it (InvalidAccessKeyId: The AWS Access Key Id ***")
+        assert "bucket 'outputs' at http://127.0.0.1:9000" in reason
+        assert isinstance(caught.value.__cause__, ClientError)

@@ -1,0 +1,225 @@
+"""The worker's flow in-process, with the fake runtime and in-memory fetcher/uploader."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import handler as handler_module
+from engine.errors import ItemError
+from engine.settings import Settings
+from engine.worker import Worker, job_folder
+from tests import workflows
+from tests.fake_runtime import FakeRuntime
+
+
+def png_b64(color: tuple[int, int, int] = (10, 20, 30)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class MemoryUploader:
+    """Keeps uploads in a dict; fails for file names listed in ``fail``."""
+
+    def __init__(self, fail: tuple[str, ...] = ()) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.fail = fail
+
+    def upload(self, key: str, path: Path, content_type: str) -> str:
+        if path.name in self.fail:
+            raise ItemError(path.name, "upload failed: AccessDenied")
+        self.objects[key] = (path.read_bytes(), content_type)
+        return f"https://bucket.example/{key}"
+
+
+class NoNetwork:
+    def fetch(self, url: str) -> bytes:
+        raise AssertionError(f"unexpected fetch of {url}")
+
+
+def make_worker(settings: Settings, **kwargs: Any) -> Worker:
+    worker = Worker(settings, FakeRuntime(settings), fetcher=NoNetwork(), **kwargs)
+    worker.boot()
+    return worker
+
+
+@pytest.mark.parametrize("job_input", [None, "text", [1, 2], 5])
+def test_input_that_is_not_an_object(settings: Settings, job_input: Any) -> None:
+    body = make_worker(settings).handle({"id": "j1", "input": job_input})
+    assert body["error"].startswith("Invalid request: input must be an object")
+
+
+def test_success_shape(settings: Settings) -> None:
+    body = make_worker(settings).handle(
+        {
+            "id": "j1",
+            "input": {
+                "workflow": workflows.invert("a.png"),
+                "images": [{"name": "a.png", "image": png_b64()}],
+            },
+        }
+    )
+    assert body["errors"] == []
+    (item,) = body["images"]
+    assert set(item) >= {"filename", "type", "data"}
+    assert item["node_id"] == "3"
+
+
+def test_outputs_go_to_the_uploader_under_the_job_id(settings: Settings) -> None:
+    uploader = MemoryUploader()
+    body = make_worker(settings, uploader=uploader).handle(
+        {"id": "job-77", "input": {"workflow": workflows.batch(2)}}
+    )
+    assert [i["type"] for i in body["images"]] == ["s3_url", "s3_url"]
+    assert sorted(uploader.objects) == ["job-77/batch_00001_.png", "job-77/batch_00002_.png"]
+    assert all(ct == "image/png" for _, ct in uploader.objects.values())
+
+
+def test_a_failed_upload_lands_in_errors_and_the_rest_is_returned(settings: Settings) -> None:
+    uploader = MemoryUploader(fail=("batch_00001_.png",))
+    body = make_worker(settings, uploader=uploader).handle(
+        {"id": "j", "input": {"workflow": workflows.batch(2)}}
+    )
+    assert [i["filename"] for i in body["images"]] == ["batch_00002_.png"]
+    assert len(body["errors"]) == 1 and "batch_00001_.png" in body["errors"][0]
+
+
+def test_base64_over_the_payload_cap_fails_with_advice(tmp_path: Path) -> None:
+    settings = Settings(work_dir=tmp_path, response_limit_bytes=1_000)
+    body = make_worker(settings).handle(
+        {"id": "j", "input": {"workflow": workflows.batch(4, size=256)}}
+    )
+    assert body["code"] == "response_too_large"
+    assert "BUCKET_ENDPOINT_URL" in body["error"]
+
+
+def test_files_are_removed_after_a_failed_job(settings: Settings) -> None:
+    worker = make_worker(settings)
+    wf = workflows.raises()
+    wf["6"] = {"class_type": "LoadImage", "inputs": {"image": "in/a.png"}}
+    body = worker.handle(
+        {"id": "j", "input": {"workflow": wf, "images": [{"name": "in/a.png", "image": png_b64()}]}}
+    )
+    assert body["code"] == "execution_failed"
+    assert [p for p in settings.work_dir.rglob("*") if p.is_file()] == []
+
+
+def test_runtime_receives_normalised_scoped_workflow_and_api_key(tmp_path: Path) -> None:
+    settings = Settings(work_dir=tmp_path, comfy_org_api_key="env-key-123456")
+    worker = make_worker(settings)
+    worker.handle(
+        {
+            "id": "j9",
+            "input": {
+                "workflow": workflows.checkpoint("SDXL\\ultraRealisticByStable_v20FP16.safetensors")
+            },
+        }
+    )
+    worker.handle(
+        {
+            "id": "j10",
+            "input": {"workflow": workflows.batch(1), "comfy_org_api_key": "req-key-654321"},
+        }
+    )
+    runtime = worker.runtime
+    assert isinstance(runtime, FakeRuntime)
+    first, second = runtime.jobs
+    assert (
+        first.workflow["4"]["inputs"]["ckpt_name"]
+        == "SDXL/ultraRealisticByStable_v20FP16.safetensors"
+    )
+    assert first.workflow["2"]["inputs"]["filename_prefix"] == f"{job_folder('j9')}/batch"
+    assert (first.api_key_comfy_org, second.api_key_comfy_org) == (
+        "env-key-123456",
+        "req-key-654321",
+    )
+
+
+def test_progress_reaches_the_sink_per_node(settings: Settings) -> None:
+    seen: list[tuple[str, str]] = []
+    worker = make_worker(settings, progress=lambda job, line: seen.append((job["id"], line)))
+    worker.handle(
+        {
+            "id": "p1",
+            "input": {
+                "workflow": workflows.invert("a.png"),
+                "images": [{"name": "a.png", "image": png_b64()}],
+            },
+        }
+    )
+    assert [line for _, line in seen] == [
+        "running node 1 (LoadImage)",
+        "running node 2 (ImageInvert)",
+        "running node 3 (SaveImage)",
+    ]
+    assert {job_id for job_id, _ in seen} == {"p1"}
+
+
+def test_a_failing_progress_sink_does_not_fail_the_job(settings: Settings) -> None:
+    def broken(job: dict[str, Any], line: str) -> None:
+        raise ConnectionError("runpod unreachable")
+
+    body = make_worker(settings, progress=broken).handle(
+        {"id": "j", "input": {"workflow": workflows.batch(1)}}
+    )
+    assert len(body["images"]) == 1
+
+
+def test_job_ids_become_safe_folder_names() -> None:
+    assert job_folder("sync-1234-abcd") == "job-sync-1234-abcd"
+    assert job_folder("../../etc") == "job-.._.._etc"
+    assert "/" not in job_folder("a/b") and len(job_folder("x" * 500)) <= 68
+
+
+def test_handler_boots_once_and_serves_many(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WORKER_RUNTIME", "tests.fake_runtime:FakeRuntime")
+    monkeypatch.setenv("WORKER_DIR", str(tmp_path))
+    monkeypatch.setattr(handler_module, "_worker", None)
+    monkeypatch.setattr(handler_module, "_boot_error", None)
+    for i in range(3):
+        body = handler_module.handler({"id": f"h{i}", "input": {"workflow": workflows.batch(1)}})
+        assert len(body["images"]) == 1
+    worker = handler_module._worker
+    assert worker is not None and isinstance(worker.runtime, FakeRuntime)
+    assert worker.runtime.booted == 1
+
+
+def test_handler_reports_a_boot_failure_on_every_job(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WORKER_RUNTIME", "tests.no_such_module:Runtime")
+    monkeypatch.setenv("WORKER_DIR", str(tmp_path))
+    monkeypatch.setattr(handler_module, "_worker", None)
+    monkeypatch.setattr(handler_module, "_boot_error", None)
+    for _ in range(2):
+        body = handler_module.handler({"id": "x", "input": {"workflow": workflows.batch(1)}})
+        assert body["error"].startswith("ComfyUI failed to start on this worker")
+        assert "tests.no_such_module" in body["error"]
+        assert body["refresh_worker"] is True
+
+
+def test_bad_configuration_fails_jobs_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INPUT_MAX_IMAGE_MB", "fifty")
+    monkeypatch.setattr(handler_module, "_worker", None)
+    monkeypatch.setattr(handler_module, "_boot_error", None)
+    body = handler_module.handler({"id": "x", "input": {}})
+    assert "INPUT_MAX_IMAGE_MB" in body["error"]
+
+
+def test_timeout_then_next_job(tmp_path: Path) -> None:
+    worker = make_worker(Settings(work_dir=tmp_path, job_timeout_s=0.3))
+    started = time.monotonic()
+    body = worker.handle({"id": "t", "input": {"workflow": workflows.sleeps(20)}})
+    assert body["code"] == "job_timeout" and time.monotonic() - started < 5
+    assert len(worker.handle({"id": "u", "input": {"workflow": workflows.batch(1)}})["images"]) == 1
