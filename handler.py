@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import runpod
+from runpod.serverless.modules.rp_logger import RunPodLogger
 
 from engine import logs
 from engine.errors import RuntimeBootError, WorkerError
@@ -30,6 +31,7 @@ def _start() -> None:
     try:
         settings = Settings.from_env(os.environ)
         logs.configure(settings.comfy_log_level, settings.secrets())
+        RunPodLogger().set_level(settings.sdk_log_level)
         progress = runpod.serverless.progress_update if settings.on_runpod else None
         worker = Worker.from_settings(settings, progress=progress)
         worker.boot()

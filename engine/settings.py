@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+_LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+# The runpod SDK's own names (runpod/serverless/modules/rp_logger.py).
+_SDK_LOG_LEVELS = frozenset({"NOTSET", "TRACE", "DEBUG", "INFO", "WARN", "ERROR"})
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -30,6 +32,13 @@ def _parse_bool(name: str, raw: str) -> bool:
     if value in _FALSE:
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _log_level(name: str, raw: str, allowed: frozenset[str] = _LOG_LEVELS) -> str:
+    level = raw.strip().upper()
+    if level not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(sorted(allowed))}, got {raw!r}")
+    return level
 
 
 def _parse_number(kind: Callable[[str], T], name: str, raw: str, *, minimum: float) -> T:
@@ -113,6 +122,9 @@ class Settings:
     # engine has no socket to reconnect, so they have no effect here.
     websocket_reconnect_attempts: int = 5
     websocket_reconnect_delay_s: float = 3.0
+    sdk_log_level: str = "INFO"
+    """The runpod SDK's own log level. Its DEBUG default prints every handler result
+    whole: up to 20 MB of base64, and the S3 URLs, per job."""
     on_runpod: bool = False
     """Running under RunPod's job queue (not the SDK's local API server): send progress."""
 
@@ -138,11 +150,7 @@ class Settings:
             raw = get(name)
             return Path(raw).expanduser() if raw else None
 
-        log_level = (get("COMFY_LOG_LEVEL") or "DEBUG").upper()
-        if log_level not in _LOG_LEVELS:
-            raise ConfigError(
-                f"COMFY_LOG_LEVEL must be one of {', '.join(sorted(_LOG_LEVELS))}, got {log_level!r}"
-            )
+        log_level = _log_level("COMFY_LOG_LEVEL", get("COMFY_LOG_LEVEL") or "DEBUG")
 
         cache_type = (get("COMFY_CACHE_TYPE") or "classic").lower()
         if cache_type not in {"classic", "lru", "none"}:
@@ -172,6 +180,9 @@ class Settings:
             cache_type=cache_type,
             websocket_reconnect_attempts=number(int, "WEBSOCKET_RECONNECT_ATTEMPTS", 5, 0),
             websocket_reconnect_delay_s=number(float, "WEBSOCKET_RECONNECT_DELAY_S", 3.0, 0),
+            sdk_log_level=_log_level(
+                "RUNPOD_LOG_LEVEL", get("RUNPOD_LOG_LEVEL") or "INFO", _SDK_LOG_LEVELS
+            ),
             # RunPod sets this on its workers; progress goes to it as an HTTP POST.
             on_runpod=get("RUNPOD_WEBHOOK_POST_OUTPUT") is not None,
         )

@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from engine.delivery import S3Uploader, deliver
 from engine.errors import ResponseTooLargeError
@@ -29,18 +27,6 @@ pytestmark = pytest.mark.e2e
 
 KEY_ID = "AKIAE2EFAKEKEYID0001"
 SECRET = "e2e/fake+secret/access/key/000000000000"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on an ephemeral loopback port, for this module."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
