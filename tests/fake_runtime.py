@@ -40,7 +40,8 @@ CHECKPOINTS = ["SDXL/ultraRealisticByStable_v20FP16.safetensors", "sd15/tiny.saf
 _COMBOS: dict[str, dict[str, list[str]]] = {
     "CheckpointLoaderSimple": {"ckpt_name": CHECKPOINTS},
     "LoraLoader": {"lora_name": ["styles/pixel.safetensors"]},
-    "SaveVideo": {"format": ["auto", "mp4", "webm"], "codec": ["auto", "h264", "vp9"]},
+    "SaveVideo": {"format": ["auto", "mp4"], "codec": ["auto", "h264"]},
+    "SaveWEBM": {"codec": ["vp9", "av1"]},
 }
 _REQUIRED: dict[str, list[str]] = {
     "LoadImage": ["image"],
@@ -51,13 +52,21 @@ _REQUIRED: dict[str, list[str]] = {
     "SaveAnimatedWEBP": ["images"],
     "CreateVideo": ["images"],
     "SaveVideo": ["video"],
+    "SaveWEBM": ["images"],
     "VHS_VideoCombine": ["images"],
     "CheckpointLoaderSimple": ["ckpt_name"],
     "LoraLoader": ["lora_name"],
     "TestRaise": [],
     "TestSleep": ["seconds"],
 }
-_OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveVideo", "VHS_VideoCombine"}
+_OUTPUT_NODES = {
+    "SaveImage",
+    "PreviewImage",
+    "SaveAnimatedWEBP",
+    "SaveVideo",
+    "SaveWEBM",
+    "VHS_VideoCombine",
+}
 
 
 def _recorded(name: str) -> dict[str, Any]:
@@ -329,14 +338,17 @@ class FakeRuntime:
 
     def _node_SaveVideo(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
         video = args["video"]
-        fmt = "webm" if args.get("format") == "webm" else "mp4"
-        name, subfolder, _ = self._write_video(
-            args.get("filename_prefix", "video/ComfyUI"), video["frames"], video["fps"], fmt
-        )
-        return {
-            "images": [{"filename": name, "subfolder": subfolder, "type": "output"}],
-            "animated": (True,),
-        }
+        prefix = args.get("filename_prefix", "video/ComfyUI")
+        name, subfolder, _ = self._write_video(prefix, video["frames"], video["fps"], "mp4")
+        item = {"filename": name, "subfolder": subfolder, "type": "output"}
+        return {"images": [item], "animated": (True,)}
+
+    def _node_SaveWEBM(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
+        prefix = args.get("filename_prefix", "ComfyUI")
+        fps = float(args.get("fps", 24))
+        name, subfolder, _ = self._write_video(prefix, args["images"], fps, "webm")
+        item = {"filename": name, "subfolder": subfolder, "type": "output"}
+        return {"images": [item], "animated": (True,)}
 
     def _node_VHS_VideoCombine(self, args: dict[str, Any], *_: Any) -> dict[str, Any]:
         fps = float(args.get("frame_rate", 8))

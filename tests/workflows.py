@@ -35,7 +35,7 @@ def batch(count: int = 3, size: int = 64, color: int = 0xFF8000) -> Workflow:
 
 
 def media(frames: int = 6, size: int = 64) -> Workflow:
-    """One batch of frames to a PNG preview, an animated WEBP, an MP4 and a WebM."""
+    """One batch of frames to a PNG preview, an animated WEBP, an MP4 (SaveVideo) and a WebM (SaveWEBM)."""
     return {
         "1": {
             "class_type": "EmptyImage",
@@ -64,12 +64,13 @@ def media(frames: int = 6, size: int = 64) -> Workflow:
             },
         },
         "6": {
-            "class_type": "SaveVideo",
+            "class_type": "SaveWEBM",
             "inputs": {
-                "video": ["4", 0],
+                "images": ["1", 0],
                 "filename_prefix": "video/clip",
-                "format": "webm",
                 "codec": "vp9",
+                "fps": 8.0,
+                "crf": 32.0,
             },
         },
     }
