@@ -47,9 +47,7 @@ def _to_posix(value: str) -> str:
     return _BACKSLASHES.sub("/", value)
 
 
-def normalize_paths(
-    workflow: Workflow, file_inputs: Callable[[str], frozenset[str]]
-) -> Workflow:
+def normalize_paths(workflow: Workflow, file_inputs: Callable[[str], frozenset[str]]) -> Workflow:
     """Return a copy of ``workflow`` with Windows paths in file-name values made POSIX.
 
     ``file_inputs(class_type)`` names the inputs whose allowed values the engine

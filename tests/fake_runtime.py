@@ -394,16 +394,16 @@ class _Interrupted(Exception):
 
 
 class _NodeFailed(Exception):
+    """A node raised: carries ComfyUI's recorded ``execution_error`` data, filled in."""
+
     def __init__(self, prompt_id: str, node_id: str, class_type: str, exc: Exception) -> None:
         super().__init__(str(exc))
+        recorded = dict(_recorded("status_execution_error.json")["status_messages"])
         self.data = {
+            **recorded["execution_error"],
             "prompt_id": prompt_id,
             "node_id": node_id,
             "node_type": class_type,
-            "executed": [],
             "exception_message": f"{exc}\n",
             "exception_type": type(exc).__name__,
-            "traceback": ["Traceback (most recent call last):\n", "..."],
-            "current_inputs": {},
-            "current_outputs": {},
         }
