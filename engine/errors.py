@@ -54,9 +54,10 @@ class WorkerError(Exception):
 
     def summary(self) -> str:
         """The message with its details, on one line, bounded in length."""
-        if not self.details:
+        details = [d for d in self.details if d != self.message]
+        if not details:
             return self.message
-        text = f"{self.message}: " + "; ".join(self.details)
+        text = f"{self.message}: " + "; ".join(details)
         if len(text) > _MAX_ERROR_CHARS:
             text = text[: _MAX_ERROR_CHARS - 20].rstrip() + " ... (truncated)"
         return text
