@@ -7,6 +7,10 @@ normalisation, ComfyUI in-process, outputs, delivery), without RunPod:
     .venv/bin/python scripts/run_job.py examples/invert_png_mp4.json \\
         --image example.png=examples/example.png --out outputs
 
+Outputs are saved as comfy-worker-client saves them: base64 decoded, S3 URLs
+downloaded, a name already taken gets -1, -2, ...; exit 3 if one could not be
+saved or the worker reported errors[].
+
 ComfyUI comes from COMFYUI_PATH, else from comfyui/ComfyUI (scripts/setup.sh
 --with-comfyui). Runs on the GPU when there is one, on the CPU otherwise.
 """
@@ -14,41 +18,46 @@ ComfyUI comes from COMFYUI_PATH, else from comfyui/ComfyUI (scripts/setup.sh
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from engine import logs
+from engine.client import (
+    ClientError,
+    UsageError,
+    download_client,
+    encode_image,
+    load_workflow,
+    parse_image_arg,
+    save_outputs,
+)
 from engine.settings import Settings
 from engine.worker import Worker
 
 
-def _image_arg(value: str) -> dict[str, str]:
-    name, sep, source = value.partition("=")
-    if not sep:
-        name, source = Path(value).name, value
-    if source.startswith(("http://", "https://", "data:")):
-        return {"name": name, "image": source}
-    return {"name": name, "image": base64.b64encode(Path(source).read_bytes()).decode()}
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run the workflow; exit 0 on success, 1 if the job failed."""
+    """Run the workflow; exit 0 on success, 1 if the job failed, 3 if outputs are missing."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("workflow", type=Path, help="workflow in ComfyUI's API format (JSON)")
     parser.add_argument(
-        "--image", action="append", type=_image_arg, default=[], metavar="NAME=PATH|URL",
-        help="an input image; NAME is what LoadImage refers to (default: the file's name)",
+        "--image", action="append", default=[], metavar="NAME=PATH|URL",
+        help="an input image: a local file or an http(s) URL; NAME is what LoadImage refers to "
+        "(default: the file's name)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the outputs")
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG (ComfyUI included)")
     args = parser.parse_args(argv)
+    try:  # the client's checks, before the slow boot: a UI-format workflow, a missing image
+        workflow = load_workflow(args.workflow)
+        images = [encode_image(parse_image_arg(text)) for text in args.image]
+    except UsageError as exc:
+        parser.error(exc.message)
 
     settings = Settings.from_env(os.environ)
     logs.configure("DEBUG" if args.verbose else "INFO", settings.secrets())
@@ -56,26 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     worker.boot()
     booted = time.perf_counter()
-    job_input = {"workflow": json.loads(args.workflow.read_text()), "images": args.image}
-    result = worker.handle({"id": f"local-{int(time.time())}", "input": job_input})
+    job_id = f"local-{int(time.time())}"
+    job_input: dict[str, Any] = {"workflow": workflow, "images": images}
+    result = worker.handle({"id": job_id, "input": job_input})
     finished = time.perf_counter()
 
     if "error" in result:
         print(f"job failed: {result['error']}", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    for item in result["images"]:
-        if item["type"] == "base64":
-            target = args.out / item["filename"]
-            target.write_bytes(base64.b64decode(item["data"].partition(",")[2]))
-            print(f"{target}  {item['mime_type']}  {target.stat().st_size} bytes")
-        else:
-            print(f"{item['filename']}  {item['mime_type']}  {item['data']}")
-    for error in result["errors"]:
-        print(f"warning: {error}", file=sys.stderr)
+    # The client's saving: base64 decoded, S3 URLs downloaded, a name taken gets -1, -2, ...
+    try:
+        with download_client() as downloads:
+            code = int(save_outputs({"id": job_id, "output": result}, args.out, downloads))
+    except ClientError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        code = int(exc.exit_code)
     print(f"boot {booted - started:.2f} s, job {finished - booted:.3f} s", file=sys.stderr)
     logging.shutdown()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

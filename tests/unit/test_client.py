@@ -15,6 +15,7 @@ from PIL import Image
 
 from engine import client
 from engine.client import ClientConfig, ExitCode, ImageSpec
+from engine.client import api as client_api
 from tests import workflows
 
 KEY = "rp_test_key_3b9f0c71d2"
@@ -641,7 +642,7 @@ class TestErrors:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        monkeypatch.setitem(client._REQUEST_LIMIT_BYTES, "/run", 100)
+        monkeypatch.setitem(client_api._REQUEST_LIMIT_BYTES, "/run", 100)
         assert cli(fake, workflow_file, tmp_path) == ExitCode.USAGE
         assert "over the 0 MB RunPod accepts on /run" in outputs(capsys)[1]
         assert fake.requests == []
