@@ -39,28 +39,62 @@ def _describe_input_error(
     looked_in: Sequence[str] | None,
 ) -> str:
     extra = error.get("extra_info") or {}
-    input_name = extra.get("input_name")
+    input_name = str(extra.get("input_name") or "")
     where = f"Node {node_id} ({class_type})"
     if input_name:
         where += f" input '{input_name}'"
     kind = error.get("type", "")
+    received = extra.get("received_value")
     if kind == "value_not_in_list":
-        received = extra.get("received_value")
-        line = f"{where}: {received!r} is not one of the allowed values"
-        if looked_in:
-            line += f" (file not found; looked in: {', '.join(looked_in)})"
-        choices = _choices(error)
-        if choices is not None:
-            if not choices:
-                line += "; no files are available for this input"
-            elif len(choices) <= _MAX_LISTED_CHOICES:
-                line += f"; allowed: {', '.join(choices)}"
-            else:
-                line += f"; {len(choices)} values are allowed"
-        return line
+        return f"{where}: " + _not_in_list(received, _choices(error), looked_in)
+    if kind == "invalid_input_type":
+        # details: "<input>, <value>, <exception>"; say it as a sentence instead.
+        config = extra.get("input_config")
+        expected = config[0] if isinstance(config, (list, tuple)) and config else "the input's type"
+        reason = str(extra.get("exception_message") or "").strip()
+        return f"{where}: {received!r} is not a valid {expected}" + (
+            f" ({reason})" if reason else ""
+        )
+    if kind == "return_type_mismatch":
+        config = extra.get("input_config")
+        expected = config[0] if isinstance(config, (list, tuple)) and config else "?"
+        linked = extra.get("linked_node")
+        source = f" of node {linked[0]}" if isinstance(linked, (list, tuple)) and linked else ""
+        return (
+            f"{where}: it takes {expected} but is linked to an output{source} "
+            f"of type {extra.get('received_type', '?')}"
+        )
     message = str(error.get("message") or kind or "invalid")
+    return f"{where}: {message}" + _own_details(error, input_name)
+
+
+def _not_in_list(
+    received: object, choices: list[str] | None, looked_in: Sequence[str] | None
+) -> str:
+    line = f"{received!r} is not one of the allowed values"
+    if looked_in:
+        line += f" (file not found; looked in: {', '.join(looked_in)})"
+    if choices is not None:
+        if not choices:
+            line += "; no files are available for this input"
+        elif len(choices) <= _MAX_LISTED_CHOICES:
+            line += f"; allowed: {', '.join(choices)}"
+        else:
+            line += f"; {len(choices)} values are allowed"
+    return line
+
+
+def _own_details(error: Mapping[str, Any], input_name: str) -> str:
+    """ComfyUI's ``details`` without the input name it repeats at its start."""
     details = str(error.get("details") or "").strip()
-    return f"{where}: {message}" + (f": {details}" if details else "")
+    if input_name:
+        if details == input_name:
+            return ""
+        for separator in (" - ", ", ", ": "):
+            if details.startswith(input_name + separator):
+                details = details[len(input_name) + len(separator) :].strip()
+                break
+    return f": {details}" if details else ""
 
 
 def validation_error(
@@ -69,24 +103,33 @@ def validation_error(
     *,
     unknown_types: Mapping[str, Sequence[str]] | None = None,
     looked_in: Mapping[tuple[str, str], Sequence[str]] | None = None,
+    missing_class_type: Sequence[str] | None = None,
 ) -> WorkflowValidationError:
     """One detail line per problem ComfyUI's validation found.
 
     ``unknown_types`` maps each class_type the engine does not know to the node ids
     using it (ComfyUI stops at the first; the runtime finds them all first).
     ``looked_in`` maps (node id, input) to the folders searched for a missing file.
+    ``missing_class_type`` lists node ids whose node has no ``class_type`` at all.
     """
     details: list[str] = []
-    for class_type, node_ids in sorted((unknown_types or {}).items()):
-        ids = ", ".join(node_ids)
+    for node_id in missing_class_type or ():
         details.append(
-            f"Node type '{class_type}' is not installed (used by node{'s' if len(node_ids) > 1 else ''} "
-            f"{ids}): install the custom node pack that provides it, or fix class_type"
+            f"Node {node_id} has no class_type: every node needs one (export the workflow "
+            "with Workflow -> Export (API))"
+        )
+    for class_type, node_ids in sorted((unknown_types or {}).items()):
+        used_by = ("nodes " if len(node_ids) > 1 else "node ") + ", ".join(node_ids)
+        details.append(
+            f"Node type '{class_type}' is not installed (used by {used_by}): "
+            "install the custom node pack that provides it, or fix class_type"
         )
     for node_id, entry in sorted((node_errors or {}).items(), key=lambda kv: _node_sort_key(kv[0])):
         class_type = str(entry.get("class_type", "?"))
-        for item in entry.get("errors", []):
-            input_name = (item.get("extra_info") or {}).get("input_name", "")
+        # ComfyUI walks a node's inputs as a set: its order changes from one process to
+        # the next. Sorted by input name, the same workflow always reads the same.
+        for item in sorted(entry.get("errors", []), key=_input_name):
+            input_name = _input_name(item)
             details.append(
                 _describe_input_error(
                     node_id, class_type, item, (looked_in or {}).get((node_id, input_name))
@@ -96,7 +139,8 @@ def validation_error(
         kind = error.get("type", "")
         if kind == "prompt_no_outputs":
             details.append(
-                "The workflow has no output node: add one that saves its result, e.g. SaveImage or SaveVideo"
+                "The workflow has no output node: add one that saves its result, "
+                "e.g. SaveImage or SaveVideo"
             )
         else:
             message = str(error.get("message") or kind or "invalid prompt")
@@ -105,6 +149,10 @@ def validation_error(
     if not details:
         details.append("ComfyUI refused the workflow without saying why")
     return WorkflowValidationError(details, node_errors=dict(node_errors or {}))
+
+
+def _input_name(error: Mapping[str, Any]) -> str:
+    return str((error.get("extra_info") or {}).get("input_name") or "")
 
 
 def _node_sort_key(node_id: str) -> tuple[int, int, str]:

@@ -1,0 +1,490 @@
+"""The real runtime: ComfyUI's execution engine, imported and driven in-process.
+
+No ComfyUI server, no HTTP, no WebSocket: :meth:`ComfyRuntime.boot` imports
+ComfyUI the way its ``main.py`` does, and :meth:`ComfyRuntime.run` hands each
+workflow to one ``execution.PromptExecutor`` kept for the worker's lifetime, so
+loaded models and cached node outputs carry over between jobs.
+
+With :mod:`engine.runtime.comfy_boot` (the boot itself), the only code that imports
+ComfyUI or torch, and only inside ``boot()``; ComfyUI's modules are untyped, so
+they stay ``Any`` here.
+
+Threads: every job runs on one engine thread. ``PromptExecutor.execute`` calls
+``asyncio.run``, which refuses to run where an event loop already runs, and the
+runpod SDK calls a synchronous handler from inside its own loop. A timer thread
+enforces the per-job limit through ComfyUI's interrupt flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gc
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import JobTimeoutError, RuntimeBootError, WorkerError
+from engine.runtime import Directories, JobSpec, ProgressEvent, RunResult, UiOutputs, shapes
+from engine.runtime.comfy_boot import Comfy, find_checkout, import_comfy
+from engine.runtime.comfy_folders import combo_options, folders_backing_input
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# After an interrupt, a node that never checks the flag (a long VAE decode) runs
+# on; say so in the log every this many seconds while the job waits for it.
+_STUCK_WARNING_S = 30.0
+
+
+@dataclass
+class _JobState:
+    """What the engine thread's callbacks need to know about the running job."""
+
+    job: JobSpec
+    prompt: dict[str, Any]
+    deadline_hit: threading.Event
+    progress_failed: bool = False
+
+
+class ComfyRuntime:
+    """ComfyUI in this process; implements :class:`engine.runtime.Runtime`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        root = Path(settings.work_dir).expanduser().resolve()
+        self._dirs = Directories(input=root / "input", output=root / "output", temp=root / "temp")
+        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comfy-engine")
+        self._job_lock = threading.Lock()
+        self._comfy: Comfy | None = None
+        self._current: _JobState | None = None
+        self._file_inputs: dict[str, frozenset[str]] = {}
+        self.boot_timings: dict[str, float] = {}
+        """Seconds per boot phase: ``torch_import``, ``comfy_import``, ``node_init``..."""
+        self.node_count = 0
+        self.warmup_s: float | None = None
+        """Seconds the warm-up workflow took; ``None`` when none ran or it failed."""
+
+    @property
+    def directories(self) -> Directories:
+        """ComfyUI's input, output and temp folders, under ``settings.work_dir``."""
+        return self._dirs
+
+    # -- boot -----------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Import ComfyUI, load every node, and run the warm-up workflow if set.
+
+        Raises ``RuntimeBootError`` when ComfyUI cannot be found or imported. A
+        second call does nothing: ComfyUI's modules are process-wide.
+        """
+        if self._comfy is not None:
+            return
+        started = time.perf_counter()
+        checkout = find_checkout(self._settings)
+        try:
+            self._comfy = import_comfy(
+                checkout, self._settings, self._dirs, self._on_step, self.boot_timings
+            )
+        except WorkerError:
+            raise
+        except Exception as exc:
+            raise RuntimeBootError(
+                f"ComfyUI at {checkout} failed to start: {type(exc).__name__}: {exc}",
+                ["Install ComfyUI's requirements: scripts/setup.sh --with-comfyui"],
+            ) from exc
+        self.node_count = self._comfy.node_count
+        self.boot_timings["total"] = time.perf_counter() - started
+        log.info(
+            "ComfyUI booted in %.2f s "
+            "(torch import %.2f s, ComfyUI import %.2f s, node init %.2f s)",
+            self.boot_timings["total"],
+            self.boot_timings["torch_import"],
+            self.boot_timings["comfy_import"],
+            self.boot_timings["node_init"],
+        )
+        if self._settings.warmup_workflow is not None:
+            self.warmup_s = self.warm_up(self._settings.warmup_workflow)
+
+    def warm_up(self, workflow_path: Path) -> float | None:
+        """Run one workflow so the first job finds its models loaded; its seconds.
+
+        Called by :meth:`boot` for ``WARMUP_WORKFLOW``. A warm-up that fails is
+        logged and returns ``None``: the worker still serves jobs. Its output files
+        are deleted.
+        """
+        started = time.perf_counter()
+        try:
+            workflow = json.loads(Path(workflow_path).read_text(encoding="utf-8"))
+            if not isinstance(workflow, dict):
+                raise ValueError("the file does not hold a workflow object in API format")
+            result = self.run(
+                JobSpec(
+                    prompt_id=f"warmup-{uuid.uuid4().hex[:8]}",
+                    workflow=workflow,
+                    timeout_s=self._settings.job_timeout_s,
+                )
+            )
+        except (OSError, ValueError, WorkerError) as exc:
+            reason = exc.summary() if isinstance(exc, WorkerError) else str(exc)
+            log.error(
+                "warm-up workflow %s failed; the worker starts anyway: %s", workflow_path, reason
+            )
+            return None
+        finally:
+            self.after_job()
+        for path in _files_in(result.outputs, self._dirs):
+            path.unlink(missing_ok=True)
+        seconds = time.perf_counter() - started
+        log.info("warm-up workflow %s ran in %.2f s", workflow_path, seconds)
+        return seconds
+
+    # -- per job ----------------------------------------------------------------------
+
+    def file_inputs(self, class_type: str) -> frozenset[str]:
+        """Inputs of ``class_type`` whose allowed values are a list of strings.
+
+        Files and models, and plain enums (sampler names) too: callers use this to
+        find values that may be paths. Unknown types have none.
+        """
+        cached = self._file_inputs.get(class_type)
+        if cached is not None:
+            return cached
+        comfy = self._require_boot()
+        node_class = comfy.nodes.NODE_CLASS_MAPPINGS.get(class_type)
+        if node_class is None:
+            return frozenset()
+        try:
+            spec = node_class.INPUT_TYPES()
+        except Exception:
+            # Validation will report this node properly; here it only has no file inputs.
+            log.warning("INPUT_TYPES() of %s failed", class_type, exc_info=True)
+            return frozenset()
+        names = frozenset(
+            name
+            for section in ("required", "optional")
+            for name, config in (spec.get(section) or {}).items()
+            if combo_options(config) is not None
+        )
+        self._file_inputs[class_type] = names
+        return names
+
+    def run(self, job: JobSpec) -> RunResult:
+        """Validate and execute ``job.workflow`` on the engine thread; see ``Runtime.run``."""
+        comfy = self._require_boot()
+        with self._job_lock:
+            return self._engine.submit(self._run_job, comfy, job).result()
+
+    def after_job(self) -> None:
+        """Empty the temp folder and free what the job left; loaded models stay."""
+        comfy = self._comfy
+        if comfy is None:
+            return
+        with self._job_lock:
+            shutil.rmtree(self._dirs.temp, ignore_errors=True)
+            self._dirs.temp.mkdir(parents=True, exist_ok=True)
+            gc.collect()
+            comfy.model_management.soft_empty_cache()
+
+    def interrupt(self) -> None:
+        """Stop the running job at the next step or node (ComfyUI's interrupt)."""
+        if self._comfy is not None:
+            self._comfy.model_management.interrupt_current_processing(True)
+
+    def _require_boot(self) -> Comfy:
+        if self._comfy is None:
+            raise RuntimeError("ComfyRuntime.boot() must be called before jobs run")
+        return self._comfy
+
+    def _run_job(self, comfy: Comfy, job: JobSpec) -> RunResult:
+        timings: dict[str, float] = {}
+        # validate_prompt casts values in place; the caller's workflow stays as sent.
+        prompt = copy.deepcopy(job.workflow)
+        state = _JobState(job=job, prompt=prompt, deadline_hit=threading.Event())
+        timer = None
+        if job.timeout_s:
+            timer = threading.Timer(job.timeout_s, self._on_deadline, args=(comfy, state))
+            timer.daemon = True
+            timer.start()
+        self._current = state
+        comfy.server.set_listener(self._on_event)
+        comfy.server.last_prompt_id = job.prompt_id
+        failed = True
+        try:
+            # One event loop per job, as PromptExecutor.execute and ComfyUI's own worker do.
+            outputs = asyncio.run(self._run_async(comfy, state, timings))
+            failed = False
+            return RunResult(outputs=outputs, timings=timings)
+        except WorkerError:
+            raise
+        except BaseException:
+            # Not a node's failure (those come back as status messages): ComfyUI's own
+            # state may be half-updated, so drop the executor's caches. Loaded models
+            # stay in model_management; only cached node outputs are lost.
+            log.exception(
+                "job %s: ComfyUI raised outside any node; resetting the executor", job.prompt_id
+            )
+            comfy.executor.reset()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            comfy.model_management.interrupt_current_processing(False)
+            comfy.server.set_listener(None)
+            self._current = None
+            if failed:
+                # What ComfyUI's own worker loop does between prompts: after an
+                # out-of-memory error or an interrupt, tensors of the failed node linger.
+                gc.collect()
+                comfy.model_management.soft_empty_cache()
+
+    async def _run_async(
+        self, comfy: Comfy, state: _JobState, timings: dict[str, float]
+    ) -> UiOutputs:
+        job, prompt = state.job, state.prompt
+        started = time.perf_counter()
+        self._check_class_types(comfy, prompt)
+        client_id = f"worker-{job.prompt_id}"
+        extra_data: dict[str, Any] = {"client_id": client_id}
+        api_key = job.api_key_comfy_org or self._settings.comfy_org_api_key
+        if api_key:
+            extra_data["api_key_comfy_org"] = api_key
+        if comfy.server.on_prompt_handlers:
+            request = comfy.server.trigger_on_prompt(
+                {
+                    "prompt": prompt,
+                    "prompt_id": job.prompt_id,
+                    "client_id": client_id,
+                    "extra_data": extra_data,
+                }
+            )
+            prompt = state.prompt = request.get("prompt", prompt)
+        ok, error, outputs, node_errors = await comfy.execution.validate_prompt(
+            job.prompt_id, prompt, None
+        )
+        timings["validate_s"] = time.perf_counter() - started
+        # ComfyUI runs the outputs that passed and drops the rest with a log line; a
+        # worker's caller would never see that, so any node error fails the job.
+        if not ok or node_errors:
+            raise shapes.validation_error(
+                error, node_errors, looked_in=self._looked_in(comfy, prompt, node_errors or {})
+            )
+
+        started = time.perf_counter()
+        executor = comfy.executor
+        executor.history_result = {}
+        await executor.execute_async(prompt, job.prompt_id, extra_data, outputs)
+        timings["execute_s"] = time.perf_counter() - started
+        failure = shapes.execution_failure(executor.status_messages)
+        if failure is not None:
+            self._raise_failure(job, failure, executor.status_messages, state)
+        return _outputs_of(executor.history_result, prompt)
+
+    def _raise_failure(
+        self,
+        job: JobSpec,
+        failure: WorkerError,
+        messages: list[tuple[str, Mapping[str, Any]]],
+        state: _JobState,
+    ) -> None:
+        event, data = _last_failure(messages)
+        node = data.get("node_id")
+        if event == "execution_interrupted" and state.deadline_hit.is_set():
+            limit = f"{job.timeout_s:g}"
+            where = f" at node {node} ({data.get('node_type')})" if node else ""
+            raise JobTimeoutError(
+                f"The job ran longer than its time limit of {limit} s and was stopped{where}",
+                [
+                    f"The limit is JOB_TIMEOUT_S={limit}: raise it, or make the workflow "
+                    "lighter (fewer steps, smaller images, shorter videos)"
+                ],
+                node_id=str(node) if node else None,
+            ) from failure
+        if event == "execution_error":
+            log.error(
+                "job %s: node %s (%s) raised %s: %s\n%s",
+                job.prompt_id,
+                node,
+                data.get("node_type"),
+                data.get("exception_type"),
+                str(data.get("exception_message", "")).strip(),
+                "".join(data.get("traceback") or []),
+            )
+        raise failure
+
+    def _check_class_types(self, comfy: Comfy, prompt: dict[str, Any]) -> None:
+        """Name every unknown node type at once: ComfyUI's validation stops at the first."""
+        unknown: dict[str, list[str]] = {}
+        no_type: list[str] = []
+        for node_id in shapes.sort_node_ids(list(prompt)):
+            node = prompt[node_id]
+            class_type = node.get("class_type") if isinstance(node, dict) else None
+            if not isinstance(class_type, str) or not class_type:
+                no_type.append(node_id)
+            elif class_type not in comfy.nodes.NODE_CLASS_MAPPINGS:
+                unknown.setdefault(class_type, []).append(node_id)
+        if unknown or no_type:
+            raise shapes.validation_error(
+                None, None, unknown_types=unknown, missing_class_type=no_type
+            )
+
+    def _looked_in(
+        self, comfy: Comfy, prompt: dict[str, Any], node_errors: Mapping[str, Any]
+    ) -> dict[tuple[str, str], list[str]]:
+        """The folders searched for each file a ``value_not_in_list`` error names."""
+        looked: dict[tuple[str, str], list[str]] = {}
+        for node_id, entry in node_errors.items():
+            for error in entry.get("errors", []):
+                extra = error.get("extra_info") or {}
+                input_name = extra.get("input_name")
+                if error.get("type") != "value_not_in_list" or not input_name:
+                    continue
+                node_class = comfy.nodes.NODE_CLASS_MAPPINGS[prompt[node_id]["class_type"]]
+                folders = folders_backing_input(
+                    comfy.folder_paths, node_class, input_name, extra.get("received_value")
+                )
+                if folders:
+                    looked[(node_id, input_name)] = folders
+        return looked
+
+    # -- callbacks from ComfyUI, on the engine thread ----------------------------------
+
+    def _on_event(self, event: str, data: Any) -> None:
+        state = self._current
+        if state is None or event != "executing" or not isinstance(data, dict):
+            return
+        node_id = data.get("display_node") or data.get("node")
+        if node_id is None:
+            return
+        if state.deadline_hit.is_set():
+            # The job start clears ComfyUI's interrupt flag; a deadline that passed
+            # during validation is re-asserted here, before the next node runs.
+            self.interrupt()
+        self._emit(state, ProgressEvent(node_id=str(node_id), class_type=_class_of(state, node_id)))
+
+    def _on_step(
+        self,
+        value: int,
+        total: int,
+        preview: Any,
+        prompt_id: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        """ComfyUI's global progress-bar hook: one call per sampler step."""
+        del preview, prompt_id
+        comfy, state = self._comfy, self._current
+        if comfy is None:
+            return
+        if state is not None and state.deadline_hit.is_set():
+            self.interrupt()
+        # Raising here stops a long node between two steps rather than after it;
+        # ComfyUI's server installs the same check in its hook (a 40-step node: 9 ran).
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if state is None:
+            return
+        context = comfy.executing_context.get_executing_context()
+        if node_id is None and context is not None:
+            node_id = context.node_id
+        if node_id is None:
+            node_id = comfy.server.last_node_id
+        self._emit(
+            state,
+            ProgressEvent(
+                node_id=None if node_id is None else str(node_id),
+                class_type=_class_of(state, node_id),
+                value=int(value),
+                total=int(total),
+            ),
+        )
+
+    def _emit(self, state: _JobState, event: ProgressEvent) -> None:
+        try:
+            state.job.on_progress(event)
+        except Exception:
+            # A progress report that fails (RunPod's API unreachable) must not fail
+            # the job; say it once per job.
+            if not state.progress_failed:
+                state.progress_failed = True
+                log.warning("job %s: progress callback failed", state.job.prompt_id, exc_info=True)
+
+    def _on_deadline(self, comfy: Comfy, state: _JobState) -> None:
+        if self._current is not state:
+            return  # the job ended as the timer fired
+        state.deadline_hit.set()
+        log.warning(
+            "job %s passed its %g s limit (JOB_TIMEOUT_S); interrupting ComfyUI",
+            state.job.prompt_id,
+            state.job.timeout_s or 0.0,
+        )
+        comfy.model_management.interrupt_current_processing(True)
+        self._schedule_stuck_warning(state, time.monotonic())
+
+    def _schedule_stuck_warning(self, state: _JobState, since: float) -> None:
+        timer = threading.Timer(_STUCK_WARNING_S, self._warn_if_stuck, args=(state, since))
+        timer.daemon = True
+        timer.start()
+
+    def _warn_if_stuck(self, state: _JobState, since: float) -> None:
+        if self._current is not state:
+            return
+        log.warning(
+            "job %s still running %.0f s after its interrupt: node %s does not check for "
+            "interrupts, so the job ends when that node does",
+            state.job.prompt_id,
+            time.monotonic() - since,
+            self._comfy.server.last_node_id if self._comfy else "?",
+        )
+        self._schedule_stuck_warning(state, since)
+
+
+def _last_failure(
+    messages: list[tuple[str, Mapping[str, Any]]],
+) -> tuple[str, Mapping[str, Any]]:
+    for event, data in reversed(messages):
+        if event in {"execution_error", "execution_interrupted"}:
+            return event, data
+    return "", {}
+
+
+def _class_of(state: _JobState, node_id: object) -> str | None:
+    node = state.prompt.get(str(node_id)) if node_id is not None else None
+    return node.get("class_type") if isinstance(node, dict) else None
+
+
+def _outputs_of(history: Mapping[str, Any], prompt: Mapping[str, Any]) -> UiOutputs:
+    """The ui outputs of this prompt's nodes, in ComfyUI's own shape.
+
+    ComfyUI 0.3.64's ui cache lists only the current prompt's nodes; the check keeps
+    it so whatever the cache type or version. Nodes a node expanded into (ids not in
+    the prompt) count by their display node.
+    """
+    ui: Mapping[str, Any] = history.get("outputs") or {}
+    meta: Mapping[str, Any] = history.get("meta") or {}
+    outputs: UiOutputs = {}
+    for node_id, output in ui.items():
+        display = (meta.get(node_id) or {}).get("display_node")
+        if node_id in prompt or display in prompt:
+            outputs[str(node_id)] = output
+    return outputs
+
+
+def _files_in(outputs: UiOutputs, dirs: Directories) -> list[Path]:
+    files: list[Path] = []
+    for output in outputs.values():
+        for items in output.values():
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and "filename" in item:
+                    try:
+                        folder = dirs.for_type(str(item.get("type", "output")))
+                    except ValueError:
+                        continue
+                    files.append(folder / str(item.get("subfolder") or "") / str(item["filename"]))
+    return files

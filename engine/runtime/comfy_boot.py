@@ -1,0 +1,273 @@
+"""Booting ComfyUI in this process, in the order its own ``main.py`` needs.
+
+Called once, from ``ComfyRuntime.boot()``: with :mod:`engine.runtime.comfy` the
+only code that imports ComfyUI or torch. ComfyUI's modules are untyped, so they
+stay ``Any`` here. docs/runtime.md says why each step comes where it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.errors import RuntimeBootError
+from engine.runtime import Directories
+from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
+from engine.runtime.headless_server import HeadlessPromptServer
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_MODEL_PATHS = _REPO_ROOT / "comfyui" / "extra_model_paths.yaml"
+"""The worker's model paths: the image's folders, then a RunPod network volume's."""
+BUNDLED_CHECKOUT = _REPO_ROOT / "comfyui" / "ComfyUI"
+"""Where ``scripts/setup.sh --with-comfyui`` installs the pinned ComfyUI."""
+
+# Node types from three of ComfyUI's node files. If ComfyUI's ``comfy/utils.py`` wins
+# the name ``utils`` over its top-level ``utils`` package, comfy_extras/nodes_images.py
+# fails to load with only a warning; a missing sentinel makes that loud.
+_SENTINEL_NODES = ("SaveImage", "SaveAnimatedWEBP", "CreateVideo")
+# ``--cache-lru`` has no default in ComfyUI; 100 is LRUCache's own default size.
+_LRU_CACHE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Comfy:
+    """ComfyUI's modules and the objects the runtime keeps, once booted."""
+
+    folder_paths: Any
+    execution: Any
+    nodes: Any
+    model_management: Any
+    executing_context: Any
+    server: HeadlessPromptServer
+    executor: Any
+    node_count: int
+
+
+def find_checkout(settings: Settings) -> Path:
+    """The ComfyUI checkout to import: ``COMFYUI_PATH``, else setup.sh's ``comfyui/ComfyUI``."""
+    candidate = settings.comfyui_path or BUNDLED_CHECKOUT
+    path = Path(candidate).expanduser().resolve()
+    if not (path / "execution.py").is_file() or not (path / "comfy").is_dir():
+        where = (
+            f"COMFYUI_PATH={settings.comfyui_path}"
+            if settings.comfyui_path
+            else f"the bundled checkout {BUNDLED_CHECKOUT}"
+        )
+        raise RuntimeBootError(
+            f"No ComfyUI checkout found at {where}",
+            [
+                "Run scripts/setup.sh --with-comfyui, or set COMFYUI_PATH to a ComfyUI "
+                "checkout (the folder holding main.py and execution.py)"
+            ],
+        )
+    return path
+
+
+def import_comfy(
+    checkout: Path,
+    settings: Settings,
+    dirs: Directories,
+    step_hook: Callable[..., None],
+    timings: dict[str, float],
+) -> Comfy:
+    """Import and initialise ComfyUI from ``checkout``, in the order main.py needs.
+
+    ``step_hook`` becomes ComfyUI's global progress-bar hook; ``timings`` gets the
+    seconds of ``torch_import``, ``comfy_import`` and ``node_init``.
+    """
+    if "torch" in sys.modules:
+        log.warning("torch was imported before ComfyUI; its CUDA allocator setting cannot apply")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+
+    # comfy/cli_args.py parses its arguments at import, from sys.argv only when
+    # comfy.options.enable_args_parsing() was called: it is not, so the host's argv
+    # stays the worker's and every field starts at ComfyUI's default.
+    cli_args = importlib.import_module("comfy.cli_args").args
+    cli_args.verbose = settings.comfy_log_level
+    _install_comfy_log_filter(settings.comfy_log_level)
+    # As main.py: the top-level ``utils`` package first, or comfy/utils.py takes its name.
+    _check_utils_module(checkout)
+    extra_config = importlib.import_module("utils.extra_config")
+    _check_utils_module(checkout)
+    folder_paths = importlib.import_module("folder_paths")
+    _configure_paths(folder_paths, extra_config, settings, dirs)
+    run_prestartup_scripts(folder_paths.get_folder_paths("custom_nodes"))
+
+    started = time.perf_counter()
+    if _nvidia_driver_present():
+        # As main.py: cuda_malloc picks the CUDA allocator through an environment
+        # variable that torch reads once, so it must come before torch.
+        importlib.import_module("cuda_malloc")
+    torch = importlib.import_module("torch")
+    if not torch.cuda.is_available():
+        # Read by comfy.model_management when it is imported, just below.
+        cli_args.cpu = True
+    timings["torch_import"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    comfy_utils = importlib.import_module("comfy.utils")
+    execution = importlib.import_module("execution")
+    server_module = importlib.import_module("server")
+    nodes = importlib.import_module("nodes")
+    model_management = importlib.import_module("comfy.model_management")
+    hook_breaker = importlib.import_module("hook_breaker_ac10a0")
+    executing_context = importlib.import_module("comfy_execution.utils")
+    timings["comfy_import"] = time.perf_counter() - started
+
+    server = HeadlessPromptServer(execution)
+    server_module.PromptServer.instance = server
+    # Per-step progress reaches RunPod through the hook; tqdm's bars would only
+    # add a line per sampler step to the worker's log.
+    comfy_utils.set_progress_bar_enabled(False)
+    comfy_utils.set_progress_bar_global_hook(step_hook)
+
+    started = time.perf_counter()
+    # As main.py: custom nodes may not replace model_management.cast_to for good.
+    hook_breaker.save_functions()
+    try:
+        init = nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=True)
+        _outside_any_loop(server.run_until_complete, init)
+    finally:
+        hook_breaker.restore_functions()
+    server.start_loop()
+    timings["node_init"] = time.perf_counter() - started
+    node_count = len(nodes.NODE_CLASS_MAPPINGS)
+    missing = [n for n in _SENTINEL_NODES if n not in nodes.NODE_CLASS_MAPPINGS]
+    if missing:
+        log.error(
+            "ComfyUI loaded %d node types but not %s: part of its node files failed to import",
+            node_count,
+            ", ".join(missing),
+        )
+    log.info("ComfyUI %s: %d node types loaded", _comfy_version(), node_count)
+    log_model_folders(folder_paths)
+
+    cache_type = {
+        "lru": execution.CacheType.LRU,
+        "none": execution.CacheType.DEPENDENCY_AWARE,
+    }.get(settings.cache_type, execution.CacheType.CLASSIC)
+    executor = execution.PromptExecutor(server, cache_type=cache_type, cache_size=_LRU_CACHE_SIZE)
+    # Everything imported so far lives as long as the process. A full collection
+    # walks it all (~250 ms on 2 CPU cores with ComfyUI loaded); frozen, the
+    # per-job gc.collect() only walks what jobs allocate.
+    gc.collect()
+    gc.freeze()
+    return Comfy(
+        folder_paths=folder_paths,
+        execution=execution,
+        nodes=nodes,
+        model_management=model_management,
+        executing_context=executing_context,
+        server=server,
+        executor=executor,
+        node_count=node_count,
+    )
+
+
+def _configure_paths(
+    folder_paths: Any, extra_config: Any, settings: Settings, dirs: Directories
+) -> None:
+    for folder in (dirs.input, dirs.output, dirs.temp):
+        folder.mkdir(parents=True, exist_ok=True)
+    folder_paths.set_input_directory(str(dirs.input))
+    folder_paths.set_output_directory(str(dirs.output))
+    folder_paths.set_temp_directory(str(dirs.temp))
+    configs = [BUNDLED_MODEL_PATHS] if BUNDLED_MODEL_PATHS.is_file() else []
+    extra = settings.extra_model_paths
+    if extra is not None:
+        if not extra.is_file():
+            raise RuntimeBootError(
+                f"EXTRA_MODEL_PATHS names {extra}, which is not a file",
+                ["Point EXTRA_MODEL_PATHS at a ComfyUI extra_model_paths.yaml, or unset it"],
+            )
+        configs.append(extra)
+    for config in configs:
+        log.info("model paths from %s", config)
+        extra_config.load_extra_path_config(str(config))
+    # ComfyUI lists every custom_nodes folder with os.listdir and fails the whole
+    # node init on one that is missing (a checkout without custom_nodes/, a volume
+    # not mounted): skip those instead.
+    custom_node_dirs = folder_paths.folder_names_and_paths["custom_nodes"][0]
+    for folder in [p for p in custom_node_dirs if not Path(p).is_dir()]:
+        log.warning("custom node folder %s does not exist; skipped", folder)
+        custom_node_dirs.remove(folder)
+
+
+def _outside_any_loop(function: Callable[[Any], T], argument: Any) -> T:
+    """``function(argument)`` here, or in a helper thread if an event loop runs here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        running = False
+    else:
+        running = True
+    # Called outside the except block: a traceback ComfyUI formats inside would otherwise
+    # carry "During handling of the above exception ... no running event loop".
+    if not running:
+        return function(argument)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="comfy-boot") as pool:
+        return pool.submit(function, argument).result()
+
+
+class _ComfyLogFilter(logging.Filter):
+    """Holds ComfyUI's own records to ``COMFY_LOG_LEVEL``.
+
+    ComfyUI logs through the root logger (``logging.info(...)``), and a filter on
+    the root logger sees only records logged on it directly: exactly those. The
+    worker's named loggers, and custom nodes' own, pass untouched.
+    """
+
+    def __init__(self, level: str) -> None:
+        super().__init__()
+        self.level = logging.getLevelNamesMapping()[level]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "root" or record.levelno >= self.level
+
+
+def _install_comfy_log_filter(level: str) -> None:
+    root = logging.getLogger()
+    for existing in [f for f in root.filters if isinstance(f, _ComfyLogFilter)]:
+        root.removeFilter(existing)
+    root.addFilter(_ComfyLogFilter(level))
+
+
+def _check_utils_module(checkout: Path) -> None:
+    """ComfyUI imports its top-level package ``utils`` by that bare name."""
+    module = sys.modules.get("utils")
+    origin = str(getattr(module, "__file__", None) or "")
+    if module is not None and not origin.startswith(str(checkout)):
+        raise RuntimeBootError(
+            f"A module named 'utils' ({origin or 'a namespace package'}) was imported "
+            "before ComfyUI, whose own top-level 'utils' package needs that name",
+            ["Rename that module, or import it after the worker has booted"],
+        )
+
+
+def _nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
+def _comfy_version() -> str:
+    module = sys.modules.get("comfyui_version")
+    if module is None:
+        try:
+            module = importlib.import_module("comfyui_version")
+        except ImportError:
+            return "(unknown version)"
+    return str(getattr(module, "__version__", "(unknown version)"))

@@ -1,0 +1,131 @@
+"""Helpers for the real-engine tests: where ComfyUI is, workflows, test media.
+
+The tests run only where ``COMFYUI_PATH`` names a ComfyUI checkout, or where
+``scripts/setup.sh --with-comfyui`` installed one into ``comfyui/ComfyUI``; every
+module here carries :data:`ENGINE_MARKS`, which skips them, saying why, elsewhere (CI).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageChops
+
+from engine.runtime import Directories, RunResult
+
+CUSTOM_NODES_ENV = "COMFYUI_TEST_CUSTOM_NODES"
+"""A folder of extra custom node packs (e.g. one holding ComfyUI-VideoHelperSuite)."""
+
+TEST_NODES_DIR = Path(__file__).parent / "custom_nodes"
+"""This suite's own node pack (``worker_test_nodes``), loaded as a custom node."""
+
+
+BUNDLED_CHECKOUT = Path(__file__).parents[2] / "comfyui" / "ComfyUI"
+"""Where ``scripts/setup.sh --with-comfyui`` installs the pinned ComfyUI."""
+
+
+def comfyui_checkout() -> tuple[Path | None, str]:
+    """The checkout ``COMFYUI_PATH`` names (else setup.sh's), or ``None`` and why not."""
+    raw = os.environ.get("COMFYUI_PATH", "").strip()
+    if not raw:
+        if (BUNDLED_CHECKOUT / "execution.py").is_file():
+            return BUNDLED_CHECKOUT, ""
+        return None, (
+            "COMFYUI_PATH is not set and comfyui/ComfyUI is absent: the real-engine tests "
+            "need a ComfyUI checkout (scripts/setup.sh --with-comfyui)"
+        )
+    path = Path(raw).expanduser()
+    if not (path / "execution.py").is_file() or not (path / "comfy").is_dir():
+        return None, f"COMFYUI_PATH={raw} is not a ComfyUI checkout (no execution.py, comfy/)"
+    return path, ""
+
+
+COMFYUI_PATH, _SKIP_REASON = comfyui_checkout()
+
+ENGINE_MARKS = [
+    pytest.mark.engine,
+    pytest.mark.skipif(COMFYUI_PATH is None, reason=_SKIP_REASON),
+]
+
+
+def extra_custom_nodes() -> Path | None:
+    """The folder ``COMFYUI_TEST_CUSTOM_NODES`` names, if set."""
+    raw = os.environ.get(CUSTOM_NODES_ENV, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
+# -- workflows -------------------------------------------------------------------------
+
+
+def node(class_type: str, **inputs: Any) -> dict[str, Any]:
+    """One node in API format."""
+    return {"class_type": class_type, "inputs": inputs}
+
+
+def empty_image(
+    width: int = 64, height: int = 64, batch: int = 1, color: int = 0
+) -> dict[str, Any]:
+    """An ``EmptyImage`` node: ``batch`` images of one colour (0xRRGGBB)."""
+    return node("EmptyImage", width=width, height=height, batch_size=batch, color=color)
+
+
+def invert_workflow(image_name: str, prefix: str) -> dict[str, Any]:
+    """LoadImage -> ImageInvert -> SaveImage."""
+    return {
+        "1": node("LoadImage", image=image_name),
+        "2": node("ImageInvert", image=["1", 0]),
+        "3": node("SaveImage", images=["2", 0], filename_prefix=prefix),
+    }
+
+
+# -- media -----------------------------------------------------------------------------
+
+
+def gradient_rgb(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
+    """A deterministic RGB image in which every channel varies (no flat areas)."""
+    size = (width, height)
+    red = Image.linear_gradient("L").rotate(90).resize(size)
+    green = Image.linear_gradient("L").resize(size)
+    blue = Image.radial_gradient("L").resize(size)
+    image = Image.merge("RGB", (red, green, blue))
+    return ImageChops.offset(image, 7 * seed, 3 * seed)
+
+
+def max_difference(a: Image.Image, b: Image.Image) -> int:
+    """The largest per-channel difference between two images of one size."""
+    extrema = ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getextrema()
+    return max(high for _, high in extrema)
+
+
+def write_frames(path: Path, count: int, size: int = 64) -> list[tuple[int, int, int]]:
+    """An animated GIF of ``count`` distinct flat colours; LoadImage reads it as a batch."""
+    colours = [(40 * i % 256, 255 - 30 * i % 256, 90 + 20 * i % 166) for i in range(count)]
+    frames = [Image.new("RGB", (size, size), c) for c in colours]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return colours
+
+
+def files_of(result: RunResult, dirs: Directories) -> list[Path]:
+    """Every file the ui outputs of ``result`` name, where ComfyUI wrote it."""
+    paths: list[Path] = []
+    for output in result.outputs.values():
+        for items in output.values():
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and "filename" in item:
+                    folder = dirs.for_type(item.get("type", "output"))
+                    paths.append(folder / item.get("subfolder", "") / item["filename"])
+    return paths
+
+
+def count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    """Decode a video with imageio-ffmpeg: (frames, (width, height))."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    frames = sum(1 for _ in reader)
+    width, height = meta["size"]
+    return frames, (width, height)
