@@ -4,9 +4,7 @@ replaced at the runtime boundary by tests.fake_runtime (real files, recorded sha
 from __future__ import annotations
 
 import base64
-import http.server
 import io
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from PIL import Image
 
 from tests import workflows
 from tests.e2e.conftest import WorkerServer
+from tests.local_http import serve_directory
 
 COMFY_KEY = "comfy-org-test-key-7f3a9c"
 
@@ -44,19 +43,8 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "red.png").write_bytes(png_bytes((255, 0, 0)))
     (root / "notes.txt").write_text("not an image")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            del format, args
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_directory(root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

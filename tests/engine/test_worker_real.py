@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
 from tests.engine.support import ENGINE_MARKS
+from tests.local_http import serve_directory
 
 pytestmark = ENGINE_MARKS
 
@@ -42,18 +41,8 @@ def image_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("www")
     (root / "green.png").write_bytes(png((0, 200, 0)))
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            del format, args
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/green.png"
-    server.shutdown()
-    server.server_close()
+    with serve_directory(root) as url:
+        yield f"{url}/green.png"
 
 
 @pytest.fixture
