@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from typing import Any
 
-import runpod
-from runpod.serverless.modules.rp_logger import RunPodLogger
+import cpuinfo
 
-from engine import logs
-from engine.errors import RuntimeBootError, WorkerError
-from engine.settings import Settings
-from engine.worker import Worker
+# runpod 1.12 calls py-cpuinfo at import (serverless/utils/rp_debugger.py), which runs
+# a second Python interpreter: ~1.1 s of every cold start, for a CPU name that only the
+# SDK's --rp_debugger output shows. The platform's own answer is enough there.
+cpuinfo.get_cpu_info = lambda: {"brand_raw": platform.processor() or platform.machine()}
+
+import runpod  # noqa: E402  (after the patch above, on purpose)
+from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
+
+from engine import logs  # noqa: E402
+from engine.errors import RuntimeBootError, WorkerError  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+from engine.worker import Worker  # noqa: E402
 
 log = logging.getLogger("handler")
 

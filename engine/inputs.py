@@ -17,11 +17,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -29,6 +29,8 @@ from engine.errors import InputImageError, ItemError
 from engine.fetch import HttpFetcher, redact_url
 from engine.request import InputImage
 from engine.settings import Settings
+
+T = TypeVar("T")
 
 # HttpFetcher is re-exported: callers wire the store and its default fetcher from here.
 __all__ = ["Fetcher", "HttpFetcher", "safe_input_path", "store_images"]
@@ -44,7 +46,6 @@ _ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
-_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _MB = 1024 * 1024
 
 
@@ -169,6 +170,16 @@ def _make_parents(targets: Iterable[Path], base: Path, created: list[Path]) -> N
             created.append(folder)
 
 
+def _done(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``fn(*args)`` run here, as a finished future (its result or its exception)."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
 def _stage_all(
     images: Sequence[InputImage],
     targets: dict[str, Path],
@@ -179,19 +190,26 @@ def _stage_all(
     """Stage every image concurrently into ``staged`` (target -> temp); raise on any failure."""
     failures: list[ItemError] = []
     unexpected: BaseException | None = None
-    with ThreadPoolExecutor(min(_MAX_PARALLEL, len(images)), "input-image") as pool:
-        futures = [pool.submit(_stage, im, targets[im.name], settings, fetcher) for im in images]
-        # Every future is collected, even after a failure, so that each temporary file
-        # is known and removed, and every bad image is reported at once.
-        for future in futures:
-            try:
-                temp, final = future.result()
-            except ItemError as exc:
-                failures.append(exc)
-            except Exception as exc:  # a bug (in a fetcher, say): re-raised below
-                unexpected = unexpected or exc
-            else:
-                staged[final] = temp
+    if len(images) == 1:
+        # The common request: one image. A thread pool would only add its start-up.
+        (image,) = images
+        futures = [_done(_stage, image, targets[image.name], settings, fetcher)]
+    else:
+        with ThreadPoolExecutor(min(_MAX_PARALLEL, len(images)), "input-image") as pool:
+            futures = [
+                pool.submit(_stage, im, targets[im.name], settings, fetcher) for im in images
+            ]
+    # Every future is collected, even after a failure, so that each temporary file
+    # is known and removed, and every bad image is reported at once.
+    for future in futures:
+        try:
+            temp, final = future.result()
+        except ItemError as exc:
+            failures.append(exc)
+        except Exception as exc:  # a bug (in a fetcher, say): re-raised below
+            unexpected = unexpected or exc
+        else:
+            staged[final] = temp
     if unexpected is not None:
         raise unexpected
     if failures:
@@ -275,17 +293,11 @@ def _decode_data_uri(name: str, uri: str, max_bytes: int) -> bytes:
 def _decode_base64(name: str, text: str, max_bytes: int) -> bytes:
     # Tolerated: line breaks and spaces (MIME wraps at 76 columns), missing '=' padding
     # and the URL-safe alphabet ('-', '_').
-    compact = "".join(text.split()).translate(_URLSAFE_TO_STANDARD).rstrip("=")
+    # str.replace, not translate: ~20x faster on a multi-MB payload.
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/").rstrip("=")
     if not compact:
         raise ItemError(name, "the image data is empty")
-    bad = _NOT_BASE64.search(compact)
-    if bad:
-        raise ItemError(
-            name,
-            f"not valid base64 (found {bad.group()!r}); send the file's bytes base64-encoded, "
-            "alone or as data:image/png;base64,...",
-        )
-    if len(compact) % 4 == 1:
+    if len(compact) % 4 == 1 and not _NOT_BASE64.search(compact):
         raise ItemError(name, "not valid base64 (the data is cut short: one character too many)")
     # Without padding, n base64 characters decode to exactly n*3//4 bytes: the limit is
     # checked before the decoded copy is made.
@@ -297,6 +309,15 @@ def _decode_base64(name: str, text: str, max_bytes: int) -> bytes:
     try:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except binascii.Error as exc:
+        # Only now is the payload scanned, to name the offending character: the
+        # decoder already checks the alphabet, and a scan costs ~2 ms per MB.
+        bad = _NOT_BASE64.search(compact)
+        if bad:
+            raise ItemError(
+                name,
+                f"not valid base64 (found {bad.group()!r}); send the file's bytes "
+                "base64-encoded, alone or as data:image/png;base64,...",
+            ) from None
         raise ItemError(name, f"not valid base64 ({exc})") from exc
 
 
@@ -323,7 +344,8 @@ def _verify(image: InputImage, data: bytes, settings: Settings) -> None:
                 )
             # verify() checks structure and checksums but leaves the image unusable...
             im.verify()
-        # ...so a second open decodes the pixels, which catches truncated data.
+        # ...so a second open decodes the pixels, which catches truncated data (also a
+        # PNG whose chunk checksums pass but whose pixel data stops short).
         with Image.open(io.BytesIO(data), formats=_formats()) as im:
             im.load()
     except ItemError:

@@ -46,8 +46,13 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def job_folder(job_id: str) -> str:
-    """The per-job folder name under ComfyUI's output folder."""
-    return "job-" + (_UNSAFE_ID_CHARS.sub("_", job_id)[:64] or "unnamed")
+    """The per-run folder name under ComfyUI's output folder.
+
+    Unique per run, not only per job id: a job id seen twice (a retried job, a local
+    test id) must still change every ``filename_prefix``, or ComfyUI's cache would
+    hand back the first run's files, already deleted.
+    """
+    return f"job-{_UNSAFE_ID_CHARS.sub('_', job_id)[:64] or 'unnamed'}-{uuid.uuid4().hex[:8]}"
 
 
 class _Progress:
@@ -145,7 +150,7 @@ class Worker:
         """Run one job; raises a ``WorkerError`` for anything the user can fix."""
         request = parse_request(job_input)
         folder = job_folder(job_id)
-        with self._job_files(folder) as files_of_job:
+        with self._job_files(folder, scratch=request.frames_to_video is not None) as files_of_job:
             files_of_job.inputs = store_images(
                 request.images, self.runtime.directories.input, self.settings, self.fetcher
             )
@@ -154,7 +159,7 @@ class Worker:
                 result.outputs,
                 self.runtime.directories,
                 frames_to_video=request.frames_to_video,
-                scratch_dir=files_of_job.scratch,
+                scratch_dir=files_of_job.scratch if request.frames_to_video else None,
             )
             files = [_unscope(f, folder) for f in files]
             items, delivery_errors = deliver(
@@ -183,11 +188,15 @@ class Worker:
         return dataclasses.replace(spec, on_progress=progress) if progress else spec
 
     @contextmanager
-    def _job_files(self, folder: str) -> Iterator[_JobFiles]:
-        """Files the job makes; every one is removed when the job ends, however it ends."""
+    def _job_files(self, folder: str, *, scratch: bool) -> Iterator[_JobFiles]:
+        """Files the job makes; every one is removed when the job ends, however it ends.
+
+        The scratch folder (frames joined into a video) is made only when asked for.
+        """
         dirs = self.runtime.directories
         files = _JobFiles(scratch=Path(self.settings.work_dir) / "scratch" / folder)
-        files.scratch.mkdir(parents=True, exist_ok=True)
+        if scratch:
+            files.scratch.mkdir(parents=True, exist_ok=True)
         try:
             yield files
         finally:

@@ -40,6 +40,8 @@ from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# ComfyUI's main.py collects garbage at most this often between prompts.
+_COLLECT_INTERVAL_S = 10.0
 # After an interrupt, a node that never checks the flag (a long VAE decode) runs
 # on; say so in the log every this many seconds while the job waits for it.
 _STUCK_WARNING_S = 30.0
@@ -67,6 +69,8 @@ class ComfyRuntime:
         self._comfy: Comfy | None = None
         self._current: _JobState | None = None
         self._file_inputs: dict[str, frozenset[str]] = {}
+        self._last_collect = 0.0
+        self._collect_due = False
         self.boot_timings: dict[str, float] = {}
         """Seconds per boot phase: ``torch_import``, ``comfy_import``, ``node_init``..."""
         self.node_count = 0
@@ -181,7 +185,13 @@ class ComfyRuntime:
         """Validate and execute ``job.workflow`` on the engine thread; see ``Runtime.run``."""
         comfy = self._require_boot()
         with self._job_lock:
-            return self._engine.submit(self._run_job, comfy, job).result()
+            try:
+                return self._engine.submit(self._run_job, comfy, job).result()
+            except BaseException:
+                # A failed job (an OOM above all) may hold tensors in its traceback:
+                # free them now rather than at the next periodic collection.
+                self._collect_due = True
+                raise
 
     def after_job(self) -> None:
         """Empty the temp folder and free what the job left; loaded models stay."""
@@ -189,10 +199,16 @@ class ComfyRuntime:
         if comfy is None:
             return
         with self._job_lock:
-            shutil.rmtree(self._dirs.temp, ignore_errors=True)
-            self._dirs.temp.mkdir(parents=True, exist_ok=True)
-            gc.collect()
-            comfy.model_management.soft_empty_cache()
+            if any(self._dirs.temp.iterdir()):
+                shutil.rmtree(self._dirs.temp, ignore_errors=True)
+                self._dirs.temp.mkdir(parents=True, exist_ok=True)
+            # As ComfyUI's own prompt loop does (main.py): a full collection costs about
+            # 1 ms with a model loaded, so it runs at most every 10 s, or after a failure.
+            now = time.monotonic()
+            if self._collect_due or now - self._last_collect >= _COLLECT_INTERVAL_S:
+                gc.collect()
+                comfy.model_management.soft_empty_cache()
+                self._last_collect, self._collect_due = now, False
 
     def interrupt(self) -> None:
         """Stop the running job at the next step or node (ComfyUI's interrupt)."""

@@ -135,7 +135,8 @@ def test_runtime_receives_normalised_scoped_workflow_and_api_key(tmp_path: Path)
         first.workflow["4"]["inputs"]["ckpt_name"]
         == "SDXL/ultraRealisticByStable_v20FP16.safetensors"
     )
-    assert first.workflow["2"]["inputs"]["filename_prefix"] == f"{job_folder('j9')}/batch"
+    prefix = first.workflow["2"]["inputs"]["filename_prefix"]
+    assert prefix.startswith("job-j9-") and prefix.endswith("/batch")
     assert (first.api_key_comfy_org, second.api_key_comfy_org) == (
         "env-key-123456",
         "req-key-654321",
@@ -172,10 +173,20 @@ def test_a_failing_progress_sink_does_not_fail_the_job(settings: Settings) -> No
     assert len(body["images"]) == 1
 
 
-def test_job_ids_become_safe_folder_names() -> None:
-    assert job_folder("sync-1234-abcd") == "job-sync-1234-abcd"
-    assert job_folder("../../etc") == "job-.._.._etc"
-    assert "/" not in job_folder("a/b") and len(job_folder("x" * 500)) <= 68
+def test_job_ids_become_safe_unique_folder_names() -> None:
+    assert job_folder("sync-1234-abcd").startswith("job-sync-1234-abcd-")
+    assert job_folder("../../etc").startswith("job-.._.._etc-")
+    assert "/" not in job_folder("a/b") and len(job_folder("x" * 500)) <= 77
+    assert job_folder("same") != job_folder("same")
+
+
+def test_the_same_job_id_twice_still_delivers(settings: Settings) -> None:
+    """A retried job keeps its id; ComfyUI's cache must not hand back deleted files."""
+    worker = make_worker(settings)
+    job = {"id": "retried", "input": {"workflow": workflows.batch(1)}}
+    first, second = worker.handle(job), worker.handle(job)
+    assert len(first["images"]) == len(second["images"]) == 1
+    assert second["errors"] == []
 
 
 def test_handler_boots_once_and_serves_many(
