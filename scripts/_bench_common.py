@@ -1,0 +1,552 @@
+"""Shared by the benchmark scripts: the jobs, ComfyUI as a server, its HTTP client, stats.
+
+Nothing here imports the worker, torch or ComfyUI: ``bench_cold_start.py`` times
+those imports in a child process and must not pay for them in the parent.
+
+The HTTP + WebSocket path is what a worker built around a ComfyUI server does
+per job (runpod-workers/worker-comfyui is the common example): open a
+WebSocket, upload the input images, POST the prompt, wait for the
+``executing``/``node=None`` message of that prompt, read ``/history`` and
+download every output with ``/view``. It takes the same job input as the
+in-process worker (a workflow and base64 images) and returns the same thing
+(each output as a base64 data URI), so both paths do the same work.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Workflow = dict[str, Any]
+JobInput = dict[str, Any]
+
+# ComfyUI's server answers its first request ~5 s after start on 2 CPU cores; a
+# machine that is ten times slower still fits.
+SERVER_START_TIMEOUT_S = 120.0
+# How often the cold-start probe asks the booting server; a refused connection costs
+# ~0.1 ms, so this adds no load worth counting and bounds the error at 10 ms.
+POLL_INTERVAL_S = 0.01
+# One job of the benchmarks takes at most a few seconds on a CPU.
+JOB_TIMEOUT_S = 300.0
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+BUNDLED_CHECKOUT = Path(__file__).resolve().parents[1] / "comfyui" / "ComfyUI"
+"""Where ``scripts/setup.sh --with-comfyui`` installs the pinned ComfyUI (the runtime's fallback)."""
+
+
+def comfyui_checkout(value: str | None) -> Path:
+    """The checkout ``--comfyui`` or ``COMFYUI_PATH`` names, else setup.sh's; exits if none."""
+    if not value:
+        if (BUNDLED_CHECKOUT / "main.py").is_file():
+            return BUNDLED_CHECKOUT
+        sys.exit(
+            "error: no ComfyUI checkout: set COMFYUI_PATH or pass --comfyui (the folder "
+            "holding main.py and execution.py), or run scripts/setup.sh --with-comfyui to "
+            "install the pinned one into comfyui/ComfyUI"
+        )
+    path = Path(value).expanduser().resolve()
+    if not (path / "main.py").is_file() or not (path / "execution.py").is_file():
+        sys.exit(f"error: {path} is not a ComfyUI checkout (no main.py and execution.py there)")
+    return path
+
+
+def comfyui_version(checkout: Path) -> str:
+    """ComfyUI's version from its ``comfyui_version.py``, read without importing it."""
+    try:
+        text = (checkout / "comfyui_version.py").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as the OS reports it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    """The 1-minute load average: how busy the machine was besides the benchmark."""
+    with contextlib.suppress(OSError, AttributeError):
+        return f"{os.getloadavg()[0]:.2f}"
+    return "unknown"
+
+
+def machine_lines(checkout: Path, torch_version: str, device: str, load_before: str) -> list[str]:
+    """The machine a table was measured on, one fact per line."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text(encoding="utf-8").split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    return [
+        f"CPU: {cpu_model()}, {cores} cores available{mem}",
+        f"device: {device}",
+        f"OS: {platform.system()} {platform.release()}, Python {platform.python_version()}",
+        f"torch {torch_version}, ComfyUI {comfyui_version(checkout)}",
+        f"1-minute load average: {load_before} before the benchmark, {load_average()} after",
+    ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def temp_root(prefix: str) -> Iterator[Path]:
+    """A temporary folder, removed on exit, on Ctrl-C and on SIGTERM."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        del signum, frame
+        raise SystemExit(143)  # unwinds through the finally blocks below
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield root
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def command_line() -> str:
+    """How this script was started, with the checkout written as ``COMFYUI_PATH=<checkout>``."""
+    args = list(sys.argv[1:])
+    for i, arg in enumerate(args):
+        if i > 0 and args[i - 1] == "--comfyui":
+            args[i] = "<checkout>"
+        elif arg.startswith("--comfyui="):
+            args[i] = "--comfyui=<checkout>"
+    script = Path(sys.argv[0])
+    script_arg = f"scripts/{script.name}" if script.parent.name == "scripts" else str(script)
+    return " ".join(["COMFYUI_PATH=<checkout>", "python", script_arg, *args])
+
+
+# -- the jobs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One benchmark job: an input image through ImageInvert to SaveImage."""
+
+    key: str
+    label: str
+    input_size: int
+    batch: int = 1
+    """Images in the output: RepeatImageBatch makes a batch of the loaded image."""
+
+    def image_name(self) -> str:
+        """The file name the workflow's LoadImage reads (one per kind, replaced per run)."""
+        return f"bench-{self.key}.png"
+
+    def workflow(self, prefix: str) -> Workflow:
+        """LoadImage -> [RepeatImageBatch] -> ImageInvert -> SaveImage."""
+        wf: Workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": self.image_name()}}}
+        source = ["1", 0]
+        if self.batch > 1:
+            wf["2"] = {
+                "class_type": "RepeatImageBatch",
+                "inputs": {"image": ["1", 0], "amount": self.batch},
+            }
+            source = ["2", 0]
+        wf["3"] = {"class_type": "ImageInvert", "inputs": {"image": source}}
+        wf["4"] = {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["3", 0], "filename_prefix": prefix},
+        }
+        return wf
+
+    def input_png(self, seed: int) -> bytes:
+        """A photo-like PNG (gradients and mild noise) that differs for every ``seed``.
+
+        A new image per run changes LoadImage's cache key (a hash of the file), so
+        ComfyUI runs every node on every run instead of answering from its cache.
+        """
+        import numpy as np
+        from PIL import Image
+
+        size = self.input_size
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+        phase = rng.uniform(0, 6.28, 3)
+        channels = [
+            127 + 100 * np.sin(6 * x + phase[0]) * np.cos(4 * y),
+            127 + 100 * np.sin(5 * y + phase[1]),
+            127 + 100 * np.cos(7 * (x + y) + phase[2]),
+        ]
+        rgb = np.stack(channels, -1) + rng.normal(0, 4, (size, size, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def job_input(self, seed: int, prefix: str) -> JobInput:
+        """The RunPod job ``input`` for one run: the workflow and its image as base64."""
+        encoded = base64.b64encode(self.input_png(seed)).decode("ascii")
+        return {
+            "workflow": self.workflow(prefix),
+            "images": [{"name": self.image_name(), "image": encoded}],
+        }
+
+
+JOB_KINDS: dict[str, JobKind] = {
+    kind.key: kind
+    for kind in (
+        JobKind("64", "64x64", 64),
+        JobKind("512", "512x512", 512),
+        JobKind("4x1024", "4x1024x1024", 1024, batch=4),
+    )
+}
+
+
+def check_outputs(kind: JobKind, response: dict[str, Any]) -> list[bytes]:
+    """The output files of a response, after checking there are as many as the job makes."""
+    if "error" in response:
+        raise RuntimeError(f"{kind.label} job failed: {json.dumps(response)[:2000]}")
+    items = response.get("images") or []
+    if len(items) != kind.batch or response.get("errors"):
+        raise RuntimeError(f"{kind.label} job returned {len(items)} output(s): {response}")
+    return [base64.b64decode(item["data"].partition(",")[2]) for item in items]
+
+
+def same_pixels(first: bytes, second: bytes) -> bool:
+    """Whether two image files hold the same pixels (their PNG metadata may differ)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(first)) as a, Image.open(io.BytesIO(second)) as b:
+        return a.size == b.size and a.tobytes() == b.tobytes()
+
+
+# -- ComfyUI as a server ----------------------------------------------------------------
+
+
+class ComfyServer:
+    """ComfyUI's own ``main.py`` in a child process, on 127.0.0.1, with its folders in ``root``.
+
+    The same defaults as the worker: CPU when torch sees no CUDA device, custom nodes
+    and API nodes loaded, the classic cache, log level INFO, prompt metadata in PNGs.
+    """
+
+    def __init__(self, python: str, checkout: Path, root: Path) -> None:
+        self.python, self.checkout, self.root = python, checkout, root
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self.log_path = root / "server.log"
+        self.started_at = 0.0
+        """``time.time()`` just before the process was spawned."""
+        self.log_lines: list[tuple[float, str]] = []
+        """Each line the server wrote, with the ``time.time()`` it was read."""
+        self._reader: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, cpu: bool) -> None:
+        """Spawn ``main.py``; returns at once (see :meth:`wait_ready`)."""
+        dirs = {name: self.root / name for name in ("input", "output", "temp", "user")}
+        for folder in dirs.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        argv = [
+            self.python,
+            str(self.checkout / "main.py"),
+            "--listen", "127.0.0.1",
+            "--port", str(self.port),
+            "--disable-auto-launch",
+            "--input-directory", str(dirs["input"]),
+            "--output-directory", str(dirs["output"]),
+            "--temp-directory", str(dirs["temp"]),
+            "--user-directory", str(dirs["user"]),
+            # Its default puts the database inside the checkout.
+            "--database-url", f"sqlite:///{self.root / 'comfyui.db'}",
+        ]  # fmt: skip
+        if cpu:
+            argv.append("--cpu")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.started_at = time.time()
+        self.process = subprocess.Popen(
+            argv,
+            cwd=self.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # its own process group: stop() ends all of it
+        )
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    def _read_log(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        with self.log_path.open("w", encoding="utf-8") as log:
+            for line in self.process.stdout:
+                self.log_lines.append((time.time(), line.rstrip("\n")))
+                log.write(line)
+
+    def log_time(self, needle: str) -> float | None:
+        """When the first log line containing ``needle`` was read, or ``None``."""
+        for stamp, line in list(self.log_lines):
+            if needle in line:
+                return stamp
+        return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines the server logged."""
+        return "\n".join(line for _, line in self.log_lines[-lines:])
+
+    def wait_ready(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> float:
+        """Poll ``GET /prompt`` until it answers 200; the ``time.time()`` it did.
+
+        ``GET /prompt`` is the prompt route itself: once it answers, the routes are
+        up and ComfyUI's prompt worker thread (started before the server listens)
+        takes prompts.
+        """
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(base_url=self.base_url, timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                if self.process is None or self.process.poll() is not None:
+                    raise RuntimeError(f"ComfyUI's server exited during start:\n{self.log_tail()}")
+                try:
+                    if client.get("/prompt").status_code == 200:
+                        return time.time()
+                except httpx.TransportError:
+                    pass
+                time.sleep(POLL_INTERVAL_S)
+        raise RuntimeError(f"ComfyUI's server did not answer in {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """End the server and everything it started (SIGTERM, then SIGKILL after 10 s)."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        self.process = None
+
+
+@dataclass
+class HttpResult:
+    """One job through the server: the response, the time of each step, the server's own."""
+
+    response: dict[str, Any]
+    phases_ms: dict[str, float] = field(default_factory=dict)
+
+
+def preload_client_modules() -> None:
+    """Import the HTTP client's modules now.
+
+    Called before the in-process worker boots: its boot ends in ``gc.freeze()``, and
+    its per-job ``gc.collect()`` walks every object created after that. In production
+    the runpod SDK is imported before the boot and frozen with it; modules this
+    benchmark imports later would be walked on every job, a cost of the benchmark, not
+    of the worker.
+    """
+    import httpx  # noqa: F401
+    import websockets.sync.client  # noqa: F401
+
+
+class HttpComfyClient:
+    """Runs a worker's job through ComfyUI's server: HTTP + WebSocket, as a server-based worker.
+
+    The HTTP connection is kept alive between jobs (a pooled ``httpx.Client``), which
+    favours this path; the WebSocket is opened per job, as such workers do.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        import httpx
+
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=JOB_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Close the pooled HTTP connection."""
+        self.http.close()
+
+    def run(self, job_input: JobInput) -> HttpResult:
+        """The job's response (``{"images": [...], "errors": []}``) and its step timings."""
+        from websockets.sync.client import connect
+
+        phases: dict[str, float] = {}
+        clock = _Clock(phases)
+        client_id = uuid.uuid4().hex
+        images = [
+            (image["name"], base64.b64decode(image["image"])) for image in job_input["images"]
+        ]
+        clock.lap("decode input")
+        ws_url = self.base_url.replace("http://", "ws://", 1) + f"/ws?clientId={client_id}"
+        with connect(ws_url, max_size=None, open_timeout=30) as ws:
+            clock.lap("ws connect")
+            for name, data in images:
+                answer = self.http.post(
+                    "/upload/image",
+                    files={"image": (name, data, "image/png")},
+                    data={"type": "input", "overwrite": "true"},
+                )
+                answer.raise_for_status()
+            clock.lap("upload")
+            answer = self.http.post(
+                "/prompt", json={"prompt": job_input["workflow"], "client_id": client_id}
+            )
+            if answer.status_code != 200:
+                raise RuntimeError(f"POST /prompt: {answer.status_code} {answer.text[:2000]}")
+            prompt_id = answer.json()["prompt_id"]
+            clock.lap("POST /prompt")
+            _wait_done(ws, prompt_id)
+            clock.lap("wait done")
+        history = self.http.get(f"/history/{prompt_id}").json()[prompt_id]
+        clock.lap("GET /history")
+        items = []
+        for node_output in history["outputs"].values():
+            for image in node_output.get("images", []):
+                answer = self.http.get(
+                    "/view",
+                    params={
+                        "filename": image["filename"],
+                        "subfolder": image["subfolder"],
+                        "type": image["type"],
+                    },
+                )
+                answer.raise_for_status()
+                items.append((image["filename"], answer.content))
+        clock.lap("GET /view")
+        response = {
+            "images": [
+                {
+                    "filename": name,
+                    "type": "base64",
+                    "data": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+                }
+                for name, data in items
+            ],
+            "errors": [],
+        }
+        clock.lap("base64")
+        phases["server execution"] = _execution_ms(history)
+        return HttpResult(response=response, phases_ms=phases)
+
+
+def _wait_done(ws: Any, prompt_id: str) -> None:
+    """Read WebSocket messages until ComfyUI says this prompt finished."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        if isinstance(message, bytes):
+            continue  # previews
+        event = json.loads(message)
+        data = event.get("data") or {}
+        if data.get("prompt_id") != prompt_id:
+            continue
+        if event.get("type") == "execution_error":
+            raise RuntimeError(f"ComfyUI failed the job: {data}")
+        if event.get("type") == "executing" and data.get("node") is None:
+            return
+
+
+def _execution_ms(history: dict[str, Any]) -> float:
+    """ComfyUI's own execution time, from the status messages' timestamps (ms)."""
+    stamps = {
+        event: data.get("timestamp")
+        for event, data in history.get("status", {}).get("messages", [])
+        if isinstance(data, dict)
+    }
+    start, end = stamps.get("execution_start"), stamps.get("execution_success")
+    return float(end - start) if start is not None and end is not None else float("nan")
+
+
+class _Clock:
+    """Laps of ``time.perf_counter()`` into a dict of milliseconds."""
+
+    def __init__(self, laps: dict[str, float]) -> None:
+        self.laps = laps
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + (now - self.last) * 1000
+        self.last = now
+
+
+# -- figures ----------------------------------------------------------------------------
+
+
+def timed(function: Callable[[], T]) -> tuple[T, float]:
+    """``function()``'s result and the milliseconds it took."""
+    started = time.perf_counter()
+    result = function()
+    return result, (time.perf_counter() - started) * 1000
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile: the smallest value with ``fraction`` of the values at or below."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n * fraction), at least 1
+    return ordered[int(rank) - 1]
+
+
+def summary(values: Sequence[float]) -> tuple[float, float, float]:
+    """(min, median, p90) of ``values``."""
+    return min(values), statistics.median(values), percentile(values, 0.9)
+
+
+def fmt_ms(value: float) -> str:
+    """Milliseconds with a precision that suits their size."""
+    if value != value:  # NaN
+        return "n/a"
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table; the first column left-aligned, the rest right-aligned."""
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

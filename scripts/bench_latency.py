@@ -1,0 +1,433 @@
+#!/usr/bin/env python3
+"""Per-job latency: the worker with ComfyUI in-process against ComfyUI's own server.
+
+Both paths run on the same ComfyUI checkout, on this machine, with the same job
+input (a workflow and a base64 PNG) and the same result (every output as a
+base64 data URI):
+
+- worker: ``Worker.handle(job)`` with the real ``ComfyRuntime``, the full job path
+  (request parse -> input image stored -> ComfyUI validate + execute -> outputs ->
+  base64). ``runtime.run()``, the ComfyUI part, is reported on its own too.
+- server: ``main.py`` in a child process, driven as a server-based worker does:
+  WebSocket ``/ws?clientId=``, ``POST /upload/image``, ``POST /prompt``, wait for
+  ``executing`` with ``node=None``, ``GET /history/<id>``, ``GET /view`` per file.
+
+Jobs: LoadImage -> ImageInvert -> SaveImage at 64x64 and 512x512, and LoadImage
+(1024x1024) -> RepeatImageBatch(4) -> ImageInvert -> SaveImage. Every run loads a
+different image (LoadImage's cache key is a hash of the file), so ComfyUI runs
+every node every time; every server run also gets its own ``filename_prefix``
+folder, as each worker job does. Warm-up runs first, then the timed runs, the two
+paths taking turns (ABBA) so drift of a shared machine hits both alike.
+
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_latency.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from _bench_common import (
+    JOB_KINDS,
+    ComfyServer,
+    HttpComfyClient,
+    JobKind,
+    check_outputs,
+    comfyui_checkout,
+    command_line,
+    fmt_ms,
+    load_average,
+    machine_lines,
+    markdown_table,
+    preload_client_modules,
+    same_pixels,
+    summary,
+    temp_root,
+    timed,
+)
+
+if TYPE_CHECKING:
+    from engine.runtime import Directories, JobSpec, RunResult
+    from engine.runtime.comfy import ComfyRuntime
+    from engine.worker import Worker
+
+WORKER_PHASES = (
+    "inputs",
+    "runtime.run()",
+    "validate",
+    "execute",
+    "outputs",
+    "base64",
+    "after_job()",
+    "other",
+)
+"""``inputs``: decode, verify and store the input image; ``outputs``: find and type the
+output files; ``other``: request parse, job folders, logging (the rest of ``handle``)."""
+# The steps of ``Worker.run`` timed by name, where engine.worker calls them.
+_WORKER_STEPS = {"store_images": "inputs", "collect_outputs": "outputs", "deliver": "base64"}
+SERVER_PHASES = (
+    "decode input",
+    "ws connect",
+    "upload",
+    "POST /prompt",
+    "wait done",
+    "GET /history",
+    "GET /view",
+    "base64",
+    "server execution",
+)
+
+
+class TimedRuntime:
+    """The real runtime, with the time of each ``run()`` and ``after_job()`` noted."""
+
+    def __init__(self, inner: ComfyRuntime) -> None:
+        self.inner = inner
+        self.last: dict[str, float] = {}
+
+    @property
+    def directories(self) -> Directories:
+        """The inner runtime's folders."""
+        return self.inner.directories
+
+    def boot(self) -> None:
+        """Boot the inner runtime."""
+        self.inner.boot()
+
+    def file_inputs(self, class_type: str) -> frozenset[str]:
+        """The inner runtime's answer."""
+        return self.inner.file_inputs(class_type)
+
+    def run(self, job: JobSpec) -> RunResult:
+        """Run the job on the inner runtime, timing it."""
+        result, ms = timed(lambda: self.inner.run(job))
+        self.last["runtime.run()"] = ms
+        self.last["validate"] = result.timings.get("validate_s", math.nan) * 1000
+        self.last["execute"] = result.timings.get("execute_s", math.nan) * 1000
+        return result
+
+    def after_job(self) -> None:
+        """The inner runtime's cleanup, timed."""
+        _, self.last["after_job()"] = timed(self.inner.after_job)
+
+
+@dataclass
+class PathRuns:
+    """The timed runs of one path for one job."""
+
+    total_ms: list[float] = field(default_factory=list)
+    phases_ms: list[dict[str, float]] = field(default_factory=list)
+
+    def phase_median(self, name: str) -> float:
+        """The median of one phase over the runs."""
+        values = [p[name] for p in self.phases_ms if name in p and not math.isnan(p[name])]
+        return statistics.median(values) if values else math.nan
+
+
+@dataclass
+class KindResult:
+    """Both paths' runs of one job."""
+
+    kind: JobKind
+    worker: PathRuns = field(default_factory=PathRuns)
+    server: PathRuns = field(default_factory=PathRuns)
+    output_bytes: int = 0
+    same_pixels: bool = False
+
+
+def boot_worker(checkout: Path, work_dir: Path, log: TextIO) -> tuple[Worker, TimedRuntime]:
+    """The real worker with the real ComfyRuntime, booted; its log goes to ``log``.
+
+    Wired as ``Worker.from_settings`` wires it for base64 delivery (no bucket), with
+    the runtime wrapped to time its calls.
+    """
+    from engine import logs
+    from engine.runtime.comfy import ComfyRuntime
+    from engine.settings import Settings
+    from engine.worker import Worker
+
+    # A clean environment: base64 delivery (no bucket), and ComfyUI's log at INFO,
+    # the level its server logs at by default.
+    settings = Settings.from_env(
+        {"COMFYUI_PATH": str(checkout), "WORKER_DIR": str(work_dir), "COMFY_LOG_LEVEL": "INFO"}
+    )
+    logs.configure(settings.comfy_log_level, settings.secrets())
+    # The worker logs to a file, as the server's output goes to one.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(log)
+    runtime = TimedRuntime(ComfyRuntime(settings))
+    worker = Worker(settings, runtime)
+    worker.boot()
+    return worker, runtime
+
+
+@contextlib.contextmanager
+def timed_worker_steps(runtime: TimedRuntime) -> Iterator[None]:
+    """Note the time of the worker's own steps in ``runtime.last`` while the block runs.
+
+    The functions ``engine.worker`` calls are wrapped where it looks them up, for the
+    phase table only; a step that is not there (renamed) is just not reported.
+    """
+    import engine.worker
+
+    def wrap(function: Callable[..., Any], phase: str) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result, ms = timed(lambda: function(*args, **kwargs))
+            runtime.last[phase] = ms
+            return result
+
+        return wrapper
+
+    originals = {
+        name: getattr(engine.worker, name) for name in _WORKER_STEPS if hasattr(engine.worker, name)
+    }
+    for name, function in originals.items():
+        setattr(engine.worker, name, wrap(function, _WORKER_STEPS[name]))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(engine.worker, name, function)
+
+
+def run_worker(worker: Worker, runtime: TimedRuntime, kind: JobKind, seed: int) -> dict[str, Any]:
+    """One job through the worker; its response, total and phase times."""
+    job = {"id": f"bench-{kind.key}-{seed}", "input": kind.job_input(seed, prefix="bench")}
+    runtime.last = {}
+    response, total = timed(lambda: worker.handle(job))
+    phases = dict(runtime.last)
+    named = ("inputs", "runtime.run()", "outputs", "base64", "after_job()")
+    phases["other"] = total - sum(phases.get(name, 0.0) for name in named)
+    return {"response": response, "total": total, "phases": phases}
+
+
+def run_server(client: HttpComfyClient, kind: JobKind, seed: int) -> dict[str, Any]:
+    """One job through ComfyUI's server; its response, total and phase times."""
+    prefix = f"run-{uuid.uuid4().hex[:12]}/bench"
+    job_input = kind.job_input(seed, prefix=prefix)
+    result, total = timed(lambda: client.run(job_input))
+    return {"response": result.response, "total": total, "phases": result.phases_ms}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one job is measured."""
+
+    warmup: int
+    repeat: int
+    seed_base: int
+    pause_s: float
+    """Idle time after each run, so one path's leftover work (the server logging, its
+    periodic gc) does not land in the other path's next run."""
+
+
+def bench_kind(
+    worker: Worker,
+    runtime: TimedRuntime,
+    client: HttpComfyClient,
+    kind: JobKind,
+    plan: Plan,
+) -> KindResult:
+    """Warm-up, then ``plan.repeat`` timed runs of each path, in ABBA order."""
+    result = KindResult(kind)
+    for i in range(plan.warmup):
+        check_outputs(kind, run_worker(worker, runtime, kind, plan.seed_base + i)["response"])
+        check_outputs(kind, run_server(client, kind, plan.seed_base + i)["response"])
+    for i in range(plan.repeat):
+        seed = plan.seed_base + plan.warmup + i
+        order = ("worker", "server") if i % 2 == 0 else ("server", "worker")
+        outputs: dict[str, list[bytes]] = {}
+        for path in order:
+            time.sleep(plan.pause_s)
+            if path == "worker":
+                run = run_worker(worker, runtime, kind, seed)
+                runs = result.worker
+            else:
+                run = run_server(client, kind, seed)
+                runs = result.server
+            outputs[path] = check_outputs(kind, run["response"])
+            runs.total_ms.append(run["total"])
+            runs.phases_ms.append(run["phases"])
+        if i == 0:
+            # Same input, same nodes: the same pixels (PNG metadata holds the prefix).
+            result.output_bytes = sum(len(o) for o in outputs["worker"])
+            result.same_pixels = all(
+                same_pixels(a, b) for a, b in zip(outputs["worker"], outputs["server"], strict=True)
+            )
+    return result
+
+
+def spread(values: list[float]) -> str:
+    """``min / **median** / p90 / max`` in ms."""
+    low, median, p90 = summary(values)
+    return f"{fmt_ms(low)} / **{fmt_ms(median)}** / {fmt_ms(p90)} / {fmt_ms(max(values))}"
+
+
+def report(results: list[KindResult], machine: list[str], args: argparse.Namespace) -> str:
+    """The Markdown report: the latency table, the phase breakdown, the machine, the command."""
+    rows = []
+    for r in results:
+        w_med, s_med = (statistics.median(x) for x in (r.worker.total_ms, r.server.total_ms))
+        pair_ratios = [s / w for s, w in zip(r.server.total_ms, r.worker.total_ms, strict=True)]
+        rows.append(
+            [
+                r.kind.label,
+                str(len(r.worker.total_ms)),
+                f"{r.output_bytes / 1024:.0f} KiB",
+                spread(r.worker.total_ms),
+                fmt_ms(r.worker.phase_median("runtime.run()")),
+                spread(r.server.total_ms),
+                f"**{s_med / w_med:.2f}x**",
+                f"{statistics.median(pair_ratios):.2f}x",
+            ]
+        )
+    latency = markdown_table(
+        [
+            "job (output)",
+            "runs",
+            "output PNGs",
+            "worker in-process, ms: min / **median** / p90 / max",
+            "of which runtime.run(), median ms",
+            "ComfyUI server HTTP+WS, ms: min / **median** / p90 / max",
+            "server ÷ worker (medians)",
+            "median of per-pair ratios",
+        ],
+        rows,
+    )
+    phase_rows = []
+    for r in results:
+        phase_rows.append(
+            [f"{r.kind.label} worker", *(fmt_ms(r.worker.phase_median(p)) for p in WORKER_PHASES)]
+        )
+    worker_phases = markdown_table(["job", *WORKER_PHASES], phase_rows)
+    phase_rows = []
+    for r in results:
+        phase_rows.append(
+            [f"{r.kind.label} server", *(fmt_ms(r.server.phase_median(p)) for p in SERVER_PHASES)]
+        )
+    server_phases = markdown_table(["job", *SERVER_PHASES], phase_rows)
+    checks = ", ".join(
+        f"{r.kind.label}: {'same pixels' if r.same_pixels else 'PIXELS DIFFER'}" for r in results
+    )
+    lines = [
+        "### Per-job latency: worker in-process vs ComfyUI server (HTTP + WebSocket)",
+        "",
+        latency,
+        "",
+        f"Warm-up: {args.warmup} run(s) of each path per job, not counted. Outputs of the "
+        f"first timed pair compared: {checks}.",
+        "",
+        "Worker phases (median ms): `inputs` = base64 decode, verify and store the input; "
+        "`outputs` = find and type the files; `other` = request parse, job folders, logging.",
+        "",
+        worker_phases,
+        "",
+        "Server path phases (median ms): `server execution` is ComfyUI's own "
+        "execution_start -> execution_success (ms timestamps in /history), inside `wait done`.",
+        "",
+        server_phases,
+        "",
+        "Machine:",
+        "",
+        *(f"- {line}" for line in machine),
+        "",
+        "Command:",
+        "",
+        f"    {command_line()}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its Markdown report."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--comfyui",
+        default=os.environ.get("COMFYUI_PATH"),
+        help="the ComfyUI checkout (default: $COMFYUI_PATH, else comfyui/ComfyUI)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=20, help="timed runs per path, 64x64 and 512x512 (20)"
+    )
+    parser.add_argument(
+        "--repeat-large", type=int, default=6, help="timed runs per path, 4x1024x1024 (6)"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="uncounted runs first (3)")
+    parser.add_argument(
+        "--pause", type=float, default=0.2, help="seconds idle before each timed run (0.2)"
+    )
+    parser.add_argument(
+        "--jobs",
+        nargs="+",
+        choices=list(JOB_KINDS),
+        default=list(JOB_KINDS),
+        help="which jobs (default: all)",
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.repeat_large < 1 or args.warmup < 0 or args.pause < 0:
+        parser.error("--repeat and --repeat-large must be at least 1, --warmup and --pause >= 0")
+    checkout = comfyui_checkout(args.comfyui)
+    load_before = load_average()
+
+    with (
+        temp_root("bench-latency-") as root,
+        (root / "worker.log").open("w", encoding="utf-8") as worker_log,
+    ):
+        started = time.perf_counter()
+        print(f"booting the worker (ComfyUI in-process) from {checkout} ...", file=sys.stderr)
+        preload_client_modules()
+        worker, runtime = boot_worker(checkout, root / "worker", worker_log)
+        torch = sys.modules["torch"]
+        cuda = bool(torch.cuda.is_available())
+        device = torch.cuda.get_device_name(0) if cuda else "CPU only, no GPU"
+        server = ComfyServer(sys.executable, checkout, root / "server")
+        client: HttpComfyClient | None = None
+        try:
+            print("starting ComfyUI's server (main.py) ...", file=sys.stderr)
+            server.start(cpu=not cuda)
+            server.wait_ready()
+            client = HttpComfyClient(server.base_url)
+            results = []
+            with timed_worker_steps(runtime):
+                for number, key in enumerate(args.jobs, start=1):
+                    kind = JOB_KINDS[key]
+                    repeat = args.repeat_large if kind.batch > 1 else args.repeat
+                    print(f"{kind.label}: {args.warmup} warm-up + {repeat} timed", file=sys.stderr)
+                    plan = Plan(args.warmup, repeat, 1000 * number, args.pause)
+                    results.append(bench_kind(worker, runtime, client, kind, plan))
+        except Exception:
+            print(f"server log, last lines:\n{server.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            if client is not None:
+                client.close()
+            server.stop()
+        machine = machine_lines(checkout, str(torch.__version__), device, load_before)
+        print(report(results, machine, args))
+        print(f"\n(total {time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        logging.shutdown()  # flushes the worker's log before its file closes
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the temp folders and the server are gone by now
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
