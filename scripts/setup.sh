@@ -87,7 +87,7 @@ say "Installing the worker and its dev tools into $VENV"
 "${pip[@]}" install -e '.[dev]'
 
 if ! $with_comfyui; then
-    say "Done. Run the tests: $VENV/bin/pytest"
+    say "Done. Run the tests: scripts/test"
     say "For the real engine: scripts/setup.sh --with-comfyui (or set COMFYUI_PATH)"
     exit 0
 fi
@@ -179,7 +179,7 @@ fi
 
 say "Done. ComfyUI: $comfyui"
 if [[ -n ${COMFYUI_PATH:-} ]]; then
-    say "Run every test, the real engine's included: COMFYUI_PATH=$comfyui $VENV/bin/pytest"
+    say "Run every test, the real engine's included: COMFYUI_PATH=$comfyui scripts/test"
 else
-    say "Run every test, the real engine's included: $VENV/bin/pytest"
+    say "Run every test, the real engine's included: scripts/test"
 fi
