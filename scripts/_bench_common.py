@@ -141,6 +141,19 @@ def temp_root(prefix: str) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def report_footer(machine: Sequence[str]) -> list[str]:
+    """The closing lines of a report: the machine it ran on and the command that made it."""
+    return [
+        "Machine:",
+        "",
+        *(f"- {line}" for line in machine),
+        "",
+        "Command:",
+        "",
+        f"    {command_line()}",
+    ]
+
+
 def command_line() -> str:
     """How this script was started, with the checkout written as ``COMFYUI_PATH=<checkout>``."""
     args = list(sys.argv[1:])

@@ -225,7 +225,7 @@ def report(
     warmup: int,
 ) -> str:
     """The Markdown report: the headline table, each side's phases, the machine, the command."""
-    from _bench_common import command_line, fmt_ms, markdown_table
+    from _bench_common import fmt_ms, markdown_table, report_footer
 
     def cell(runs: list[dict[str, float]], key: str) -> str:
         values = [r[key] for r in runs if not math.isnan(r[key])]
@@ -285,13 +285,7 @@ def report(
         "",
         server_job,
         "",
-        "Machine:",
-        "",
-        *(f"- {line}" for line in machine),
-        "",
-        "Command:",
-        "",
-        f"    {command_line()}",
+        *report_footer(machine),
     ]
     return "\n".join(lines)
 

@@ -46,12 +46,12 @@ from _bench_common import (
     JobKind,
     check_outputs,
     comfyui_checkout,
-    command_line,
     fmt_ms,
     load_average,
     machine_lines,
     markdown_table,
     preload_client_modules,
+    report_footer,
     same_pixels,
     summary,
     temp_root,
@@ -341,13 +341,7 @@ def report(results: list[KindResult], machine: list[str], args: argparse.Namespa
         "",
         server_phases,
         "",
-        "Machine:",
-        "",
-        *(f"- {line}" for line in machine),
-        "",
-        "Command:",
-        "",
-        f"    {command_line()}",
+        *report_footer(machine),
     ]
     return "\n".join(lines)
 
