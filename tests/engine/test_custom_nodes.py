@@ -42,7 +42,10 @@ def vhs(runtime: ComfyRuntime) -> None:
     if not any(p.name.lower().startswith("comfyui-videohelpersuite") for p in folder.iterdir()):
         pytest.skip(f"{CUSTOM_NODES_ENV}={folder} holds no ComfyUI-VideoHelperSuite")
     # The pack is there: it must have loaded (it registers routes on the server at import).
-    assert "VHS_VideoCombine" in nodes.NODE_CLASS_MAPPINGS
+    assert "VHS_VideoCombine" in nodes.NODE_CLASS_MAPPINGS, (
+        f"ComfyUI-VideoHelperSuite is in {folder} but did not load: install its "
+        "requirements.txt (opencv-python-headless, imageio-ffmpeg) into this venv"
+    )
 
 
 def test_vhs_video_combine_mp4_is_reported_under_gifs(
