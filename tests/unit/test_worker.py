@@ -44,6 +44,14 @@ class NoNetwork:
         raise AssertionError(f"unexpected fetch of {url}")
 
 
+def fresh_handler(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """handler.py as in a new process: not booted yet, with ``env`` set."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(handler_module, "_worker", None)
+    monkeypatch.setattr(handler_module, "_boot_error", None)
+
+
 def make_worker(settings: Settings, **kwargs: Any) -> Worker:
     worker = Worker(settings, FakeRuntime(settings), fetcher=NoNetwork(), **kwargs)
     worker.boot()
@@ -192,10 +200,9 @@ def test_the_same_job_id_twice_still_delivers(settings: Settings) -> None:
 def test_handler_boots_once_and_serves_many(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WORKER_RUNTIME", "tests.fake_runtime:FakeRuntime")
-    monkeypatch.setenv("WORKER_DIR", str(tmp_path))
-    monkeypatch.setattr(handler_module, "_worker", None)
-    monkeypatch.setattr(handler_module, "_boot_error", None)
+    fresh_handler(
+        monkeypatch, WORKER_RUNTIME="tests.fake_runtime:FakeRuntime", WORKER_DIR=str(tmp_path)
+    )
     for i in range(3):
         body = handler_module.handler({"id": f"h{i}", "input": {"workflow": workflows.batch(1)}})
         assert len(body["images"]) == 1
@@ -207,10 +214,9 @@ def test_handler_boots_once_and_serves_many(
 def test_handler_reports_a_boot_failure_on_every_job(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WORKER_RUNTIME", "tests.no_such_module:Runtime")
-    monkeypatch.setenv("WORKER_DIR", str(tmp_path))
-    monkeypatch.setattr(handler_module, "_worker", None)
-    monkeypatch.setattr(handler_module, "_boot_error", None)
+    fresh_handler(
+        monkeypatch, WORKER_RUNTIME="tests.no_such_module:Runtime", WORKER_DIR=str(tmp_path)
+    )
     for _ in range(2):
         body = handler_module.handler({"id": "x", "input": {"workflow": workflows.batch(1)}})
         assert body["error"].startswith("ComfyUI failed to start on this worker")
@@ -221,9 +227,7 @@ def test_handler_reports_a_boot_failure_on_every_job(
 def test_bad_configuration_fails_jobs_with_the_variable_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("INPUT_MAX_IMAGE_MB", "fifty")
-    monkeypatch.setattr(handler_module, "_worker", None)
-    monkeypatch.setattr(handler_module, "_boot_error", None)
+    fresh_handler(monkeypatch, INPUT_MAX_IMAGE_MB="fifty")
     body = handler_module.handler({"id": "x", "input": {}})
     assert "INPUT_MAX_IMAGE_MB" in body["error"]
 
