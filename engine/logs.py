@@ -24,6 +24,11 @@ _current: dict[str, Any] = {"job_id": "-", "secrets": ()}
 # Shorter strings would redact ordinary words; real keys are far longer.
 _MIN_SECRET_LEN = 6
 
+# Libraries whose DEBUG output is request-by-request wire detail (and, for botocore,
+# signed headers): COMFY_LOG_LEVEL=DEBUG (the contract's default) is meant for the
+# worker and ComfyUI, not for these.
+_CHATTY_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "PIL")
+
 _FORMAT = "%(asctime)s %(levelname)s [%(job_id)s] %(name)s: %(message)s"
 
 
@@ -88,6 +93,8 @@ def configure(level: str = "INFO", secrets: Iterable[str | None] = ()) -> None:
     handler._comfy_worker = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 @contextlib.contextmanager
