@@ -7,6 +7,7 @@ through the runpod SDK's local API server (``/run``, ``/runsync``, ``/status``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import platform
@@ -57,15 +58,25 @@ def _start() -> None:
         log.error("worker cannot run jobs: %s", _boot_error.summary())
 
 
-def handler(job: dict[str, Any]) -> dict[str, Any]:
-    """RunPod's handler: one job in, the contract's response out."""
+async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """RunPod's handler: one job in, the contract's response out.
+
+    Async on purpose: the job runs in a thread, so the runpod SDK's event loop stays
+    free to notice a cancel (``/cancel/{id}``) and cancel this coroutine, which then
+    interrupts ComfyUI instead of letting a cancelled job hold the GPU to the end.
+    """
     if _worker is None and _boot_error is None:
         _start()
     if _worker is None:
         assert _boot_error is not None
         # refresh_worker asks RunPod to replace this worker after the job.
         return {**_boot_error.to_response(), "refresh_worker": True}
-    return _worker.handle(job)
+    try:
+        return await asyncio.to_thread(_worker.handle, job)
+    except asyncio.CancelledError:
+        log.warning("job %s cancelled: interrupting ComfyUI", job.get("id"))
+        _worker.cancel()
+        raise
 
 
 if __name__ == "__main__":

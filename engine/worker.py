@@ -96,6 +96,9 @@ class Worker:
         self.fetcher: Fetcher = fetcher or HttpFetcher(settings)
         self.uploader = uploader
         self.progress = progress
+        # One job at a time: a cancelled job's thread finishes (promptly, interrupted)
+        # before the next job touches ComfyUI's folders.
+        self._one_job = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -122,7 +125,7 @@ class Worker:
         request_key = job_input.get("comfy_org_api_key") if isinstance(job_input, dict) else None
         job_secrets = [request_key] if isinstance(request_key, str) else []
         secrets = [*job_secrets, *self.settings.response_secrets()]
-        with logs.job_context(job_id, job_secrets):
+        with self._one_job, logs.job_context(job_id, job_secrets):
             started = time.perf_counter()
             try:
                 result = self.run(job_id, job_input, progress=_Progress(job, self.progress))
@@ -140,6 +143,10 @@ class Worker:
             )
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
             return redacted
+
+    def cancel(self) -> None:
+        """Stop the running job (RunPod cancelled it); it fails as interrupted."""
+        self.runtime.interrupt()
 
     def run(
         self,

@@ -114,6 +114,10 @@ class Runtime(Protocol):
         """Free per-job state (temp files, cached tensors); models stay loaded."""
         ...
 
+    def interrupt(self) -> None:
+        """Ask the running job to stop at its next step or node; safe from any thread."""
+        ...
+
 
 def load_runtime(settings: Settings) -> Runtime:
     """Build the runtime named by ``settings.runtime_factory`` (``module:callable``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
@@ -204,7 +205,9 @@ def test_handler_boots_once_and_serves_many(
         monkeypatch, WORKER_RUNTIME="tests.fake_runtime:FakeRuntime", WORKER_DIR=str(tmp_path)
     )
     for i in range(3):
-        body = handler_module.handler({"id": f"h{i}", "input": {"workflow": workflows.batch(1)}})
+        body = asyncio.run(
+            handler_module.handler({"id": f"h{i}", "input": {"workflow": workflows.batch(1)}})
+        )
         assert len(body["images"]) == 1
     worker = handler_module._worker
     assert worker is not None and isinstance(worker.runtime, FakeRuntime)
@@ -218,7 +221,9 @@ def test_handler_reports_a_boot_failure_on_every_job(
         monkeypatch, WORKER_RUNTIME="tests.no_such_module:Runtime", WORKER_DIR=str(tmp_path)
     )
     for _ in range(2):
-        body = handler_module.handler({"id": "x", "input": {"workflow": workflows.batch(1)}})
+        body = asyncio.run(
+            handler_module.handler({"id": "x", "input": {"workflow": workflows.batch(1)}})
+        )
         assert body["error"].startswith("ComfyUI failed to start on this worker")
         assert "tests.no_such_module" in body["error"]
         assert body["refresh_worker"] is True
@@ -228,7 +233,7 @@ def test_bad_configuration_fails_jobs_with_the_variable_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fresh_handler(monkeypatch, INPUT_MAX_IMAGE_MB="fifty")
-    body = handler_module.handler({"id": "x", "input": {}})
+    body = asyncio.run(handler_module.handler({"id": "x", "input": {}}))
     assert "INPUT_MAX_IMAGE_MB" in body["error"]
 
 
@@ -238,3 +243,32 @@ def test_timeout_then_next_job(tmp_path: Path) -> None:
     body = worker.handle({"id": "t", "input": {"workflow": workflows.sleeps(20)}})
     assert body["code"] == "job_timeout" and time.monotonic() - started < 5
     assert len(worker.handle({"id": "u", "input": {"workflow": workflows.batch(1)}})["images"]) == 1
+
+
+def test_a_cancelled_job_interrupts_the_engine_and_the_next_job_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """RunPod cancels the handler's task; ComfyUI must stop, not run on to the end."""
+    fresh_handler(
+        monkeypatch, WORKER_RUNTIME="tests.fake_runtime:FakeRuntime", WORKER_DIR=str(tmp_path)
+    )
+
+    async def cancel_then_run_next() -> tuple[float, dict[str, Any]]:
+        started = time.monotonic()
+        slow = asyncio.create_task(
+            handler_module.handler({"id": "slow", "input": {"workflow": workflows.sleeps(30)}})
+        )
+        await asyncio.sleep(0.5)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        following = await handler_module.handler(
+            {"id": "next", "input": {"workflow": workflows.batch(1)}}
+        )
+        return time.monotonic() - started, following
+
+    elapsed, following = asyncio.run(cancel_then_run_next())
+    assert len(following["images"]) == 1
+    assert elapsed < 10  # the 30 s node was interrupted, not waited out
+    worker = handler_module._worker
+    assert worker is not None and [job.prompt_id for job in worker.runtime.jobs] == ["slow", "next"]  # type: ignore[attr-defined]
