@@ -15,9 +15,9 @@ Two, both pure and both returning a new graph (the request stays as sent):
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable
+from typing import Any
 
 from engine.runtime import Workflow
 
@@ -47,6 +47,16 @@ def _to_posix(value: str) -> str:
     return _BACKSLASHES.sub("/", value)
 
 
+def _with_inputs(workflow: Workflow, node_id: str, changes: dict[str, Any]) -> None:
+    """Replace one node of ``workflow`` (a shallow copy) by a copy with ``changes`` applied.
+
+    Only the nodes that change are copied: the runtime deep-copies the whole graph
+    once anyway, because ComfyUI's validation casts values in place.
+    """
+    node = workflow[node_id]
+    workflow[node_id] = {**node, "inputs": {**node["inputs"], **changes}}
+
+
 def normalize_paths(workflow: Workflow, file_inputs: Callable[[str], frozenset[str]]) -> Workflow:
     """Return a copy of ``workflow`` with Windows paths in file-name values made POSIX.
 
@@ -54,17 +64,21 @@ def normalize_paths(workflow: Workflow, file_inputs: Callable[[str], frozenset[s
     lists (checkpoint, LoRA, VAE and image pickers); those, the common file inputs
     and any value ending in a model or media extension are converted.
     """
-    result = copy.deepcopy(workflow)
-    for node in result.values():
+    result = dict(workflow)
+    for node_id, node in workflow.items():
         inputs = node.get("inputs")
         if not isinstance(inputs, dict):
             continue
         listed = file_inputs(str(node.get("class_type", "")))
-        for name, value in inputs.items():
-            if not isinstance(value, str) or "\\" not in value:
-                continue
-            if name in listed or name in _FILE_INPUT_NAMES or _looks_like_file(value):
-                inputs[name] = _to_posix(value)
+        changes = {
+            name: _to_posix(value)
+            for name, value in inputs.items()
+            if isinstance(value, str)
+            and "\\" in value
+            and (name in listed or name in _FILE_INPUT_NAMES or _looks_like_file(value))
+        }
+        if changes:
+            _with_inputs(result, node_id, changes)
     return result
 
 
@@ -74,10 +88,10 @@ def scope_outputs(workflow: Workflow, folder: str) -> Workflow:
     A prefix wired from another node (a link, not a string) is left alone: its
     value is only known while the graph runs.
     """
-    result = copy.deepcopy(workflow)
-    for node in result.values():
+    result = dict(workflow)
+    for node_id, node in workflow.items():
         inputs = node.get("inputs")
         if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
             prefix = inputs["filename_prefix"].lstrip("/") or "ComfyUI"
-            inputs["filename_prefix"] = f"{folder}/{prefix}"
+            _with_inputs(result, node_id, {"filename_prefix": f"{folder}/{prefix}"})
     return result
