@@ -76,6 +76,26 @@ def media(frames: int = 6, size: int = 64) -> Workflow:
     }
 
 
+def vhs_combine(images: list[Any], filename_prefix: str = "AnimateDiff") -> dict[str, Any]:
+    """A VHS_VideoCombine node writing an H.264 MP4, with every input the pack requires."""
+    return {
+        "class_type": "VHS_VideoCombine",
+        "inputs": {
+            "images": images,
+            "frame_rate": 8,
+            "loop_count": 0,
+            "filename_prefix": filename_prefix,
+            "format": "video/h264-mp4",
+            "pingpong": False,
+            "save_output": True,
+            "pix_fmt": "yuv420p",
+            "crf": 19,
+            "save_metadata": True,
+            "trim_to_audio": False,
+        },
+    }
+
+
 def vhs(frames: int = 5) -> Workflow:
     """VideoHelperSuite's VHS_VideoCombine: an MP4 reported under ``gifs``."""
     return {
@@ -83,18 +103,7 @@ def vhs(frames: int = 5) -> Workflow:
             "class_type": "EmptyImage",
             "inputs": {"width": 64, "height": 64, "batch_size": frames, "color": 0x00FF00},
         },
-        "2": {
-            "class_type": "VHS_VideoCombine",
-            "inputs": {
-                "images": ["1", 0],
-                "frame_rate": 8,
-                "loop_count": 0,
-                "filename_prefix": "AnimateDiff",
-                "format": "video/h264-mp4",
-                "pingpong": False,
-                "save_output": True,
-            },
-        },
+        "2": vhs_combine(["1", 0]),
     }
 
 

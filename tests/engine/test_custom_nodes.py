@@ -20,6 +20,7 @@ from tests.engine.support import (
     node,
     write_frames,
 )
+from tests.workflows import vhs_combine
 
 pytestmark = [
     *ENGINE_MARKS,
@@ -55,20 +56,7 @@ def test_vhs_video_combine_mp4_is_reported_under_gifs(
     write_frames(runtime.directories.input / "vhs-frames.gif", _FRAMES)
     workflow = {
         "1": node("LoadImage", image="vhs-frames.gif"),
-        "2": node(
-            "VHS_VideoCombine",
-            images=["1", 0],
-            frame_rate=8,
-            loop_count=0,
-            filename_prefix=prefix,
-            format="video/h264-mp4",
-            pingpong=False,
-            save_output=True,
-            pix_fmt="yuv420p",
-            crf=19,
-            save_metadata=True,
-            trim_to_audio=False,
-        ),
+        "2": vhs_combine(["1", 0], filename_prefix=prefix),
     }
     result = runtime.run(JobSpec(prompt_id="vhs", workflow=workflow))
     (item,) = result.outputs["2"]["gifs"]
