@@ -14,7 +14,7 @@
 # Stages, slowest-changing first, so that editing engine/ or handler.py rebuilds two
 # small COPY layers and nothing else:
 #   base     the runtime OS (CUDA 12.8 + cuDNN, Ubuntu 24.04's Python 3.12)
-#   builder  venv: torch cu128 -> ComfyUI at its commit -> custom nodes at theirs
+#   builder  venv: exactly comfyui/image.lock -> ComfyUI at its commit -> custom nodes
 #   models   the chosen model sets, downloaded and sha256-verified
 #   final    base + venv + ComfyUI + models + the worker's deps + the worker's code
 #
@@ -54,45 +54,33 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential git python3.12-dev \
     && rm -rf /var/lib/apt/lists/*
 
-# Versions every later pip step must keep (pip -c). torch/vision/audio: the CUDA 12.8
-# builds contemporary with ComfyUI 0.3.64. numpy and insightface: ReActor pins them.
-# onnxruntime(-gpu) 1.22: built for CUDA 12 + cuDNN 9 as in this base, and still takes
-# numpy 1.x; later lines move to CUDA 13 and would silently fall back to the CPU here.
-RUN python3.12 -m venv /opt/venv \
-    && printf '%s\n' \
-        'torch==2.8.0' 'torchvision==0.23.0' 'torchaudio==2.8.0' \
-        'numpy==1.26.4' 'insightface==0.7.3' \
-        'onnxruntime==1.22.0' 'onnxruntime-gpu==1.22.0' \
-        > /opt/constraints.txt
-
-# No -c here: this index serves torch and its CUDA libraries, not every numpy; the
-# ComfyUI step below brings numpy to its pinned version from PyPI.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# The whole Python environment from one lock: every distribution pinned with its hashes,
+# installed without a resolver (--no-deps), so this image holds exactly what the suite
+# was run against (scripts/setup.sh --image-env builds the same venv anywhere). The lock
+# says why each chosen version is what it is; scripts/lock_image.py makes it, and CI
+# fails when it is stale against ComfyUI's, the packs' and the worker's requirements.
+COPY comfyui/image.lock /opt/build/image.lock
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "${TORCH_INDEX_URL}" \
-        torch==2.8.0 torchvision==0.23.0 torchaudio==2.8.0
+    python3.12 -m venv /opt/venv \
+    && pip install --no-input --require-hashes --no-deps -r /opt/build/image.lock \
+    && pip check
 
-# ComfyUI at exactly the pinned commit: fetched by id (depth 1), checked, then its
-# requirements (their unpinned torch is already satisfied, the constraints keep it).
+# ComfyUI at exactly the pinned commit: fetched by id (depth 1), then checked. Its
+# requirements are in the lock already.
 COPY comfyui/pin.env /opt/build/pin.env
 # hadolint ignore=SC1091
-RUN --mount=type=cache,target=/root/.cache/pip \
-    . /opt/build/pin.env \
+RUN . /opt/build/pin.env \
     && git init -q /comfyui \
     && git -C /comfyui remote add origin "${COMFYUI_REPO}" \
     && git -C /comfyui fetch -q --depth 1 origin "${COMFYUI_COMMIT}" \
     && git -C /comfyui -c advice.detachedHead=false checkout -q --detach FETCH_HEAD \
-    && test "$(git -C /comfyui rev-parse HEAD)" = "${COMFYUI_COMMIT}" \
-    && pip install -r /comfyui/requirements.txt -c /opt/constraints.txt
+    && test "$(git -C /comfyui rev-parse HEAD)" = "${COMFYUI_COMMIT}"
 
-# Custom nodes at their commits, all requirements in one pip resolve (see the script).
+# Custom nodes at their commits; their requirements are in the lock too.
 COPY comfyui/custom_nodes.json /opt/build/custom_nodes.json
 COPY scripts/install_custom_nodes.py /opt/build/install_custom_nodes.py
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python /opt/build/install_custom_nodes.py \
-        --comfyui /comfyui \
-        --manifest /opt/build/custom_nodes.json \
-        --constraint /opt/constraints.txt
+RUN python /opt/build/install_custom_nodes.py \
+        --comfyui /comfyui --manifest /opt/build/custom_nodes.json --no-requirements
 
 # ---------------------------------------------------------------------------- models
 FROM base AS models
@@ -132,7 +120,6 @@ ENV VIRTUAL_ENV=/opt/venv \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /opt/constraints.txt /opt/constraints.txt
 COPY --from=builder /comfyui /comfyui
 COPY --from=models /models /comfyui/models
 
@@ -147,14 +134,6 @@ RUN case ",${MODEL_SETS}," in \
                 | sha256sum --check --strict - ;; \
         *) echo "PuLID not baked in: EVA-CLIP is fetched on first use" ;; \
     esac
-
-# The worker's own dependencies, read from pyproject.toml before any code is copied:
-# a code change leaves this layer cached.
-COPY pyproject.toml /app/pyproject.toml
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c 'import tomllib; print("\n".join(tomllib.load(open("/app/pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /opt/worker-requirements.txt \
-    && pip install -r /opt/worker-requirements.txt -c /opt/constraints.txt
 
 # Last: the code. handler.py runs from /app, so `import engine` needs no install step.
 WORKDIR /app

@@ -3,7 +3,8 @@
 
     python scripts/install_custom_nodes.py --comfyui /comfyui
     python scripts/install_custom_nodes.py --comfyui comfyui/ComfyUI --python .venv/bin/python
-    python scripts/install_custom_nodes.py --comfyui /comfyui --constraint /opt/constraints.txt
+    python scripts/install_custom_nodes.py --comfyui /comfyui --no-requirements
+    python scripts/install_custom_nodes.py --comfyui comfyui/ComfyUI --from ../packs --no-requirements
 
 Used by the Dockerfile and by scripts/setup.sh, so the image and a developer's checkout
 get the same packs at the same commits.
@@ -17,6 +18,12 @@ The packs' requirements are installed in ONE ``pip install -r a -r b ...``: pip 
 resolves them together, instead of each pack's install silently up- or downgrading what
 the one before needed (ReActor pins numpy, opencv's newest releases want numpy 2).
 ``--constraint`` files keep torch and friends where the image put them.
+
+``--from DIR`` takes each pack from ``DIR/<name>`` instead of git (for machines that
+cannot reach upstream): the folder is linked into ``custom_nodes/``, after checking that
+a git checkout there is at the pinned commit (a plain folder is taken as it is, with a
+warning). The image installs the packs' requirements from comfyui/image.lock, so it
+passes ``--no-requirements``.
 
 Packs' own ``install.py`` scripts are not run: ReActor's downloads models (that is
 ``scripts/download_models.py``'s job, with hashes) and pip-installs outside the resolve.
@@ -189,6 +196,30 @@ def _move_to_commit(pack: NodePack, target: Path, head: str | None) -> None:
         raise InstallError(f"{pack.name}: HEAD is not {pack.commit} after checkout")
 
 
+def link_from(pack: NodePack, source_dir: Path, custom_nodes: Path) -> str:
+    """Link ``source_dir/<name>`` into ``custom_nodes``; returns what was done."""
+    source = (source_dir / pack.name).resolve()
+    if not source.is_dir():
+        raise InstallError(f"{pack.name}: --from has no folder {source_dir / pack.name}")
+    head = git_head(source)
+    if head is not None and head != pack.commit:
+        raise InstallError(
+            f"{pack.name}: {source} is at {head[:12]}, the manifest pins {pack.commit[:12]}"
+        )
+    target = custom_nodes / pack.name
+    if target.is_symlink():
+        target.unlink()
+    elif target.exists():
+        raise InstallError(
+            f"{pack.name}: {target} exists and is not a link; remove it to use {source}"
+        )
+    custom_nodes.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source, target_is_directory=True)
+    if head is None:
+        return f"linked from {source} (not a git checkout: its commit is not checked)"
+    return f"linked from {source}"
+
+
 def requirement_files(packs: Sequence[NodePack], custom_nodes: Path) -> list[Path]:
     files = []
     for pack in packs:
@@ -248,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--constraint", type=Path, action="append", default=[], help="pip constraints file"
     )
     parser.add_argument("--no-requirements", action="store_true", help="check out only")
+    parser.add_argument(
+        "--from",
+        dest="source_dir",
+        type=Path,
+        help="take each pack from DIR/<name> (linked) instead of git",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     return parser
 
@@ -273,7 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         for pack in packs:
-            print(f"{pack.name}: {checkout(pack, custom_nodes)} ({pack.commit[:12]})", flush=True)
+            done = (
+                link_from(pack, args.source_dir, custom_nodes)
+                if args.source_dir
+                else checkout(pack, custom_nodes)
+            )
+            print(f"{pack.name}: {done} ({pack.commit[:12]})", flush=True)
         if not args.no_requirements:
             files = requirement_files(packs, custom_nodes)
             if files:

@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""The image's Python environment, locked: comfyui/image.in -> comfyui/image.lock.
+
+    scripts/lock_image.py            # compile comfyui/image.lock from comfyui/image.in
+    scripts/lock_image.py --inputs   # first rewrite comfyui/image.in from its sources
+    scripts/lock_image.py --check    # fail (exit 1) when image.in or image.lock is stale
+
+The lock is what the Dockerfile and ``scripts/setup.sh --image-env`` install, with
+``--require-hashes --no-deps``: every distribution of the image, pinned with its hashes,
+for Python 3.12 on linux x86_64.
+
+Its inputs, in comfyui/image.in, one section each:
+- the torch set (the CUDA 12.8 builds contemporary with ComfyUI 0.3.64);
+- ComfyUI's requirements.txt at the commit in comfyui/pin.env;
+- each pack's requirements.txt at its commit in comfyui/custom_nodes.json;
+- the worker's own dependencies (pyproject.toml).
+``--inputs`` rewrites that file from a ComfyUI checkout (``COMFYUI_PATH``, else
+comfyui/ComfyUI) and its ``custom_nodes/`` folder (or ``--packs DIR``): run it after a
+pin moves. comfyui/image-constraints.txt holds the versions chosen on purpose, each with
+its reason; uv resolves the rest as of ``EXCLUDE_NEWER``, so the same inputs always give
+the same lock, and a fresh resolve is a decision (move the date).
+
+``--check`` (CI) needs PyPI but no checkout: the worker and torch sections must match
+pyproject.toml and this script, the sections' commits must match the pins, and a fresh
+compile must equal the committed lock. With a ComfyUI checkout and its packs present, it
+also compares the sections with their requirements files.
+
+Exit status: 0 up to date / written, 1 stale, 2 usage or a missing tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INPUTS = ROOT / "comfyui" / "image.in"
+CONSTRAINTS = ROOT / "comfyui" / "image-constraints.txt"
+LOCK = ROOT / "comfyui" / "image.lock"
+PIN = ROOT / "comfyui" / "pin.env"
+MANIFEST = ROOT / "comfyui" / "custom_nodes.json"
+PYPROJECT = ROOT / "pyproject.toml"
+
+PYTHON_VERSION = "3.12"  # Ubuntu 24.04's Python, which the image's venv is made with
+PLATFORM = "x86_64-manylinux_2_28"  # RunPod's GPUs are x86_64; glibc 2.39 in the image
+# Newest release date the resolver may take. Moving it is how the lock takes updates.
+EXCLUDE_NEWER = "2026-12-01T00:00:00Z"
+# The CPU wheel installs the same `onnxruntime` module as onnxruntime-gpu (see the
+# constraints file): left out so the GPU build's files are the only ones.
+NO_EMIT = ("onnxruntime",)
+# PyPI's torch 2.8.0 for linux x86_64 is the CUDA 12.8 build (its nvidia-* libraries
+# come from PyPI too), so one index serves the whole lock.
+TORCH = ("torch==2.8.0", "torchvision==0.23.0", "torchaudio==2.8.0")
+
+SECTION_RE = re.compile(r"^# == (?P<name>[^=]+?) == (?P<source>.*)$")
+COMMIT_RE = re.compile(r"\b[0-9a-f]{40}\b")
+
+EXIT_OK, EXIT_STALE, EXIT_USAGE = 0, 1, 2
+
+
+class LockError(Exception):
+    """A source, a tool or a compile step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One block of image.in: where its requirements come from, and the lines."""
+
+    name: str
+    source: str
+    lines: tuple[str, ...]
+
+
+# -- sources --------------------------------------------------------------------------
+
+
+def pin() -> dict[str, str]:
+    values = {}
+    for line in PIN.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def packs() -> list[dict[str, object]]:
+    """The manifest's packs that bring requirements (rgthree brings none)."""
+    data = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    return [p for p in data if p.get("requirements")]
+
+
+def worker_requirements() -> tuple[str, ...]:
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    return tuple(project["dependencies"])
+
+
+def requirement_lines(path: Path) -> tuple[str, ...]:
+    """A requirements file's requirement lines, comments and blank lines dropped."""
+    if not path.is_file():
+        raise LockError(f"{path} does not exist")
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return tuple(lines)
+
+
+def comfyui_checkout() -> Path:
+    raw = os.environ.get("COMFYUI_PATH", "").strip()
+    path = Path(raw).expanduser() if raw else ROOT / "comfyui" / "ComfyUI"
+    if not (path / "requirements.txt").is_file():
+        raise LockError(
+            f"no ComfyUI checkout at {path}: set COMFYUI_PATH (or run scripts/setup.sh "
+            "--with-comfyui) to read ComfyUI's requirements at the pin"
+        )
+    return path
+
+
+def expected_sections(comfyui: Path | None, packs_dir: Path | None) -> list[Section]:
+    """image.in's sections as the sources say; upstream ones only when a folder is given."""
+    p = pin()
+    sections = [Section("torch", "the CUDA 12.8 builds (scripts/lock_image.py)", TORCH)]
+    comfy_source = f"ComfyUI {p['COMFYUI_VERSION']} {p['COMFYUI_COMMIT']} requirements.txt"
+    comfy_lines = requirement_lines(comfyui / "requirements.txt") if comfyui else ()
+    sections.append(Section("ComfyUI", comfy_source, comfy_lines))
+    for pack in packs():
+        name, commit = str(pack["name"]), str(pack["commit"])
+        lines = requirement_lines(packs_dir / name / "requirements.txt") if packs_dir else ()
+        sections.append(Section(name, f"{commit} requirements.txt", lines))
+    sections.append(
+        Section("worker", "pyproject.toml [project] dependencies", worker_requirements())
+    )
+    return sections
+
+
+# -- image.in ---------------------------------------------------------------------------
+
+_INPUTS_HEADER = """\
+# Inputs of the image's Python environment, one section per source. Written by
+# `scripts/lock_image.py --inputs` (edit the sources, not this file); compiled with
+# comfyui/image-constraints.txt into comfyui/image.lock.
+"""
+
+
+def render_inputs(sections: Sequence[Section]) -> str:
+    out = [_INPUTS_HEADER]
+    for section in sections:
+        out.append(f"\n# == {section.name} == {section.source}\n")
+        out.extend(f"{line}\n" for line in section.lines)
+    return "".join(out)
+
+
+def parse_inputs(text: str) -> list[Section]:
+    sections: list[Section] = []
+    name = source = None
+    lines: list[str] = []
+    for raw in text.splitlines():
+        match = SECTION_RE.match(raw)
+        if match:
+            if name is not None:
+                sections.append(Section(name, str(source), tuple(lines)))
+            name, source, lines = match["name"], match["source"], []
+        elif raw.strip() and not raw.startswith("#") and name is not None:
+            lines.append(raw.strip())
+    if name is not None:
+        sections.append(Section(name, str(source), tuple(lines)))
+    return sections
+
+
+def stale_inputs(committed: Sequence[Section], expected: Sequence[Section]) -> list[str]:
+    """What differs between image.in and its sources; upstream bodies only when known."""
+    problems = []
+    have = {s.name: s for s in committed}
+    want = {s.name: s for s in expected}
+    for name in sorted(set(have) ^ set(want)):
+        where = "image.in has" if name in have else "image.in lacks"
+        problems.append(f"{where} a section for {name}")
+    for name in want.keys() & have.keys():
+        got, need = have[name], want[name]
+        if COMMIT_RE.findall(got.source) != COMMIT_RE.findall(need.source):
+            problems.append(
+                f"{name}: image.in was made at {got.source!r}, the pin is {need.source!r}"
+            )
+        # Upstream sections are compared only where the upstream file was read.
+        if need.lines and got.lines != need.lines:
+            problems.append(f"{name}: image.in's requirements differ from {need.source}")
+    return problems
+
+
+# -- the lock ----------------------------------------------------------------------------
+
+
+def uv() -> list[str]:
+    """uv, from this interpreter (the dev tools install it) or from PATH."""
+    for cmd in ([sys.executable, "-m", "uv"], ["uv"]):
+        try:
+            subprocess.run([*cmd, "--version"], capture_output=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        return cmd
+    raise LockError("uv is not installed: run scripts/setup.sh (the dev tools include it)")
+
+
+def lock_header() -> str:
+    """The lock's own header: what it is, and the constraints file with every reason."""
+    lines = [
+        "# The image's Python environment: Python 3.12, linux x86_64, every distribution",
+        "# pinned with its hashes. Do not edit: scripts/lock_image.py writes it from",
+        "# comfyui/image.in (torch, ComfyUI's and the packs' requirements at their pins, the",
+        "# worker's dependencies) under the constraints below, resolved as of",
+        f"# {EXCLUDE_NEWER}. The Dockerfile and `scripts/setup.sh --image-env` install",
+        "# exactly this file (pip install --require-hashes --no-deps).",
+        "#",
+        "# comfyui/image-constraints.txt, the versions chosen on purpose and why:",
+    ]
+    for raw in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+        lines.append(f"# | {raw}".rstrip())
+    return "\n".join(lines) + "\n#\n"
+
+
+def compile_lock(dest: Path) -> None:
+    """Resolve image.in under the constraints into ``dest`` (network: PyPI)."""
+    cmd = [
+        *uv(),
+        "pip",
+        "compile",
+        "--quiet",
+        "--generate-hashes",
+        "--python-version",
+        PYTHON_VERSION,
+        "--python-platform",
+        PLATFORM,
+        "--exclude-newer",
+        EXCLUDE_NEWER,
+        "--index-url",
+        "https://pypi.org/simple",
+        "--custom-compile-command",
+        "scripts/lock_image.py",
+        *[arg for name in NO_EMIT for arg in ("--no-emit-package", name)],
+        "--constraint",
+        str(CONSTRAINTS.relative_to(ROOT)),
+        str(INPUTS.relative_to(ROOT)),
+        "--output-file",
+        str(dest),
+    ]
+    # Relative paths and no user config: the lock's "# via" lines and resolution must not
+    # depend on who runs it, or on a machine's pip/uv settings.
+    env = {**os.environ, "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    for key in ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_CONSTRAINT"):
+        env.pop(key, None)
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LockError(f"uv pip compile failed:\n{(result.stderr or result.stdout).strip()}")
+    body = dest.read_text(encoding="utf-8")
+    dest.write_text(lock_header() + body, encoding="utf-8")
+
+
+def locked_versions(text: str) -> dict[str, str]:
+    """name -> version of every distribution a lock pins."""
+    versions = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if match:
+            versions[match[1].lower()] = match[2]
+    return versions
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def write_inputs(packs_dir: Path | None) -> None:
+    comfyui = comfyui_checkout()
+    folder = packs_dir or comfyui / "custom_nodes"
+    INPUTS.write_text(render_inputs(expected_sections(comfyui, folder)), encoding="utf-8")
+    print(f"wrote {INPUTS.relative_to(ROOT)} from {comfyui} and {folder}")
+
+
+def check(packs_dir: Path | None) -> int:
+    problems: list[str] = []
+    committed = parse_inputs(INPUTS.read_text(encoding="utf-8"))
+    try:
+        comfyui: Path | None = comfyui_checkout()
+    except LockError:
+        comfyui = None  # CI: no checkout; the upstream sections are checked by commit only
+    folder = packs_dir or (comfyui / "custom_nodes" if comfyui else None)
+    if folder is not None and not all((folder / str(p["name"])).is_dir() for p in packs()):
+        folder = None
+    problems += stale_inputs(committed, expected_sections(comfyui, folder))
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "image.lock"
+        compile_lock(fresh)
+        new, old = fresh.read_text(encoding="utf-8"), LOCK.read_text(encoding="utf-8")
+    if new != old:
+        diff = difflib.unified_diff(
+            old.splitlines(), new.splitlines(), "image.lock", "fresh compile", lineterm="", n=0
+        )
+        shown = [line for line in diff if not line.lstrip("+-").lstrip().startswith("--hash")]
+        problems.append(
+            "comfyui/image.lock differs from a fresh compile:\n" + "\n".join(shown[:40])
+        )
+    if problems:
+        print("The image lock is stale:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        print(
+            "Update it: scripts/lock_image.py (after a pin moved: --inputs first)", file=sys.stderr
+        )
+        return EXIT_STALE
+    checked = "and the upstream requirement files" if folder else "(upstream files by commit)"
+    print(f"comfyui/image.lock is up to date with comfyui/image.in {checked}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--inputs", action="store_true", help="rewrite image.in, then compile")
+    mode.add_argument("--check", action="store_true", help="exit 1 when anything is stale")
+    parser.add_argument(
+        "--packs", type=Path, help="folder of pack checkouts (default: <ComfyUI>/custom_nodes)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            return check(args.packs)
+        if args.inputs:
+            write_inputs(args.packs)
+        compile_lock(LOCK)
+    except LockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    versions = locked_versions(LOCK.read_text(encoding="utf-8"))
+    print(f"wrote {LOCK.relative_to(ROOT)}: {len(versions)} distributions")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
