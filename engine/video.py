@@ -1,9 +1,11 @@
-"""Everything the worker does with ffmpeg: read a video's numbers, join frames into a video.
+"""Everything the worker does with video: read a video's numbers, join frames into a video.
 
-The only module that runs ffmpeg. The binary is imageio-ffmpeg's bundled build (or
-the one ``IMAGEIO_FFMPEG_EXE`` names), so the worker needs no system ffmpeg. Every
-failure is an :class:`~engine.errors.ItemError` naming the file, ready to become
-one line of the response's ``errors[]``.
+Metadata comes from PyAV (ComfyUI's own video library), in this process. Joining frames
+runs imageio-ffmpeg's bundled ffmpeg (or the one ``IMAGEIO_FFMPEG_EXE`` names) as a
+child process started without ``preexec_fn``, so Python's vfork path runs no Python code
+between fork and exec; the worker needs no system ffmpeg. Every failure is an
+:class:`~engine.errors.ItemError` naming the file, ready to become one line of the
+response's ``errors[]``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
+import av
 import imageio_ffmpeg
 from PIL import Image
 
@@ -68,36 +71,48 @@ class VideoInfo:
 
 
 def probe(path: Path) -> VideoInfo:
-    """Duration, frame rate, size and frame count of the video at ``path``."""
+    """Duration, frame rate, size and frame count of the video at ``path``.
+
+    Read with PyAV in this process, never through a child process: with PyAV 19 in the
+    image, forking while PyAV objects live in other threads (ComfyUI's SaveVideo) could
+    deadlock the child before exec (imageio-ffmpeg's probe forks with ``preexec_fn``),
+    and the job never returned.
+    """
     if not path.is_file():
         raise ItemError(path.name, "the video file does not exist")
-    reader = imageio_ffmpeg.read_frames(str(path))
     try:
-        meta = next(reader)
-    except (OSError, RuntimeError, StopIteration) as exc:
-        raise ItemError(
-            path.name, f"ffmpeg cannot read it as a video: {_reason(exc, path)}"
-        ) from exc
-    finally:
-        reader.close()
-    try:
-        # Decodes every frame: the container's own count is missing from WebM and
-        # wrong for variable-frame-rate files, and decoding is cheap next to generating.
-        frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except RuntimeError as exc:
-        raise ItemError(path.name, f"ffmpeg cannot decode it: {_reason(exc, path)}") from exc
-    width, height = meta["size"]
-    duration = float(meta.get("duration") or 0.0) or float(seconds or 0.0)
-    fps = float(meta.get("fps") or 0.0)
-    if not fps and duration:
-        fps = frames / duration
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.video:
+                raise ItemError(path.name, "it has no video stream")
+            stream = container.streams.video[0]
+            # One packet per frame for every codec ComfyUI writes (H.264, VP9, AV1...):
+            # counting packets is exact without decoding, where the container's own count
+            # is missing from WebM and wrong for variable-frame-rate files.
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+            duration = _duration_s(container, stream)
+            rate = stream.average_rate or stream.guessed_rate
+            width, height = stream.width, stream.height
+    except av.FFmpegError as exc:
+        # strerror is FFmpeg's own sentence, without the errno and the worker's path.
+        reason = exc.strerror or str(exc).replace(str(path), path.name)
+        raise ItemError(path.name, f"cannot be read as a video: {reason}") from exc
+    fps = float(rate) if rate else (frames / duration if duration else 0.0)
     return VideoInfo(
-        duration_s=round(duration, 3),
+        duration_s=round(duration or (frames / fps if fps else 0.0), 3),
         fps=round(fps, 3),
         width=int(width),
         height=int(height),
-        frames=int(frames),
+        frames=frames,
     )
+
+
+def _duration_s(container: Any, stream: Any) -> float:
+    """The stream's duration, else the container's (WebM keeps only the latter)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return float(container.duration / av.time_base)
+    return 0.0
 
 
 @functools.cache
@@ -265,14 +280,3 @@ def _tail(log_file: IO[bytes]) -> str:
     lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines()]
     lines = [line for line in lines if line]
     return " | ".join(lines[-_STDERR_TAIL_LINES:]) or "no message from ffmpeg"
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """What ffmpeg said is wrong, from an imageio-ffmpeg error that carries ffmpeg's whole log."""
-    text = str(exc)
-    if "Stream #" in text and " Video:" not in text:
-        return "it has no video stream"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("===", "FFMPEG", "ffmpeg version"))]
-    # ffmpeg names its input by full path; the worker's folders are no business of the user.
-    return (useful[-1] if useful else type(exc).__name__).replace(str(path), path.name)

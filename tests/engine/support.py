@@ -121,11 +121,14 @@ def files_of(result: RunResult, dirs: Directories) -> list[Path]:
 
 
 def count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:
-    """Decode a video with imageio-ffmpeg: (frames, (width, height))."""
-    import imageio_ffmpeg
+    """Decode every frame with PyAV: (frames, (width, height)).
 
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    frames = sum(1 for _ in reader)
-    width, height = meta["size"]
-    return frames, (width, height)
+    Decoded, not demuxed, so it checks the worker's packet count independently; and in
+    this process, because the engine's PyAV threads make forking a child unsafe here.
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, (stream.codec_context.width, stream.codec_context.height)

@@ -280,13 +280,13 @@ def test_a_file_reported_twice_is_returned_once(dirs: Directories) -> None:
 
 
 def test_unreadable_video_is_returned_with_an_error_line(dirs: Directories) -> None:
-    """A video ffmpeg cannot read is still delivered; errors says its numbers are missing."""
+    """A video FFmpeg cannot read is still delivered; errors says its numbers are missing."""
     (dirs.output / "broken.mp4").write_bytes(b"\x00" * 64)
     files, errors = collect_outputs({"5": {"gifs": [item("broken.mp4")]}}, dirs)
     assert names(files) == ["broken.mp4"]
     assert files[0].video is None
     assert len(errors) == 1
-    assert errors[0].startswith("broken.mp4 (node 5): ffmpeg")
+    assert errors[0].startswith("broken.mp4 (node 5): cannot be read as a video: Invalid data")
 
 
 class TestFramesToVideo:

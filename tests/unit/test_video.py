@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -56,20 +58,35 @@ class TestProbe:
         assert "does not exist" in caught.value.reason
 
     def test_not_a_video_is_a_clear_error_without_local_paths(self, tmp_path: Path) -> None:
-        """A file ffmpeg cannot read gives its name and ffmpeg's reason, not the worker's paths."""
+        """A file FFmpeg cannot read gives its name and FFmpeg's reason, not the worker's paths."""
         path = tmp_path / "broken.mp4"
         path.write_bytes(b"this is not a video" * 10)
         with pytest.raises(ItemError) as caught:
             probe(path)
         assert caught.value.name == "broken.mp4"
-        assert "ffmpeg" in caught.value.reason
+        assert caught.value.reason.startswith("cannot be read as a video: ")
+        assert "Invalid data" in caught.value.reason
         assert str(tmp_path) not in str(caught.value)
 
     def test_audio_only_file_says_it_has_no_video(self, tmp_path: Path) -> None:
         """An .mp4 holding only sound is named as such, not as ffmpeg's pipe error."""
         with pytest.raises(ItemError) as caught:
             probe(make_audio(tmp_path / "sound.mp4"))
-        assert caught.value.reason == "ffmpeg cannot read it as a video: it has no video stream"
+        assert caught.value.reason == "it has no video stream"
+
+    def test_probe_starts_no_child_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Metadata is read in-process: a fork while PyAV objects live in other threads can
+        deadlock the child (PyAV 19), so probe must never start one."""
+        path = make_video(tmp_path / "clip.mp4", frames=3, fps=8.0, size=(32, 32))
+
+        def no_child(*args: object, **kwargs: object) -> None:
+            raise AssertionError("probe started a child process")
+
+        monkeypatch.setattr(subprocess, "Popen", no_child)
+        monkeypatch.setattr(os, "fork", no_child)
+        assert probe(path).frames == 3
 
 
 class TestFramesToVideo:
