@@ -9,6 +9,7 @@ The tree::
     ├── NodeExecutionError           a node raised while the graph ran
     ├── JobInterruptedError          ComfyUI stopped the run part-way
     │   └── JobTimeoutError          ... because the per-job limit passed (also a TimeoutError)
+    ├── WorkerStuckError             a job did not stop after its limit; the worker must be replaced
     ├── ResponseTooLargeError        base64 outputs would exceed RunPod's payload cap
     ├── ConfigError                  an environment variable has an unusable value (also a ValueError)
     └── RuntimeBootError             the ComfyUI runtime could not start
@@ -37,6 +38,8 @@ class WorkerError(Exception):
     """Base of every expected failure: a message a person can act on."""
 
     code = "worker_error"
+    refresh_worker = False
+    """Ask RunPod to replace this worker after the job (the SDK's ``refresh_worker``)."""
 
     def __init__(
         self,
@@ -73,6 +76,8 @@ class WorkerError(Exception):
         if self.node_id is not None:
             body["node_id"] = self.node_id
         body.update(self.extra)
+        if self.refresh_worker:
+            body["refresh_worker"] = True
         return body
 
 
@@ -143,6 +148,17 @@ class JobTimeoutError(JobInterruptedError, TimeoutError):
     """The per-job time limit passed; ComfyUI was interrupted."""
 
     code = "job_timeout"
+
+
+class WorkerStuckError(JobTimeoutError):
+    """A job passed its limit and its thread did not stop: only a fresh worker is safe.
+
+    The stuck thread may still hold ComfyUI or a file, so this worker takes no more
+    jobs; RunPod replaces it once this answer is sent (``refresh_worker``).
+    """
+
+    code = "worker_stuck"
+    refresh_worker = True
 
 
 class ResponseTooLargeError(WorkerError):

@@ -114,7 +114,13 @@ class Settings:
     # bare "Failed to return job results" at 19.5 MB, so refuse 10% below the cap.
     response_limit_bytes: int = 20 * 1024 * 1024
     response_margin: float = 0.10
-    job_timeout_s: float | None = None
+    # A bound for every job, so that nothing, not even a stuck thread, holds the worker
+    # for ever: an hour covers a long Wan 2.2 video on one GPU. JOB_TIMEOUT_S=0: none.
+    job_timeout_s: float | None = 3600.0
+    # After the limit, how long a job may take to unwind once ComfyUI is interrupted (a
+    # node that never checks the flag, a VAE decode, runs to its end) before the worker
+    # gives up on it and asks RunPod for a fresh worker.
+    job_stop_grace_s: float = 60.0
     warmup_workflow: Path | None = None
     runtime_factory: str = "engine.runtime.comfy:ComfyRuntime"
     cache_type: str = "classic"
@@ -156,7 +162,7 @@ class Settings:
         if cache_type not in {"classic", "lru", "none"}:
             raise ConfigError(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
 
-        job_timeout = number(float, "JOB_TIMEOUT_S", 0.0, 0)
+        job_timeout = number(float, "JOB_TIMEOUT_S", cls.job_timeout_s or 0.0, 0)
         mb = 1024 * 1024
         return cls(
             comfy_org_api_key=get("COMFY_ORG_API_KEY"),
@@ -175,6 +181,7 @@ class Settings:
             ),
             response_limit_bytes=int(number(float, "RESPONSE_LIMIT_MB", 20.0, 0.001) * mb),
             job_timeout_s=job_timeout or None,
+            job_stop_grace_s=number(float, "JOB_STOP_GRACE_S", cls.job_stop_grace_s, 0),
             warmup_workflow=path("WARMUP_WORKFLOW"),
             runtime_factory=get("WORKER_RUNTIME") or cls.runtime_factory,
             cache_type=cache_type,

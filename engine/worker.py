@@ -9,6 +9,7 @@ propagates, so RunPod records its type and traceback.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import re
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from typing import Any
 from PIL import Image
 
 from engine import logs
+from engine.deadline import Deadline
 from engine.delivery import S3Uploader, Uploader, deliver
-from engine.errors import WorkerError
+from engine.errors import WorkerError, WorkerStuckError
 from engine.inputs import Fetcher, HttpFetcher, store_images
 from engine.outputs import OutputFile, collect_outputs
 from engine.request import JobRequest, parse_request
@@ -97,8 +100,11 @@ class Worker:
         self.uploader = uploader
         self.progress = progress
         # One job at a time: a cancelled job's thread finishes (promptly, interrupted)
-        # before the next job touches ComfyUI's folders.
+        # before the next job touches ComfyUI's folders. Held by the job's own thread.
         self._one_job = threading.Lock()
+        # Set when a job's thread would not stop after its deadline: every later job gets
+        # this error (and RunPod a request for a fresh worker) instead of waiting on it.
+        self._stuck: WorkerStuckError | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -125,10 +131,13 @@ class Worker:
         request_key = job_input.get("comfy_org_api_key") if isinstance(job_input, dict) else None
         job_secrets = [request_key] if isinstance(request_key, str) else []
         secrets = [*job_secrets, *self.settings.response_secrets()]
-        with self._one_job, logs.job_context(job_id, job_secrets):
+        deadline = Deadline.start(self.settings.job_timeout_s)
+        with logs.job_context(job_id, job_secrets):
             started = time.perf_counter()
             try:
-                result = self.run(job_id, job_input, progress=_Progress(job, self.progress))
+                result = self._run_within(
+                    deadline, job_id, job_input, _Progress(job, self.progress)
+                )
             except WorkerError as exc:
                 log.warning(
                     "job failed in %.2f s: %s", time.perf_counter() - started, exc.summary()
@@ -148,20 +157,98 @@ class Worker:
         """Stop the running job (RunPod cancelled it); it fails as interrupted."""
         self.runtime.interrupt()
 
+    def _run_within(
+        self,
+        deadline: Deadline,
+        job_id: str,
+        job_input: Any,
+        progress: Callable[[ProgressEvent], None],
+    ) -> dict[str, Any]:
+        """Run the job on a thread of its own and answer by its deadline, whatever it does.
+
+        The thread is what makes the deadline hold: a job stuck anywhere (a child process
+        that never execs, an upload that never ends, a node deaf to interrupts) cannot
+        hold the answer back. Past the deadline ComfyUI is interrupted and the job gets
+        ``job_stop_grace_s`` to unwind; a job that does not is abandoned, and this worker
+        takes no further job and asks RunPod for a fresh one.
+        """
+        if self._stuck is not None:
+            raise self._stuck
+        if not self._one_job.acquire(timeout=_lock_timeout(deadline.remaining())):
+            raise deadline.exceeded("while the job waited for the previous one to finish")
+        phase = _Phase("start")
+        outcome: Future[dict[str, Any]] = Future()
+        context = contextvars.copy_context()  # the job id in every log line of the thread
+
+        def job_thread() -> None:
+            try:
+                outcome.set_result(
+                    context.run(self.run, job_id, job_input, progress, deadline, phase)
+                )
+            except BaseException as exc:  # handed to the waiting thread, which decides
+                outcome.set_exception(exc)
+            finally:
+                self._one_job.release()
+
+        threading.Thread(target=job_thread, name=f"job-{job_id[:32]}", daemon=True).start()
+        # wait(), then result(): a JobTimeoutError is also a TimeoutError, the very class
+        # Future.result() raises when it gives up, so the two must not share an except.
+        if wait([outcome], timeout=deadline.remaining()).done:
+            return outcome.result()
+        log.warning(
+            "job passed its %g s limit while %s; interrupting it", deadline.limit_s, phase.name
+        )
+        self.runtime.interrupt()
+        if wait([outcome], timeout=self.settings.job_stop_grace_s).done:
+            # Whatever the job makes of the interrupt (most often a JobTimeoutError that
+            # names the node) is its answer.
+            return outcome.result()
+        stuck = deadline.exceeded(f"while {phase.name}")
+        self._stuck = WorkerStuckError(
+            f"This worker is out of service: job {job_id} passed its time limit while "
+            f"{phase.name} and did not stop within {self.settings.job_stop_grace_s:g} s",
+            ["RunPod replaces this worker; send the job again and a fresh worker takes it"],
+        )
+        log.error(
+            "job did not stop %g s after its limit (while %s): this worker takes no more "
+            "jobs and asks RunPod for a fresh one",
+            self.settings.job_stop_grace_s,
+            phase.name,
+        )
+        raise WorkerStuckError(
+            stuck.message,
+            [
+                *stuck.details,
+                f"The job did not stop within {self.settings.job_stop_grace_s:g} s of the limit "
+                "(JOB_STOP_GRACE_S), so RunPod is asked to replace this worker",
+            ],
+        )
+
     def run(
         self,
         job_id: str,
         job_input: Any,
         progress: Callable[[ProgressEvent], None] | None = None,
+        deadline: Deadline | None = None,
+        phase: _Phase | None = None,
     ) -> dict[str, Any]:
-        """Run one job; raises a ``WorkerError`` for anything the user can fix."""
+        """Run one job; raises a ``WorkerError`` for anything the user can fix.
+
+        Each phase starts only while the deadline holds; ``phase`` tells the watchdog in
+        :meth:`handle` where the job is, for its log line and error.
+        """
+        deadline = deadline or Deadline.start(self.settings.job_timeout_s)
+        phase = phase or _Phase("start")
         request = parse_request(job_input)
         folder = job_folder(job_id)
         with self._job_files(folder, scratch=request.frames_to_video is not None) as files_of_job:
+            phase.enter("downloading inputs", deadline)
             files_of_job.inputs = store_images(
                 request.images, self.runtime.directories.input, self.settings, self.fetcher
             )
-            result = self.runtime.run(self._job_spec(job_id, request, folder, progress))
+            phase.enter("running the workflow", deadline)
+            result = self.runtime.run(self._job_spec(job_id, request, folder, progress, deadline))
+            phase.enter("reading outputs", deadline)
             files, errors = collect_outputs(
                 result.outputs,
                 self.runtime.directories,
@@ -169,12 +256,14 @@ class Worker:
                 scratch_dir=files_of_job.scratch if request.frames_to_video else None,
             )
             files = [_unscope(f, folder) for f in files]
+            phase.enter("delivering outputs", deadline)
             items, delivery_errors = deliver(
                 files,
                 job_id=job_id,
                 uploader=self.uploader,
                 budget_bytes=self.settings.response_budget_bytes,
             )
+            phase.enter("cleaning up", deadline)
         return {"images": items, "errors": errors + delivery_errors}
 
     def _job_spec(
@@ -183,6 +272,7 @@ class Worker:
         request: JobRequest,
         folder: str,
         progress: Callable[[ProgressEvent], None] | None,
+        deadline: Deadline,
     ) -> JobSpec:
         workflow = normalize_paths(request.workflow, self.runtime.file_inputs)
         workflow = scope_outputs(workflow, folder)
@@ -190,7 +280,7 @@ class Worker:
             prompt_id=job_id,
             workflow=workflow,
             api_key_comfy_org=request.comfy_org_api_key or self.settings.comfy_org_api_key,
-            timeout_s=self.settings.job_timeout_s,
+            deadline=deadline,
         )
         return dataclasses.replace(spec, on_progress=progress) if progress else spec
 
@@ -212,6 +302,24 @@ class Worker:
             for leftover in (files.scratch, dirs.output / folder, dirs.temp / folder):
                 shutil.rmtree(leftover, ignore_errors=True)
             self.runtime.after_job()
+
+
+class _Phase:
+    """Where a job is, shared between its thread and the watchdog waiting for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def enter(self, name: str, deadline: Deadline) -> None:
+        """Start phase ``name``, unless the deadline passed during the one before."""
+        deadline.check(name)
+        self.name = name
+        log.debug("job phase: %s", name)
+
+
+def _lock_timeout(remaining: float | None) -> float:
+    """``Lock.acquire``'s timeout: -1 waits for ever (no limit)."""
+    return -1 if remaining is None else remaining
 
 
 @dataclasses.dataclass

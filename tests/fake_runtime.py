@@ -9,8 +9,10 @@ in ``tests/fixtures/comfyui/``. It also mimics ComfyUI's execution cache: an
 output node whose inputs did not change is not run again and reports its
 earlier ui outputs without writing files.
 
-Test-only node types: ``TestRaise`` (raises at run time) and ``TestSleep``
-(sleeps ``seconds``, honouring interrupts, and passes its images through).
+Test-only node types: ``TestRaise`` (raises at run time), ``TestSleep``
+(sleeps ``seconds``, honouring interrupts, and passes its images through) and
+``TestHang`` (stuck like a node blocked in native code: deaf to interrupts until the
+test sets ``release``).
 
 Used in-process by the unit tests and, through ``WORKER_RUNTIME=tests.fake_runtime:FakeRuntime``,
 by the worker started under the runpod SDK's local API server.
@@ -28,6 +30,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from engine.deadline import Deadline
 from engine.runtime import Directories, JobSpec, ProgressEvent, RunResult, Workflow
 from engine.runtime.shapes import execution_failure, sort_node_ids, validation_error
 from engine.settings import Settings
@@ -58,6 +61,7 @@ _REQUIRED: dict[str, list[str]] = {
     "LoraLoader": ["lora_name"],
     "TestRaise": [],
     "TestSleep": ["seconds"],
+    "TestHang": [],
 }
 _OUTPUT_NODES = {
     "SaveImage",
@@ -82,6 +86,9 @@ class FakeRuntime:
         self._dirs = Directories(input=root / "input", output=root / "output", temp=root / "temp")
         self._cache: dict[str, dict[str, Any]] = {}
         self._interrupt = threading.Event()
+        # TestHang: set when a node hangs; the test sets `release` to let it go.
+        self.hanging = threading.Event()
+        self.release = threading.Event()
         self.booted = 0
         self.jobs: list[JobSpec] = []
 
@@ -197,7 +204,7 @@ class FakeRuntime:
         self._interrupt.clear()
         workflow = job.workflow
         self._validate(workflow)
-        deadline = time.monotonic() + job.timeout_s if job.timeout_s else None
+        deadline = job.deadline
         values: dict[str, Any] = {}
         outputs: dict[str, dict[str, Any]] = {}
         messages: list[tuple[str, dict[str, Any]]] = [
@@ -221,12 +228,10 @@ class FakeRuntime:
             messages.append(("execution_success", {"prompt_id": job.prompt_id}))
         failure_or_none = execution_failure(messages)
         if failure_or_none is not None:
-            if deadline is not None and time.monotonic() >= deadline:
-                from engine.errors import JobTimeoutError
-
-                raise JobTimeoutError(
-                    f"The job ran longer than JOB_TIMEOUT_S={job.timeout_s:g} s and was stopped"
-                ) from failure_or_none
+            if deadline.expired():
+                node = messages[-1][1].get("node_id")
+                where = f"at node {node} ({messages[-1][1].get('node_type')})"
+                raise deadline.exceeded(where, node_id=node) from failure_or_none
             raise failure_or_none
         return RunResult(outputs=outputs)
 
@@ -236,7 +241,7 @@ class FakeRuntime:
         workflow: Workflow,
         values: dict[str, Any],
         job: JobSpec,
-        deadline: float | None,
+        deadline: Deadline,
     ) -> Any:
         if node_id in values:
             return values[node_id]
@@ -288,12 +293,18 @@ class FakeRuntime:
     def _node_TestRaise(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
         raise RuntimeError(args.get("message", "this node always fails"))
 
-    def _node_TestSleep(self, args: dict[str, Any], job: JobSpec, deadline: float | None) -> Any:
+    def _node_TestSleep(self, args: dict[str, Any], job: JobSpec, deadline: Deadline) -> Any:
         end = time.monotonic() + float(args["seconds"])
         while time.monotonic() < end:
-            if self._interrupt.is_set() or (deadline is not None and time.monotonic() >= deadline):
+            if self._interrupt.is_set() or deadline.expired():
                 raise _Interrupted(job.prompt_id)
             time.sleep(0.02)
+        return (args.get("images", [Image.new("RGB", (8, 8))]),)
+
+    def _node_TestHang(self, args: dict[str, Any], *_: Any) -> Any:
+        """A node stuck in native code: deaf to interrupts until the test releases it."""
+        self.hanging.set()
+        self.release.wait()
         return (args.get("images", [Image.new("RGB", (8, 8))]),)
 
     def _node_CreateVideo(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:

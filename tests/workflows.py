@@ -128,3 +128,11 @@ def sleeps(seconds: float) -> Workflow:
         "1": {"class_type": "TestSleep", "inputs": {"seconds": seconds}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "slow"}},
     }
+
+
+def hangs() -> Workflow:
+    """A node stuck like native code deaf to interrupts (fake runtime only)."""
+    return {
+        "1": {"class_type": "TestHang", "inputs": {}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "hang"}},
+    }

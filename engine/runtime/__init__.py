@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from engine.deadline import Deadline
+
 if TYPE_CHECKING:
     from engine.settings import Settings
 
@@ -73,7 +75,8 @@ class JobSpec:
     prompt_id: str
     workflow: Workflow
     api_key_comfy_org: str | None = field(default=None, repr=False)
-    timeout_s: float | None = None
+    deadline: Deadline = field(default_factory=lambda: Deadline.start(None))
+    """The whole job's deadline; the run is interrupted when it passes."""
     on_progress: ProgressCallback = _ignore_progress
 
 

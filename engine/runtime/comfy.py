@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import JobTimeoutError, RuntimeBootError, WorkerError
+from engine.deadline import Deadline
+from engine.errors import RuntimeBootError, WorkerError
 from engine.runtime import Directories, JobSpec, ProgressEvent, RunResult, UiOutputs, shapes
 from engine.runtime.comfy_boot import Comfy, find_checkout, import_comfy
 from engine.runtime.comfy_folders import combo_options, folders_backing_input
@@ -134,7 +135,7 @@ class ComfyRuntime:
                 JobSpec(
                     prompt_id=f"warmup-{uuid.uuid4().hex[:8]}",
                     workflow=workflow,
-                    timeout_s=self._settings.job_timeout_s,
+                    deadline=Deadline.start(self._settings.job_timeout_s),
                 )
             )
         except (OSError, ValueError, WorkerError) as exc:
@@ -226,8 +227,9 @@ class ComfyRuntime:
         prompt = copy.deepcopy(job.workflow)
         state = _JobState(job=job, prompt=prompt, deadline_hit=threading.Event())
         timer = None
-        if job.timeout_s:
-            timer = threading.Timer(job.timeout_s, self._on_deadline, args=(comfy, state))
+        remaining = job.deadline.remaining()
+        if remaining is not None:
+            timer = threading.Timer(remaining, self._on_deadline, args=(comfy, state))
             timer.daemon = True
             timer.start()
         self._current = state
@@ -314,16 +316,8 @@ class ComfyRuntime:
         event, data = _last_failure(messages)
         node = data.get("node_id")
         if event == "execution_interrupted" and state.deadline_hit.is_set():
-            limit = f"{job.timeout_s:g}"
-            where = f" at node {node} ({data.get('node_type')})" if node else ""
-            raise JobTimeoutError(
-                f"The job ran longer than its time limit of {limit} s and was stopped{where}",
-                [
-                    f"The limit is JOB_TIMEOUT_S={limit}: raise it, or make the workflow "
-                    "lighter (fewer steps, smaller images, shorter videos)"
-                ],
-                node_id=str(node) if node else None,
-            ) from failure
+            where = f"at node {node} ({data.get('node_type')})" if node else "while it ran"
+            raise job.deadline.exceeded(where, node_id=str(node) if node else None) from failure
         if event == "execution_error":
             log.error(
                 "job %s: node %s (%s) raised %s: %s\n%s",
@@ -438,7 +432,7 @@ class ComfyRuntime:
         log.warning(
             "job %s passed its %g s limit (JOB_TIMEOUT_S); interrupting ComfyUI",
             state.job.prompt_id,
-            state.job.timeout_s or 0.0,
+            state.job.deadline.limit_s or 0.0,
         )
         comfy.model_management.interrupt_current_processing(True)
         self._schedule_stuck_warning(state, time.monotonic())

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine.deadline import Deadline
 from engine.errors import (
     JobInterruptedError,
     JobTimeoutError,
@@ -261,7 +262,7 @@ def test_time_limit_stops_a_long_node_between_steps(runtime: ComfyRuntime, prefi
         _run(
             runtime,
             _steps_workflow(prefix, steps=200, seconds=0.02, color=0x0A0B0C),
-            timeout_s=0.5,
+            deadline=Deadline.start(0.5),
             on_progress=events.append,
         )
     elapsed = time.perf_counter() - started
@@ -286,7 +287,7 @@ def test_time_limit_stops_a_chain_between_nodes(runtime: ComfyRuntime, prefix: s
     workflow["99"] = node("PreviewImage", images=["40", 0])
     events: list[ProgressEvent] = []
     with pytest.raises(JobTimeoutError):
-        _run(runtime, workflow, timeout_s=0.3, on_progress=events.append)
+        _run(runtime, workflow, deadline=Deadline.start(0.3), on_progress=events.append)
     ran = {e.node_id for e in events}
     assert "99" not in ran and len(ran) < 30
     _assert_next_job_runs(runtime, prefix)
@@ -305,7 +306,9 @@ def test_an_interrupt_from_outside_is_not_a_timeout(runtime: ComfyRuntime, prefi
 def test_a_job_within_its_limit_is_untouched(runtime: ComfyRuntime, prefix: str) -> None:
     """A limit that is not reached changes nothing, and its timer does not fire later."""
     result = _run(
-        runtime, _steps_workflow(prefix, steps=3, seconds=0.0, color=0x101112), timeout_s=0.4
+        runtime,
+        _steps_workflow(prefix, steps=3, seconds=0.0, color=0x101112),
+        deadline=Deadline.start(0.4),
     )
     assert result.outputs["3"]["images"]
     time.sleep(0.5)

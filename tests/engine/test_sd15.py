@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from engine.deadline import Deadline
 from engine.errors import JobTimeoutError
 from engine.runtime import JobSpec, ProgressEvent, RunResult
 from engine.runtime.comfy import ComfyRuntime
@@ -142,7 +143,7 @@ def test_time_limit_stops_sampling_mid_node(
         _run(
             runtime,
             txt2img(checkpoint, prefix, seed=21, steps=200),
-            timeout_s=2.0,
+            deadline=Deadline.start(2.0),
             on_progress=events.append,
         )
     assert time.perf_counter() - started < 30

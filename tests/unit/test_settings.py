@@ -14,7 +14,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert s.comfy_log_level == "DEBUG"
     assert s.input_max_image_bytes == 50 * 1024 * 1024
     assert s.input_allow_private_urls is False
-    assert s.job_timeout_s is None
+    assert s.job_timeout_s == 3600.0  # every job is bounded unless JOB_TIMEOUT_S=0
+    assert s.job_stop_grace_s == 60.0
     assert s.response_budget_bytes == int(20 * 1024 * 1024 * 0.9)
 
 
@@ -96,3 +97,12 @@ def test_secrets_never_in_repr() -> None:
         assert secret not in text
     assert set(s.secrets()) == {"comfy-key-123456", "AKIAEXAMPLE", "s3cr3t-value"}
     assert set(s.response_secrets()) == {"comfy-key-123456", "s3cr3t-value"}
+
+
+def test_job_timeout_zero_means_no_limit() -> None:
+    """JOB_TIMEOUT_S=0 lifts the default one-hour bound; JOB_STOP_GRACE_S is read."""
+    s = Settings.from_env({"JOB_TIMEOUT_S": "0", "JOB_STOP_GRACE_S": "5"})
+    assert s.job_timeout_s is None
+    assert s.job_stop_grace_s == 5.0
+    with pytest.raises(ConfigError, match="JOB_STOP_GRACE_S"):
+        Settings.from_env({"JOB_STOP_GRACE_S": "-1"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,87 @@ def test_timeout_then_next_job(tmp_path: Path) -> None:
     body = worker.handle({"id": "t", "input": {"workflow": workflows.sleeps(20)}})
     assert body["code"] == "job_timeout" and time.monotonic() - started < 5
     assert len(worker.handle({"id": "u", "input": {"workflow": workflows.batch(1)}})["images"]) == 1
+
+
+class UploaderStuckUntilInterrupt:
+    """An S3 endpoint that accepts and never answers, until the worker interrupts the job."""
+
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.reached = threading.Event()
+        self.unblocked = threading.Event()
+        interrupt = runtime.interrupt
+
+        def interrupt_and_unblock() -> None:
+            interrupt()
+            self.unblocked.set()
+
+        runtime.interrupt = interrupt_and_unblock  # type: ignore[method-assign]
+
+    def upload(self, key: str, path: Path, content_type: str) -> str:
+        self.reached.set()
+        self.unblocked.wait()
+        return f"https://bucket.example/{key}"
+
+
+def test_the_deadline_covers_delivery_and_the_next_job_runs(tmp_path: Path) -> None:
+    """A job stuck delivering (not in ComfyUI) still ends at its limit, as a timeout that
+    names the limit; the same worker then serves the next job."""
+    settings = Settings(work_dir=tmp_path, job_timeout_s=0.5, job_stop_grace_s=30)
+    runtime = FakeRuntime(settings)
+    uploader = UploaderStuckUntilInterrupt(runtime)
+    worker = Worker(settings, runtime, fetcher=NoNetwork(), uploader=uploader)
+    worker.boot()
+    body = worker.handle({"id": "slow-s3", "input": {"workflow": workflows.batch(1)}})
+    assert uploader.reached.is_set()  # the job got as far as delivery
+    assert body["code"] == "job_timeout", body
+    assert "JOB_TIMEOUT_S=0.5" in body["error"]
+    assert "refresh_worker" not in body
+    uploader.unblocked.set()
+    after = worker.handle({"id": "next", "input": {"workflow": workflows.batch(1)}})
+    assert len(after["images"]) == 1 and after["errors"] == []
+
+
+def test_a_job_that_cannot_be_stopped_gets_the_worker_replaced(tmp_path: Path) -> None:
+    """A node deaf to interrupts: the job is answered at its limit plus the grace, RunPod is
+    asked for a fresh worker, and every later job is refused at once the same way instead
+    of waiting behind the stuck one."""
+    settings = Settings(work_dir=tmp_path, job_timeout_s=0.2, job_stop_grace_s=0.2)
+    worker = make_worker(settings)
+    runtime = worker.runtime
+    assert isinstance(runtime, FakeRuntime)
+    try:
+        body = worker.handle({"id": "stuck", "input": {"workflow": workflows.hangs()}})
+        assert runtime.hanging.is_set()
+        assert body["code"] == "worker_stuck" and body["refresh_worker"] is True
+        assert "JOB_STOP_GRACE_S" in body["error"] and "running the workflow" in body["error"]
+        jobs_before = len(runtime.jobs)
+        later = worker.handle({"id": "later", "input": {"workflow": workflows.batch(1)}})
+        assert later["code"] == "worker_stuck" and later["refresh_worker"] is True
+        assert "out of service: job stuck passed its time limit" in later["message"]
+        assert "send the job again" in later["error"]
+        assert len(runtime.jobs) == jobs_before  # it never reached the engine
+    finally:
+        runtime.release.set()  # let the abandoned thread end with the test
+
+
+def test_the_handler_passes_refresh_worker_to_the_sdk(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """handler.py returns the flag the runpod SDK turns into stopping this worker."""
+    fresh_handler(
+        monkeypatch,
+        WORKER_RUNTIME="tests.fake_runtime:FakeRuntime",
+        WORKER_DIR=str(tmp_path),
+        JOB_TIMEOUT_S="0.2",
+        JOB_STOP_GRACE_S="0.2",
+    )
+    body = asyncio.run(
+        handler_module.handler({"id": "h", "input": {"workflow": workflows.hangs()}})
+    )
+    worker = handler_module._worker
+    assert worker is not None and isinstance(worker.runtime, FakeRuntime)
+    worker.runtime.release.set()
+    assert body["refresh_worker"] is True and body["code"] == "worker_stuck"
 
 
 def test_a_cancelled_job_interrupts_the_engine_and_the_next_job_runs(
