@@ -9,7 +9,6 @@ propagates, so RunPod records its type and traceback.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
 import re
@@ -178,13 +177,10 @@ class Worker:
             raise deadline.exceeded("while the job waited for the previous one to finish")
         phase = _Phase("start")
         outcome: Future[dict[str, Any]] = Future()
-        context = contextvars.copy_context()  # the job id in every log line of the thread
 
         def job_thread() -> None:
             try:
-                outcome.set_result(
-                    context.run(self.run, job_id, job_input, progress, deadline, phase)
-                )
+                outcome.set_result(self.run(job_id, job_input, progress, deadline, phase))
             except BaseException as exc:  # handed to the waiting thread, which decides
                 outcome.set_exception(exc)
             finally:
