@@ -324,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InstallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{len(packs)} custom node pack(s) at their pinned commits under {custom_nodes}")
+    where = "linked" if args.source_dir else "at their pinned commits"
+    print(f"{len(packs)} custom node pack(s) {where} under {custom_nodes}")
     return EXIT_OK
 
 

@@ -337,3 +337,37 @@ def test_hadolint_passes_on_the_dockerfile() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_installer_links_packs_from_a_folder_of_checkouts(tmp_path: Path) -> None:
+    """--from links DIR/<name> into custom_nodes/, refuses a checkout at another commit and
+    never replaces a real folder."""
+    pack = installer.NodePack("SomePack", "https://example.com/p.git", "a" * 40, True, "test")
+    source, custom_nodes = tmp_path / "src", tmp_path / "ComfyUI" / "custom_nodes"
+    (source / "SomePack").mkdir(parents=True)
+    (source / "SomePack" / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
+    done = installer.link_from(pack, source, custom_nodes)
+    assert "not a git checkout" in done
+    assert (custom_nodes / "SomePack").is_symlink()
+    assert (custom_nodes / "SomePack" / "__init__.py").is_file()
+    assert installer.link_from(pack, source, custom_nodes)  # again: the link is replaced
+
+    with pytest.raises(installer.InstallError, match="--from has no folder"):
+        installer.link_from(pack, tmp_path / "nowhere", custom_nodes)
+
+    subprocess.run(["git", "init", "-q", str(source / "SomePack")], check=True)
+    subprocess.run(
+        ["git", "-C", str(source / "SomePack"), "-c", "user.email=t@t", "-c", "user.name=t",
+         "commit", "-q", "--allow-empty", "-m", "x"],
+        check=True,
+    )  # fmt: skip
+    with pytest.raises(installer.InstallError, match="the manifest pins aaaaaaaaaaaa"):
+        installer.link_from(pack, source, custom_nodes)
+
+    (custom_nodes / "SomePack").unlink()
+    (custom_nodes / "SomePack").mkdir()
+    other = installer.NodePack(
+        "SomePack", pack.repo, installer.git_head(source / "SomePack"), True, "t"
+    )
+    with pytest.raises(installer.InstallError, match="is not a link"):
+        installer.link_from(other, source, custom_nodes)
