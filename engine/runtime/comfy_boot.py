@@ -11,6 +11,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import RuntimeBootError
-from engine.runtime import Directories
+from engine.runtime import Directories, pack_fixes
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.settings import Settings
@@ -39,6 +40,7 @@ BUNDLED_CHECKOUT = _REPO_ROOT / "comfyui" / "ComfyUI"
 # the name ``utils`` over its top-level ``utils`` package, comfy_extras/nodes_images.py
 # fails to load with only a warning; a missing sentinel makes that loud.
 _SENTINEL_NODES = ("SaveImage", "SaveAnimatedWEBP", "CreateVideo")
+_IMAGEIO_NO_PREEXEC = "IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"
 # ``--cache-lru`` has no default in ComfyUI; 100 is LRUCache's own default size.
 _LRU_CACHE_SIZE = 100
 
@@ -93,6 +95,12 @@ def import_comfy(
         log.warning("torch was imported before ComfyUI; its CUDA allocator setting cannot apply")
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
+    # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp, which runs Python in the
+    # forked child; with PyAV 19 threads alive (ComfyUI's video nodes) the child can
+    # deadlock before exec and the job never returns. This switch is its own workaround
+    # (no preexec_fn: CPython's vfork path), for any pack that reads or writes video
+    # through it. The worker itself no longer forks through imageio-ffmpeg (engine/video.py).
+    os.environ.setdefault(_IMAGEIO_NO_PREEXEC, "1")
 
     # comfy/cli_args.py parses its arguments at import, from sys.argv only when
     # comfy.options.enable_args_parsing() was called: it is not, so the host's argv
@@ -106,6 +114,9 @@ def import_comfy(
     _check_utils_module(checkout)
     folder_paths = importlib.import_module("folder_paths")
     _configure_paths(folder_paths, extra_config, settings, dirs)
+    model_paths = pack_fixes.before_custom_nodes(
+        folder_paths, [BUNDLED_MODEL_PATHS, settings.extra_model_paths]
+    )
     run_prestartup_scripts(folder_paths.get_folder_paths("custom_nodes"))
 
     started = time.perf_counter()
@@ -146,6 +157,7 @@ def import_comfy(
         hook_breaker.restore_functions()
     server.start_loop()
     timings["node_init"] = time.perf_counter() - started
+    pack_fixes.after_custom_nodes(folder_paths, nodes.NODE_CLASS_MAPPINGS, model_paths)
     node_count = len(nodes.NODE_CLASS_MAPPINGS)
     missing = [n for n in _SENTINEL_NODES if n not in nodes.NODE_CLASS_MAPPINGS]
     if missing:

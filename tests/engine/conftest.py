@@ -2,9 +2,10 @@
 
 ComfyUI's modules are process-wide and boot once, so every engine test shares
 the runtime built here: its work dir, a models folder registered through an
-extra model paths file (checkpoints/, loras/), this suite's node pack and the
-packs ``COMFYUI_TEST_CUSTOM_NODES`` names as custom node folders, and a warm-up
-workflow that boot runs.
+extra model paths file (checkpoints/, loras/), a second base folder playing a
+network volume (files in the folders custom node packs hard-wire), this suite's
+node pack and the packs ``COMFYUI_TEST_CUSTOM_NODES`` names as custom node
+folders, and a warm-up workflow that boot runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.runtime.comfy import ComfyRuntime
+from engine.runtime.pack_fixes import HARDWIRED_FOLDERS
 from engine.settings import Settings
 from tests.engine.support import (
     COMFYUI_PATH,
@@ -44,6 +46,10 @@ class EngineSetup:
     models: Path
     extra_model_paths: Path
     warmup_workflow: Path
+    volume: Path
+    """A base folder of the model paths file playing a RunPod network volume."""
+    volume_files: dict[str, str]
+    """Files placed on that volume before boot: role -> path under it."""
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +62,27 @@ def engine_setup(tmp_path_factory: pytest.TempPathFactory) -> EngineSetup:
     # A folder that does not exist is skipped with a warning, not a failed boot.
     absent = root / "absent-custom-nodes"
     custom_nodes = [TEST_NODES_DIR, absent, *[p for p in [extra_custom_nodes()] if p is not None]]
+    # Boot links the volume's entries into <ComfyUI>/models, a folder this session
+    # shares with others: the names are unique to the session, and the links go at
+    # the end (the runtime fixture).
+    volume = root / "volume"
+    tag = f"worker-test-{uuid.uuid4().hex[:8]}"
+    volume_files = {
+        "swap_model": f"insightface/{tag}-swapper.onnx",
+        "antelopev2": f"insightface/models/{tag}-antelopev2/glintr100.onnx",
+        "pulid": f"pulid/{tag}-pulid.safetensors",
+    }
+    for relative in volume_files.values():
+        (volume / relative).parent.mkdir(parents=True, exist_ok=True)
+        (volume / relative).write_bytes(b"not a model")
+    (volume / "facerestore_models").mkdir()
     config = {
         "worker_tests": {"base_path": str(models), "checkpoints": "checkpoints", "loras": "loras"},
+        "worker_test_volume": {
+            "base_path": str(volume),
+            "pulid": "pulid",
+            "facerestore_models": "facerestore_models",
+        },
         "worker_test_nodes": {"custom_nodes": "\n".join(str(p) for p in custom_nodes)},
     }
     extra = root / "extra_model_paths.yaml"
@@ -71,7 +96,14 @@ def engine_setup(tmp_path_factory: pytest.TempPathFactory) -> EngineSetup:
             }
         )
     )
-    return EngineSetup(root=root, models=models, extra_model_paths=extra, warmup_workflow=warmup)
+    return EngineSetup(
+        root=root,
+        models=models,
+        extra_model_paths=extra,
+        warmup_workflow=warmup,
+        volume=volume,
+        volume_files=volume_files,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +119,21 @@ def runtime(engine_setup: EngineSetup) -> Iterator[ComfyRuntime]:
         comfy_log_level="INFO",
     )
     runtime = ComfyRuntime(settings)
-    runtime.boot()
-    yield runtime
+    try:
+        runtime.boot()
+        yield runtime
+    finally:
+        _remove_links_into(COMFYUI_PATH.resolve() / "models", engine_setup.root)
+
+
+def _remove_links_into(models_dir: Path, root: Path) -> None:
+    """Remove the links boot made in ``models_dir`` to this session's files."""
+    for folder in HARDWIRED_FOLDERS:
+        if not (models_dir / folder).is_dir():
+            continue
+        for entry in (models_dir / folder).iterdir():
+            if entry.is_symlink() and entry.readlink().is_relative_to(root):
+                entry.unlink()
 
 
 @pytest.fixture
