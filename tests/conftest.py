@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ import pytest
 from engine.settings import Settings
 
 _TIERS = {"e2e": "e2e", "engine": "engine"}
+
+# The tests make and decode reference videos with imageio-ffmpeg, in the same process
+# where the engine tests run ComfyUI's PyAV threads: its default preexec_fn fork can then
+# deadlock the child before exec (PyAV 19, the image's). The worker sets the same switch
+# at boot; set here, it holds whichever test runs first.
+os.environ["IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"] = "1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

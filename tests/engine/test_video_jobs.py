@@ -39,6 +39,13 @@ def _frames_gif(count: int, size: int = 64) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+@pytest.fixture(autouse=True)
+def imageio_ffmpeg_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """imageio-ffmpeg as it behaves by default (preexec_fn on every fork): the worker's own
+    path must not depend on the switch that its boot and the test setup turn on."""
+    monkeypatch.delenv("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", raising=False)
+
+
 @pytest.fixture
 def worker(runtime: ComfyRuntime) -> Worker:
     settings = Settings(
