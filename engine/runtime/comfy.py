@@ -37,6 +37,7 @@ from engine.errors import RuntimeBootError, WorkerError
 from engine.runtime import Directories, JobSpec, ProgressEvent, RunResult, UiOutputs, shapes
 from engine.runtime.comfy_boot import Comfy, find_checkout, import_comfy
 from engine.runtime.comfy_folders import combo_options, folders_backing_input
+from engine.runtime.pack_fixes import hardwired_input_folders
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -357,10 +358,15 @@ class ComfyRuntime:
                 input_name = extra.get("input_name")
                 if error.get("type") != "value_not_in_list" or not input_name:
                     continue
-                node_class = comfy.nodes.NODE_CLASS_MAPPINGS[prompt[node_id]["class_type"]]
-                folders = folders_backing_input(
-                    comfy.folder_paths, node_class, input_name, extra.get("received_value")
-                )
+                class_type = prompt[node_id]["class_type"]
+                folders = hardwired_input_folders(comfy.folder_paths, class_type, input_name)
+                if folders is None:
+                    folders = folders_backing_input(
+                        comfy.folder_paths,
+                        comfy.nodes.NODE_CLASS_MAPPINGS[class_type],
+                        input_name,
+                        extra.get("received_value"),
+                    )
                 if folders:
                     looked[(node_id, input_name)] = folders
         return looked

@@ -321,6 +321,47 @@ def _module_namespace(node_class: Any) -> dict[str, Any] | None:
     return None
 
 
+# -- where packs look for a file (for "file not found; looked in: ...") -----------------
+
+_SWAP_MODEL_FOLDERS = ("insightface", "reswapper", "hyperswap")
+_HARDWIRED_INPUTS: dict[tuple[str, str], tuple[str, ...]] = {
+    # ComfyUI-ReActor d93450bd builds these lists with glob, not folder_paths, so
+    # comfy_folders.folders_backing_input cannot see where they come from. Folder names
+    # under models_dir, or "folder_paths:<name>" for a folder_paths name (the restorers,
+    # listed by patch_reactor_restorers from every facerestore_models folder).
+    ("ReActorFaceSwap", "swap_model"): _SWAP_MODEL_FOLDERS,
+    ("ReActorFaceSwapOpt", "swap_model"): _SWAP_MODEL_FOLDERS,
+    ("ReActorFaceSwap", "face_restore_model"): (f"folder_paths:{_RESTORERS}",),
+    ("ReActorFaceSwapOpt", "face_restore_model"): (f"folder_paths:{_RESTORERS}",),
+    ("ReActorRestoreFace", "model"): (f"folder_paths:{_RESTORERS}",),
+    ("ReActorRestoreFaceAdvanced", "model"): (f"folder_paths:{_RESTORERS}",),
+    ("ReActorFaceBoost", "boost_model"): (f"folder_paths:{_RESTORERS}",),
+    ("ReActorLoadFaceModel", "face_model"): ("reactor/faces",),
+}
+
+
+def hardwired_input_folders(
+    folder_paths: Any, class_type: str, input_name: str
+) -> list[str] | None:
+    """The folders a pack lists for ``input_name`` without ``folder_paths``, if it is one.
+
+    None for every other input: ``comfy_folders.folders_backing_input`` finds those.
+    """
+    names = _HARDWIRED_INPUTS.get((class_type, input_name))
+    if names is None:
+        return None
+    folders: list[str] = []
+    for name in names:
+        if name.startswith("folder_paths:"):
+            try:
+                folders.extend(folder_paths.get_folder_paths(name.partition(":")[2]))
+            except KeyError:  # the pack did not register it
+                continue
+        else:
+            folders.append(str(Path(folder_paths.models_dir) / name))
+    return [f if Path(f).is_dir() else f"{f} (missing)" for f in folders]
+
+
 # -- the entry points comfy_boot calls -------------------------------------------------
 
 

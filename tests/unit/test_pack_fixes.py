@@ -393,3 +393,38 @@ def test_boot_entry_points_link_reconcile_and_patch(
     assert f"pack folders in {models}: linked 1 (insightface/inswapper_128.onnx)" in text
     assert f"pulid: added {models / 'pulid'}" in text
     assert (models / "insightface" / "inswapper_128.onnx").is_symlink()
+
+
+class _FolderPaths:
+    """folder_paths as far as hardwired_input_folders reads it."""
+
+    def __init__(self, models_dir: Path, restorers: list[str]) -> None:
+        self.models_dir = str(models_dir)
+        self._restorers = restorers
+
+    def get_folder_paths(self, name: str) -> list[str]:
+        if name != "facerestore_models":
+            raise KeyError(name)
+        return self._restorers
+
+
+def test_reactor_inputs_name_the_folders_reactor_globs(tmp_path: Path) -> None:
+    """ReActor lists swap models and restorers with glob: a missing file's error must still
+    say where it was looked for (the folders under models_dir, and every restorer folder)."""
+    (tmp_path / "insightface").mkdir()
+    fp = _FolderPaths(
+        tmp_path, [str(tmp_path / "facerestore_models"), "/volume/facerestore_models"]
+    )
+    swap = pack_fixes.hardwired_input_folders(fp, "ReActorFaceSwap", "swap_model")
+    assert swap == [
+        str(tmp_path / "insightface"),
+        f"{tmp_path / 'reswapper'} (missing)",
+        f"{tmp_path / 'hyperswap'} (missing)",
+    ]
+    restore = pack_fixes.hardwired_input_folders(fp, "ReActorFaceSwap", "face_restore_model")
+    assert restore == [
+        f"{tmp_path / 'facerestore_models'} (missing)",
+        "/volume/facerestore_models (missing)",
+    ]
+    assert pack_fixes.hardwired_input_folders(fp, "ReActorFaceSwap", "input_image") is None
+    assert pack_fixes.hardwired_input_folders(fp, "CheckpointLoaderSimple", "ckpt_name") is None
