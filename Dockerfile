@@ -135,11 +135,27 @@ RUN case ",${MODEL_SETS}," in \
         *) echo "PuLID not baked in: EVA-CLIP is fetched on first use" ;; \
     esac
 
+# Made once here, not at every container start: the bytecode of ComfyUI and the packs
+# (the base sets PYTHONDONTWRITEBYTECODE=1, so a start compiles them and keeps nothing;
+# site-packages keep pip's .pyc, anything without one is compiled), and the two files a
+# first start writes under an empty HOME (matplotlib's font cache, Ultralytics' settings).
+# YOLO_OFFLINE / YOLO_AUTOINSTALL: ultralytics skips its DNS probe at import and never
+# pip-installs at run time. docs/benchmarks.md, "Image boot", has the figures.
+ENV MPLCONFIGDIR=/opt/cache/matplotlib \
+    YOLO_CONFIG_DIR=/opt/cache/ultralytics \
+    YOLO_OFFLINE=true \
+    YOLO_AUTOINSTALL=false
+COPY scripts/prepare_image.py /opt/build/prepare_image.py
+RUN python /opt/build/prepare_image.py --comfyui /comfyui --venv /opt/venv --cache-dir /opt/cache
+
 # Last: the code. handler.py runs from /app, so `import engine` needs no install step.
 WORKDIR /app
 COPY comfyui/ /app/comfyui/
 COPY engine/ /app/engine/
 COPY handler.py /app/handler.py
+# The worker's own bytecode, as prepare_image.py made ComfyUI's: unchecked-hash, since
+# nothing in /app changes after the build.
+RUN python -m compileall -q -j 0 --invalidation-mode unchecked-hash /app
 
 # Runs as root on purpose: RunPod mounts /runpod-volume root-owned, and the worker
 # writes its job folders under WORKER_DIR.
