@@ -141,6 +141,47 @@ def temp_root(prefix: str) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def run_child(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    prefix: str,
+    timeout_s: float,
+    what: str,
+) -> tuple[dict[str, Any], float]:
+    """Start a benchmark child; its last ``prefix`` line as JSON, and when it was spawned.
+
+    The child's stderr goes to ``log_path`` (its tail is in the error when it fails); a
+    child still running at ``timeout_s`` is killed with its process group.
+    """
+    with log_path.open("w", encoding="utf-8") as log:
+        spawned_at = time.time()
+        process = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, _ = process.communicate(timeout=timeout_s)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    lines = [line for line in out.splitlines() if line.startswith(prefix)]
+    if process.returncode != 0 or not lines:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        raise RuntimeError(f"{what} failed (exit {process.returncode}):\n{tail}")
+    report: dict[str, Any] = json.loads(lines[-1].removeprefix(prefix))
+    return report, spawned_at
+
+
 def report_footer(machine: Sequence[str]) -> list[str]:
     """The closing lines of a report: the machine it ran on and the command that made it."""
     return [

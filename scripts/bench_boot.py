@@ -300,31 +300,17 @@ def run_start(side: str, root: Path, sides: Path, timeout_s: float) -> dict[str,
         env.update(cache_env(cache))
     baked = files_under(cache) if cache else {}
 
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec)]
-    log_path = root / "worker.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        spawned_at = time.time()
-        process = subprocess.Popen(
-            argv,
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, _ = process.communicate(timeout=timeout_s)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    lines = [line for line in out.splitlines() if line.startswith(_REPORT_PREFIX)]
-    if process.returncode != 0 or not lines:
-        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"the {side} worker failed (exit {process.returncode}):\n{tail}")
-    report = json.loads(lines[-1].removeprefix(_REPORT_PREFIX))
+    from _bench_common import run_child
+
+    report, spawned_at = run_child(
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(spec)],
+        cwd=root,
+        env=env,
+        log_path=root / "worker.log",
+        prefix=_REPORT_PREFIX,
+        timeout_s=timeout_s,
+        what=f"the {side} worker",
+    )
     foreign = [f for f in report["code"] if not f.startswith(str(copy / "app"))]
     if foreign:
         raise RuntimeError(f"the {side} worker ran code outside its copy: {foreign}")

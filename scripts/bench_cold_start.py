@@ -105,7 +105,6 @@ def run_worker(
     checkout: Path, root: Path, job_input: dict[str, Any], timeout_s: float
 ) -> dict[str, float]:
     """Start one worker process, let it boot and run the job; its times in seconds."""
-    import subprocess
 
     root.mkdir(parents=True)
     spec = root / "spec.json"
@@ -118,31 +117,17 @@ def run_worker(
         if not key.startswith(("BUCKET_", "RUNPOD_")) and key not in {"WARMUP_WORKFLOW"}
     }
     env.update(COMFYUI_PATH=str(checkout), WORKER_DIR=str(root / "work"), COMFY_LOG_LEVEL="INFO")
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec)]
-    log_path = root / "worker.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        spawned_at = time.time()
-        process = subprocess.Popen(
-            argv,
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, _ = process.communicate(timeout=timeout_s)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    lines = [line for line in out.splitlines() if line.startswith(_REPORT_PREFIX)]
-    if process.returncode != 0 or not lines:
-        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"the worker process failed (exit {process.returncode}):\n{tail}")
-    report = json.loads(lines[-1].removeprefix(_REPORT_PREFIX))
+    from _bench_common import run_child
+
+    report, spawned_at = run_child(
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(spec)],
+        cwd=root,
+        env=env,
+        log_path=root / "worker.log",
+        prefix=_REPORT_PREFIX,
+        timeout_s=timeout_s,
+        what="the worker process",
+    )
     if not report["ok"]:
         raise RuntimeError(f"the worker's first job failed: {report['error']}")
     boot = report["boot_timings"]
