@@ -172,7 +172,8 @@ class Worker:
         takes no further job and asks RunPod for a fresh one.
         """
         if self._stuck is not None:
-            raise self._stuck
+            # A new exception each time: one raised again would grow its traceback per job.
+            raise WorkerStuckError(self._stuck.message, self._stuck.details)
         if not self._one_job.acquire(timeout=_lock_timeout(deadline.remaining())):
             raise deadline.exceeded("while the job waited for the previous one to finish")
         phase = _Phase("start")
