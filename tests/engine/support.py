@@ -57,6 +57,22 @@ def extra_custom_nodes() -> Path | None:
     return Path(raw).expanduser() if raw else None
 
 
+def pack_folders() -> list[Path]:
+    """Where the session's runtime loads packs from: the test folder, the checkout's own."""
+    folders = [extra_custom_nodes(), COMFYUI_PATH / "custom_nodes" if COMFYUI_PATH else None]
+    return [folder for folder in folders if folder is not None and folder.is_dir()]
+
+
+def require_packs(*packs: str) -> None:
+    """Skip, saying where to put it, unless each pack is where the session loads packs."""
+    for pack in packs:
+        if not any((folder / pack).is_dir() for folder in pack_folders()):
+            pytest.skip(
+                f"custom node pack {pack} is not installed: put it in the folder "
+                f"{CUSTOM_NODES_ENV} names, or in the ComfyUI checkout's custom_nodes/"
+            )
+
+
 # -- workflows -------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """A real custom node pack that expects ComfyUI's server object: VideoHelperSuite.
 
-Set ``COMFYUI_TEST_CUSTOM_NODES`` to a folder holding a ComfyUI-VideoHelperSuite
-checkout (its requirements installed: opencv-python-headless, imageio-ffmpeg).
+ComfyUI-VideoHelperSuite in the checkout's ``custom_nodes/`` (``scripts/setup.sh
+--image-env`` puts it there) or in the folder ``COMFYUI_TEST_CUSTOM_NODES`` names, with
+its requirements installed (the image lock has them).
 """
 
 from __future__ import annotations
@@ -13,23 +14,15 @@ import pytest
 from engine.runtime import JobSpec
 from engine.runtime.comfy import ComfyRuntime
 from tests.engine.support import (
-    CUSTOM_NODES_ENV,
     ENGINE_MARKS,
     count_video_frames,
-    extra_custom_nodes,
     node,
+    require_packs,
     write_frames,
 )
 from tests.workflows import vhs_combine
 
-pytestmark = [
-    *ENGINE_MARKS,
-    pytest.mark.skipif(
-        extra_custom_nodes() is None,
-        reason=f"{CUSTOM_NODES_ENV} is not set: no folder of custom node packs to load "
-        "(e.g. one holding ComfyUI-VideoHelperSuite)",
-    ),
-]
+pytestmark = ENGINE_MARKS
 
 _FRAMES = 5
 
@@ -38,13 +31,10 @@ _FRAMES = 5
 def vhs(runtime: ComfyRuntime) -> None:
     import nodes
 
-    folder = extra_custom_nodes()
-    assert folder is not None
-    if not any(p.name.lower().startswith("comfyui-videohelpersuite") for p in folder.iterdir()):
-        pytest.skip(f"{CUSTOM_NODES_ENV}={folder} holds no ComfyUI-VideoHelperSuite")
+    require_packs("ComfyUI-VideoHelperSuite")
     # The pack is there: it must have loaded (it registers routes on the server at import).
     assert "VHS_VideoCombine" in nodes.NODE_CLASS_MAPPINGS, (
-        f"ComfyUI-VideoHelperSuite is in {folder} but did not load: install its "
+        "ComfyUI-VideoHelperSuite is installed but did not load: install its "
         "requirements.txt (opencv-python-headless, imageio-ffmpeg) into this venv"
     )
 

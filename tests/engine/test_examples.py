@@ -23,7 +23,7 @@ from engine.errors import WorkflowValidationError
 from engine.runtime import JobSpec
 from engine.runtime.comfy import ComfyRuntime
 from engine.runtime.comfy_folders import combo_options
-from tests.engine.support import COMFYUI_PATH, CUSTOM_NODES_ENV, ENGINE_MARKS, extra_custom_nodes
+from tests.engine.support import ENGINE_MARKS, require_packs
 
 pytestmark = ENGINE_MARKS
 
@@ -78,23 +78,12 @@ def _manifest_folders() -> dict[str, set[str]]:
     return folders
 
 
-def _pack_folders() -> list[Path]:
-    """Where the session's runtime loads packs from: the test folder, the checkout's own."""
-    folders = [extra_custom_nodes()]
-    if COMFYUI_PATH is not None:
-        folders.append(COMFYUI_PATH / "custom_nodes")
-    return [folder for folder in folders if folder is not None and folder.is_dir()]
-
-
 def _require_pack(pack: str | None, workflow: dict[str, Any]) -> None:
     """Skip when the pack is absent; fail when it is present but its nodes did not load."""
     import nodes
 
-    if pack is not None and not any((folder / pack).is_dir() for folder in _pack_folders()):
-        pytest.skip(
-            f"custom node pack {pack} is not installed: put it in the folder {CUSTOM_NODES_ENV} "
-            "names, or in the ComfyUI checkout's custom_nodes/"
-        )
+    if pack is not None:
+        require_packs(pack)
     unknown = sorted({n["class_type"] for n in workflow.values()} - set(nodes.NODE_CLASS_MAPPINGS))
     assert not unknown, f"node types {unknown} are not installed" + (
         f" although {pack} is: its import failed (see the boot log)" if pack else ""

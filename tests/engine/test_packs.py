@@ -24,12 +24,11 @@ from engine.runtime.comfy import ComfyRuntime
 from tests.engine.conftest import EngineSetup
 from tests.engine.support import (
     COMFYUI_PATH,
-    CUSTOM_NODES_ENV,
     ENGINE_MARKS,
-    extra_custom_nodes,
     files_of,
     gradient_rgb,
     node,
+    require_packs,
 )
 
 pytestmark = ENGINE_MARKS
@@ -56,21 +55,6 @@ PACK_NODES = {
         "ModelPatchTorchSettings",
     ],
 }
-
-
-def _pack_folders() -> list[Path]:
-    folders = [extra_custom_nodes(), COMFYUI_PATH / "custom_nodes" if COMFYUI_PATH else None]
-    return [f for f in folders if f is not None and f.is_dir()]
-
-
-def require(*packs: str) -> None:
-    """Skip unless every one of ``packs`` is installed where the session loads packs."""
-    for pack in packs:
-        if not any((folder / pack).is_dir() for folder in _pack_folders()):
-            pytest.skip(
-                f"custom node pack {pack} is not installed: put it in the folder "
-                f"{CUSTOM_NODES_ENV} names, or in the ComfyUI checkout's custom_nodes/"
-            )
 
 
 def _run(runtime: ComfyRuntime, workflow: dict[str, Any]) -> RunResult:
@@ -108,7 +92,7 @@ def test_pack_loads_in_process(runtime: ComfyRuntime, pack: str) -> None:
     """The pack imported without failing and registered its node types."""
     import nodes
 
-    require(pack)
+    require_packs(pack)
     # ComfyUI records a pack's folder only once its module imported without raising.
     assert pack in nodes.LOADED_MODULE_DIRS, f"{pack} failed to import: see the boot log"
     missing = [t for t in PACK_NODES[pack] if t not in nodes.NODE_CLASS_MAPPINGS]
@@ -126,7 +110,7 @@ def test_pack_loads_in_process(runtime: ComfyRuntime, pack: str) -> None:
 
 def test_rgthree_sdxl_latent_has_the_chosen_size(runtime: ComfyRuntime, prefix: str) -> None:
     """' 832 x 1216  (portrait)' gives a 104 x 152 latent (1/8), measured by KJNodes."""
-    require("rgthree-comfy", "ComfyUI-KJNodes")
+    require_packs("rgthree-comfy", "ComfyUI-KJNodes")
     workflow = {
         "1": node(
             "SDXL Empty Latent Image (rgthree)",
@@ -159,7 +143,7 @@ def test_kjnodes_image_resize_v2(
     expected: tuple[int, int],
 ) -> None:
     """ImageResizeKJv2 on a loaded 64 x 48 image: stretched, or scaled keeping its shape."""
-    require("ComfyUI-KJNodes")
+    require_packs("ComfyUI-KJNodes")
     gradient_rgb(64, 48).save(runtime.directories.input / "kj-64x48.png")
     workflow = {
         "1": node("LoadImage", image="kj-64x48.png"),
@@ -195,7 +179,7 @@ def test_reactor_face_swap_validates_offline_without_restorers(
     """
     import folder_paths
 
-    require("ComfyUI-ReActor")
+    require_packs("ComfyUI-ReActor")
     namespace = _pack_globals("ReActorFaceSwap", "INPUT_TYPES")
     downloads: list[str] = []
 
@@ -250,7 +234,7 @@ def test_reactor_lists_restorers_from_every_facerestore_folder(
     """A restorer in a yaml folder (the volume's) is offered and found by ReActor's nodes."""
     import folder_paths
 
-    require("ComfyUI-ReActor")
+    require_packs("ComfyUI-ReActor")
     restorer = engine_setup.volume / "facerestore_models" / f"{engine_setup.root.name}-gfpgan.pth"
     restorer.write_bytes(b"not a model")
     try:
@@ -303,7 +287,7 @@ def test_facerestore_models_keeps_the_yaml_folders(
 def test_pulid_model_on_the_volume_is_offered(
     runtime: ComfyRuntime, engine_setup: EngineSetup
 ) -> None:
-    require("PuLID_ComfyUI")
+    require_packs("PuLID_ComfyUI")
     name = Path(engine_setup.volume_files["pulid"]).name
     assert name in _options("PulidModelLoader", "pulid_file")
 
@@ -315,7 +299,7 @@ def test_volume_swap_model_is_listed_by_reactor(
     runtime: ComfyRuntime, engine_setup: EngineSetup
 ) -> None:
     """ReActor globs <ComfyUI>/models/insightface/*: the volume's file is linked there."""
-    require("ComfyUI-ReActor")
+    require_packs("ComfyUI-ReActor")
     relative = engine_setup.volume_files["swap_model"]
     link = _models_dir() / relative
     assert link.is_symlink() and link.resolve() == (engine_setup.volume / relative).resolve()
@@ -326,7 +310,7 @@ def test_volume_antelopev2_is_where_pulid_loads_it(
     runtime: ComfyRuntime, engine_setup: EngineSetup
 ) -> None:
     """PuLID loads antelopev2 from INSIGHTFACE_DIR/models/<name>: the volume's folder is there."""
-    require("PuLID_ComfyUI")
+    require_packs("PuLID_ComfyUI")
     insightface_dir = Path(
         _pack_globals("PulidInsightFaceLoader", "load_insightface")["INSIGHTFACE_DIR"]
     )
