@@ -2,34 +2,29 @@
 
 Base64 is the default and is bounded by RunPod's payload cap, checked before
 anything is encoded. With a bucket configured, each file is uploaded (a few at a
-time) and its item carries a URL a plain HTTP GET can download. A file that cannot
-be read or uploaded becomes one line of ``errors[]``; the others are still returned.
+time, each retried with backoff) and its item carries a URL a plain HTTP GET can
+download. All uploads share one deadline, ``UPLOAD_TIMEOUT_S`` or what is left of the
+job's time if less: a stuck endpoint never holds the worker past it. A file that
+cannot be read or uploaded becomes one line of ``errors[]``; the others are still
+returned. When not one file got through, the job fails (``OutputDeliveryError``).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
-from urllib.parse import quote, urlsplit
+from typing import Any, Literal, Protocol, runtime_checkable
 
-import boto3
-from boto3.exceptions import Boto3Error
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
-from engine.errors import ItemError, ResponseTooLargeError
-from engine.logs import redact
+from engine.errors import ItemError, OutputDeliveryError, ResponseTooLargeError
 from engine.outputs import OutputFile
-from engine.settings import BucketSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +35,8 @@ _MB = 1024 * 1024
 _ENVELOPE_BYTES = 512
 
 # How many files are uploaded at once. Each upload is itself split into parts by boto3
-# above 8 MB, so a few files in flight already fill a worker's uplink.
-_MAX_PARALLEL_UPLOADS = 4
-_PARTS_PER_UPLOAD = 4
+# above 8 MB (engine/s3.py), so a few files in flight already fill a worker's uplink.
+MAX_PARALLEL_UPLOADS = 4
 
 # The largest files named when the response is too large: enough to see what to cut.
 _LISTED_LARGEST = 5
@@ -61,90 +55,27 @@ class Uploader(Protocol):
         ...
 
 
-class S3Uploader:
-    """Uploads to an S3-compatible bucket; URLs are presigned unless a public URL is set."""
+@runtime_checkable
+class BoundedUploader(Uploader, Protocol):
+    """An :class:`Uploader` with its own time limit, that retries and bounds every request
+    by the deadline it is given. ``deliver`` stops waiting at that deadline whatever the
+    uploader does; this kind also stops working by then."""
 
-    def __init__(self, bucket: BucketSettings, client: Any | None = None) -> None:
-        self._bucket = bucket
-        # botocore's messages can quote the access key id (e.g. InvalidAccessKeyId).
-        self._secrets = tuple(s for s in (bucket.access_key_id, bucket.secret_access_key) if s)
-        self._client = client if client is not None else _s3_client(bucket)
-        self._transfer = TransferConfig(max_concurrency=_PARTS_PER_UPLOAD)
+    @property
+    def timeout_s(self) -> float:
+        """The most one job's delivery may take (``UPLOAD_TIMEOUT_S``)."""
+        ...
 
-    def upload(self, key: str, path: Path, content_type: str) -> str:
-        """Upload one file with its Content-Type; its URL, or ``ItemError`` saying why not."""
-        try:
-            self._client.upload_file(
-                str(path),
-                self._bucket.bucket,
-                key,
-                ExtraArgs={"ContentType": content_type},
-                Config=self._transfer,
-            )
-            url = self.url_for(key)
-        except (BotoCoreError, ClientError, Boto3Error) as exc:
-            raise ItemError(key, self._describe(exc, path)) from exc
-        log.debug("uploaded %s to bucket %s", key, self._bucket.bucket)
-        return url
+    @property
+    def target(self) -> str:
+        """Where files go, for messages: ``bucket 'x' at https://host`` (no keys)."""
+        ...
 
-    def url_for(self, key: str) -> str:
-        """The URL a plain HTTP GET downloads ``key`` from: public, or presigned."""
-        if self._bucket.public_url:
-            return f"{self._bucket.public_url}/{quote(key)}"
-        url: str = self._client.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self._bucket.bucket, "Key": key},
-            ExpiresIn=self._bucket.url_expiry_s,
-        )
-        return url
-
-    def _describe(self, exc: Exception, path: Path) -> str:
-        """A one-line reason without secrets or the worker's local paths."""
-        # boto3 wraps the service's answer in S3UploadFailedError, whose text starts
-        # with the local path of the file; the ClientError underneath says it plainly.
-        cause = exc if isinstance(exc, ClientError) else exc.__context__
-        where = f"bucket {self._bucket.bucket!r} at {self._bucket.endpoint_url}"
-        if isinstance(cause, ClientError):
-            error = cause.response.get("Error", {})
-            code = error.get("Code") or "Error"
-            message = error.get("Message") or "no message"
-            reason = f"S3 refused it ({code}: {message}); {where}"
-        else:
-            reason = f"{type(exc).__name__}: {exc}; {where}".replace(str(path), path.name)
-        return redact(reason, self._secrets)
-
-
-def _s3_client(bucket: BucketSettings) -> Any:
-    """A boto3 S3 client with the bucket's own credentials, never the host's."""
-    config = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": _addressing_style(bucket.endpoint_url)},
-        # Standard mode retries throttling and 5xx answers; the timeouts keep a dead
-        # endpoint from holding a finished job until RunPod's own limit.
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=60,
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=bucket.endpoint_url,
-        aws_access_key_id=bucket.access_key_id,
-        aws_secret_access_key=bucket.secret_access_key,
-        region_name=bucket.region,
-        config=config,
-    )
-
-
-def _addressing_style(endpoint_url: str) -> str:
-    """Path-style for IP and localhost endpoints: ``<bucket>.127.0.0.1`` cannot resolve."""
-    host = urlsplit(endpoint_url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return "path"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return "auto"
-    return "path"
+    def upload(
+        self, key: str, path: Path, content_type: str, *, deadline: float | None = None
+    ) -> str:
+        """As :meth:`Uploader.upload`, given up by ``deadline`` (``time.monotonic()``)."""
+        ...
 
 
 def object_key(job_id: str, file: OutputFile) -> str:
@@ -165,16 +96,19 @@ def deliver(
     job_id: str,
     uploader: Uploader | None,
     budget_bytes: int,
+    timeout_s: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The response items for ``files`` and a line per file that could not be delivered.
 
     Without an uploader, raises ``ResponseTooLargeError`` before encoding anything if
-    the base64 response would pass ``budget_bytes``.
+    the base64 response would pass ``budget_bytes``. With one, uploads end by the
+    smaller of the uploader's own limit (``UPLOAD_TIMEOUT_S``) and ``timeout_s`` (what is
+    left of the job's time); raises ``OutputDeliveryError`` when not one file was delivered.
     """
     if uploader is None:
         items, errors = _as_base64(files, budget_bytes)
     else:
-        items, errors = _to_bucket(files, job_id, uploader)
+        items, errors = _to_bucket(files, job_id, uploader, timeout_s)
     for line in errors:
         log.warning("output not delivered: %s", line)
     return items, errors
@@ -255,32 +189,105 @@ def _too_large(
     )
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """How long uploads may take, and which setting says so (for the timeout message)."""
+
+    seconds: float
+    setting: str
+    hint: str
+
+
+def _upload_limit(uploader: Uploader, timeout_s: float | None) -> _Limit | None:
+    """The smaller of the uploader's own limit and the job's remaining time."""
+    limits: list[_Limit] = []
+    if isinstance(uploader, BoundedUploader):
+        own = uploader.timeout_s
+        limits.append(
+            _Limit(
+                own,
+                f"UPLOAD_TIMEOUT_S={own:g}",
+                "check that the S3 service answers, or raise UPLOAD_TIMEOUT_S",
+            )
+        )
+    if timeout_s is not None:
+        limits.append(
+            _Limit(
+                max(timeout_s, 0.0),
+                "what was left of the job's JOB_TIMEOUT_S",
+                "raise JOB_TIMEOUT_S, or make the workflow faster",
+            )
+        )
+    return min(limits, key=lambda limit: limit.seconds, default=None)
+
+
 def _to_bucket(
-    files: Sequence[OutputFile], job_id: str, uploader: Uploader
+    files: Sequence[OutputFile], job_id: str, uploader: Uploader, timeout_s: float | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     if not files:
         return [], []
     keys = _unique_keys([object_key(job_id, file) for file in files])
+    limit = _upload_limit(uploader, timeout_s)
+    deadline = None if limit is None else time.monotonic() + limit.seconds
 
     def upload(file: OutputFile, key: str) -> dict[str, Any]:
         size = file.path.stat().st_size
-        url = uploader.upload(key, file.path, file.mime_type)
+        if isinstance(uploader, BoundedUploader):
+            url = uploader.upload(key, file.path, file.mime_type, deadline=deadline)
+        else:
+            url = uploader.upload(key, file.path, file.mime_type)
         return _item(file, "s3_url", url, size)
 
-    items: list[dict[str, Any]] = []
-    errors: list[str] = []
-    workers = min(_MAX_PARALLEL_UPLOADS, len(files))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload") as pool:
+    # Not ``with``: leaving it would wait for every thread, and a stuck request is the
+    # very thing this must not wait for. A thread still uploading at the deadline is
+    # left to end on its own timeouts (an S3Uploader's fit in the deadline).
+    pool = ThreadPoolExecutor(
+        max_workers=min(MAX_PARALLEL_UPLOADS, len(files)), thread_name_prefix="upload"
+    )
+    try:
         futures = [pool.submit(upload, file, key) for file, key in zip(files, keys, strict=True)]
-        for file, future in zip(files, futures, strict=True):
-            try:
-                items.append(future.result())
-            except ItemError as exc:
-                errors.append(f"{file.filename}: upload failed: {exc.reason}")
-            except OSError as exc:
-                errors.append(f"{file.filename}: cannot be read: {exc.strerror or exc}")
+        wait(futures, timeout=None if limit is None else limit.seconds)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    items: list[dict[str, Any]] = []
+    failures: list[tuple[str, str, str]] = []  # (file name, what failed, why)
+    target = uploader.target if isinstance(uploader, BoundedUploader) else "the bucket"
+    for file, future in zip(files, futures, strict=True):
+        if not future.done() or future.cancelled():
+            assert limit is not None  # without a limit every future is done
+            why = (
+                f"S3 did not answer in time: timed out after {limit.seconds:.3g} s "
+                f"({limit.setting}); {target}: {limit.hint}"
+            )
+            failures.append((file.filename, "upload failed", why))
+            continue
+        try:
+            items.append(future.result())
+        except ItemError as exc:
+            failures.append((file.filename, "upload failed", exc.reason))
+        except OSError as exc:
+            failures.append((file.filename, "cannot be read", f"{exc.strerror or exc}"))
     log.info("uploaded %d of %d output(s)", len(items), len(files))
+    errors = [f"{name}: {what}: {why}" for name, what, why in failures]
+    if not items:
+        raise _nothing_delivered(failures, errors)
     return items, errors
+
+
+def _nothing_delivered(
+    failures: list[tuple[str, str, str]], errors: list[str]
+) -> OutputDeliveryError:
+    """The job's error when no file got through: the first cause (which names the bucket,
+    its endpoint and what to do), and a detail line per file."""
+    name, what, why = failures[0]
+    causes = {(w, y) for _, w, y in failures}
+    others = f" (and {len(causes) - 1} other cause(s): see details)" if len(causes) > 1 else ""
+    count = f"None of the {len(failures)} output(s)"
+    if what == "upload failed":
+        message = f"{count} could be uploaded: {why}{others}"
+    else:
+        message = f"{count} could be delivered: {name} {what}: {why}{others}"
+    return OutputDeliveryError(message, errors, extra={"failed_outputs": len(failures)})
 
 
 def _unique_keys(keys: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ The tree::
     │   └── JobTimeoutError          ... because the per-job limit passed (also a TimeoutError)
     ├── WorkerStuckError             a job did not stop after its limit; the worker must be replaced
     ├── ResponseTooLargeError        base64 outputs would exceed RunPod's payload cap
+    ├── OutputDeliveryError          not one output reached the bucket (refused, denied, timed out)
     ├── ConfigError                  an environment variable has an unusable value (also a ValueError)
     └── RuntimeBootError             the ComfyUI runtime could not start
 
@@ -165,6 +166,16 @@ class ResponseTooLargeError(WorkerError):
     """Base64 outputs would exceed the payload RunPod accepts."""
 
     code = "response_too_large"
+
+
+class OutputDeliveryError(WorkerError):
+    """Every output failed to upload: the job fails instead of completing with no images.
+
+    The message names the bucket, its endpoint and the cause; one detail line per file.
+    When only some outputs fail, the job completes and ``errors[]`` names the rest.
+    """
+
+    code = "output_delivery_failed"
 
 
 class ConfigError(WorkerError, ValueError):

@@ -63,6 +63,11 @@ class BucketSettings:
     url_expiry_s: int
     public_url: str | None
     """When set, items get ``<public_url>/<key>`` instead of a presigned URL."""
+    upload_timeout_s: float = 120.0
+    """``UPLOAD_TIMEOUT_S``: one job's whole delivery, every retry included. 120 s moves a
+    1 GB video over a 100 Mbit/s uplink (about 85 s) and still frees the worker in two
+    minutes when the endpoint is dead or stuck (before this bound, one stuck endpoint
+    held it 245 s: a 60 s read timeout, tried 3 times, plus connects)."""
 
 
 def _split_bucket_url(url: str, bucket_override: str | None) -> tuple[str, str]:
@@ -163,10 +168,12 @@ class Settings:
             raise ConfigError(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
 
         job_timeout = number(float, "JOB_TIMEOUT_S", cls.job_timeout_s or 0.0, 0)
+        # Read even without a bucket, so a bad value is caught before S3 is switched on.
+        upload_timeout = number(float, "UPLOAD_TIMEOUT_S", BucketSettings.upload_timeout_s, 0.1)
         mb = 1024 * 1024
         return cls(
             comfy_org_api_key=get("COMFY_ORG_API_KEY"),
-            bucket=_bucket_from_env(get),
+            bucket=_bucket_from_env(get, upload_timeout),
             comfy_log_level=log_level,
             comfyui_path=path("COMFYUI_PATH"),
             work_dir=path("WORKER_DIR") or cls.work_dir,
@@ -208,7 +215,9 @@ class Settings:
         return [v for v in values if v]
 
 
-def _bucket_from_env(get: Callable[[str], str | None]) -> BucketSettings | None:
+def _bucket_from_env(
+    get: Callable[[str], str | None], upload_timeout_s: float
+) -> BucketSettings | None:
     endpoint = get("BUCKET_ENDPOINT_URL")
     if endpoint is None:
         return None
@@ -241,4 +250,5 @@ def _bucket_from_env(get: Callable[[str], str | None]) -> BucketSettings | None:
         region=get("BUCKET_REGION") or "us-east-1",
         url_expiry_s=expiry,
         public_url=(get("BUCKET_PUBLIC_URL") or "").rstrip("/") or None,
+        upload_timeout_s=upload_timeout_s,
     )

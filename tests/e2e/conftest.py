@@ -1,4 +1,5 @@
-"""Real servers on 127.0.0.1: the worker under the runpod SDK's local API server, S3 (moto)."""
+"""Real servers on 127.0.0.1: the worker under the runpod SDK's local API server, S3 (moto),
+and a fault proxy in front of S3."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.e2e.fault_proxy import FaultProxy
+
 REPO = Path(__file__).resolve().parents[2]
 FAKE_RUNTIME = "tests.fake_runtime:FakeRuntime"
 
@@ -28,6 +31,7 @@ _SCRUBBED_PREFIXES = (
     "WORKER_",
     "AWS_",
     "RUNPOD_",
+    "UPLOAD_",
 )
 
 
@@ -149,3 +153,14 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def fault_proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    """A proxy to the S3 server that passes through until told to fail; any request it
+    holds (``hang()``) is released at teardown."""
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

@@ -16,9 +16,10 @@ import boto3
 import httpx
 import pytest
 
-from engine.delivery import S3Uploader, deliver
-from engine.errors import ResponseTooLargeError
+from engine.delivery import deliver
+from engine.errors import OutputDeliveryError, ResponseTooLargeError
 from engine.outputs import OutputFile
+from engine.s3 import S3Uploader
 from engine.settings import BucketSettings
 from engine.video import VideoInfo
 from tests.media_factory import make_animated_webp, make_png, make_video
@@ -154,29 +155,24 @@ def test_public_url_mode_returns_plain_urls(
     assert download(items[1]["data"]).content == outputs[1].path.read_bytes()
 
 
-def test_missing_bucket_is_an_error_line_per_file_without_secrets(
+def test_missing_bucket_fails_the_job_with_a_line_per_file_without_secrets(
     s3_endpoint: str, outputs: list[OutputFile]
 ) -> None:
-    """Uploads to a bucket that does not exist name each file and the reason, never a key."""
+    """Uploads to a bucket that does not exist: the job fails naming the bucket and the
+    reason, with one line per file, and never a key."""
     uploader = S3Uploader(settings(s3_endpoint, "no-such-bucket"))
-    items, errors = deliver(outputs[:2], job_id="j", uploader=uploader, budget_bytes=1)
-    assert items == []
-    assert [line.split(":")[0] for line in errors] == ["ComfyUI_00001_.png", "anim.webp"]
-    for line in errors:
-        assert "upload failed: S3 refused it (NoSuchBucket" in line
-        assert "bucket 'no-such-bucket'" in line
+    with pytest.raises(OutputDeliveryError) as caught:
+        deliver(outputs[:2], job_id="j", uploader=uploader, budget_bytes=1)
+    error = caught.value
+    assert error.code == "output_delivery_failed"
+    assert error.message.startswith("None of the 2 output(s) could be uploaded: S3 refused it")
+    assert "NoSuchBucket" in error.message and "BUCKET_NAME" in error.message
+    assert [line.split(":")[0] for line in error.details] == ["ComfyUI_00001_.png", "anim.webp"]
+    for line in error.details:
+        assert "upload failed: S3 refused it (HTTP 404 NoSuchBucket" in line
+        assert f"bucket 'no-such-bucket' at {s3_endpoint}" in line
         assert KEY_ID not in line
         assert SECRET not in line
-
-
-def test_unreachable_endpoint_is_an_error_line(outputs: list[OutputFile]) -> None:
-    """Nothing listening on the endpoint: the file is named and the endpoint given."""
-    uploader = S3Uploader(settings("http://127.0.0.1:9", "outputs"))
-    items, errors = deliver(outputs[:1], job_id="j", uploader=uploader, budget_bytes=1)
-    assert items == []
-    assert errors[0].startswith("ComfyUI_00001_.png: upload failed: ")
-    assert "http://127.0.0.1:9" in errors[0]
-    assert SECRET not in errors[0]
 
 
 def test_base64_over_the_cap_fails_with_a_readable_message(outputs: list[OutputFile]) -> None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from engine.delivery import S3Uploader, deliver, object_key
-from engine.errors import ItemError, ResponseTooLargeError
+from engine.delivery import deliver, object_key
+from engine.errors import ItemError, OutputDeliveryError, ResponseTooLargeError
 from engine.outputs import OutputFile
+from engine.s3 import S3Uploader
 from engine.settings import BucketSettings
 from engine.video import VideoInfo
 from tests.media_factory import make_animated_webp, make_png, make_video
@@ -251,21 +254,35 @@ class TestUploads:
 
 
 class StubS3Client:
-    """Stands in for boto3's client: the failure it raises is the case under test."""
+    """Stands in for boto3's client: raises ``errors`` in turn (the cases under test), then
+    uploads."""
 
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
         self.uploads: list[tuple[str, str, str, dict[str, str]]] = []
 
     def upload_file(
         self, filename: str, bucket: str, key: str, ExtraArgs: dict[str, str], Config: Any
     ) -> None:
-        if self.error:
-            raise self.error
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
         self.uploads.append((filename, bucket, key, ExtraArgs))
 
     def generate_presigned_url(self, *args: Any, **kwargs: Any) -> str:
         return "https://signed.example/url"
+
+
+def s3_answer(status: int, code: str, message: str = "no") -> ClientError:
+    """What botocore raises when S3 answers ``status`` with error ``code``."""
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "PutObject",
+    )
 
 
 class TestS3Uploader:
@@ -315,3 +332,243 @@ class TestS3Uploader:
         assert reason.startswith("S3 refused it (InvalidAccessKeyId: The AWS Access Key Id ***")
         assert "bucket 'outputs' at http://127.0.0.1:9000" in reason
         assert isinstance(caught.value.__cause__, ClientError)
+
+    def test_transient_failures_are_retried_with_backoff(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """5xx, throttling, refused connections and read timeouts are tried again, after a
+        doubling pause; the upload then succeeds."""
+        pauses: list[float] = []
+        monkeypatch.setattr(time, "sleep", pauses.append)
+        client = StubS3Client(
+            s3_answer(500, "InternalError"),
+            s3_answer(503, "SlowDown"),
+            EndpointConnectionError(endpoint_url="http://127.0.0.1:9000/outputs/job/a.png"),
+            ReadTimeoutError(endpoint_url="http://127.0.0.1:9000/outputs/job/a.png"),
+        )
+        url = S3Uploader(bucket(), client).upload("job/a.png", Path("a.png"), "image/png")
+        assert url == "https://signed.example/url"
+        assert client.calls == 5
+        assert len(pauses) == 4
+        assert all(0.25 <= p <= 0.5 * 2**i for i, p in enumerate(pauses))
+        assert pauses[3] > pauses[0]
+
+    @pytest.mark.parametrize(
+        ("error", "hint"),
+        [
+            (s3_answer(403, "AccessDenied", "Access Denied"), "BUCKET_ACCESS_KEY_ID"),
+            (s3_answer(404, "NoSuchBucket"), "BUCKET_NAME"),
+            (s3_answer(400, "InvalidArgument"), "BUCKET_*"),
+        ],
+    )
+    def test_refusals_are_not_retried(self, error: ClientError, hint: str) -> None:
+        """A 4xx answer will not change on its own: one attempt, and the reason says what
+        to check."""
+        client = StubS3Client(error, error)
+        with pytest.raises(ItemError) as caught:
+            S3Uploader(bucket(), client).upload("job/a.png", Path("a.png"), "image/png")
+        assert client.calls == 1
+        status = error.response["ResponseMetadata"]["HTTPStatusCode"]
+        assert caught.value.reason.startswith(f"S3 refused it (HTTP {status} ")
+        assert hint in caught.value.reason
+        assert "attempts" not in caught.value.reason
+
+    def test_retries_stop_after_five_attempts(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(time, "sleep", lambda _: None)
+        client = StubS3Client(*[s3_answer(500, "InternalError")] * 9)
+        with pytest.raises(ItemError) as caught:
+            S3Uploader(bucket(), client).upload("job/a.png", Path("a.png"), "image/png")
+        assert client.calls == 5
+        assert caught.value.reason.startswith(
+            "S3 failed (HTTP 500 InternalError: no) (5 attempts); bucket 'outputs' at "
+            "http://127.0.0.1:9000: the S3 service is failing"
+        )
+
+    def test_no_retry_that_the_deadline_would_cut_short(self) -> None:
+        """With too little time left for a pause and another attempt, the first failure
+        is the answer (not a timeout that hides it)."""
+        client = StubS3Client(s3_answer(500, "InternalError"))
+        uploader = S3Uploader(bucket(), client)
+        with pytest.raises(ItemError, match="S3 failed"):
+            uploader.upload("a", Path("a.png"), "image/png", deadline=time.monotonic() + 0.3)
+        assert client.calls == 1
+
+    @pytest.mark.parametrize("remaining", [0.5, 3.0, 40.0])
+    def test_near_the_deadline_a_request_cannot_outlive_it(self, remaining: float) -> None:
+        """Connect and read timeouts are cut so that together they fit in the time left."""
+        config = S3Uploader(bucket())._client_for(remaining).meta.config
+        assert config.connect_timeout + config.read_timeout <= remaining
+        assert config.retries["total_max_attempts"] == 1  # the retries are ours
+
+    def test_with_time_to_spare_the_shared_client_is_used(self) -> None:
+        uploader = S3Uploader(bucket())
+        assert uploader._client_for(600.0) is uploader._client_for(120.0)
+        config = uploader._client_for(600.0).meta.config
+        assert (config.connect_timeout, config.read_timeout) == (10, 60)
+
+    @pytest.mark.parametrize(
+        ("socket_error", "cause"),
+        [
+            (ConnectionRefusedError(111, "Connection refused"), "S3 refused the connection"),
+            (socket.gaierror(-2, "Name or service not known"), "host name could not be resolved"),
+        ],
+    )
+    def test_connection_failures_say_what_the_socket_said(
+        self, socket_error: OSError, cause: str
+    ) -> None:
+        """botocore keeps the socket's error inside its own: the reason names it in words."""
+        error = EndpointConnectionError(endpoint_url="http://127.0.0.1:9000/x", error=socket_error)
+        uploader = S3Uploader(bucket(), StubS3Client(error))
+        with pytest.raises(ItemError) as caught:
+            uploader.upload("a", Path("a.png"), "image/png", deadline=time.monotonic() + 0.3)
+        assert cause in caught.value.reason
+        assert "check BUCKET_ENDPOINT_URL" in caught.value.reason
+
+    def test_upload_timeout_comes_from_the_bucket_settings(self) -> None:
+        uploader = S3Uploader(bucket(upload_timeout_s=7.5))
+        assert uploader.timeout_s == 7.5
+        assert uploader.target == "bucket 'outputs' at http://127.0.0.1:9000"
+
+    def test_the_target_never_shows_credentials_in_the_url(self) -> None:
+        uploader = S3Uploader(bucket(endpoint_url="https://user:pw@s3.example.com:9000"))
+        assert uploader.target == "bucket 'outputs' at https://s3.example.com:9000"
+
+
+class StuckUploader:
+    """A bounded uploader whose endpoint never answers until the test releases it."""
+
+    def __init__(self, timeout_s: float = 120.0) -> None:
+        self.timeout_s = timeout_s
+        self.target = "bucket 'outputs' at https://s3.example.com"
+        self.release = threading.Event()
+        self.deadlines: list[float | None] = []
+
+    def upload(
+        self, key: str, path: Path, content_type: str, *, deadline: float | None = None
+    ) -> str:
+        self.deadlines.append(deadline)
+        self.release.wait()
+        return f"https://cdn.example.com/{key}"
+
+
+@pytest.fixture
+def stuck() -> Iterator[StuckUploader]:
+    uploader = StuckUploader()
+    yield uploader
+    uploader.release.set()
+
+
+class TestDeliveryDeadline:
+    def test_every_upload_failing_fails_the_job(self, tmp_path: Path) -> None:
+        """Not one file delivered: OutputDeliveryError with the cause and a line per file."""
+        files = [output(make_png(tmp_path / f"{n}.png")) for n in ("a", "b")]
+        uploader = RecordingUploader(fail={"j/a.png", "j/b.png"})
+        with pytest.raises(OutputDeliveryError) as caught:
+            deliver(files, job_id="j", uploader=uploader, budget_bytes=1)
+        error = caught.value
+        assert error.code == "output_delivery_failed"
+        assert error.message == (
+            "None of the 2 output(s) could be uploaded: S3 refused it (AccessDenied: Access Denied)"
+        )
+        assert error.details == [
+            "a.png: upload failed: S3 refused it (AccessDenied: Access Denied)",
+            "b.png: upload failed: S3 refused it (AccessDenied: Access Denied)",
+        ]
+        assert error.to_response()["failed_outputs"] == 2
+
+    def test_mixed_causes_are_counted_in_the_message(self, tmp_path: Path) -> None:
+        files = [output(tmp_path / "gone.png"), output(make_png(tmp_path / "b.png"))]
+        uploader = RecordingUploader(fail={"j/b.png"})
+        with pytest.raises(OutputDeliveryError) as caught:
+            deliver(files, job_id="j", uploader=uploader, budget_bytes=1)
+        assert caught.value.message == (
+            "None of the 2 output(s) could be delivered: gone.png cannot be read: "
+            "No such file or directory (and 1 other cause(s): see details)"
+        )
+
+    def test_a_stuck_upload_ends_at_the_uploaders_limit(
+        self, tmp_path: Path, stuck: StuckUploader
+    ) -> None:
+        """deliver stops waiting at UPLOAD_TIMEOUT_S, whatever the upload thread does, and
+        files still queued behind the stuck ones are reported too."""
+        stuck.timeout_s = 0.3
+        files = [output(make_png(tmp_path / f"{i}.png")) for i in range(6)]
+        with pytest.raises(OutputDeliveryError) as caught:
+            deliver(files, job_id="j", uploader=stuck, budget_bytes=1)
+        assert len(stuck.deadlines) <= 4  # four at a time: the rest never started
+        assert len(caught.value.details) == 6
+        assert caught.value.details[5] == (
+            "5.png: upload failed: S3 did not answer in time: timed out after 0.3 s "
+            "(UPLOAD_TIMEOUT_S=0.3); bucket 'outputs' at https://s3.example.com: "
+            "check that the S3 service answers, or raise UPLOAD_TIMEOUT_S"
+        )
+
+    @pytest.mark.parametrize(
+        ("upload_limit", "job_left", "expected"),
+        [(120.0, 5.0, 5.0), (5.0, 120.0, 5.0), (5.0, None, 5.0)],
+    )
+    def test_the_deadline_is_the_smaller_of_the_two_limits(
+        self, tmp_path: Path, upload_limit: float, job_left: float | None, expected: float
+    ) -> None:
+        """Each upload is handed one deadline: UPLOAD_TIMEOUT_S or the job's time left."""
+        uploader = StuckUploader(upload_limit)
+        uploader.release.set()
+        before = time.monotonic()
+        deliver(
+            [output(make_png(tmp_path / "a.png"))],
+            job_id="j",
+            uploader=uploader,
+            budget_bytes=1,
+            timeout_s=job_left,
+        )
+        after = time.monotonic()
+        (deadline,) = uploader.deadlines
+        assert deadline is not None
+        assert before + expected <= deadline <= after + expected
+
+    @pytest.mark.parametrize(
+        ("upload_limit", "job_left", "named"),
+        [
+            (120.0, 0.2, "timed out after 0.2 s (what was left of the job's JOB_TIMEOUT_S)"),
+            (0.2, 120.0, "timed out after 0.2 s (UPLOAD_TIMEOUT_S=0.2)"),
+        ],
+    )
+    def test_the_message_names_the_limit_that_ended_it(
+        self,
+        tmp_path: Path,
+        stuck: StuckUploader,
+        upload_limit: float,
+        job_left: float,
+        named: str,
+    ) -> None:
+        stuck.timeout_s = upload_limit
+        with pytest.raises(OutputDeliveryError) as caught:
+            deliver(
+                [output(make_png(tmp_path / "a.png"))],
+                job_id="j",
+                uploader=stuck,
+                budget_bytes=1,
+                timeout_s=job_left,
+            )
+        assert named in caught.value.message
+
+    def test_plain_uploaders_get_no_deadline_but_the_jobs(self, tmp_path: Path) -> None:
+        """An Uploader without its own limit is still bounded by the job's time."""
+        release = threading.Event()
+
+        class Plain:
+            def upload(self, key: str, path: Path, content_type: str) -> str:
+                release.wait()
+                return "https://x/" + key
+
+        try:
+            with pytest.raises(OutputDeliveryError, match="JOB_TIMEOUT_S"):
+                deliver(
+                    [output(make_png(tmp_path / "a.png"))],
+                    job_id="j",
+                    uploader=Plain(),
+                    budget_bytes=1,
+                    timeout_s=0.2,
+                )
+        finally:
+            release.set()

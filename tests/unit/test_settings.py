@@ -106,3 +106,23 @@ def test_job_timeout_zero_means_no_limit() -> None:
     assert s.job_stop_grace_s == 5.0
     with pytest.raises(ConfigError, match="JOB_STOP_GRACE_S"):
         Settings.from_env({"JOB_STOP_GRACE_S": "-1"})
+
+
+def test_upload_timeout_defaults_to_two_minutes_and_is_read() -> None:
+    """UPLOAD_TIMEOUT_S bounds S3 delivery; it travels with the bucket settings."""
+    bucket_env = {
+        "BUCKET_ENDPOINT_URL": "https://s3.example.com/outputs",
+        "BUCKET_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-value",
+    }
+    default = Settings.from_env(bucket_env).bucket
+    assert default is not None and default.upload_timeout_s == 120.0
+    bucket = Settings.from_env({**bucket_env, "UPLOAD_TIMEOUT_S": "2.5"}).bucket
+    assert bucket is not None and bucket.upload_timeout_s == 2.5
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "soon"])
+def test_upload_timeout_must_be_a_positive_number(raw: str) -> None:
+    """A bad value fails at start, even before a bucket is configured."""
+    with pytest.raises(ConfigError, match="UPLOAD_TIMEOUT_S"):
+        Settings.from_env({"UPLOAD_TIMEOUT_S": raw})

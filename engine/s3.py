@@ -1,0 +1,294 @@
+"""The S3 uploader: one output file into an S3-compatible bucket, retried within a deadline.
+
+:class:`S3Uploader` implements :class:`engine.delivery.BoundedUploader`: each upload is
+retried with backoff on failures that may pass (refused or dropped connections,
+timeouts, HTTP 5xx, throttling), never past the deadline ``deliver`` gives it, and a
+failure becomes an ``ItemError`` whose one line names the cause, the bucket and what to
+check, without secrets or local paths.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import boto3
+from boto3.exceptions import Boto3Error
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from engine.delivery import MAX_PARALLEL_UPLOADS
+from engine.errors import ItemError
+from engine.logs import redact
+from engine.settings import BucketSettings
+
+log = logging.getLogger(__name__)
+
+# boto3 splits an upload above 8 MB into parts, this many at once per file.
+_PARTS_PER_UPLOAD = 4
+
+# Attempts per file, within the deadline. Waits double from 0.5 s (0.5, 1, 2, 4 s, with
+# jitter): a restarting endpoint or a burst of 503 SlowDown passes in a few seconds; a
+# refusal (403, a missing bucket) is never retried.
+_MAX_ATTEMPTS = 5
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_CAP_S = 8.0
+# Per request, with time to spare: a connect takes milliseconds when the endpoint is up;
+# 60 s without a byte back means it is stuck, not slow. Near the deadline both shrink
+# to fit in what is left; never below 0.1 s (botocore refuses 0).
+_CONNECT_TIMEOUT_S = 10
+_READ_TIMEOUT_S = 60
+_MIN_TIMEOUT_S = 0.1
+# No new attempt with less than this left after its pause: it could hardly upload
+# anything, and the failure seen so far tells the user more than a timeout would.
+_MIN_ATTEMPT_S = 0.5
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why one attempt failed, in words, and whether another attempt may succeed."""
+
+    cause: str
+    hint: str
+    retryable: bool
+
+
+class S3Uploader:
+    """Uploads to an S3-compatible bucket; URLs are presigned unless a public URL is set.
+
+    Each upload is retried with backoff on failures that may pass (refused or dropped
+    connections, timeouts, HTTP 5xx, throttling), never past its deadline; botocore's own
+    retries are off so that one attempt is one request, whose connect and read timeouts
+    are cut to the time left.
+    """
+
+    def __init__(self, bucket: BucketSettings, client: Any | None = None) -> None:
+        self._bucket = bucket
+        self.timeout_s = bucket.upload_timeout_s
+        self.target = f"bucket {bucket.bucket!r} at {_origin(bucket.endpoint_url)}"
+        # botocore's messages can quote the access key id (e.g. InvalidAccessKeyId).
+        self._secrets = tuple(s for s in (bucket.access_key_id, bucket.secret_access_key) if s)
+        # boto3 sessions are not thread-safe; clients made from one share its loaded
+        # service model (about 10 ms a client instead of 500 ms).
+        self._session = boto3.session.Session()
+        self._session_lock = threading.Lock()
+        self._fixed_client = client
+        self._client = client if client is not None else self._new_client(None)
+        self._transfer = TransferConfig(max_concurrency=_PARTS_PER_UPLOAD)
+
+    def upload(
+        self, key: str, path: Path, content_type: str, *, deadline: float | None = None
+    ) -> str:
+        """Upload one file with its Content-Type; its URL, or ``ItemError`` saying why not."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:  # queued behind other files until the deadline passed
+                raise ItemError(key, f"no time was left to upload it; {self.target}")
+            try:
+                self._client_for(remaining).upload_file(
+                    str(path),
+                    self._bucket.bucket,
+                    key,
+                    ExtraArgs={"ContentType": content_type},
+                    Config=self._transfer,
+                )
+                break
+            except (BotoCoreError, ClientError, Boto3Error) as exc:
+                failure = self._classify(exc, path)
+                pause = _backoff_s(attempt)
+                if (
+                    not failure.retryable
+                    or attempt >= _MAX_ATTEMPTS
+                    or time.monotonic() + pause + _MIN_ATTEMPT_S > deadline
+                ):
+                    raise ItemError(key, self._reason(failure, attempt)) from exc
+                log.info(
+                    "upload of %s failed (%s); attempt %d in %.1f s",
+                    key,
+                    redact(failure.cause, self._secrets),
+                    attempt + 1,
+                    pause,
+                )
+                time.sleep(pause)
+        log.debug("uploaded %s to bucket %s", key, self._bucket.bucket)
+        return self.url_for(key)
+
+    def url_for(self, key: str) -> str:
+        """The URL a plain HTTP GET downloads ``key`` from: public, or presigned."""
+        if self._bucket.public_url:
+            return f"{self._bucket.public_url}/{quote(key)}"
+        url: str = self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self._bucket.bucket, "Key": key},
+            ExpiresIn=self._bucket.url_expiry_s,
+        )
+        return url
+
+    def _client_for(self, remaining: float) -> Any:
+        """A client whose connect + read timeouts fit in ``remaining`` seconds.
+
+        With time to spare it is the shared one (its pooled connections are reused);
+        near the deadline a fresh one, so a stuck request ends when the deadline does.
+        """
+        if self._fixed_client is not None or remaining >= _CONNECT_TIMEOUT_S + _READ_TIMEOUT_S:
+            return self._client
+        return self._new_client(max(remaining, _MIN_TIMEOUT_S))
+
+    def _new_client(self, within_s: float | None) -> Any:
+        """A client with the bucket's own credentials, never the host's."""
+        connect, read = float(_CONNECT_TIMEOUT_S), float(_READ_TIMEOUT_S)
+        if within_s is not None:
+            # A connect is quick or the host is dead; the read waits for S3 to store the
+            # file: it gets most of what is left, and the two together fit in it.
+            connect = min(connect, within_s / 4)
+            read = min(read, within_s - connect)
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": _addressing_style(self._bucket.endpoint_url)},
+            # One attempt is one request: the retries are ours, inside the deadline.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=connect,
+            read_timeout=read,
+            # Enough for every file in flight, each in parts (urllib3 warns and drops
+            # connections beyond the pool).
+            max_pool_connections=MAX_PARALLEL_UPLOADS * _PARTS_PER_UPLOAD,
+        )
+        with self._session_lock:
+            return self._session.client(
+                "s3",
+                endpoint_url=self._bucket.endpoint_url,
+                aws_access_key_id=self._bucket.access_key_id,
+                aws_secret_access_key=self._bucket.secret_access_key,
+                region_name=self._bucket.region,
+                config=config,
+            )
+
+    def _reason(self, failure: _Failure, attempts: int) -> str:
+        """One line without secrets, local paths or object keys; ends with what to do."""
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        return redact(f"{failure.cause}{tries}; {self.target}: {failure.hint}", self._secrets)
+
+    def _classify(self, exc: Exception, path: Path) -> _Failure:
+        # boto3 wraps the service's answer in S3UploadFailedError, whose text starts
+        # with the local path of the file; the ClientError underneath says it plainly.
+        cause = exc if isinstance(exc, ClientError) else exc.__context__
+        if isinstance(cause, ClientError):
+            return _service_failure(cause)
+        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+            return _Failure(
+                _connect_cause(exc),
+                "check BUCKET_ENDPOINT_URL and that the S3 service is up and reachable",
+                retryable=True,
+            )
+        if isinstance(exc, ReadTimeoutError):
+            return _Failure(
+                "S3 did not answer in time (it accepted the connection, then nothing came back)",
+                f"check the S3 service, or raise UPLOAD_TIMEOUT_S (now {self.timeout_s:g} s)",
+                retryable=True,
+            )
+        if isinstance(exc, HTTPClientError) and not isinstance(exc, SSLError):
+            return _Failure(
+                f"the connection failed ({type(exc).__name__})",
+                "check BUCKET_ENDPOINT_URL and that the S3 service is up",
+                retryable=True,
+            )
+        return _Failure(
+            f"{type(exc).__name__}: {exc}".replace(str(path), path.name),
+            "check the bucket settings (BUCKET_*)",
+            retryable=False,
+        )
+
+
+# S3 error codes that a later attempt may not get (besides every 5xx).
+_TRANSIENT_CODES = frozenset(
+    {"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"}
+)
+
+
+def _service_failure(error: ClientError) -> _Failure:
+    """S3 answered: a refusal to fix (4xx) or a failure to wait out (5xx, throttling)."""
+    body = error.response.get("Error", {})
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = body.get("Code") or "Error"
+    message = body.get("Message") or "no message"
+    http = f"HTTP {status} " if status else ""
+    if (isinstance(status, int) and status >= 500) or status == 429 or code in _TRANSIENT_CODES:
+        return _Failure(
+            f"S3 failed ({http}{code}: {message})",
+            "the S3 service is failing; try again later, or check its status",
+            retryable=True,
+        )
+    if status == 403 or code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        hint = (
+            "check BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY: the key must be allowed "
+            "to PutObject in this bucket, and BUCKET_REGION must be the bucket's"
+        )
+    elif code == "NoSuchBucket":
+        hint = "check the bucket name in BUCKET_ENDPOINT_URL (or BUCKET_NAME)"
+    else:
+        hint = "check the bucket settings (BUCKET_*)"
+    return _Failure(f"S3 refused it ({http}{code}: {message})", hint, retryable=False)
+
+
+def _connect_cause(exc: BotoCoreError) -> str:
+    """'connection refused', 'host name not found'...: what the socket said, in words."""
+    if isinstance(exc, ConnectTimeoutError):
+        return "connecting to S3 timed out"
+    # botocore keeps urllib3's error in ``kwargs["error"]``; the socket's is its cause.
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return "S3 refused the connection (nothing listens on that port)"
+        if isinstance(error, socket.gaierror):
+            return "the S3 host name could not be resolved"
+        error = error.__cause__ or error.__context__ or getattr(error, "kwargs", {}).get("error")
+    return "could not connect to S3"
+
+
+def _backoff_s(attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt``: doubling, with jitter so that
+    parallel uploads do not retry in step."""
+    base: float = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return base * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
+
+
+def _origin(endpoint_url: str) -> str:
+    """``scheme://host[:port]`` of the endpoint: no user info, path or query in messages."""
+    parts = urlsplit(endpoint_url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def _addressing_style(endpoint_url: str) -> str:
+    """Path-style for IP and localhost endpoints: ``<bucket>.127.0.0.1`` cannot resolve."""
+    host = urlsplit(endpoint_url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return "path"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "auto"
+    return "path"
