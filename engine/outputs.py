@@ -6,6 +6,10 @@ VideoHelperSuite's VHS_VideoCombine ``{"gifs": [...]}``, SaveAudio ``{"audio": [
 Rather than know every node, any list of dicts with a ``filename`` is a file. Every
 problem with one file becomes a line for the response's ``errors[]``; the other files
 are still returned.
+
+Previews (items of type ``temp``: PreviewImage and friends) are the results of a
+workflow that saves nothing else, so they are returned then; beside saved outputs they
+are the editor's previews and stay out.
 """
 
 from __future__ import annotations
@@ -95,8 +99,9 @@ def collect_outputs(
     frames_to_video: FramesToVideo | None = None,
     scratch_dir: Path | None = None,
 ) -> tuple[list[OutputFile], list[str]]:
-    """Every non-preview file the output nodes reported, in a stable order, and the errors.
+    """Every file the output nodes reported, in a stable order, and the errors.
 
+    Previews (``temp`` items) count only when no node reported any other file.
     Order: node ids as a person reads them (2 before 10), then the node's keys in the
     order it reported them, then list order. A file reported twice is returned once.
     With ``frames_to_video``, a node's two or more still images become one video,
@@ -108,11 +113,18 @@ def collect_outputs(
     errors: list[str] = []
     seen: set[Path] = set()
     video_names: set[str] = set()
+    # Decided by what the nodes reported, not by what could be read: a saved file that
+    # is missing gets its errors[] line, and previews do not stand in for it.
+    previews = not any(
+        _file_entries(node_ui, want_previews=False)
+        for node_ui in ui.values()
+        if isinstance(node_ui, Mapping)
+    )
     for node_id in sort_node_ids(list(ui)):
         node_ui = ui[node_id]
         if not isinstance(node_ui, Mapping):
             continue
-        node_files = _node_files(node_id, node_ui, dirs, seen, errors)
+        node_files = _node_files(node_id, node_ui, dirs, seen, errors, previews=previews)
         if frames_to_video is not None and scratch_dir is not None:
             node_files = _join_stills(node_files, frames_to_video, scratch_dir, video_names, errors)
         files.extend(node_files)
@@ -128,10 +140,37 @@ def _node_files(
     dirs: Directories,
     seen: set[Path],
     errors: list[str],
+    *,
+    previews: bool,
 ) -> list[OutputFile]:
     """The files one node reported, each checked; problems are appended to ``errors``."""
     flagged_animated = _animated_flag(node_ui.get("animated"))
     found: list[OutputFile] = []
+    for entry in _file_entries(node_ui, want_previews=previews):
+        folder_type = str(entry.get("type") or "output")
+        name = f"{entry['filename']} (node {node_id})"
+        try:
+            path = _locate(entry, folder_type, dirs)
+            if path in seen:
+                continue
+            seen.add(path)
+            file = _typed_file(node_id, entry, path, flagged_animated)
+        except ItemError as exc:
+            errors.append(f"{name}: {exc.reason}")
+            continue
+        if file.kind == "video":
+            try:
+                file = replace(file, video=video.probe(path))
+            except ItemError as exc:
+                # Still delivered: the user may be able to play what ffmpeg cannot read.
+                errors.append(f"{name}: {exc.reason}")
+        found.append(file)
+    return found
+
+
+def _file_entries(node_ui: Mapping[str, Any], *, want_previews: bool) -> list[Mapping[str, Any]]:
+    """A node's ui entries that name a file; previews (``temp``) only if wanted."""
+    entries: list[Mapping[str, Any]] = []
     for value in node_ui.values():
         if not isinstance(value, (list, tuple)):
             continue
@@ -140,27 +179,10 @@ def _node_files(
             # ``animated: (True,)`` is a flag.
             if not isinstance(entry, Mapping) or not isinstance(entry.get("filename"), str):
                 continue
-            folder_type = str(entry.get("type") or "output")
-            if folder_type == "temp":
-                continue  # PreviewImage and friends: the UI's previews, not results
-            name = f"{entry['filename']} (node {node_id})"
-            try:
-                path = _locate(entry, folder_type, dirs)
-                if path in seen:
-                    continue
-                seen.add(path)
-                file = _typed_file(node_id, entry, path, flagged_animated)
-            except ItemError as exc:
-                errors.append(f"{name}: {exc.reason}")
+            if entry.get("type") == "temp" and not want_previews:
                 continue
-            if file.kind == "video":
-                try:
-                    file = replace(file, video=video.probe(path))
-                except ItemError as exc:
-                    # Still delivered: the user may be able to play what ffmpeg cannot read.
-                    errors.append(f"{name}: {exc.reason}")
-            found.append(file)
-    return found
+            entries.append(entry)
+    return entries
 
 
 def _locate(entry: Mapping[str, Any], folder_type: str, dirs: Directories) -> Path:
@@ -223,7 +245,9 @@ def _kind(path: Path, mime: str, flagged_animated: bool) -> OutputKind:
         # Still delivered as bytes; the node's own ``animated`` flag is the best guess.
         log.warning("Pillow cannot read %s; typing it from the node's animated flag", path.name)
         return "animation" if flagged_animated else "image"
-    return "animation" if frames > 1 else "image"
+    # The node's flag counts too: encoders merge identical frames, so SaveAnimatedWEBP of
+    # a batch of equal images writes one frame, and it is still the node's animation.
+    return "animation" if frames > 1 or flagged_animated else "image"
 
 
 def _animated_flag(value: Any) -> bool:

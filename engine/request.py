@@ -36,6 +36,17 @@ class FramesToVideo(BaseModel):
     """Also return the still frames the video was made from."""
 
 
+class ConvertOutput(BaseModel):
+    """Ask the worker to re-encode still-image outputs into one format before delivery."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    format: Literal["png", "jpeg", "webp"]
+    quality: int = Field(default=90, ge=1, le=100)
+    """JPEG and WEBP quality (1-100); PNG is lossless and ignores it. The default is
+    above Pillow's own 75, which shows blocks on the smooth gradients diffusion makes."""
+
+
 class JobRequest(BaseModel):
     """The parsed ``input`` of a RunPod job."""
 
@@ -45,6 +56,7 @@ class JobRequest(BaseModel):
     images: list[InputImage] = Field(default_factory=list)
     comfy_org_api_key: str | None = Field(default=None, repr=False)
     frames_to_video: FramesToVideo | None = None
+    convert_output: ConvertOutput | None = None
 
     @field_validator("workflow")
     @classmethod

@@ -1,5 +1,8 @@
 """One job, start to finish: request -> inputs -> workflow -> runtime -> outputs -> delivery.
 
+Each successful response carries ``stats``: the seconds of each phase of the job and of
+each node ComfyUI ran, rounded to the millisecond.
+
 :class:`Worker` owns the outside systems (the ComfyUI runtime, the image
 fetcher, the S3 uploader), all passed in so tests can replace each one. Its
 :meth:`Worker.handle` is RunPod's handler body: expected failures become the
@@ -25,15 +28,18 @@ from typing import Any
 from PIL import Image
 
 from engine import logs
+from engine.convert import convert_outputs
 from engine.deadline import Deadline
-from engine.delivery import S3Uploader, Uploader, deliver
-from engine.errors import WorkerError, WorkerStuckError
+from engine.delivery import Uploader, deliver
+from engine.errors import OutputDeliveryError, WorkerError, WorkerStuckError
 from engine.inputs import Fetcher, HttpFetcher, store_images
 from engine.outputs import OutputFile, collect_outputs
 from engine.request import JobRequest, parse_request
-from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
+from engine.runtime import JobSpec, ProgressEvent, RunResult, Runtime, load_runtime
+from engine.runtime.shapes import sort_node_ids
+from engine.s3 import S3Uploader
 from engine.settings import Settings
-from engine.workflow import normalize_paths, scope_outputs
+from engine.workflow import normalize_paths, rerun_previews, scope_outputs
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ ProgressSink = Callable[[dict[str, Any], str], None]
 _PROGRESS_INTERVAL_S = 0.5
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+
+# The slowest nodes named in a job's summary line; the response has every one.
+_LOGGED_NODES = 5
 
 
 def job_folder(job_id: str) -> str:
@@ -144,10 +153,11 @@ class Worker:
                 response: dict[str, Any] = logs.redact_obj(exc.to_response(), secrets)
                 return response
             log.info(
-                "job done in %.2f s: %d output(s), %d error(s)",
+                "job done in %.2f s: %d output(s), %d error(s); %s",
                 time.perf_counter() - started,
                 len(result["images"]),
                 len(result["errors"]),
+                _describe_stats(result["stats"]),
             )
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
             return redacted
@@ -234,11 +244,13 @@ class Worker:
         Each phase starts only while the deadline holds; ``phase`` tells the watchdog in
         :meth:`handle` where the job is, for its log line and error.
         """
+        started = time.perf_counter()
         deadline = deadline or Deadline.start(self.settings.job_timeout_s)
         phase = phase or _Phase("start")
         request = parse_request(job_input)
         folder = job_folder(job_id)
-        with self._job_files(folder, scratch=request.frames_to_video is not None) as files_of_job:
+        scratch = request.frames_to_video is not None or request.convert_output is not None
+        with self._job_files(folder, scratch=scratch) as files_of_job:
             phase.enter("downloading inputs", deadline)
             files_of_job.inputs = store_images(
                 request.images, self.runtime.directories.input, self.settings, self.fetcher
@@ -253,15 +265,28 @@ class Worker:
                 scratch_dir=files_of_job.scratch if request.frames_to_video else None,
             )
             files = [_unscope(f, folder) for f in files]
+            if request.convert_output is not None:
+                phase.enter("converting outputs", deadline)
+                files, convert_errors = convert_outputs(
+                    files, request.convert_output, files_of_job.scratch
+                )
+                errors += convert_errors
             phase.enter("delivering outputs", deadline)
-            items, delivery_errors = deliver(
-                files,
-                job_id=job_id,
-                uploader=self.uploader,
-                budget_bytes=self.settings.response_budget_bytes,
-            )
+            try:
+                items, delivery_errors = deliver(
+                    files,
+                    job_id=job_id,
+                    uploader=self.uploader,
+                    budget_bytes=self.settings.response_budget_bytes,
+                    timeout_s=deadline.remaining(),
+                )
+            except OutputDeliveryError as exc:
+                exc.details.extend(errors)  # outputs that could not even be read: say so too
+                raise
             phase.enter("cleaning up", deadline)
-        return {"images": items, "errors": errors + delivery_errors}
+        phase.enter("done", None)
+        stats = _stats(time.perf_counter() - started, phase.seconds, result)
+        return {"images": items, "errors": errors + delivery_errors, "stats": stats}
 
     def _job_spec(
         self,
@@ -273,6 +298,7 @@ class Worker:
     ) -> JobSpec:
         workflow = normalize_paths(request.workflow, self.runtime.file_inputs)
         workflow = scope_outputs(workflow, folder)
+        workflow = rerun_previews(workflow, folder)
         spec = JobSpec(
             prompt_id=job_id,
             workflow=workflow,
@@ -302,16 +328,67 @@ class Worker:
 
 
 class _Phase:
-    """Where a job is, shared between its thread and the watchdog waiting for it."""
+    """Where a job is, shared between its thread and the watchdog waiting for it.
+
+    It also times the phases: ``seconds`` holds each finished phase's duration.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
 
-    def enter(self, name: str, deadline: Deadline) -> None:
+    def enter(self, name: str, deadline: Deadline | None) -> None:
         """Start phase ``name``, unless the deadline passed during the one before."""
-        deadline.check(name)
-        self.name = name
+        if deadline is not None:
+            deadline.check(name)
+        now = time.perf_counter()
+        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + now - self._since
+        self.name, self._since = name, now
         log.debug("job phase: %s", name)
+
+
+def _stats(total_s: float, phases: dict[str, float], result: RunResult) -> dict[str, Any]:
+    """The response's ``stats``: seconds per phase and per node that ran, to the ms.
+
+    ``outputs_s`` covers reading the files and any conversion; parsing the request and
+    cleaning up count only in ``total_s``. Validation and execution are the runtime's own
+    measures; a runtime that gives none has its whole run counted as execution.
+    """
+    run_s = phases.get("running the workflow", 0.0)
+    validate_s = result.timings.get("validate_s", 0.0)
+    execute_s = result.timings.get("execute_s", run_s - validate_s)
+    seconds = {
+        "total_s": total_s,
+        "inputs_s": phases.get("downloading inputs", 0.0),
+        "validate_s": validate_s,
+        "execute_s": execute_s,
+        "outputs_s": phases.get("reading outputs", 0.0) + phases.get("converting outputs", 0.0),
+        "deliver_s": phases.get("delivering outputs", 0.0),
+    }
+    stats: dict[str, Any] = {name: _ms(value) for name, value in seconds.items()}
+    stats["nodes"] = {
+        node_id: _ms(result.node_seconds[node_id])
+        for node_id in sort_node_ids(list(result.node_seconds))
+    }
+    return stats
+
+
+def _ms(seconds: float) -> float:
+    return round(max(seconds, 0.0), 3)
+
+
+def _describe_stats(stats: dict[str, Any]) -> str:
+    """The stats for the summary line: every phase, the slowest few nodes."""
+    phases = ", ".join(
+        f"{name.removesuffix('_s')} {value:.3f} s"
+        for name, value in stats.items()
+        if name not in {"total_s", "nodes"}
+    )
+    nodes: dict[str, float] = stats["nodes"]
+    slowest = sorted(nodes.items(), key=lambda item: -item[1])[:_LOGGED_NODES]
+    ran = ", ".join(f"{node_id} {value:.3f} s" for node_id, value in slowest)
+    return f"{phases}; {len(nodes)} node(s) ran" + (f", slowest: {ran}" if ran else "")
 
 
 def _lock_timeout(remaining: float | None) -> float:

@@ -95,3 +95,35 @@ def scope_outputs(workflow: Workflow, folder: str) -> Workflow:
             prefix = inputs["filename_prefix"].lstrip("/") or "ComfyUI"
             _with_inputs(result, node_id, {"filename_prefix": f"{folder}/{prefix}"})
     return result
+
+
+# An input ComfyUI's nodes never declare: it changes only the cache key of the node it is
+# on. See rerun_previews.
+RUN_MARKER_INPUT = "worker_run"
+
+
+def rerun_previews(workflow: Workflow, folder: str) -> Workflow:
+    """Give each leaf node without a ``filename_prefix`` an input naming this run.
+
+    Previews (PreviewImage, PreviewAudio) write to ComfyUI's temp folder under a name
+    the worker cannot scope, and ComfyUI's cache would answer a repeated workflow with
+    the earlier job's preview files, already deleted. The extra input is passed to no
+    node (ComfyUI hands a node only the inputs it declares) but is part of the cache
+    key, so those nodes run again while everything upstream still comes from the cache.
+    Nodes with a string prefix already differ per run (``scope_outputs``).
+    """
+    linked = {
+        str(value[0])
+        for node in workflow.values()
+        for value in (node.get("inputs") or {}).values()
+        if isinstance(value, list) and len(value) == 2
+    }
+    result = dict(workflow)
+    for node_id, node in workflow.items():
+        inputs = node.get("inputs")
+        if node_id in linked or not isinstance(inputs, dict):
+            continue
+        if isinstance(inputs.get("filename_prefix"), str):
+            continue
+        result[node_id] = {**node, "inputs": {**inputs, RUN_MARKER_INPUT: folder}}
+    return result

@@ -5,9 +5,11 @@ PNG, animated WEBP and MP4/WebM files where ComfyUI would, and it answers in
 ComfyUI's own shapes: validation ``error``/``node_errors`` dicts and executor
 ``status_messages``, translated by the same ``engine.runtime.shapes`` functions
 the real runtime uses. Those shapes are the ones recorded from the real engine
-in ``tests/fixtures/comfyui/``. It also mimics ComfyUI's execution cache: an
-output node whose inputs did not change is not run again and reports its
-earlier ui outputs without writing files.
+in ``tests/fixtures/comfyui/``. It also mimics ComfyUI's execution cache: a
+node whose inputs (and, for LoadImage, whose file's bytes) did not change is not
+run again; an output node then reports its earlier ui outputs without writing
+files. It times each node it runs (``RunResult.node_seconds``); cached nodes are
+absent, as they are from the real runtime's.
 
 Test-only node types: ``TestRaise`` (raises at run time), ``TestSleep``
 (sleeps ``seconds``, honouring interrupts, and passes its images through) and
@@ -20,11 +22,13 @@ by the worker started under the runpod SDK's local API server.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,9 @@ _REQUIRED: dict[str, list[str]] = {
     "TestSleep": ["seconds"],
     "TestHang": [],
 }
+# Like ComfyUI nodes whose IS_CHANGED returns NaN: never served from the cache, so a
+# test's sleep or hang happens on every run.
+_NEVER_CACHED = {"TestRaise", "TestSleep", "TestHang"}
 _OUTPUT_NODES = {
     "SaveImage",
     "PreviewImage",
@@ -84,7 +91,7 @@ class FakeRuntime:
     def __init__(self, settings: Settings) -> None:
         root = Path(settings.work_dir)
         self._dirs = Directories(input=root / "input", output=root / "output", temp=root / "temp")
-        self._cache: dict[str, dict[str, Any]] = {}
+        self._cache: dict[str, Any] = {}
         self._interrupt = threading.Event()
         # TestHang: set when a node hangs; the test sets `release` to let it go.
         self.hanging = threading.Event()
@@ -203,23 +210,20 @@ class FakeRuntime:
         self.jobs.append(job)
         self._interrupt.clear()
         workflow = job.workflow
+        started = time.perf_counter()
         self._validate(workflow)
+        timings = {"validate_s": time.perf_counter() - started}
+        started = time.perf_counter()
         deadline = job.deadline
-        values: dict[str, Any] = {}
+        run = _Run(job, deadline)
         outputs: dict[str, dict[str, Any]] = {}
         messages: list[tuple[str, dict[str, Any]]] = [
             ("execution_start", {"prompt_id": job.prompt_id})
         ]
         try:
             for node_id in sort_node_ids(list(workflow)):
-                if workflow[node_id]["class_type"] not in _OUTPUT_NODES:
-                    continue
-                signature = json.dumps([node_id, _closure(workflow, node_id)], sort_keys=True)
-                if signature in self._cache:  # ComfyUI's cache: no run, old ui
-                    outputs[node_id] = self._cache[signature]
-                    continue
-                ui = self._eval(node_id, workflow, values, job, deadline)
-                outputs[node_id] = self._cache[signature] = ui
+                if workflow[node_id]["class_type"] in _OUTPUT_NODES:
+                    outputs[node_id] = self._eval(node_id, workflow, run)
         except _Interrupted as stop:
             messages.append(("execution_interrupted", stop.data))
         except _NodeFailed as failure:
@@ -233,36 +237,63 @@ class FakeRuntime:
                 where = f"at node {node} ({messages[-1][1].get('node_type')})"
                 raise deadline.exceeded(where, node_id=node) from failure_or_none
             raise failure_or_none
-        return RunResult(outputs=outputs)
+        timings["execute_s"] = time.perf_counter() - started
+        return RunResult(outputs=outputs, timings=timings, node_seconds=run.node_seconds)
 
-    def _eval(
-        self,
-        node_id: str,
-        workflow: Workflow,
-        values: dict[str, Any],
-        job: JobSpec,
-        deadline: Deadline,
-    ) -> Any:
-        if node_id in values:
-            return values[node_id]
+    def _eval(self, node_id: str, workflow: Workflow, run: _Run) -> Any:
+        """A node's outputs (its ui dict for an output node): from this run, the cache, or
+        by running it once its inputs are evaluated."""
+        if node_id in run.values:
+            return run.values[node_id]
         node = workflow[node_id]
         class_type = node["class_type"]
+        signature = None
+        if class_type not in _NEVER_CACHED:
+            signature = json.dumps([node_id, self._closure(workflow, node_id)], sort_keys=True)
+            if signature in self._cache:  # ComfyUI's cache: no run, old outputs
+                run.values[node_id] = self._cache[signature]
+                return run.values[node_id]
         args = {
-            name: self._eval(str(value[0]), workflow, values, job, deadline)[int(value[1])]
+            name: self._eval(str(value[0]), workflow, run)[int(value[1])]
             if isinstance(value, list)
             else value
             for name, value in node.get("inputs", {}).items()
         }
-        job.on_progress(ProgressEvent(node_id=node_id, class_type=class_type))
+        run.job.on_progress(ProgressEvent(node_id=node_id, class_type=class_type))
+        started = time.perf_counter()  # after its inputs: a node's own time, as ComfyUI's
         try:
-            result = getattr(self, f"_node_{class_type}")(args, job, deadline)
+            result = getattr(self, f"_node_{class_type}")(args, run.job, run.deadline)
         except _Interrupted as stop:
             stop.data.update(node_id=node_id, node_type=class_type)
             raise
         except Exception as exc:
-            raise _NodeFailed(job.prompt_id, node_id, class_type, exc) from exc
-        values[node_id] = result
+            raise _NodeFailed(run.job.prompt_id, node_id, class_type, exc) from exc
+        run.node_seconds[node_id] = time.perf_counter() - started
+        run.values[node_id] = result
+        if signature is not None:
+            self._cache[signature] = result
         return result
+
+    def _closure(self, workflow: Workflow, node_id: str) -> Any:
+        """A node's inputs with links replaced by their sources, recursively (a cache key).
+
+        LoadImage's carries a hash of its file, as ComfyUI's ``IS_CHANGED`` does: the same
+        name with new bytes runs again. A never-cached node's is new each time.
+        """
+        node = workflow[node_id]
+        key: dict[str, Any] = {
+            "class_type": node["class_type"],
+            "inputs": {
+                k: self._closure(workflow, str(v[0])) if isinstance(v, list) else v
+                for k, v in sorted(node.get("inputs", {}).items())
+            },
+        }
+        if node["class_type"] in _NEVER_CACHED:
+            key["changed"] = uuid.uuid4().hex  # so is everything downstream of it
+        if node["class_type"] == "LoadImage":
+            path = self._dirs.input / str(node.get("inputs", {}).get("image", ""))
+            key["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        return key
 
     def _save_path(self, prefix: str, ext: str, folder: Path) -> tuple[Path, str, str]:
         subfolder, _, base = prefix.rpartition("/")
@@ -386,16 +417,13 @@ class FakeRuntime:
         return (None, None)
 
 
-def _closure(workflow: Workflow, node_id: str) -> Any:
-    """A node's inputs with links replaced by their sources, recursively (a cache key)."""
-    node = workflow[node_id]
-    return {
-        "class_type": node["class_type"],
-        "inputs": {
-            k: _closure(workflow, str(v[0])) if isinstance(v, list) else v
-            for k, v in sorted(node.get("inputs", {}).items())
-        },
-    }
+class _Run:
+    """One run's state: the job, node values so far, and the seconds of each node run."""
+
+    def __init__(self, job: JobSpec, deadline: Deadline) -> None:
+        self.job, self.deadline = job, deadline
+        self.values: dict[str, Any] = {}
+        self.node_seconds: dict[str, float] = {}
 
 
 class _Interrupted(Exception):

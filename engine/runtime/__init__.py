@@ -86,6 +86,10 @@ class RunResult:
 
     outputs: UiOutputs
     timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase of the run: ``validate_s``, ``execute_s``."""
+    node_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds each node ran, by the workflow's node id; nodes served from the cache are
+    absent. A node that expanded into others is timed under its own id."""
 
 
 class Runtime(Protocol):

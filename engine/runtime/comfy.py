@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # ComfyUI's main.py collects garbage at most this often between prompts.
 _COLLECT_INTERVAL_S = 10.0
+# Events after which no node runs: the last node's time ends there.
+_RUN_ENDED = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 # After an interrupt, a node that never checks the flag (a long VAE decode) runs
 # on; say so in the log every this many seconds while the job waits for it.
 _STUCK_WARNING_S = 30.0
@@ -57,6 +59,21 @@ class _JobState:
     prompt: dict[str, Any]
     deadline_hit: threading.Event
     progress_failed: bool = False
+    node_seconds: dict[str, float] = field(default_factory=dict)
+    running: tuple[str, float] | None = None
+    """The node that last started (its display id) and when, by ``perf_counter``."""
+
+    def node_started(self, node_id: str | None) -> None:
+        """A node's ``executing`` event, or the run's end (``None``): the node before it ended.
+
+        ComfyUI sends no "node finished" event; a node runs until the next one starts.
+        A node that waited on async or lazy inputs starts again later: its spans add up.
+        """
+        now = time.perf_counter()
+        if self.running is not None:
+            previous, since = self.running
+            self.node_seconds[previous] = self.node_seconds.get(previous, 0.0) + now - since
+        self.running = None if node_id is None else (node_id, now)
 
 
 class ComfyRuntime:
@@ -241,7 +258,7 @@ class ComfyRuntime:
             # One event loop per job, as PromptExecutor.execute and ComfyUI's own worker do.
             outputs = asyncio.run(self._run_async(comfy, state, timings))
             failed = False
-            return RunResult(outputs=outputs, timings=timings)
+            return RunResult(outputs=outputs, timings=timings, node_seconds=state.node_seconds)
         except WorkerError:
             raise
         except BaseException:
@@ -301,6 +318,9 @@ class ComfyRuntime:
         executor = comfy.executor
         executor.history_result = {}
         await executor.execute_async(prompt, job.prompt_id, extra_data, outputs)
+        # The last node ends with the run: in-process there is no final ``executing``
+        # event with node None (ComfyUI's main.py sends that one, after execute returns).
+        state.node_started(None)
         timings["execute_s"] = time.perf_counter() - started
         failure = shapes.execution_failure(executor.status_messages)
         if failure is not None:
@@ -375,9 +395,17 @@ class ComfyRuntime:
 
     def _on_event(self, event: str, data: Any) -> None:
         state = self._current
-        if state is None or event != "executing" or not isinstance(data, dict):
+        if state is None or not isinstance(data, dict):
             return
+        if event in _RUN_ENDED:
+            state.node_started(None)
+            return
+        if event != "executing":
+            return
+        # Nodes a node expanded into (a subgraph, a loop) report the expanding node as
+        # their display node: the user's id, so their time counts there.
         node_id = data.get("display_node") or data.get("node")
+        state.node_started(None if node_id is None else str(node_id))
         if node_id is None:
             return
         if state.deadline_hit.is_set():

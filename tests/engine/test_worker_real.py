@@ -124,3 +124,121 @@ def test_repeat_of_a_job_through_the_worker_still_delivers(worker: Worker) -> No
     assert len(first["images"]) == len(second["images"]) == 2
     # Other tests share the session's runtime: look only at this test's job folders.
     assert list(worker.runtime.directories.output.glob("job-r[12]-*")) == []
+
+
+def _load_and_preview(name: str) -> dict[str, Any]:
+    """LoadImage -> PreviewImage: a workflow that saves nothing."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+
+
+def test_a_preview_only_workflow_returns_its_preview_every_time(worker: Worker) -> None:
+    """With nothing saved, the preview is the result, also on a repeat that ComfyUI's
+    cache would otherwise answer with the earlier job's (deleted) temp file."""
+    job = {
+        "input": {
+            "workflow": _load_and_preview("preview-in.png"),
+            "images": [
+                {"name": "preview-in.png", "image": base64.b64encode(png((200, 0, 0))).decode()}
+            ],
+        }
+    }
+    for job_id in ("preview-1", "preview-2"):
+        body = worker.handle({"id": job_id, **job})
+        assert body.get("errors") == [], body
+        (item,) = body["images"]
+        assert item["node_id"] == "2" and item["mime_type"] == "image/png"
+        assert pixel(item) == (200, 0, 0)
+    # The repeat ran the preview again but took the loaded image from the cache.
+    assert list(body["stats"]["nodes"]) == ["2"]
+
+
+def test_previews_stay_out_beside_a_saved_image(worker: Worker) -> None:
+    wf = _load_and_preview("preview-save.png")
+    wf["3"] = {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "kept"}}
+    body = worker.handle(
+        {
+            "id": "preview-save",
+            "input": {
+                "workflow": wf,
+                "images": [
+                    {
+                        "name": "preview-save.png",
+                        "image": base64.b64encode(png((0, 0, 200))).decode(),
+                    }
+                ],
+            },
+        }
+    )
+    assert body.get("errors") == [], body
+    (item,) = body["images"]
+    assert item["node_id"] == "3" and item["filename"].startswith("kept_")
+
+
+def test_stats_time_the_phases_and_the_nodes_that_ran(worker: Worker) -> None:
+    """Node times come from ComfyUI's executing events; a repeat's cached nodes are absent."""
+    job = {"input": {"workflow": workflows.batch(1, size=32, color=0x123456)}}
+    first = worker.handle({"id": "stats-1", **job})["stats"]
+    second = worker.handle({"id": "stats-2", **job})["stats"]
+    for stats in (first, second):
+        phases = {k: v for k, v in stats.items() if k != "nodes"}
+        assert set(phases) == {
+            "total_s",
+            "inputs_s",
+            "validate_s",
+            "execute_s",
+            "outputs_s",
+            "deliver_s",
+        }
+        assert all(isinstance(v, float) and v >= 0 for v in phases.values()), stats
+        assert stats["total_s"] >= max(phases.values())
+        assert all(v >= 0 for v in stats["nodes"].values())
+    assert list(first["nodes"]) == ["1", "2"]
+    # EmptyImage's inputs did not change: ComfyUI served it from the cache.
+    assert list(second["nodes"]) == ["2"]
+
+
+def test_convert_output_to_jpeg_and_webp(worker: Worker) -> None:
+    """SaveImage's PNGs re-encoded; the animated WEBP and the videos left as they are."""
+    for fmt, ext, mime in (("jpeg", "jpg", "image/jpeg"), ("webp", "webp", "image/webp")):
+        wf = workflows.media(frames=3)
+        wf["7"] = {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["1", 0], "filename_prefix": "still"},
+        }
+        body = worker.handle(
+            {
+                "id": f"convert-{fmt}",
+                "input": {"workflow": wf, "convert_output": {"format": fmt, "quality": 80}},
+            }
+        )
+        assert body.get("errors") == [], body
+        kinds = [
+            (i["node_id"], i["filename"].rsplit(".", 1)[1], i["mime_type"]) for i in body["images"]
+        ]
+        assert kinds == [
+            ("3", "webp", "image/webp"),
+            ("5", "mp4", "video/mp4"),
+            ("6", "webm", "video/webm"),
+            *[("7", ext, mime)] * 3,
+        ]
+        still = body["images"][3]
+        raw = base64.b64decode(still["data"].partition(",")[2])
+        with Image.open(io.BytesIO(raw)) as image:
+            assert image.format == fmt.upper() and image.size == (64, 64)
+
+
+def test_the_reference_convert_output_example(worker: Worker) -> None:
+    """docs/reference.md's convert_output request, on the real engine: one 512x512 JPEG."""
+    text = (REPO / "docs" / "reference.md").read_text()
+    block = text.split("<!-- example: convert_output -->\n```json\n", 1)[1].split("\n```", 1)[0]
+    body = worker.handle({"id": "doc-convert", **json.loads(block)})
+    assert body.get("errors") == [], body
+    (item,) = body["images"]
+    assert (item["filename"], item["mime_type"]) == ("orange_00001_.jpg", "image/jpeg")
+    raw = base64.b64decode(item["data"].partition(",")[2])
+    with Image.open(io.BytesIO(raw)) as image:
+        assert (image.format, image.size) == ("JPEG", (512, 512))
+    assert set(body["stats"]["nodes"]) <= {"1", "2"}

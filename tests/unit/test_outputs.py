@@ -107,14 +107,49 @@ def test_keys_keep_the_order_the_node_reported(dirs: Directories) -> None:
     assert names(files) == ["clip.webm", "b.png", "a.png"]
 
 
-def test_previews_text_and_flags_are_not_outputs(dirs: Directories) -> None:
-    """PreviewImage's temp files, text outputs and the animated flag produce nothing."""
+def test_previews_beside_saved_files_text_and_flags_are_not_outputs(dirs: Directories) -> None:
+    """Beside a saved file, PreviewImage's temp files are left out; text outputs and the
+    animated flag never produce a file."""
     make_png(dirs.temp / "preview.png")
+    make_png(dirs.output / "saved.png")
     ui: dict[str, dict[str, Any]] = {
         "3": {"images": [item("preview.png", folder_type="temp")]},
         "4": {"text": ["hello"], "animated": (True,), "value": [1, 2.5, None]},
+        "5": {"images": [item("saved.png")]},
     }
-    assert collect_outputs(ui, dirs) == ([], [])
+    files, errors = collect_outputs(ui, dirs)
+    assert (names(files), errors) == (["saved.png"], [])
+
+
+def test_a_workflow_of_previews_only_returns_the_previews(dirs: Directories) -> None:
+    """With nothing saved, the previews are the results, typed like saved files."""
+    make_png(dirs.temp / "ComfyUI_temp_abcde_00001_.png")
+    make_png(dirs.temp / "ComfyUI_temp_fghij_00001_.png")
+    ui: dict[str, dict[str, Any]] = {
+        "7": {"images": [item("ComfyUI_temp_fghij_00001_.png", folder_type="temp")]},
+        "3": {"images": [item("ComfyUI_temp_abcde_00001_.png", folder_type="temp")]},
+        "4": {"text": ["hello"]},
+    }
+    files, errors = collect_outputs(ui, dirs)
+    assert errors == []
+    assert [(f.node_id, f.filename, f.kind, f.mime_type) for f in files] == [
+        ("3", "ComfyUI_temp_abcde_00001_.png", "image", "image/png"),
+        ("7", "ComfyUI_temp_fghij_00001_.png", "image", "image/png"),
+    ]
+    assert files[0].path == (dirs.temp / "ComfyUI_temp_abcde_00001_.png").resolve()
+
+
+def test_a_saved_file_that_is_missing_is_not_replaced_by_previews(dirs: Directories) -> None:
+    """The choice follows what the nodes reported: a missing saved file gets its error
+    line, and the previews still stay out."""
+    make_png(dirs.temp / "preview.png")
+    ui: dict[str, dict[str, Any]] = {
+        "3": {"images": [item("preview.png", folder_type="temp")]},
+        "5": {"images": [item("gone.png")]},
+    }
+    files, errors = collect_outputs(ui, dirs)
+    assert files == []
+    assert len(errors) == 1 and errors[0].startswith("gone.png (node 5): ")
 
 
 @pytest.mark.parametrize(
@@ -136,6 +171,15 @@ def test_animations_are_told_apart_by_their_frames(
     files, errors = collect_outputs({"1": {"images": [item(filename)]}}, dirs)
     assert errors == []
     assert files[0].kind == kind
+
+
+def test_a_one_frame_file_the_node_calls_animated_is_an_animation(dirs: Directories) -> None:
+    """SaveAnimatedWEBP of identical frames: the encoder merged them into one frame."""
+    make_animated_webp(dirs.output / "anim.webp", frames=1)
+    files, errors = collect_outputs(
+        {"1": {"images": [item("anim.webp")], "animated": (True,)}}, dirs
+    )
+    assert (errors, files[0].kind) == ([], "animation")
 
 
 def test_undecodable_image_falls_back_to_the_animated_flag(dirs: Directories) -> None:

@@ -53,6 +53,25 @@ def test_a_full_request_parses() -> None:
         ({"workflow": WF, "comfy_org_api_key": 5}, "input.comfy_org_api_key"),
         ({"workflow": WF, "frames_to_video": {"format": "gif"}}, "input.frames_to_video.format"),
         ({"workflow": WF, "frames_to_video": {"fps": 0}}, "input.frames_to_video.fps"),
+        ({"workflow": WF, "convert_output": "jpeg"}, "input.convert_output: Input should be"),
+        ({"workflow": WF, "convert_output": {}}, "input.convert_output.format: is required"),
+        (
+            {"workflow": WF, "convert_output": {"format": "gif"}},
+            "input.convert_output.format: Input should be 'png', 'jpeg' or 'webp'",
+        ),
+        ({"workflow": WF, "convert_output": {"format": "JPEG"}}, "input.convert_output.format"),
+        (
+            {"workflow": WF, "convert_output": {"format": "jpeg", "quality": 0}},
+            "input.convert_output.quality: Input should be greater than or equal to 1",
+        ),
+        (
+            {"workflow": WF, "convert_output": {"format": "webp", "quality": 101}},
+            "input.convert_output.quality: Input should be less than or equal to 100",
+        ),
+        (
+            {"workflow": WF, "convert_output": {"format": "webp", "quality": "80"}},
+            "input.convert_output.quality: Input should be a valid integer",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(job_input: Any, expected: str) -> None:
@@ -67,3 +86,12 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(RequestError) as err:
         parse_request({"workflow": WF, "images": [{"name": "a"}, {"image": "b"}]})
     assert len(err.value.details) == 2
+
+
+def test_convert_output_parses_with_a_default_quality() -> None:
+    """Quality defaults to 90; PNG accepts one too (and ignores it)."""
+    jpeg = parse_request({"workflow": WF, "convert_output": {"format": "jpeg"}}).convert_output
+    assert jpeg is not None and (jpeg.format, jpeg.quality) == ("jpeg", 90)
+    png = parse_request({"workflow": WF, "convert_output": {"format": "png", "quality": 5}})
+    assert png.convert_output is not None and png.convert_output.quality == 5
+    assert parse_request({"workflow": WF}).convert_output is None
