@@ -26,6 +26,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, _TIERS[folder]))
 
 
+@pytest.fixture(autouse=True)
+def pillow_pixel_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker.boot() sets Pillow's process-wide pixel limit (INPUT_MAX_PIXELS); put it back
+    after each test, so a test that boots a worker cannot change what the next one sees."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Default settings with the worker's folders under the test's tmp dir."""
