@@ -35,10 +35,10 @@ from engine.errors import OutputDeliveryError, WorkerError, WorkerStuckError
 from engine.inputs import Fetcher, HttpFetcher, store_images
 from engine.outputs import OutputFile, collect_outputs
 from engine.request import JobRequest, parse_request
-from engine.runtime import JobSpec, ProgressEvent, RunResult, Runtime, load_runtime
-from engine.runtime.shapes import sort_node_ids
+from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
 from engine.s3 import S3Uploader
 from engine.settings import Settings
+from engine.stats import Phase, describe_stats, job_stats
 from engine.workflow import normalize_paths, rerun_previews, scope_outputs
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,6 @@ ProgressSink = Callable[[dict[str, Any], str], None]
 _PROGRESS_INTERVAL_S = 0.5
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
-
-# The slowest nodes named in a job's summary line; the response has every one.
-_LOGGED_NODES = 5
 
 
 def job_folder(job_id: str) -> str:
@@ -157,7 +154,7 @@ class Worker:
                 time.perf_counter() - started,
                 len(result["images"]),
                 len(result["errors"]),
-                _describe_stats(result["stats"]),
+                describe_stats(result["stats"]),
             )
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
             return redacted
@@ -186,7 +183,7 @@ class Worker:
             raise WorkerStuckError(self._stuck.message, self._stuck.details)
         if not self._one_job.acquire(timeout=_lock_timeout(deadline.remaining())):
             raise deadline.exceeded("while the job waited for the previous one to finish")
-        phase = _Phase("start")
+        phase = Phase("start")
         outcome: Future[dict[str, Any]] = Future()
 
         def job_thread() -> None:
@@ -237,7 +234,7 @@ class Worker:
         job_input: Any,
         progress: Callable[[ProgressEvent], None] | None = None,
         deadline: Deadline | None = None,
-        phase: _Phase | None = None,
+        phase: Phase | None = None,
     ) -> dict[str, Any]:
         """Run one job; raises a ``WorkerError`` for anything the user can fix.
 
@@ -246,7 +243,7 @@ class Worker:
         """
         started = time.perf_counter()
         deadline = deadline or Deadline.start(self.settings.job_timeout_s)
-        phase = phase or _Phase("start")
+        phase = phase or Phase("start")
         request = parse_request(job_input)
         folder = job_folder(job_id)
         scratch = request.frames_to_video is not None or request.convert_output is not None
@@ -285,7 +282,7 @@ class Worker:
                 raise
             phase.enter("cleaning up", deadline)
         phase.enter("done", None)
-        stats = _stats(time.perf_counter() - started, phase.seconds, result)
+        stats = job_stats(time.perf_counter() - started, phase.seconds, result)
         return {"images": items, "errors": errors + delivery_errors, "stats": stats}
 
     def _job_spec(
@@ -325,70 +322,6 @@ class Worker:
             for leftover in (files.scratch, dirs.output / folder, dirs.temp / folder):
                 shutil.rmtree(leftover, ignore_errors=True)
             self.runtime.after_job()
-
-
-class _Phase:
-    """Where a job is, shared between its thread and the watchdog waiting for it.
-
-    It also times the phases: ``seconds`` holds each finished phase's duration.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.seconds: dict[str, float] = {}
-        self._since = time.perf_counter()
-
-    def enter(self, name: str, deadline: Deadline | None) -> None:
-        """Start phase ``name``, unless the deadline passed during the one before."""
-        if deadline is not None:
-            deadline.check(name)
-        now = time.perf_counter()
-        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + now - self._since
-        self.name, self._since = name, now
-        log.debug("job phase: %s", name)
-
-
-def _stats(total_s: float, phases: dict[str, float], result: RunResult) -> dict[str, Any]:
-    """The response's ``stats``: seconds per phase and per node that ran, to the ms.
-
-    ``outputs_s`` covers reading the files and any conversion; parsing the request and
-    cleaning up count only in ``total_s``. Validation and execution are the runtime's own
-    measures; a runtime that gives none has its whole run counted as execution.
-    """
-    run_s = phases.get("running the workflow", 0.0)
-    validate_s = result.timings.get("validate_s", 0.0)
-    execute_s = result.timings.get("execute_s", run_s - validate_s)
-    seconds = {
-        "total_s": total_s,
-        "inputs_s": phases.get("downloading inputs", 0.0),
-        "validate_s": validate_s,
-        "execute_s": execute_s,
-        "outputs_s": phases.get("reading outputs", 0.0) + phases.get("converting outputs", 0.0),
-        "deliver_s": phases.get("delivering outputs", 0.0),
-    }
-    stats: dict[str, Any] = {name: _ms(value) for name, value in seconds.items()}
-    stats["nodes"] = {
-        node_id: _ms(result.node_seconds[node_id])
-        for node_id in sort_node_ids(list(result.node_seconds))
-    }
-    return stats
-
-
-def _ms(seconds: float) -> float:
-    return round(max(seconds, 0.0), 3)
-
-
-def _describe_stats(stats: dict[str, Any]) -> str:
-    """The stats for the summary line: every phase, the slowest few nodes."""
-    phases = ", ".join(
-        f"{name.removesuffix('_s')} {value:.3f} s"
-        for name, value in stats.items()
-        if name not in {"total_s", "nodes"}
-    )
-    nodes: dict[str, float] = stats["nodes"]
-    slowest = sorted(nodes.items(), key=lambda item: -item[1])[:_LOGGED_NODES]
-    ran = ", ".join(f"{node_id} {value:.3f} s" for node_id, value in slowest)
-    return f"{phases}; {len(nodes)} node(s) ran" + (f", slowest: {ran}" if ran else "")
 
 
 def _lock_timeout(remaining: float | None) -> float:
