@@ -19,7 +19,7 @@ from PIL import Image
 from engine.runtime.comfy import ComfyRuntime
 from engine.settings import Settings
 from engine.worker import Worker
-from tests.engine.support import ENGINE_MARKS, node
+from tests.engine.support import ENGINE_MARKS, node, require_packs
 from tests.workflows import vhs_combine
 
 pytestmark = ENGINE_MARKS
@@ -78,8 +78,8 @@ def test_core_video_and_vhs_in_one_job(worker: Worker, runtime: ComfyRuntime) ->
     numbers, and the same job again (ComfyUI's cache, new files) answers too."""
     import nodes
 
-    if "VHS_VideoCombine" not in nodes.NODE_CLASS_MAPPINGS:
-        pytest.skip("ComfyUI-VideoHelperSuite is not loaded (COMFYUI_TEST_CUSTOM_NODES)")
+    require_packs("ComfyUI-VideoHelperSuite")
+    assert "VHS_VideoCombine" in nodes.NODE_CLASS_MAPPINGS, "VideoHelperSuite did not load"
     for attempt in ("first", "again"):
         videos = _videos(worker.handle({"id": f"video-{attempt}", "input": _video_job(True)}))
         assert set(videos) == {"3", "4"}, attempt
