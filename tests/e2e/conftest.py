@@ -127,6 +127,16 @@ class WorkerServer:
         self._log.close()
 
 
+@pytest.fixture(autouse=True)
+def no_developer_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The developer's AWS credentials, profile or config never reach these tests."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
 @pytest.fixture(scope="module")
 def start_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerServer]]:
     """A factory: start a worker with extra env; all are stopped after the module."""

@@ -30,16 +30,6 @@ KEY_ID = "AKIAE2EFAKEKEYID0001"
 SECRET = "e2e/fake+secret/access/key/000000000000"
 
 
-@pytest.fixture(autouse=True)
-def no_developer_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The developer's AWS credentials, profile or config never reach these tests."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
 def settings(endpoint: str, bucket: str, public_url: str | None = None) -> BucketSettings:
     """Bucket settings with fake keys for the local server."""
     return BucketSettings(

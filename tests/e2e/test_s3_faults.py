@@ -8,7 +8,6 @@ only some outputs fail, the job completes and ``errors[]`` names the rest.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,16 +31,6 @@ from tests.media_factory import make_png
 
 KEY_ID = "AKIAFAULTPROXYE2E001"
 SECRET = "fault/proxy+secret/key/00000000000000000"
-
-
-@pytest.fixture(autouse=True)
-def no_developer_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The developer's AWS credentials, profile or config never reach these tests."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
 @pytest.fixture
