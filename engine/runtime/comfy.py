@@ -408,7 +408,7 @@ class ComfyRuntime:
         state.node_started(None if node_id is None else str(node_id))
         if node_id is None:
             return
-        if state.deadline_hit.is_set():
+        if self._deadline_passed(state):
             # The job start clears ComfyUI's interrupt flag; a deadline that passed
             # during validation is re-asserted here, before the next node runs.
             self.interrupt()
@@ -427,7 +427,7 @@ class ComfyRuntime:
         comfy, state = self._comfy, self._current
         if comfy is None:
             return
-        if state is not None and state.deadline_hit.is_set():
+        if state is not None and self._deadline_passed(state):
             self.interrupt()
         # Raising here stops a long node between two steps rather than after it;
         # ComfyUI's server installs the same check in its hook (a 40-step node: 9 ran).
@@ -458,6 +458,17 @@ class ComfyRuntime:
             if not state.progress_failed:
                 state.progress_failed = True
                 log.warning("job %s: progress callback failed", state.job.prompt_id, exc_info=True)
+
+    @staticmethod
+    def _deadline_passed(state: _JobState) -> bool:
+        """Whether the job's deadline has passed, by its timer or by the deadline itself.
+
+        Checked at every node and sampler step, so a late timer thread (a busy machine)
+        cannot let a job run on past its deadline.
+        """
+        if not state.deadline_hit.is_set() and state.job.deadline.expired():
+            state.deadline_hit.set()
+        return state.deadline_hit.is_set()
 
     def _on_deadline(self, comfy: Comfy, state: _JobState) -> None:
         if self._current is not state:

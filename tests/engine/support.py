@@ -8,12 +8,15 @@ module here carries :data:`ENGINE_MARKS`, which skips them, saying why, elsewher
 from __future__ import annotations
 
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image, ImageChops
 
+from engine.deadline import Deadline
 from engine.runtime import Directories, RunResult
 
 CUSTOM_NODES_ENV = "COMFYUI_TEST_CUSTOM_NODES"
@@ -49,6 +52,23 @@ ENGINE_MARKS = [
     pytest.mark.engine,
     pytest.mark.skipif(COMFYUI_PATH is None, reason=_SKIP_REASON),
 ]
+
+
+@dataclass(frozen=True)
+class DeadlineOnCue(Deadline):
+    """A deadline that passes when the test sets ``cue``: driven by progress, not the clock.
+
+    No timer is armed for it (``remaining()`` is None until the cue), so a test states
+    *when* the limit passes (say, at the fifth sampler step) and holds on any machine.
+    """
+
+    cue: threading.Event = field(default_factory=threading.Event)
+
+    def remaining(self) -> float | None:
+        return 0.0 if self.cue.is_set() else None
+
+    def expired(self) -> bool:
+        return self.cue.is_set()
 
 
 def extra_custom_nodes() -> Path | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from engine.errors import (
 )
 from engine.runtime import JobSpec, ProgressEvent, RunResult
 from engine.runtime.comfy import ComfyRuntime
-from tests.engine.support import ENGINE_MARKS, empty_image, node
+from tests.engine.support import ENGINE_MARKS, DeadlineOnCue, empty_image, node
 
 pytestmark = ENGINE_MARKS
 
@@ -254,31 +255,59 @@ def _steps_workflow(prefix: str, steps: int, seconds: float, color: int) -> dict
     }
 
 
+def _cue_at_step(
+    deadline: DeadlineOnCue, node_id: str, step: int, events: list[ProgressEvent]
+) -> Callable[[ProgressEvent], None]:
+    """A progress callback that records events and passes the deadline at ``step``."""
+
+    def on_progress(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.node_id == node_id and event.value is not None and event.value >= step:
+            deadline.cue.set()
+
+    return on_progress
+
+
 def test_time_limit_stops_a_long_node_between_steps(runtime: ComfyRuntime, prefix: str) -> None:
-    """A 4 s node under a 0.5 s limit stops mid-node, with an error naming the limit."""
+    """A limit passing at step 5 of a 200-step node stops it at the next step, with an
+    error naming the limit and the node (driven by progress, so it holds on any machine)."""
     events: list[ProgressEvent] = []
-    started = time.perf_counter()
+    deadline = DeadlineOnCue(limit_s=0.5)
     with pytest.raises(JobTimeoutError) as caught:
         _run(
             runtime,
             _steps_workflow(prefix, steps=200, seconds=0.02, color=0x0A0B0C),
-            deadline=Deadline.start(0.5),
-            on_progress=events.append,
+            deadline=deadline,
+            on_progress=_cue_at_step(deadline, "2", 5, events),
         )
-    elapsed = time.perf_counter() - started
-    assert elapsed < 2.0
     error = caught.value
     assert isinstance(error, TimeoutError) and isinstance(error, JobInterruptedError)
     assert "0.5 s" in error.message and "node 2 (WorkerTestSteps)" in error.message
     assert any("JOB_TIMEOUT_S=0.5" in d for d in error.details)
     steps = [e.value for e in events if e.node_id == "2" and e.value is not None]
-    assert 5 < len(steps) < 100
+    assert 5 <= len(steps) <= 6, steps
+    _assert_next_job_runs(runtime, prefix)
+
+
+def test_the_clock_stops_a_job_that_outruns_its_limit(runtime: ComfyRuntime, prefix: str) -> None:
+    """The real deadline: 200 steps of 50 ms under a 0.5 s limit never run to the end."""
+    events: list[ProgressEvent] = []
+    with pytest.raises(JobTimeoutError):
+        _run(
+            runtime,
+            _steps_workflow(prefix, steps=200, seconds=0.05, color=0x0A0B0D),
+            deadline=Deadline.start(0.5),
+            on_progress=events.append,
+        )
+    steps = [e.value for e in events if e.node_id == "2" and e.value is not None]
+    assert len(steps) < 200
     _assert_next_job_runs(runtime, prefix)
 
 
 def test_time_limit_stops_a_chain_between_nodes(runtime: ComfyRuntime, prefix: str) -> None:
-    """Nodes that never check for interrupts are stopped before the next node starts."""
-    workflow: dict[str, Any] = {"0": empty_image(1024, 1024, batch=4, color=0x123456)}
+    """Nodes that never check for interrupts are stopped before the next node starts: the
+    limit passes when node 5 starts, and no node after 6 runs."""
+    workflow: dict[str, Any] = {"0": empty_image(64, 64, batch=1, color=0x123456)}
     for i in range(1, 41):
         scale = 1.01 if i % 2 else 0.99
         workflow[str(i)] = node(
@@ -286,30 +315,51 @@ def test_time_limit_stops_a_chain_between_nodes(runtime: ComfyRuntime, prefix: s
         )
     workflow["99"] = node("PreviewImage", images=["40", 0])
     events: list[ProgressEvent] = []
+    deadline = DeadlineOnCue(limit_s=0.3)
+
+    def on_progress(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.node_id == "5":
+            deadline.cue.set()
+
     with pytest.raises(JobTimeoutError):
-        _run(runtime, workflow, deadline=Deadline.start(0.3), on_progress=events.append)
+        _run(runtime, workflow, deadline=deadline, on_progress=on_progress)
     ran = {e.node_id for e in events}
-    assert "99" not in ran and len(ran) < 30
+    assert "5" in ran and "99" not in ran
+    assert not ran & {str(i) for i in range(7, 41)}, sorted(ran, key=int)
     _assert_next_job_runs(runtime, prefix)
 
 
 def test_an_interrupt_from_outside_is_not_a_timeout(runtime: ComfyRuntime, prefix: str) -> None:
-    """``interrupt()`` stops the job as ComfyUI's own interrupt does."""
-    threading.Timer(0.3, runtime.interrupt).start()
+    """``interrupt()`` stops the job as ComfyUI's own interrupt does (sent at step 3)."""
+    events: list[ProgressEvent] = []
+
+    def on_progress(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.node_id == "2" and event.value == 3:
+            runtime.interrupt()
+
     with pytest.raises(JobInterruptedError) as caught:
-        _run(runtime, _steps_workflow(prefix, steps=200, seconds=0.02, color=0x0D0E0F))
+        _run(
+            runtime,
+            _steps_workflow(prefix, steps=200, seconds=0.02, color=0x0D0E0F),
+            on_progress=on_progress,
+        )
     assert not isinstance(caught.value, JobTimeoutError)
     assert "node 2 (WorkerTestSteps)" in caught.value.message
     _assert_next_job_runs(runtime, prefix)
 
 
 def test_a_job_within_its_limit_is_untouched(runtime: ComfyRuntime, prefix: str) -> None:
-    """A limit that is not reached changes nothing, and its timer does not fire later."""
+    """A limit that is not reached changes nothing, and its timer is gone once the job is."""
+    before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
     result = _run(
         runtime,
         _steps_workflow(prefix, steps=3, seconds=0.0, color=0x101112),
-        deadline=Deadline.start(0.4),
+        deadline=Deadline.start(3600),
     )
     assert result.outputs["3"]["images"]
-    time.sleep(0.5)
+    for timer in {t for t in threading.enumerate() if isinstance(t, threading.Timer)} - before:
+        timer.join(timeout=5)  # a cancelled timer ends at once
+        assert not timer.is_alive(), "the job's deadline timer outlived the job"
     _assert_next_job_runs(runtime, prefix)
