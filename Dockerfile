@@ -60,9 +60,13 @@ RUN apt-get update \
 # says why each chosen version is what it is; scripts/lock_image.py makes it, and CI
 # fails when it is stale against ComfyUI's, the packs' and the worker's requirements.
 COPY comfyui/image.lock /opt/build/image.lock
-RUN --mount=type=cache,target=/root/.cache/pip \
+# The download cache is a BuildKit cache mount: kept between builds, in no layer (so
+# DL3042's --no-cache-dir would only slow rebuilds).
+# hadolint ignore=DL3042
+RUN --mount=type=cache,target=/var/cache/pip \
     python3.12 -m venv /opt/venv \
-    && pip install --no-input --require-hashes --no-deps -r /opt/build/image.lock \
+    && PIP_CACHE_DIR=/var/cache/pip \
+        pip install --no-input --require-hashes --no-deps -r /opt/build/image.lock \
     && pip check
 
 # ComfyUI at exactly the pinned commit: fetched by id (depth 1), then checked. Its
