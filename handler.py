@@ -8,12 +8,18 @@ through the runpod SDK's local API server (``/run``, ``/runsync``, ``/status``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import platform
 from typing import Any
 
-import cpuinfo
+# The imports below allocate objects that live as long as the process; collecting cycles
+# while they load only walks them again and again (the boot pauses collection the same
+# way: engine.runtime.comfy_boot.collection_paused; docs/benchmarks.md). Back on after.
+gc.disable()
+
+import cpuinfo  # noqa: E402
 
 # runpod 1.12 calls py-cpuinfo at import (serverless/utils/rp_debugger.py), which runs
 # a second Python interpreter: ~1.1 s of every cold start, for a CPU name that only the
@@ -27,6 +33,8 @@ from engine import logs  # noqa: E402
 from engine.errors import RuntimeBootError, WorkerError  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from engine.worker import Worker  # noqa: E402
+
+gc.enable()
 
 log = logging.getLogger("handler")
 
@@ -62,8 +70,10 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """RunPod's handler: one job in, the contract's response out.
 
     Async on purpose: the job runs in a thread, so the runpod SDK's event loop stays
-    free to notice a cancel (``/cancel/{id}``) and cancel this coroutine, which then
-    interrupts ComfyUI instead of letting a cancelled job hold the GPU to the end.
+    free to notice a cancel (RunPod's stop signal for ``/cancel/{id}``) and cancel this
+    coroutine, which then cancels the job (``Worker.cancel``): a download, the run or a
+    delivery stops instead of letting a cancelled job hold the GPU to the end. The SDK's
+    local API server (``--rp_serve_api``) has no cancel route.
     """
     if _worker is None and _boot_error is None:
         _start()
@@ -74,8 +84,10 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     try:
         return await asyncio.to_thread(_worker.handle, job)
     except asyncio.CancelledError:
-        log.warning("job %s cancelled: interrupting ComfyUI", job.get("id"))
-        _worker.cancel()
+        # The SDK cancels this task on RunPod's stop signal (/cancel, or the endpoint's
+        # execution timeout). The job's thread runs on: cancel it, in whatever phase.
+        log.warning("job %s cancelled: stopping it", job.get("id"))
+        _worker.cancel(str(job["id"]) if job.get("id") else None)
         raise
 
 

@@ -1,26 +1,85 @@
-"""One clock for a whole job: inputs, the run, outputs and delivery share ``JOB_TIMEOUT_S``.
+"""One clock for a whole job, and its cancel switch: every phase stops for either.
 
 The worker starts a :class:`Deadline` when a job arrives and hands it to every phase:
-the runtime arms ComfyUI's interrupt with what is left of it, the worker checks it
-between phases, and the worker's watchdog (``engine.worker``) stops waiting for the job
-when it passes, whatever the job is doing. Every timeout the user sees is built here,
-so each names the limit, the phase and what to change.
+the runtime arms ComfyUI's interrupt with what is left of it and checks it at every
+node and sampler step, the worker checks it between phases, and the worker's watchdog
+(``engine.worker``) stops waiting for the job when it passes, whatever the job is doing.
+
+A cancel (RunPod's ``/cancel``, or its stop signal when the endpoint's own execution
+timeout passes) lands here too, with :meth:`Deadline.cancel`. It has to: ComfyUI
+clears its interrupt flag when a prompt starts, so a cancel that arrived while inputs
+were downloading used to be lost and the job ran to its end. Kept on the job's own
+deadline, it is seen by every check that follows, in whatever phase; the worker finds a
+job's deadline by its id in :class:`JobDeadlines`. Every timeout and cancel error the
+user sees is built here, so each names the limit or the cancel, the phase, and what to
+change.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from engine.errors import JobTimeoutError
+from engine.errors import JobInterruptedError, JobTimeoutError
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+class _CancelSwitch:
+    """A job's cancelled state and who to tell when it flips (thread-safe, flips once)."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+        self._lock = threading.Lock()
+        self._listeners: dict[int, Callable[[], None]] = {}
+        self._next = 0
+
+    def flip(self) -> bool:
+        """Cancel; False when it was cancelled already. Listeners run here, in order."""
+        with self._lock:
+            if self.flag.is_set():
+                return False
+            self.flag.set()
+            listeners = list(self._listeners.values())
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # one listener's failure must not keep the others from hearing
+                log.exception("a cancel listener failed")
+        return True
+
+    def listen(self, listener: Callable[[], None]) -> int | None:
+        """Register ``listener``; None (and nothing registered) when already cancelled."""
+        with self._lock:
+            if self.flag.is_set():
+                return None
+            self._next += 1
+            self._listeners[self._next] = listener
+            return self._next
+
+    def forget(self, key: int) -> None:
+        with self._lock:
+            self._listeners.pop(key, None)
 
 
 @dataclass(frozen=True)
 class Deadline:
-    """When a job must be done by; ``limit_s`` None means no limit."""
+    """When a job must be done by (``limit_s`` None means no limit), and whether it was
+    cancelled."""
 
     limit_s: float | None
     started: float = field(default_factory=time.monotonic)
+    _switch: _CancelSwitch = field(
+        default_factory=_CancelSwitch, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def start(cls, limit_s: float | None) -> Deadline:
@@ -33,18 +92,61 @@ class Deadline:
             return None
         return max(0.0, self.started + self.limit_s - time.monotonic())
 
+    # -- cancel -------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the job: every later check fails, every :meth:`on_cancel` listener runs
+        now. Safe from any thread; False when it was cancelled already."""
+        return self._switch.flip()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._switch.flag.is_set()
+
+    @contextlib.contextmanager
+    def on_cancel(self, listener: Callable[[], None]) -> Iterator[None]:
+        """Run ``listener`` if the job is cancelled while the block runs (at once if it
+        already was); used to interrupt ComfyUI during the run."""
+        key = self._switch.listen(listener)
+        if key is None:
+            listener()
+        try:
+            yield
+        finally:
+            if key is not None:
+                self._switch.forget(key)
+
+    # -- checks -------------------------------------------------------------------------
+
     def expired(self) -> bool:
-        """Whether the limit has passed."""
+        """Whether the job must stop: its limit passed, or it was cancelled."""
+        if self.cancelled:
+            return True
         remaining = self.remaining()
         return remaining is not None and remaining <= 0.0
 
     def check(self, phase: str) -> None:
-        """Raise the job's timeout if the limit passed before ``phase`` could start."""
+        """Raise the job's timeout or cancel error if it must stop before ``phase`` starts."""
         if self.expired():
             raise self.exceeded(f"before {phase}")
 
-    def exceeded(self, where: str, *, node_id: str | None = None) -> JobTimeoutError:
-        """The error a job gets when it passes the limit ``where`` (e.g. 'at node 5 (VAEDecode)')."""
+    def exceeded(self, where: str, *, node_id: str | None = None) -> JobInterruptedError:
+        """The error a job gets when it is stopped ``where`` (e.g. 'at node 5 (VAEDecode)').
+
+        A :class:`~engine.errors.JobTimeoutError` naming the limit, or, when the job was
+        cancelled, a :class:`~engine.errors.JobInterruptedError` saying so.
+        """
+        if self.cancelled:
+            return JobInterruptedError(
+                f"The job was cancelled and stopped {where}",
+                [
+                    "RunPod cancelled it (/cancel, or the endpoint's execution timeout): "
+                    "nothing more runs for it and its files are removed; send it again to "
+                    "run it"
+                ],
+                node_id=node_id,
+            )
         limit = f"{self.limit_s or 0:g}"
         return JobTimeoutError(
             f"The job ran longer than its time limit of {limit} s and was stopped {where}",
@@ -55,3 +157,79 @@ class Deadline:
             ],
             node_id=node_id,
         )
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def wait_for(self, future: Future[T]) -> bool:
+        """Wait until ``future`` is done (True), or until the job must stop: the limit
+        passed or it was cancelled (False)."""
+        wake = threading.Event()
+        future.add_done_callback(lambda _: wake.set())
+        with self.on_cancel(wake.set):
+            wake.wait(self.remaining())
+        return future.done()
+
+    def call(self, fn: Callable[[], T], where: str) -> T:
+        """``fn()``'s result, or the cancel error the moment the job is cancelled.
+
+        ``fn`` runs on a thread of its own so that a cancel need not wait for it: a
+        download from a server that holds the connection open, say. A cancelled call is
+        abandoned, not stopped; it ends on its own bounds (``INPUT_DOWNLOAD_TIMEOUT_S``,
+        ``UPLOAD_TIMEOUT_S``) and its result is dropped, so ``fn`` must write nothing the
+        job's cleanup would have to find. The time limit is left to ``fn``'s own bounds
+        and to the worker's watchdog, as without a cancel.
+        """
+        self.check(where.removeprefix("while "))
+        outcome: Future[T] = Future()
+
+        def target() -> None:
+            try:
+                outcome.set_result(fn())
+            except BaseException as exc:  # handed to the caller, or dropped once abandoned
+                outcome.set_exception(exc)
+
+        threading.Thread(target=target, name="job-call", daemon=True).start()
+        wake = threading.Event()
+        outcome.add_done_callback(lambda _: wake.set())
+        with self.on_cancel(wake.set):
+            wake.wait()
+        if outcome.done():
+            return outcome.result()
+        raise self.exceeded(where)
+
+
+class JobDeadlines:
+    """The deadlines of the jobs a worker holds, by job id: what a cancel flips.
+
+    A job id maps to a list: a local test may send the same id twice at once.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, list[Deadline]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def holding(self, job_id: str, deadline: Deadline) -> Iterator[None]:
+        """Let :meth:`cancel` reach ``deadline`` as job ``job_id`` while the block runs."""
+        with self._lock:
+            self._by_id.setdefault(job_id, []).append(deadline)
+        try:
+            yield
+        finally:
+            with self._lock:
+                others = [d for d in self._by_id.get(job_id, []) if d is not deadline]
+                if others:
+                    self._by_id[job_id] = others
+                else:
+                    self._by_id.pop(job_id, None)
+
+    def cancel(self, job_id: str | None) -> int:
+        """Cancel job ``job_id`` (every held job when None); how many deadlines it reached."""
+        with self._lock:
+            if job_id is None:
+                deadlines = [d for held in self._by_id.values() for d in held]
+            else:
+                deadlines = list(self._by_id.get(job_id, ()))
+        for deadline in deadlines:
+            deadline.cancel()
+        return len(deadlines)

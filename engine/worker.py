@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 import threading
 import time
@@ -29,17 +28,32 @@ from PIL import Image
 
 from engine import logs
 from engine.convert import convert_outputs
-from engine.deadline import Deadline
+from engine.deadline import Deadline, JobDeadlines
 from engine.delivery import Uploader, deliver
-from engine.errors import OutputDeliveryError, WorkerError, WorkerStuckError
+from engine.errors import (
+    OutputDeliveryError,
+    WorkerError,
+    WorkerStuckError,
+    WorkflowValidationError,
+)
+from engine.graph_checks import check_values
 from engine.inputs import Fetcher, HttpFetcher, store_images
+from engine.job_files import job_folder, scratch_root, settle_inputs, sweep_leftovers
+from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
 from engine.request import JobRequest, parse_request
 from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
 from engine.s3 import S3Uploader
 from engine.settings import Settings
 from engine.stats import Phase, describe_stats, job_stats
-from engine.workflow import normalize_paths, rerun_previews, scope_outputs
+from engine.ui_workflow import as_api_format
+from engine.workflow import (
+    explain_unsent_files,
+    normalize_paths,
+    rerun_previews,
+    scope_inputs,
+    scope_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +63,6 @@ ProgressSink = Callable[[dict[str, Any], str], None]
 # Per-step progress can arrive hundreds of times a second on a GPU; RunPod's
 # progress update is an HTTP POST each, so steps are sent at most this often.
 _PROGRESS_INTERVAL_S = 0.5
-
-_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def job_folder(job_id: str) -> str:
-    """The per-run folder name under ComfyUI's output folder.
-
-    Unique per run, not only per job id: a job id seen twice (a retried job, a local
-    test id) must still change every ``filename_prefix``, or ComfyUI's cache would
-    hand back the first run's files, already deleted.
-    """
-    return f"job-{_UNSAFE_ID_CHARS.sub('_', job_id)[:64] or 'unnamed'}-{uuid.uuid4().hex[:8]}"
 
 
 class _Progress:
@@ -102,6 +104,7 @@ class Worker:
         self.settings = settings
         self.runtime = runtime
         self.fetcher: Fetcher = fetcher or HttpFetcher(settings)
+        self.model_urls = ModelUrls(settings, runtime)
         self.uploader = uploader
         self.progress = progress
         # One job at a time: a cancelled job's thread finishes (promptly, interrupted)
@@ -110,6 +113,8 @@ class Worker:
         # Set when a job's thread would not stop after its deadline: every later job gets
         # this error (and RunPod a request for a fresh worker) instead of waiting on it.
         self._stuck: WorkerStuckError | None = None
+        # The deadline of every job in handle(), waiting or running: what cancel() flips.
+        self._deadlines = JobDeadlines()
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -120,8 +125,13 @@ class Worker:
     def boot(self) -> None:
         """Start the runtime; once per worker process, before the first job."""
         started = time.perf_counter()
+        for warning in self.settings.boot_warnings():  # WEBSOCKET_*: accepted, no effect
+            log.warning(warning)
         # One pixel limit for the worker's checks and for ComfyUI's own image loaders.
         Image.MAX_IMAGE_PIXELS = self.settings.input_max_pixels
+        # Before the runtime starts, while no job of this process can run: what a killed
+        # worker's jobs left in the input, output, temp and scratch folders goes.
+        sweep_leftovers(self.runtime.directories, self.settings.work_dir)
         self.runtime.boot()
         log.info(
             "worker ready in %.2f s (outputs: %s)",
@@ -133,11 +143,12 @@ class Worker:
         """RunPod's handler: the response for one job, or the contract's error shape."""
         job_id = str(job.get("id") or f"local-{uuid.uuid4()}")
         job_input = job.get("input")
-        request_key = job_input.get("comfy_org_api_key") if isinstance(job_input, dict) else None
-        job_secrets = [request_key] if isinstance(request_key, str) else []
+        keys = ("comfy_org_api_key", "api_key_comfy_org")  # the field and its alias
+        sent = [job_input.get(k) for k in keys] if isinstance(job_input, dict) else []
+        job_secrets = [key for key in sent if isinstance(key, str)]
         secrets = [*job_secrets, *self.settings.response_secrets()]
         deadline = Deadline.start(self.settings.job_timeout_s)
-        with logs.job_context(job_id, job_secrets):
+        with self._deadlines.holding(job_id, deadline), logs.job_context(job_id, job_secrets):
             started = time.perf_counter()
             try:
                 result = self._run_within(
@@ -159,9 +170,19 @@ class Worker:
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
             return redacted
 
-    def cancel(self) -> None:
-        """Stop the running job (RunPod cancelled it); it fails as interrupted."""
-        self.runtime.interrupt()
+    def cancel(self, job_id: str | None = None) -> bool:
+        """Cancel job ``job_id`` (every job in :meth:`handle` when None): RunPod stopped it.
+
+        The job's own deadline is flipped to cancelled, so whatever phase it is in
+        stops: a download stops waiting, the run is interrupted at its next node or step
+        (also when the cancel came before ComfyUI started, which clears its interrupt
+        flag), delivery stops waiting, and no later phase starts. It fails as
+        interrupted, saying it was cancelled. False when no such job is here.
+        """
+        reached = self._deadlines.cancel(job_id)
+        if reached:
+            log.warning("job %s cancelled", job_id or "(every job)")
+        return reached > 0
 
     def _run_within(
         self,
@@ -195,28 +216,33 @@ class Worker:
                 self._one_job.release()
 
         threading.Thread(target=job_thread, name=f"job-{job_id[:32]}", daemon=True).start()
-        # wait(), then result(): a JobTimeoutError is also a TimeoutError, the very class
-        # Future.result() raises when it gives up, so the two must not share an except.
-        if wait([outcome], timeout=deadline.remaining()).done:
+        # wait_for(), then result(): a JobTimeoutError is also a TimeoutError, the very
+        # class Future.result() raises when it gives up, so the two must not share an except.
+        if deadline.wait_for(outcome):
             return outcome.result()
-        log.warning(
-            "job passed its %g s limit while %s; interrupting it", deadline.limit_s, phase.name
-        )
+        if deadline.cancelled:
+            log.warning("job cancelled while %s; stopping it", phase.name)
+        else:
+            log.warning(
+                "job passed its %g s limit while %s; interrupting it", deadline.limit_s, phase.name
+            )
         self.runtime.interrupt()
         if wait([outcome], timeout=self.settings.job_stop_grace_s).done:
             # Whatever the job makes of the interrupt (most often a JobTimeoutError that
             # names the node) is its answer.
             return outcome.result()
         stuck = deadline.exceeded(f"while {phase.name}")
+        why = "was cancelled" if deadline.cancelled else "passed its time limit"
         self._stuck = WorkerStuckError(
-            f"This worker is out of service: job {job_id} passed its time limit while "
+            f"This worker is out of service: job {job_id} {why} while "
             f"{phase.name} and did not stop within {self.settings.job_stop_grace_s:g} s",
             ["RunPod replaces this worker; send the job again and a fresh worker takes it"],
         )
         log.error(
-            "job did not stop %g s after its limit (while %s): this worker takes no more "
+            "job did not stop %g s after its %s (while %s): this worker takes no more "
             "jobs and asks RunPod for a fresh one",
             self.settings.job_stop_grace_s,
+            "cancel" if deadline.cancelled else "limit",
             phase.name,
         )
         raise WorkerStuckError(
@@ -245,15 +271,43 @@ class Worker:
         deadline = deadline or Deadline.start(self.settings.job_timeout_s)
         phase = phase or Phase("start")
         request = parse_request(job_input)
+        # Over-long text and values nested too deep are refused before anything runs.
+        check_values(request.workflow, self.settings.workflow_max_string_bytes)
         folder = job_folder(job_id)
         scratch = request.frames_to_video is not None or request.convert_output is not None
         with self._job_files(folder, scratch=scratch) as files_of_job:
             phase.enter("downloading inputs", deadline)
-            files_of_job.inputs = store_images(
-                request.images, self.runtime.directories.input, self.settings, self.fetcher
+            # The job's own input folder: only this job's workflow names it (scope_inputs).
+            inputs_dir = self.runtime.directories.input
+            stored = store_images(
+                request.images,
+                inputs_dir / folder,
+                self.settings,
+                _StoppableFetcher(self.fetcher, deadline),
             )
+            if stored:
+                files_of_job.input_folder, stored = settle_inputs(
+                    inputs_dir, inputs_dir / folder, stored
+                )
+            files_of_job.inputs = stored
             phase.enter("running the workflow", deadline)
-            result = self.runtime.run(self._job_spec(job_id, request, folder, progress, deadline))
+            spec = self._job_spec(
+                job_id, request, folder, progress, deadline, files_of_job.input_folder
+            )
+            # ComfyUI clears its interrupt flag when a prompt starts; the runtime also
+            # checks the deadline (cancelled included) at every node and step.
+            with deadline.on_cancel(self.runtime.interrupt):
+                try:
+                    result = self.runtime.run(spec)
+                except WorkflowValidationError as exc:
+                    explain_unsent_files(
+                        exc,
+                        spec.workflow,
+                        files_of_job.input_folder,
+                        inputs_dir,
+                        self.runtime.file_inputs,
+                    )
+                    raise
             phase.enter("reading outputs", deadline)
             files, errors = collect_outputs(
                 result.outputs,
@@ -270,12 +324,17 @@ class Worker:
                 errors += convert_errors
             phase.enter("delivering outputs", deadline)
             try:
-                items, delivery_errors = deliver(
-                    files,
-                    job_id=job_id,
-                    uploader=self.uploader,
-                    budget_bytes=self.settings.response_budget_bytes,
-                    timeout_s=deadline.remaining(),
+                # On a thread of its own: a cancel stops the waiting at once; uploads
+                # already sent end on their own bounds (UPLOAD_TIMEOUT_S).
+                items, delivery_errors = deadline.call(
+                    lambda: deliver(
+                        files,
+                        job_id=job_id,
+                        uploader=self.uploader,
+                        budget_bytes=self.settings.response_budget_bytes,
+                        timeout_s=deadline.remaining(),
+                    ),
+                    "while delivering outputs",
                 )
             except OutputDeliveryError as exc:
                 exc.details.extend(errors)  # outputs that could not even be read: say so too
@@ -292,8 +351,16 @@ class Worker:
         folder: str,
         progress: Callable[[ProgressEvent], None] | None,
         deadline: Deadline,
+        input_folder: str | None = None,
     ) -> JobSpec:
-        workflow = normalize_paths(request.workflow, self.runtime.file_inputs)
+        # An editor (UI-format) workflow becomes the API format with the engine's nodes.
+        workflow = as_api_format(request.workflow, self.runtime.node_definitions)
+        workflow = normalize_paths(workflow, self.runtime.file_inputs)
+        # Model files named by URL (downloaded once, cached) or absolute path: listed names.
+        workflow = self.model_urls.resolve(workflow, deadline, progress)
+        if input_folder is not None:
+            sent = frozenset(image.name.replace("\\", "/") for image in request.images)
+            workflow = scope_inputs(workflow, sent, input_folder, self.runtime.file_inputs)
         workflow = scope_outputs(workflow, folder)
         workflow = rerun_previews(workflow, folder)
         spec = JobSpec(
@@ -308,18 +375,24 @@ class Worker:
     def _job_files(self, folder: str, *, scratch: bool) -> Iterator[_JobFiles]:
         """Files the job makes; every one is removed when the job ends, however it ends.
 
-        The scratch folder (frames joined into a video) is made only when asked for.
+        All live under ``folder`` (``engine.job_files``); a killed worker's are swept at
+        the next boot. The scratch folder (frames joined into a video) is made only when
+        asked for.
         """
         dirs = self.runtime.directories
-        files = _JobFiles(scratch=Path(self.settings.work_dir) / "scratch" / folder)
+        files = _JobFiles(scratch=scratch_root(self.settings.work_dir) / folder)
         if scratch:
             files.scratch.mkdir(parents=True, exist_ok=True)
         try:
             yield files
         finally:
-            for path in files.inputs:
-                _remove_file_and_empty_parents(path, stop=dirs.input)
-            for leftover in (files.scratch, dirs.output / folder, dirs.temp / folder):
+            for leftover in (
+                dirs.input / folder,
+                *([dirs.input / files.input_folder] if files.input_folder else []),
+                files.scratch,
+                dirs.output / folder,
+                dirs.temp / folder,
+            ):
                 shutil.rmtree(leftover, ignore_errors=True)
             self.runtime.after_job()
 
@@ -333,6 +406,8 @@ def _lock_timeout(remaining: float | None) -> float:
 class _JobFiles:
     scratch: Path
     inputs: list[Path] = dataclasses.field(default_factory=list)
+    input_folder: str | None = None
+    """The folder under ComfyUI's input folder holding the files the job sent."""
 
 
 def _unscope(file: OutputFile, folder: str) -> OutputFile:
@@ -343,12 +418,12 @@ def _unscope(file: OutputFile, folder: str) -> OutputFile:
     return file
 
 
-def _remove_file_and_empty_parents(path: Path, stop: Path) -> None:
-    path.unlink(missing_ok=True)
-    parent = path.parent
-    while parent != stop and stop in parent.parents:
-        try:
-            parent.rmdir()
-        except OSError:  # not empty: another input of the job still lives there
-            break
-        parent = parent.parent
+class _StoppableFetcher:
+    """The worker's fetcher as one job sees it: a download stops waiting when the job is
+    cancelled (a server that holds the connection open cannot hold the job)."""
+
+    def __init__(self, inner: Fetcher, deadline: Deadline) -> None:
+        self._inner, self._deadline = inner, deadline
+
+    def fetch(self, url: str) -> bytes:
+        return self._deadline.call(lambda: self._inner.fetch(url), "while downloading inputs")

@@ -1,11 +1,15 @@
 """Rewrites of the user's workflow before it reaches ComfyUI.
 
-Two, both pure and both returning a new graph (the request stays as sent):
+Each pure and returning a new graph (the request stays as sent):
 
 * :func:`normalize_paths` turns Windows separators into POSIX ones in values that
   name files or models (``SDXL\\model.safetensors`` -> ``SDXL/model.safetensors``),
   so a workflow exported on Windows runs on the Linux worker. Prompt text is
   never touched: ``\\(masterpiece\\)`` is emphasis syntax, not a path.
+* :func:`scope_inputs` points every reference to a file the request sent at the
+  job's own input folder (``a.png`` -> ``<job folder>/a.png``), where the worker stored
+  it: a job reads only what it sent, plus the files baked into the image's input folder
+  under their plain names, never a file another job sent (or left behind when killed).
 * :func:`scope_outputs` puts every ``filename_prefix`` under a per-job folder.
   That keeps one job's files apart from the next, keeps ComfyUI's ``_00001_``
   counter from listing an ever-growing folder on each save, and, because the
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from engine.errors import WorkflowValidationError
 from engine.runtime import Workflow
 
 # Inputs that hold a file name whatever node they are on.
@@ -80,6 +86,127 @@ def normalize_paths(workflow: Workflow, file_inputs: Callable[[str], frozenset[s
         if changes:
             _with_inputs(result, node_id, changes)
     return result
+
+
+# Inputs that name a file of ComfyUI's input folder on the loaders people use:
+# LoadImage/LoadImageMask ``image``, VHS_LoadVideo ``video``, LoadAudio ``audio``,
+# LoadVideo ``file``. Custom loaders are found through the runtime's ``file_inputs``.
+MEDIA_INPUT_NAMES = frozenset({"image", "video", "audio", "file"})
+# ComfyUI's annotated names ("a.png [input]") say which folder; only input is the job's.
+_INPUT_ANNOTATION = " [input]"
+
+
+def _sent_file(value: str, sent: frozenset[str]) -> tuple[str, str] | None:
+    """``(name, annotation)`` when ``value`` names one of the ``sent`` files, else None."""
+    name, annotation = value, ""
+    if value.endswith(_INPUT_ANNOTATION):
+        name, annotation = value[: -len(_INPUT_ANNOTATION)], _INPUT_ANNOTATION
+    return (name, annotation) if name in sent else None
+
+
+def _names_a_file(name: str, value: str, listed: frozenset[str]) -> bool:
+    # A listed input may also be a plain enum (a sampler named "euler"): there only a
+    # value with a file extension counts.
+    listed_file = name in listed and PurePosixPath(value).suffix != ""
+    return name != "filename_prefix" and (
+        listed_file or name in MEDIA_INPUT_NAMES or _looks_like_file(value)
+    )
+
+
+def scope_inputs(
+    workflow: Workflow,
+    sent: frozenset[str],
+    folder: str,
+    file_inputs: Callable[[str], frozenset[str]],
+) -> Workflow:
+    """Return a copy of ``workflow`` whose references to ``sent`` files live under ``folder``.
+
+    ``sent`` holds the request's file names as stored (POSIX separators); run it after
+    :func:`normalize_paths`. A value is a reference when it equals a sent name (optionally
+    annotated `` [input]``) on an input that names files: a common media input
+    (:data:`MEDIA_INPUT_NAMES`), one the runtime lists for the node type when the value has
+    an extension (listed inputs include enums such as sampler names), or any input whose
+    value ends in a media or model extension. Prompt text equal to a file name is left
+    alone unless it also ends in such an extension.
+    """
+    if not sent:
+        return workflow
+    result = dict(workflow)
+    for node_id, node in workflow.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        listed = file_inputs(str(node.get("class_type", "")))
+        changes = {}
+        for name, value in inputs.items():
+            if not isinstance(value, str) or not _names_a_file(name, value, listed):
+                continue
+            found = _sent_file(value, sent)
+            if found is not None:
+                changes[name] = f"{folder}/{found[0]}{found[1]}"
+        if changes:
+            _with_inputs(result, node_id, changes)
+    return result
+
+
+def unsent_files(
+    workflow: Workflow,
+    folder: str | None,
+    input_dir: Path,
+    file_inputs: Callable[[str], frozenset[str]],
+) -> dict[tuple[str, str], str]:
+    """``(node id, input) -> value`` for each media input naming a file that is neither
+    the job's own (under ``folder``) nor in ``input_dir``: what explains a loader's
+    "Invalid image file" in words a user can act on."""
+    missing: dict[tuple[str, str], str] = {}
+    for node_id, node in workflow.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        listed = file_inputs(str(node.get("class_type", "")))
+        for name, value in inputs.items():
+            if name not in MEDIA_INPUT_NAMES or not isinstance(value, str) or not value:
+                continue
+            if name not in listed and not _looks_like_file(value):
+                continue
+            plain = value.removesuffix(_INPUT_ANNOTATION)
+            if (folder and plain.startswith(f"{folder}/")) or plain.endswith(
+                (" [output]", " [temp]")
+            ):
+                continue
+            try:
+                present = (input_dir / plain).is_file()
+            except (OSError, ValueError):  # a name the file system cannot hold
+                present = False
+            if not present:
+                missing[(str(node_id), str(name))] = value
+    return missing
+
+
+def explain_unsent_files(
+    error: WorkflowValidationError,
+    workflow: Workflow,
+    folder: str | None,
+    input_dir: Path,
+    file_inputs: Callable[[str], frozenset[str]],
+) -> None:
+    """Say "not found" in ``error`` where a loader names a file the job did not send.
+
+    ComfyUI's own words are "Invalid image file: a.png"; the user needs to know that the
+    file is not there, and why a file an earlier job sent is not there either. Each such
+    line of ComfyUI's is replaced by one that says so.
+    """
+    for (node_id, input_name), value in sorted(
+        unsent_files(workflow, folder, input_dir, file_inputs).items()
+    ):
+        node = workflow.get(node_id) or {}
+        where = f"Node {node_id} ({node.get('class_type', '?')}) input '{input_name}'"
+        error.details[:] = [d for d in error.details if not d.startswith(where + ":")]
+        error.details.append(
+            f"{where}: file {value!r} not found: it is not in this job's input.images "
+            "and not in the worker's input folder (a job sees only the files it sends, "
+            "plus those baked into the image)"
+        )
 
 
 def scope_outputs(workflow: Workflow, folder: str) -> Workflow:

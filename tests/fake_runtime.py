@@ -14,7 +14,9 @@ absent, as they are from the real runtime's.
 Test-only node types: ``TestRaise`` (raises at run time), ``TestSleep``
 (sleeps ``seconds``, honouring interrupts, and passes its images through) and
 ``TestHang`` (stuck like a node blocked in native code: deaf to interrupts until the
-test sets ``release``).
+test sets ``release``) and ``TestWaitFile`` (creates the file ``cue`` names, then waits,
+honouring interrupts, until the file ``release`` names exists: a cue that crosses
+processes, for tests that kill or cancel a worker mid-job).
 
 Used in-process by the unit tests and, through ``WORKER_RUNTIME=tests.fake_runtime:FakeRuntime``,
 by the worker started under the runpod SDK's local API server.
@@ -22,6 +24,7 @@ by the worker started under the runpod SDK's local API server.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -35,12 +38,21 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from engine.deadline import Deadline
-from engine.runtime import Directories, JobSpec, ProgressEvent, RunResult, Workflow
+from engine.graph_checks import find_problems
+from engine.runtime import (
+    Directories,
+    JobSpec,
+    ModelFolder,
+    ProgressEvent,
+    RunResult,
+    Workflow,
+)
 from engine.runtime.shapes import execution_failure, sort_node_ids, validation_error
 from engine.settings import Settings
 from tests import media_factory
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
+NODE_DEFS = Path(__file__).parent / "fixtures" / "node_defs" / "object_info.json.gz"
 
 # Combo inputs by node type, as ComfyUI's object_info lists them.
 CHECKPOINTS = ["SDXL/ultraRealisticByStable_v20FP16.safetensors", "sd15/tiny.safetensors"]
@@ -50,6 +62,13 @@ _COMBOS: dict[str, dict[str, list[str]]] = {
     "SaveVideo": {"format": ["auto", "mp4"], "codec": ["auto", "h264"]},
     "SaveWEBM": {"codec": ["vp9", "av1"]},
 }
+# Combo inputs that list a model folder's files (on disk under <work_dir>/models/<folder>),
+# besides the names above: what ComfyUI's loaders do with folder_paths.
+_MODEL_FOLDERS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("LoraLoader", "lora_name"): "loras",
+}
+_MODEL_SUFFIXES = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin"})
 _REQUIRED: dict[str, list[str]] = {
     "LoadImage": ["image"],
     "ImageInvert": ["image"],
@@ -66,10 +85,11 @@ _REQUIRED: dict[str, list[str]] = {
     "TestRaise": [],
     "TestSleep": ["seconds"],
     "TestHang": [],
+    "TestWaitFile": ["cue", "release"],
 }
 # Like ComfyUI nodes whose IS_CHANGED returns NaN: never served from the cache, so a
 # test's sleep or hang happens on every run.
-_NEVER_CACHED = {"TestRaise", "TestSleep", "TestHang"}
+_NEVER_CACHED = {"TestRaise", "TestSleep", "TestHang", "TestWaitFile"}
 _OUTPUT_NODES = {
     "SaveImage",
     "PreviewImage",
@@ -98,6 +118,10 @@ class FakeRuntime:
         self.release = threading.Event()
         self.booted = 0
         self.jobs: list[JobSpec] = []
+        self._node_definitions: dict[str, Any] | None = None
+        self.models_dir = root / "models"
+        self.forgotten: list[str] = []
+        """Model folders whose file list the worker asked to forget (a file was added)."""
 
     @property
     def directories(self) -> Directories:
@@ -113,6 +137,46 @@ class FakeRuntime:
     def file_inputs(self, class_type: str) -> frozenset[str]:
         """The combo inputs of a node type."""
         return frozenset(_COMBOS.get(class_type, {}))
+
+    def node_definitions(self) -> dict[str, Any]:
+        """The definitions recorded from the real engine and its five packs (``/object_info``).
+
+        Recorded by ``scripts/record_node_defs.py``; the node types this stand-in runs
+        are among them. Read once per runtime.
+        """
+        if self._node_definitions is None:
+            with gzip.open(NODE_DEFS, "rt", encoding="utf-8") as f:
+                self._node_definitions = dict(json.load(f)["node_definitions"])
+        return self._node_definitions
+
+    def model_folder_of(self, class_type: str, input_name: str) -> ModelFolder | None:
+        """The model folder behind a loader's input, under ``<work_dir>/models``."""
+        name = _MODEL_FOLDERS.get((class_type, input_name))
+        return None if name is None else self._model_folder(name)
+
+    def model_folders(self) -> list[ModelFolder]:
+        """Every model folder this stand-in knows."""
+        return [self._model_folder(name) for name in sorted(set(_MODEL_FOLDERS.values()))]
+
+    def forget_model_files(self, folder_name: str) -> None:
+        """Recorded: this stand-in lists the folder afresh at every validation."""
+        self.forgotten.append(folder_name)
+
+    def _model_folder(self, name: str) -> ModelFolder:
+        return ModelFolder(name, (self.models_dir / name,), _MODEL_SUFFIXES)
+
+    def _choices(self, class_type: str, input_name: str, listed: list[str]) -> list[str]:
+        """A combo's options: the recorded ones, plus a model folder's files on disk."""
+        folder = _MODEL_FOLDERS.get((class_type, input_name))
+        if folder is None:
+            return listed
+        base = self.models_dir / folder
+        files = [
+            p.relative_to(base).as_posix()
+            for p in sorted(base.rglob("*"))
+            if p.is_file() and p.suffix in _MODEL_SUFFIXES
+        ]
+        return [*listed, *files]
 
     def after_job(self) -> None:
         """Empty the temp folder (previews), as the real runtime does; no models to free."""
@@ -131,9 +195,11 @@ class FakeRuntime:
             class_type = workflow[node_id]["class_type"]
             if class_type not in _REQUIRED:
                 unknown.setdefault(class_type, []).append(node_id)
-        if unknown:
-            error = _recorded("validation_unknown_type.json")["error"]
-            raise validation_error(error, {}, unknown_types=unknown)
+        # Bad links and cycles, found before validation as the real runtime does.
+        problems = [p.detail for p in find_problems(workflow)]
+        if unknown or problems:
+            error = _recorded("validation_unknown_type.json")["error"] if unknown else None
+            raise validation_error(error, {}, unknown_types=unknown, graph_problems=problems)
         outputs = [n for n, node in workflow.items() if node["class_type"] in _OUTPUT_NODES]
         if not outputs:
             raise validation_error(_recorded("validation_no_outputs.json")["error"], {})
@@ -163,7 +229,8 @@ class FakeRuntime:
                         "extra_info": {"input_name": name},
                     }
                 )
-        for name, choices in _COMBOS.get(class_type, {}).items():
+        for name, listed in _COMBOS.get(class_type, {}).items():
+            choices = self._choices(class_type, name, listed)
             value = inputs.get(name)
             if value is not None and value not in choices:
                 errors.append(
@@ -336,6 +403,16 @@ class FakeRuntime:
         """A node stuck in native code: deaf to interrupts until the test releases it."""
         self.hanging.set()
         self.release.wait()
+        return (args.get("images", [Image.new("RGB", (8, 8))]),)
+
+    def _node_TestWaitFile(self, args: dict[str, Any], job: JobSpec, deadline: Deadline) -> Any:
+        """Say "started" through a file, then wait for a file, like a node that takes long."""
+        Path(args["cue"]).write_text(job.prompt_id)
+        release = Path(args["release"])
+        while not release.exists():
+            if self._interrupt.is_set() or deadline.expired():
+                raise _Interrupted(job.prompt_id)
+            time.sleep(0.01)
         return (args.get("images", [Image.new("RGB", (8, 8))]),)
 
     def _node_CreateVideo(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -342,7 +343,9 @@ def test_a_cancelled_job_interrupts_the_engine_and_the_next_job_runs(
         slow = asyncio.create_task(
             handler_module.handler({"id": "slow", "input": {"workflow": workflows.sleeps(30)}})
         )
-        await asyncio.sleep(0.5)
+        # The cue: the job reached the engine (not a guess of how long that takes).
+        while not (handler_module._worker and handler_module._worker.runtime.jobs):  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)
         slow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await slow
@@ -498,3 +501,237 @@ def test_the_reference_examples_run(settings: Settings) -> None:
     documented = json.loads("{" + doc_example("stats") + "}")["stats"]
     assert set(documented) == set(body["stats"])
     assert set(documented["nodes"]) == set(body["stats"]["nodes"]) == {"1", "2"}
+
+
+# -- per-job isolation ----------------------------------------------------------------
+
+
+def pixel_of(item: dict[str, Any]) -> tuple[int, ...]:
+    raw = base64.b64decode(item["data"].partition(",")[2])
+    value: tuple[int, ...] = Image.open(io.BytesIO(raw)).convert("RGB").getpixel((0, 0))
+    return value
+
+
+def test_a_jobs_inputs_live_in_a_folder_only_its_workflow_names(settings: Settings) -> None:
+    """The sent file is stored under input/job-in-<digest>/ and the workflow's LoadImage is
+    pointed there; a file baked into the input folder is still read by its plain name."""
+    worker = make_worker(settings)
+    input_dir = worker.runtime.directories.input
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(input_dir / "baked.png")
+    wf = workflows.invert("a.png")
+    wf["4"] = {"class_type": "LoadImage", "inputs": {"image": "baked.png"}}
+    wf["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "b"}}
+    body = worker.handle(
+        {
+            "id": "iso",
+            "input": {"workflow": wf, "images": [{"name": "a.png", "image": png_b64((10, 0, 0))}]},
+        }
+    )
+    assert body["errors"] == [], body
+    assert [pixel_of(item) for item in body["images"]] == [(245, 255, 255), (200, 0, 0)]
+    runtime = worker.runtime
+    assert isinstance(runtime, FakeRuntime)
+    (job,) = runtime.jobs
+    sent_as = job.workflow["1"]["inputs"]["image"]
+    assert re.fullmatch(r"job-in-[0-9a-f]{16}/a\.png", sent_as), sent_as
+    assert job.workflow["4"]["inputs"]["image"] == "baked.png"
+    assert [p.name for p in input_dir.iterdir()] == ["baked.png"]  # the job's folder is gone
+
+
+def test_a_file_another_job_sent_is_not_found_by_its_plain_name(settings: Settings) -> None:
+    """The issue's case without a kill: job A sends killme.png, job B names it without
+    sending it. B fails saying the file is not found, whatever A left."""
+    worker = make_worker(settings)
+    runtime = worker.runtime
+    assert isinstance(runtime, FakeRuntime)
+    # A's input as a killed worker would leave it, in the folder the worker would use.
+    leftover = runtime.directories.input / "job-in-0123456789abcdef" / "killme.png"
+    leftover.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(leftover)
+    body = worker.handle({"id": "b", "input": {"workflow": workflows.invert("killme.png")}})
+    assert body["code"] == "workflow_validation_failed"
+    assert body["details"] == [
+        "Node 1 (LoadImage) input 'image': file 'killme.png' not found: it is not in this "
+        "job's input.images and not in the worker's input folder (a job sees only the files "
+        "it sends, plus those baked into the image)"
+    ]
+
+
+def test_boot_sweeps_what_killed_jobs_left_and_never_a_baked_file(settings: Settings) -> None:
+    """Leftovers are told apart by name: only folders shaped like the worker's job folders
+    go from input and output; temp and scratch are the worker's alone and emptied."""
+    runtime = FakeRuntime(settings)
+    dirs = runtime.directories
+    work = settings.work_dir
+    leftovers = [
+        dirs.input / "job-in-0123456789abcdef" / "killme.png",
+        dirs.input / "job-dead_1-0123abcd" / ".killme.png.0123456789ab.part",
+        dirs.output / "job-dead_1-0123abcd" / "ComfyUI_00001_.png",
+        dirs.temp / "ComfyUI_temp_abcde_00001_.png",
+        work / "scratch" / "job-dead_1-0123abcd" / "frame.png",
+    ]
+    baked = [
+        dirs.input / "example.png",
+        dirs.input / "job-notes.png",  # starts like a job folder, but is a file of the image
+        dirs.input / "job-in-0123" / "a.png",  # not the shape the worker makes
+        dirs.input / "masks" / "job-in-0123456789abcdef" / "m.png",  # not at the top
+        dirs.output / "keep.txt",
+    ]
+    for path in leftovers + baked:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    Worker(settings, runtime, fetcher=NoNetwork()).boot()
+    assert [p for p in leftovers if p.exists()] == []
+    assert [p for p in baked if not p.exists()] == []
+    assert sorted(p.name for p in dirs.input.iterdir()) == [
+        "example.png",
+        "job-in-0123",
+        "job-notes.png",
+        "masks",
+    ]
+
+
+# -- cancel, in every phase -----------------------------------------------------------
+
+
+class HeldFetcher:
+    """A server that accepts the request and holds it: ``started`` is the cue."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def fetch(self, url: str) -> bytes:
+        self.started.set()
+        self.release.wait(30)
+        return base64.b64decode(png_b64())
+
+
+def handle_in_thread(worker: Worker, job: dict[str, Any]) -> tuple[threading.Thread, list[Any]]:
+    answer: list[Any] = []
+    thread = threading.Thread(target=lambda: answer.append(worker.handle(job)))
+    thread.start()
+    return thread, answer
+
+
+def assert_cancelled(answer: list[Any], where: str) -> None:
+    (body,) = answer
+    assert body["code"] == "execution_interrupted", body
+    assert body["message"] == f"The job was cancelled and stopped {where}"
+
+
+def assert_next_job_runs_and_nothing_is_left(worker: Worker, settings: Settings) -> None:
+    after = worker.handle({"id": "next", "input": {"workflow": workflows.batch(1)}})
+    assert len(after["images"]) == 1 and after["errors"] == []
+    assert [p for p in settings.work_dir.rglob("*") if p.is_file()] == []
+
+
+def test_a_cancel_during_input_downloads_stops_the_job_before_it_runs(
+    settings: Settings,
+) -> None:
+    """The issue's case: cancelled while an input downloads (ComfyUI's interrupt flag,
+    cleared when a prompt starts, would lose it). The job ends at once, its workflow never
+    reaches the engine, and the held download does not hold the next job."""
+    fetcher = HeldFetcher()
+    worker = Worker(settings, FakeRuntime(settings), fetcher=fetcher)
+    worker.boot()
+    job = {
+        "id": "dl",
+        "input": {
+            "workflow": workflows.invert("a.png"),
+            "images": [{"name": "a.png", "image": "https://images.example/a.png"}],
+        },
+    }
+    thread, answer = handle_in_thread(worker, job)
+    try:
+        assert fetcher.started.wait(10)
+        assert worker.cancel("dl") is True
+        thread.join(10)
+        assert_cancelled(answer, "while downloading inputs")
+        assert worker.runtime.jobs == []  # type: ignore[attr-defined]
+        assert_next_job_runs_and_nothing_is_left(worker, settings)
+    finally:
+        fetcher.release.set()
+
+
+def test_a_cancel_during_the_run_interrupts_the_node(settings: Settings) -> None:
+    """Cued by the node's own progress event: the 30 s node stops, named."""
+    started = threading.Event()
+
+    def on_progress(job: dict[str, Any], line: str) -> None:
+        if "TestSleep" in line:
+            started.set()
+
+    worker = make_worker(settings, progress=on_progress)
+    thread, answer = handle_in_thread(
+        worker, {"id": "run", "input": {"workflow": workflows.sleeps(30)}}
+    )
+    assert started.wait(10)
+    worker.cancel("run")
+    thread.join(10)
+    (body,) = answer
+    assert body["message"].startswith("The job was cancelled and stopped at node"), body
+    assert body["code"] == "execution_interrupted"
+    assert_next_job_runs_and_nothing_is_left(worker, settings)
+
+
+def test_a_cancel_before_the_run_is_not_lost_when_the_engine_starts(settings: Settings) -> None:
+    """A cancel that lands between phases (here: as the inputs finish) stops the job at the
+    next check, although the engine clears its own interrupt flag when a run starts."""
+
+    class CancelOnFetch:
+        def fetch(self, url: str) -> bytes:
+            worker.cancel("early")
+            return base64.b64decode(png_b64())
+
+    worker = Worker(settings, FakeRuntime(settings), fetcher=CancelOnFetch())
+    worker.boot()
+    body = worker.handle(
+        {
+            "id": "early",
+            "input": {
+                "workflow": workflows.invert("a.png"),
+                "images": [{"name": "a.png", "image": "https://images.example/a.png"}],
+            },
+        }
+    )
+    assert body["code"] == "execution_interrupted", body
+    assert "cancelled" in body["message"]
+    assert worker.runtime.jobs == []  # type: ignore[attr-defined]
+
+
+class HeldUploader:
+    """An S3 endpoint that takes the request and holds it; ``reached`` is the cue."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def upload(self, key: str, path: Path, content_type: str) -> str:
+        self.reached.set()
+        self.release.wait(30)
+        return f"https://bucket.example/{key}"
+
+
+def test_a_cancel_during_delivery_stops_waiting_for_the_upload(settings: Settings) -> None:
+    uploader = HeldUploader()
+    worker = make_worker(settings, uploader=uploader)
+    thread, answer = handle_in_thread(
+        worker, {"id": "up", "input": {"workflow": workflows.batch(1)}}
+    )
+    try:
+        assert uploader.reached.wait(10)
+        worker.cancel("up")
+        thread.join(10)
+        assert_cancelled(answer, "while delivering outputs")
+    finally:
+        uploader.release.set()
+    worker.uploader = None
+    assert_next_job_runs_and_nothing_is_left(worker, settings)
+
+
+def test_cancel_reaches_only_the_job_it_names(settings: Settings) -> None:
+    worker = make_worker(settings)
+    assert worker.cancel("nobody") is False
+    body = worker.handle({"id": "other", "input": {"workflow": workflows.batch(1)}})
+    assert len(body["images"]) == 1

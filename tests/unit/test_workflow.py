@@ -1,10 +1,11 @@
-"""Windows-path normalisation and per-job output scoping."""
+"""Windows-path normalisation and per-job input and output scoping."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from engine.workflow import normalize_paths, scope_outputs
+from engine.workflow import normalize_paths, scope_inputs, scope_outputs, unsent_files
 
 
 def _listed(class_type: str) -> frozenset[str]:
@@ -84,3 +85,67 @@ def test_scope_outputs_prefixes_every_string_prefix() -> None:
     assert out["11"]["inputs"]["filename_prefix"] == ["20", 0]
     assert out["12"]["inputs"]["filename_prefix"] == "job-1/ComfyUI"
     assert wf["9"]["inputs"]["filename_prefix"] == "ComfyUI"
+
+
+def _loaders(class_type: str) -> frozenset[str]:
+    """What the runtime lists: combos of ComfyUI's loaders and one custom node's."""
+    return {
+        "LoadImage": frozenset({"image", "upload"}),
+        "LoadVideo": frozenset({"file"}),
+        "CustomFaceLoader": frozenset({"face_file"}),
+        "KSampler": frozenset({"sampler_name"}),  # an enum: listed too
+    }.get(class_type, frozenset())
+
+
+def test_scope_inputs_points_every_reference_to_a_sent_file_at_the_job_folder() -> None:
+    """Each loader input naming a sent file is rewritten; so is an annotated name."""
+    wf = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png", "upload": "image"}},
+        "2": {"class_type": "LoadImageMask", "inputs": {"image": "masks/m.png [input]"}},
+        "3": {"class_type": "LoadVideo", "inputs": {"file": "clip"}},
+        "4": {"class_type": "VHS_LoadVideo", "inputs": {"video": "clip.mp4"}},
+        "5": {"class_type": "LoadAudio", "inputs": {"audio": "voice.wav"}},
+        "6": {"class_type": "CustomFaceLoader", "inputs": {"face_file": "face.npy"}},
+        "7": {"class_type": "CustomNode", "inputs": {"anything": "a.png"}},
+    }
+    sent = frozenset({"a.png", "masks/m.png", "clip", "clip.mp4", "voice.wav", "face.npy"})
+    out = scope_inputs(wf, sent, "job-in-0123456789abcdef", _loaders)
+    got = {node_id: node["inputs"] for node_id, node in out.items()}
+    folder = "job-in-0123456789abcdef"
+    assert got["1"] == {"image": f"{folder}/a.png", "upload": "image"}
+    assert got["2"]["image"] == f"{folder}/masks/m.png [input]"
+    assert got["3"]["file"] == f"{folder}/clip"
+    assert got["4"]["video"] == f"{folder}/clip.mp4"
+    assert got["5"]["audio"] == f"{folder}/voice.wav"
+    assert got["6"]["face_file"] == f"{folder}/face.npy"
+    assert got["7"]["anything"] == f"{folder}/a.png"  # ends like a media file
+    assert wf["1"]["inputs"]["image"] == "a.png"  # the request stays as sent
+
+
+def test_scope_inputs_leaves_baked_files_prompts_prefixes_and_links_alone() -> None:
+    wf = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "baked.png"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "face", "clip": ["4", 1]}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "a.png"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "a.png [output]"}},
+        "5": {"class_type": "KSampler", "inputs": {"sampler_name": "euler"}},
+    }
+    out = scope_inputs(wf, frozenset({"a.png", "face", "euler"}), "job-in-x", _loaders)
+    assert out == wf
+    assert scope_inputs(wf, frozenset(), "job-in-x", _loaders) is wf
+
+
+def test_unsent_files_names_loaders_whose_file_is_neither_sent_nor_baked(tmp_path: Path) -> None:
+    (tmp_path / "baked.png").write_bytes(b"png")
+    wf = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "killme.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "baked.png"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "job-in-x/a.png"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "gone.png"}},
+        "5": {"class_type": "LoadVideo", "inputs": {"file": "missing"}},
+        "6": {"class_type": "LoadImage", "inputs": {"image": "b.png [output]"}},
+    }
+    assert unsent_files(wf, "job-in-x", tmp_path, _loaders) == {
+        ("1", "image"): "killme.png",
+        ("5", "file"): "missing",
+    }
