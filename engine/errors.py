@@ -4,7 +4,9 @@ The tree::
 
     WorkerError                      one-line ``message`` + ``details`` + stable ``code``
     ├── RequestError                 the request itself is malformed (nothing ran)
+    │   └── WorkflowConversionError  a UI-format workflow does not fit the engine's nodes
     ├── InputImageError              one or more input images could not be used
+    ├── ModelFileError               a model file by URL or path could not be fetched or used
     ├── WorkflowValidationError      ComfyUI refused the graph before running it
     ├── NodeExecutionError           a node raised while the graph ran
     ├── JobInterruptedError          ComfyUI stopped the run part-way
@@ -88,6 +90,20 @@ class RequestError(WorkerError, ValueError):
     code = "invalid_request"
 
 
+class WorkflowConversionError(RequestError):
+    """A UI-format workflow could not be turned into the API format; one line per problem.
+
+    Each line names the node id, its type, the widget or input and the value, so the
+    user can find it in the editor (most often a node saved with an older layout).
+    """
+
+    code = "workflow_conversion_failed"
+    MESSAGE = "The UI-format workflow could not be converted"
+
+    def __init__(self, details: list[str]) -> None:
+        super().__init__(self.MESSAGE, details)
+
+
 class ItemError(Exception):
     """One item (an input image, an output file) failed; names it and says why."""
 
@@ -102,6 +118,17 @@ class InputImageError(WorkerError):
 
     code = "input_images_failed"
     MESSAGE = "Failed to upload one or more input images"
+
+    def __init__(self, failures: list[ItemError]) -> None:
+        super().__init__(self.MESSAGE, [str(f) for f in failures])
+        self.failures = failures
+
+
+class ModelFileError(WorkerError):
+    """A model file named by URL or absolute path could not be fetched, checked or mapped."""
+
+    code = "model_files_failed"
+    MESSAGE = "Failed to fetch one or more model files"
 
     def __init__(self, failures: list[ItemError]) -> None:
         super().__init__(self.MESSAGE, [str(f) for f in failures])

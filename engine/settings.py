@@ -41,6 +41,16 @@ def _log_level(name: str, raw: str, allowed: frozenset[str] = _LOG_LEVELS) -> st
     return level
 
 
+IGNORED_VARIABLES = (
+    "WEBSOCKET_RECONNECT_ATTEMPTS",
+    "WEBSOCKET_RECONNECT_DELAY_S",
+    "WEBSOCKET_TRACE",
+)
+"""runpod-workers/worker-comfyui's WebSocket settings: that worker talks to a ComfyUI
+server over a socket; this one has none. Accepted with any value, so deployments made
+for it start unchanged, and never parsed: a value there fails no job."""
+
+
 def _parse_number(kind: Callable[[str], T], name: str, raw: str, *, minimum: float) -> T:
     try:
         value = kind(raw.strip())
@@ -129,15 +139,29 @@ class Settings:
     warmup_workflow: Path | None = None
     runtime_factory: str = "engine.runtime.comfy:ComfyRuntime"
     cache_type: str = "classic"
-    # Kept so deployments made for HTTP-based workers start unchanged; an in-process
-    # engine has no socket to reconnect, so they have no effect here.
-    websocket_reconnect_attempts: int = 5
-    websocket_reconnect_delay_s: float = 3.0
+    workflow_max_string_bytes: int = 1024 * 1024
+    """``WORKFLOW_MAX_STRING_BYTES``: the longest text value a workflow may hold. ComfyUI
+    copies the prompt into every output's metadata: a 50 MB string became a 66 MB PNG."""
+    output_metadata: bool = True
+    """``OUTPUT_METADATA``: false leaves the workflow out of output files' metadata
+    (ComfyUI's ``--disable-metadata``)."""
+    ignored_variables: tuple[str, ...] = ()
+    """Variables of HTTP-based workers that are set here and have no effect
+    (:data:`IGNORED_VARIABLES`); the worker warns once at boot."""
     sdk_log_level: str = "INFO"
     """The runpod SDK's own log level. Its DEBUG default prints every handler result
     whole: up to 20 MB of base64, and the S3 URLs, per job."""
     on_runpod: bool = False
     """Running under RunPod's job queue (not the SDK's local API server): send progress."""
+    # Model files by URL (engine.model_urls). The cache counts only files it downloaded;
+    # 100 GB holds a Flux dev set (about 34 GB) beside a Wan 2.2 14B fp16 pair (57 GB).
+    model_cache_max_bytes: int = 100 * 1024**3
+    # The largest single file: Wan 2.2 14B fp16 is 28.6 GB, the largest in ComfyUI's templates.
+    model_max_file_bytes: int = 50 * 1024**3
+    hf_token: str | None = field(default=None, repr=False)
+    """``HF_TOKEN``: sent to huggingface.co and hf.co over https, nowhere else."""
+    civitai_token: str | None = field(default=None, repr=False)
+    """``CIVITAI_TOKEN``: sent to civitai.com over https, nowhere else."""
 
     @property
     def response_budget_bytes(self) -> int:
@@ -146,34 +170,56 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from an environment mapping (``os.environ`` by default)."""
+        """Build settings from an environment mapping (``os.environ`` by default).
+
+        Every unusable value is named at once: one :class:`ConfigError` with a detail
+        line per variable, so a deployment is fixed in one round.
+        """
         env = os.environ if env is None else env
+        problems: list[str] = []
 
         def get(name: str) -> str | None:
             value = env.get(name)
             return value if value is not None and value.strip() != "" else None
 
+        def checked(parse: Callable[[], T], fallback: T) -> T:
+            try:
+                return parse()
+            except ConfigError as exc:
+                problems.append(exc.message)
+                return fallback
+
         def number(kind: Callable[[str], T], name: str, default: T, minimum: float) -> T:
             raw = get(name)
-            return default if raw is None else _parse_number(kind, name, raw, minimum=minimum)
+            if raw is None:
+                return default
+            return checked(lambda: _parse_number(kind, name, raw, minimum=minimum), default)
+
+        def boolean(name: str, default: bool) -> bool:
+            raw = get(name)
+            return default if raw is None else checked(lambda: _parse_bool(name, raw), default)
 
         def path(name: str) -> Path | None:
             raw = get(name)
             return Path(raw).expanduser() if raw else None
 
-        log_level = _log_level("COMFY_LOG_LEVEL", get("COMFY_LOG_LEVEL") or "DEBUG")
-
+        log_level = checked(
+            lambda: _log_level("COMFY_LOG_LEVEL", get("COMFY_LOG_LEVEL") or "DEBUG"), "DEBUG"
+        )
         cache_type = (get("COMFY_CACHE_TYPE") or "classic").lower()
         if cache_type not in {"classic", "lru", "none"}:
-            raise ConfigError(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
+            problems.append(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
+            cache_type = "classic"
 
         job_timeout = number(float, "JOB_TIMEOUT_S", cls.job_timeout_s or 0.0, 0)
         # Read even without a bucket, so a bad value is caught before S3 is switched on.
         upload_timeout = number(float, "UPLOAD_TIMEOUT_S", BucketSettings.upload_timeout_s, 0.1)
+        bucket = checked(lambda: _bucket_from_env(get, upload_timeout), None)
         mb = 1024 * 1024
-        return cls(
+        gb = 1024 * mb
+        settings = cls(
             comfy_org_api_key=get("COMFY_ORG_API_KEY"),
-            bucket=_bucket_from_env(get, upload_timeout),
+            bucket=bucket,
             comfy_log_level=log_level,
             comfyui_path=path("COMFYUI_PATH"),
             work_dir=path("WORKER_DIR") or cls.work_dir,
@@ -183,23 +229,49 @@ class Settings:
             input_max_redirects=number(int, "INPUT_MAX_REDIRECTS", 5, 0),
             input_max_images=number(int, "INPUT_MAX_IMAGES", 64, 1),
             input_max_pixels=number(int, "INPUT_MAX_PIXELS", 8192 * 8192, 1),
-            input_allow_private_urls=_parse_bool(
-                "INPUT_ALLOW_PRIVATE_URLS", get("INPUT_ALLOW_PRIVATE_URLS") or "false"
-            ),
+            input_allow_private_urls=boolean("INPUT_ALLOW_PRIVATE_URLS", False),
             response_limit_bytes=int(number(float, "RESPONSE_LIMIT_MB", 20.0, 0.001) * mb),
             job_timeout_s=job_timeout or None,
             job_stop_grace_s=number(float, "JOB_STOP_GRACE_S", cls.job_stop_grace_s, 0),
             warmup_workflow=path("WARMUP_WORKFLOW"),
             runtime_factory=get("WORKER_RUNTIME") or cls.runtime_factory,
             cache_type=cache_type,
-            websocket_reconnect_attempts=number(int, "WEBSOCKET_RECONNECT_ATTEMPTS", 5, 0),
-            websocket_reconnect_delay_s=number(float, "WEBSOCKET_RECONNECT_DELAY_S", 3.0, 0),
-            sdk_log_level=_log_level(
-                "RUNPOD_LOG_LEVEL", get("RUNPOD_LOG_LEVEL") or "INFO", _SDK_LOG_LEVELS
+            workflow_max_string_bytes=number(
+                int, "WORKFLOW_MAX_STRING_BYTES", cls.workflow_max_string_bytes, 1
+            ),
+            output_metadata=boolean("OUTPUT_METADATA", True),
+            ignored_variables=tuple(n for n in IGNORED_VARIABLES if env.get(n) is not None),
+            sdk_log_level=checked(
+                lambda: _log_level(
+                    "RUNPOD_LOG_LEVEL", get("RUNPOD_LOG_LEVEL") or "INFO", _SDK_LOG_LEVELS
+                ),
+                "INFO",
             ),
             # RunPod sets this on its workers; progress goes to it as an HTTP POST.
             on_runpod=get("RUNPOD_WEBHOOK_POST_OUTPUT") is not None,
+            model_cache_max_bytes=int(number(float, "MODEL_CACHE_MAX_GB", 100.0, 0.001) * gb),
+            model_max_file_bytes=int(number(float, "MODEL_MAX_FILE_GB", 50.0, 0.001) * gb),
+            hf_token=get("HF_TOKEN"),
+            civitai_token=get("CIVITAI_TOKEN"),
         )
+        if len(problems) == 1:
+            raise ConfigError(problems[0], problems)
+        if problems:
+            raise ConfigError(
+                f"{len(problems)} environment variables have unusable values", problems
+            )
+        return settings
+
+    def boot_warnings(self) -> list[str]:
+        """Lines to log once at boot: settings that are accepted but do nothing here."""
+        if not self.ignored_variables:
+            return []
+        return [
+            f"{', '.join(self.ignored_variables)} "
+            + ("is set but has" if len(self.ignored_variables) == 1 else "are set but have")
+            + " no effect here: they configure the WebSocket of workers that drive a ComfyUI "
+            "server, and this worker runs ComfyUI in-process, with no socket"
+        ]
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line."""
@@ -211,7 +283,12 @@ class Settings:
         The S3 access key id is not among them: it is an identifier, and every
         presigned URL carries it (``X-Amz-Credential``); the secret key never is.
         """
-        values = [self.comfy_org_api_key, self.bucket.secret_access_key if self.bucket else None]
+        values = [
+            self.comfy_org_api_key,
+            self.bucket.secret_access_key if self.bucket else None,
+            self.hf_token,
+            self.civitai_token,
+        ]
         return [v for v in values if v]
 
 

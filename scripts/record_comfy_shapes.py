@@ -13,7 +13,8 @@ runs small model-free workflows and writes, into ``tests/fixtures/comfyui/``:
 - ``validation_*.json``: ``execution.validate_prompt``'s ``(ok, error, outputs,
   node_errors)`` for an unknown node type, no output node, values not in a list,
   a value of the wrong type, a missing required input, a type mismatch between
-  linked nodes, a failed custom validation, and several at once;
+  linked nodes, a failed custom validation, an exception inside validation (a link
+  to a missing node), a cycle, and several at once;
 - ``status_*.json``: the executor's ``status_messages`` for an execution error, an
   interrupted run and a success; ``events_executing.json``: the messages the
   executor sent to its server object during a small run.
@@ -185,6 +186,20 @@ VALIDATION_WORKFLOWS: dict[str, Workflow] = {
     "validation_custom_validation_failed": {
         "1": node("LoadImage", image="never-uploaded.png"),
         "2": node("SaveImage", images=["1", 0], filename_prefix="x"),
+    },
+    # A link to a node that is not there: ComfyUI raises KeyError in node 2's validation
+    # and files it under node 2 with the input name of node 3 (the worker's graph checks
+    # catch this first; the shape is what engine.runtime.shapes must still read right).
+    "validation_inner_exception": {
+        "1": node("EmptyImage", width=8, height=8, batch_size=1, color=0),
+        "2": node("ImageInvert", image=["99", 0]),
+        "3": node("SaveImage", images=["2", 0], filename_prefix="x"),
+    },
+    # A cycle: ComfyUI's validation recurses round it until RecursionError.
+    "validation_cycle": {
+        "1": node("ImageInvert", image=["2", 0]),
+        "2": node("ImageInvert", image=["1", 0]),
+        "3": node("SaveImage", images=["2", 0], filename_prefix="x"),
     },
     # Several problems on several nodes in one answer (the fake runtime's "bad value").
     "validation_bad_value": {

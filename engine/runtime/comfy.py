@@ -32,11 +32,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import graph_checks
 from engine.deadline import Deadline
 from engine.errors import RuntimeBootError, WorkerError
-from engine.runtime import Directories, JobSpec, ProgressEvent, RunResult, UiOutputs, shapes
-from engine.runtime.comfy_boot import Comfy, find_checkout, import_comfy
-from engine.runtime.comfy_folders import combo_options, folders_backing_input
+from engine.runtime import (
+    Directories,
+    JobSpec,
+    ModelFolder,
+    ProgressEvent,
+    RunResult,
+    UiOutputs,
+    pack_imports,
+    shapes,
+)
+from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, import_comfy
+from engine.runtime.comfy_folders import (
+    combo_options,
+    folder_names_backing_input,
+    folders_backing_input,
+)
 from engine.runtime.pack_fixes import hardwired_input_folders
 from engine.settings import Settings
 
@@ -88,6 +102,8 @@ class ComfyRuntime:
         self._comfy: Comfy | None = None
         self._current: _JobState | None = None
         self._file_inputs: dict[str, frozenset[str]] = {}
+        self._model_folder_names: dict[tuple[str, str], str] = {}
+        self._node_definitions: dict[str, Any] | None = None
         self._last_collect = 0.0
         self._collect_due = False
         self.boot_timings: dict[str, float] = {}
@@ -114,9 +130,10 @@ class ComfyRuntime:
         started = time.perf_counter()
         checkout = find_checkout(self._settings)
         try:
-            self._comfy = import_comfy(
-                checkout, self._settings, self._dirs, self._on_step, self.boot_timings
-            )
+            with collection_paused():
+                self._comfy = import_comfy(
+                    checkout, self._settings, self._dirs, self._on_step, self.boot_timings
+                )
         except WorkerError:
             raise
         except Exception as exc:
@@ -199,6 +216,82 @@ class ComfyRuntime:
         )
         self._file_inputs[class_type] = names
         return names
+
+    def node_definitions(self) -> dict[str, Any]:
+        """Every node type's definition, as ComfyUI's ``/object_info`` lists it.
+
+        Built once, on first use after boot, the way the server's ``node_info`` builds
+        it (V3 nodes through their own ``GET_NODE_INFO_V1``). A type whose definition
+        raises is left out with a log line, as the server does; the converter then
+        keeps it as an unknown type and validation names it. It reads every node type,
+        so node modules loaded on demand are all imported here: 0.84 s for 774 types
+        after an 8 s boot with the five packs (image environment, 2 CPU cores).
+        """
+        if self._node_definitions is None:
+            comfy = self._require_boot()
+            from comfy_api.internal import _ComfyNodeInternal  # ComfyUI's; present once booted
+
+            definitions: dict[str, Any] = {}
+            with comfy.folder_paths.cache_helper:  # one directory scan per model folder
+                for name in list(comfy.nodes.NODE_CLASS_MAPPINGS):
+                    try:
+                        info = _node_info(comfy.nodes, _ComfyNodeInternal, name)
+                        # JSON's shapes, as /object_info sends them (tuples become lists);
+                        # a default no JSON can hold becomes its text, as it would there.
+                        definitions[name] = json.loads(json.dumps(info, default=str))
+                    except Exception:
+                        log.warning("the definition of node type %s failed", name, exc_info=True)
+            self._node_definitions = definitions
+        return self._node_definitions
+
+    def model_folder_of(self, class_type: str, input_name: str) -> ModelFolder | None:
+        """The model folder behind a loader's file input (``ckpt_name``: ``checkpoints``).
+
+        Found the way a missing file's folders are: by recording which file lists the
+        node's ``INPUT_TYPES()`` asks ComfyUI for. None for an input that lists no
+        model folder (LoadImage's ``image``, an enum) or several.
+        """
+        key = (class_type, input_name)
+        name = self._model_folder_names.get(key)
+        if name is None:
+            comfy = self._require_boot()
+            node_class = comfy.nodes.NODE_CLASS_MAPPINGS.get(class_type)
+            if node_class is None or input_name not in self.file_inputs(class_type):
+                return None
+            # A file-like value, so an empty folder still counts as the input's.
+            names = folder_names_backing_input(
+                comfy.folder_paths, node_class, input_name, "model.safetensors"
+            )
+            if len(names) > 1:
+                # Empty folders fit any input: VAELoader lists vae and vae_approx, and
+                # with both empty only the name tells (vae_name: vae).
+                names = [n for n in names if n.rstrip("s") in input_name] or names
+            if len(names) != 1:
+                return None
+            name = self._model_folder_names[key] = names[0]
+        return self._model_folder(name)
+
+    def model_folders(self) -> list[ModelFolder]:
+        """Every model folder ComfyUI registered (custom node folders aside)."""
+        comfy = self._require_boot()
+        names = sorted(comfy.folder_paths.folder_names_and_paths)
+        return [self._model_folder(name) for name in names if name != "custom_nodes"]
+
+    def forget_model_files(self, folder_name: str) -> None:
+        """Drop ComfyUI's cached file list of ``folder_name``.
+
+        ComfyUI re-lists a folder when a directory's mtime changes; a file added to an
+        existing sub-folder on a network volume may not change one it checks in time.
+        """
+        self._require_boot().folder_paths.filename_list_cache.pop(folder_name, None)
+
+    def _model_folder(self, name: str) -> ModelFolder:
+        paths, extensions = self._require_boot().folder_paths.folder_names_and_paths[name]
+        return ModelFolder(
+            name=name,
+            paths=tuple(Path(p) for p in paths),
+            extensions=frozenset(str(e).lower() for e in extensions),
+        )
 
     def run(self, job: JobSpec) -> RunResult:
         """Validate and execute ``job.workflow`` on the engine thread; see ``Runtime.run``."""
@@ -287,7 +380,9 @@ class ComfyRuntime:
     ) -> UiOutputs:
         job, prompt = state.job, state.prompt
         started = time.perf_counter()
-        self._check_class_types(comfy, prompt)
+        # Every problem at once: unknown types, bad links, cycles and what ComfyUI finds
+        # in the rest of the graph. Raises when there is any, before on-prompt handlers.
+        await self._check_graph(comfy, job.prompt_id, prompt)
         client_id = f"worker-{job.prompt_id}"
         extra_data: dict[str, Any] = {"client_id": client_id}
         api_key = job.api_key_comfy_org or self._settings.comfy_org_api_key
@@ -336,7 +431,7 @@ class ComfyRuntime:
     ) -> None:
         event, data = _last_failure(messages)
         node = data.get("node_id")
-        if event == "execution_interrupted" and state.deadline_hit.is_set():
+        if event == "execution_interrupted" and self._deadline_passed(state):
             where = f"at node {node} ({data.get('node_type')})" if node else "while it ran"
             raise job.deadline.exceeded(where, node_id=str(node) if node else None) from failure
         if event == "execution_error":
@@ -351,8 +446,16 @@ class ComfyRuntime:
             )
         raise failure
 
-    def _check_class_types(self, comfy: Comfy, prompt: dict[str, Any]) -> None:
-        """Name every unknown node type at once: ComfyUI's validation stops at the first."""
+    async def _check_graph(self, comfy: Comfy, prompt_id: str, prompt: dict[str, Any]) -> None:
+        """Raise one error naming every problem of a graph ComfyUI cannot validate whole.
+
+        ComfyUI's validation stops at the first unknown node type, raises on a link to a
+        missing node and recurses for ever round a cycle. So: unknown types and the
+        graph's own problems first (:mod:`engine.graph_checks`); then ComfyUI's checks
+        of the nodes that reach none of those (a missing model in a workflow that also
+        lacks a node pack is still named), all in one error.
+        """
+        mappings = comfy.nodes.NODE_CLASS_MAPPINGS
         unknown: dict[str, list[str]] = {}
         no_type: list[str] = []
         for node_id in shapes.sort_node_ids(list(prompt)):
@@ -360,12 +463,34 @@ class ComfyRuntime:
             class_type = node.get("class_type") if isinstance(node, dict) else None
             if not isinstance(class_type, str) or not class_type:
                 no_type.append(node_id)
-            elif class_type not in comfy.nodes.NODE_CLASS_MAPPINGS:
+            elif class_type not in mappings:
                 unknown.setdefault(class_type, []).append(node_id)
-        if unknown or no_type:
-            raise shapes.validation_error(
-                None, None, unknown_types=unknown, missing_class_type=no_type
-            )
+        problems = graph_checks.find_problems(prompt, lambda t: _output_count(mappings, t))
+        if not (unknown or no_type or problems):
+            return
+        bad = {*no_type, *(n for ids in unknown.values() for n in ids)}
+        bad.update(n for problem in problems for n in problem.node_ids)
+        unsound = graph_checks.unsound_nodes(prompt, bad)
+        # What ComfyUI would validate once the bad nodes are fixed: everything upstream
+        # of an output node or of a bad node (an unknown type may be an output).
+        outputs = [
+            n
+            for n in prompt
+            if n not in bad
+            and getattr(mappings.get(prompt[n]["class_type"]), "OUTPUT_NODE", False) is True
+        ]
+        wanted = graph_checks.upstream_of(prompt, {*outputs, *bad}) - unsound
+        sound = {n: prompt[n] for n in prompt if n in wanted}
+        node_errors = await _validate_nodes(comfy, prompt_id, sound)
+        raise shapes.validation_error(
+            None,
+            node_errors,
+            unknown_types=unknown,
+            missing_class_type=no_type,
+            graph_problems=[p.detail for p in problems],
+            looked_in=self._looked_in(comfy, sound, node_errors),
+            describe_unknown=pack_imports.RECORD.describe_unknown,
+        )
 
     def _looked_in(
         self, comfy: Comfy, prompt: dict[str, Any], node_errors: Mapping[str, Any]
@@ -461,10 +586,12 @@ class ComfyRuntime:
 
     @staticmethod
     def _deadline_passed(state: _JobState) -> bool:
-        """Whether the job's deadline has passed, by its timer or by the deadline itself.
+        """Whether the job must stop: its deadline passed (by its timer or by the deadline
+        itself) or it was cancelled (``Deadline.expired`` covers both).
 
         Checked at every node and sampler step, so a late timer thread (a busy machine)
-        cannot let a job run on past its deadline.
+        cannot let a job run on past its deadline, and a cancel that came before the run
+        (ComfyUI clears its interrupt flag when a prompt starts) still stops it.
         """
         if not state.deadline_hit.is_set() and state.job.deadline.expired():
             state.deadline_hit.set()
@@ -498,6 +625,76 @@ class ComfyRuntime:
             self._comfy.server.last_node_id if self._comfy else "?",
         )
         self._schedule_stuck_warning(state, since)
+
+
+def _node_info(nodes: Any, v3_base: type, name: str) -> dict[str, Any]:
+    """One entry of ``/object_info``, as ComfyUI 0.3.64's ``server.node_info`` makes it."""
+    node_class = nodes.NODE_CLASS_MAPPINGS[name]
+    if issubclass(node_class, v3_base):
+        v3_info: dict[str, Any] = node_class.GET_NODE_INFO_V1()
+        return v3_info
+    input_types = node_class.INPUT_TYPES()
+    outputs = node_class.RETURN_TYPES
+    info: dict[str, Any] = {
+        "input": input_types,
+        "input_order": {section: list(inputs) for section, inputs in input_types.items()},
+        "output": outputs,
+        "output_is_list": getattr(node_class, "OUTPUT_IS_LIST", [False] * len(outputs)),
+        "output_name": getattr(node_class, "RETURN_NAMES", outputs),
+        "name": name,
+        "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+        "description": getattr(node_class, "DESCRIPTION", ""),
+        "python_module": getattr(node_class, "RELATIVE_PYTHON_MODULE", "nodes"),
+        "category": getattr(node_class, "CATEGORY", "sd"),
+        "output_node": getattr(node_class, "OUTPUT_NODE", False) is True,
+    }
+    if getattr(node_class, "DEPRECATED", False):
+        info["deprecated"] = True
+    if getattr(node_class, "EXPERIMENTAL", False):
+        info["experimental"] = True
+    if hasattr(node_class, "API_NODE"):
+        info["api_node"] = node_class.API_NODE
+    return info
+
+
+def _output_count(mappings: Mapping[str, Any], class_type: str) -> int | None:
+    """How many outputs a node type has (what ComfyUI indexes a link into), if known."""
+    node_class = mappings.get(class_type)
+    try:
+        return None if node_class is None else len(node_class.RETURN_TYPES)
+    except Exception:  # a V3 node's schema that fails to build: validation will say so
+        return None
+
+
+async def _validate_nodes(comfy: Comfy, prompt_id: str, prompt: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's own checks of each node of ``prompt``, as ``validate_prompt``'s node_errors.
+
+    ``validate_prompt`` checks only what its output nodes reach and refuses the whole
+    graph at its first unknown type; its ``validate_inputs`` checks one node (and what
+    it links to) and records every verdict in ``validated``, from which ``validate_prompt``
+    builds node_errors the same way: nodes with reasons of their own.
+    """
+    validated: dict[str, Any] = {}
+    for node_id in shapes.sort_node_ids(list(prompt)):
+        try:
+            await comfy.execution.validate_inputs(prompt_id, prompt, node_id, validated)
+        except Exception as exc:
+            reason = {
+                "type": "exception_during_validation",
+                "message": "Exception when validating node",
+                "details": str(exc),
+                "extra_info": {"exception_type": comfy.execution.full_type_name(type(exc))},
+            }
+            validated[node_id] = (False, [reason], node_id)
+    return {
+        node_id: {
+            "errors": result[1],
+            "dependent_outputs": [],
+            "class_type": prompt[node_id]["class_type"],
+        }
+        for node_id, result in validated.items()
+        if result[0] is not True and result[1] and node_id in prompt
+    }
 
 
 def _last_failure(

@@ -9,7 +9,7 @@ executor leaves ``(event, data)`` pairs in ``status_messages``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engine.errors import JobInterruptedError, NodeExecutionError, WorkflowValidationError
@@ -64,8 +64,25 @@ def _describe_input_error(
             f"{where}: it takes {expected} but is linked to an output{source} "
             f"of type {extra.get('received_type', '?')}"
         )
+    if kind == "exception_during_inner_validation":
+        # ComfyUI files this under the linked node that raised, with the input name of
+        # the node that linked to it: the name would point at the wrong input.
+        return f"Node {node_id} ({class_type}): " + _raised(extra, error)
+    if kind == "exception_during_validation":
+        return f"{where}: " + _raised(extra, error)
     message = str(error.get("message") or kind or "invalid")
     return f"{where}: {message}" + _own_details(error, input_name)
+
+
+def _raised(extra: Mapping[str, Any], error: Mapping[str, Any]) -> str:
+    """``validating it raised <type>: <message>``, for ComfyUI's validation exceptions."""
+    exception_type = str(extra.get("exception_type") or "an exception")
+    message = str(extra.get("exception_message") or error.get("details") or "").strip()
+    return (
+        f"validating it raised {exception_type}"
+        + (f": {message}" if message else "")
+        + " (a bug in the node or its pack, or an input it does not expect)"
+    )
 
 
 def _not_in_list(
@@ -104,6 +121,8 @@ def validation_error(
     unknown_types: Mapping[str, Sequence[str]] | None = None,
     looked_in: Mapping[tuple[str, str], Sequence[str]] | None = None,
     missing_class_type: Sequence[str] | None = None,
+    graph_problems: Sequence[str] = (),
+    describe_unknown: Callable[[str, Sequence[str]], str] | None = None,
 ) -> WorkflowValidationError:
     """One detail line per problem ComfyUI's validation found.
 
@@ -111,6 +130,9 @@ def validation_error(
     using it (ComfyUI stops at the first; the runtime finds them all first).
     ``looked_in`` maps (node id, input) to the folders searched for a missing file.
     ``missing_class_type`` lists node ids whose node has no ``class_type`` at all.
+    ``graph_problems`` are lines from :mod:`engine.graph_checks` (bad links, cycles);
+    ``describe_unknown(class_type, node_ids)`` writes an unknown type's line (the
+    runtime's names a node pack that failed to import).
     """
     details: list[str] = []
     for node_id in missing_class_type or ():
@@ -119,11 +141,15 @@ def validation_error(
             "with Workflow -> Export (API))"
         )
     for class_type, node_ids in sorted((unknown_types or {}).items()):
+        if describe_unknown is not None:
+            details.append(describe_unknown(class_type, node_ids))
+            continue
         used_by = ("nodes " if len(node_ids) > 1 else "node ") + ", ".join(node_ids)
         details.append(
             f"Node type '{class_type}' is not installed (used by {used_by}): "
             "install the custom node pack that provides it, or fix class_type"
         )
+    details.extend(graph_problems)
     for node_id, entry in sorted((node_errors or {}).items(), key=lambda kv: _node_sort_key(kv[0])):
         class_type = str(entry.get("class_type", "?"))
         # ComfyUI walks a node's inputs as a set: its order changes from one process to

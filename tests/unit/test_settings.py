@@ -43,7 +43,8 @@ def test_booleans_are_parsed_explicitly(raw: str, expected: bool) -> None:
             },
             "BUCKET_ENDPOINT_URL",
         ),
-        ({"WEBSOCKET_RECONNECT_ATTEMPTS": "five"}, "WEBSOCKET_RECONNECT_ATTEMPTS"),
+        ({"WORKFLOW_MAX_STRING_BYTES": "1MB"}, "WORKFLOW_MAX_STRING_BYTES"),
+        ({"OUTPUT_METADATA": "sometimes"}, "OUTPUT_METADATA"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -52,11 +53,61 @@ def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
     assert names in err.value.message
 
 
-def test_websocket_settings_are_accepted_and_inert() -> None:
-    s = Settings.from_env(
-        {"WEBSOCKET_RECONNECT_ATTEMPTS": "9", "WEBSOCKET_RECONNECT_DELAY_S": "0.5"}
+def test_every_bad_value_is_named_at_once() -> None:
+    """One error, one detail per variable: a deployment is fixed in one round."""
+    env = {
+        "INPUT_MAX_IMAGE_MB": "lots",
+        "JOB_TIMEOUT_S": "-1",
+        "COMFY_LOG_LEVEL": "LOUD",
+        "COMFY_CACHE_TYPE": "big",
+        "INPUT_ALLOW_PRIVATE_URLS": "maybe",
+        "BUCKET_ENDPOINT_URL": "https://s3.example.com/b",
+        "RUNPOD_LOG_LEVEL": "CHATTY",
+    }
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert err.value.message == "7 environment variables have unusable values"
+    named = [d.split(" ")[0] for d in err.value.details]
+    assert sorted(named) == sorted(
+        [
+            "INPUT_MAX_IMAGE_MB",
+            "JOB_TIMEOUT_S",
+            "COMFY_LOG_LEVEL",
+            "COMFY_CACHE_TYPE",
+            "INPUT_ALLOW_PRIVATE_URLS",
+            "BUCKET_ENDPOINT_URL",  # "... is set but BUCKET_ACCESS_KEY_ID and ... is not"
+            "RUNPOD_LOG_LEVEL",
+        ]
     )
-    assert (s.websocket_reconnect_attempts, s.websocket_reconnect_delay_s) == (9, 0.5)
+    assert all(name in err.value.summary() for name in named)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"WEBSOCKET_RECONNECT_ATTEMPTS": "abc"},
+        {"WEBSOCKET_RECONNECT_DELAY_S": "-3", "WEBSOCKET_TRACE": "maybe"},
+        {"WEBSOCKET_RECONNECT_ATTEMPTS": "5", "WEBSOCKET_RECONNECT_DELAY_S": "3"},
+    ],
+)
+def test_websocket_settings_never_fail_and_warn_once(env: dict[str, str]) -> None:
+    """worker-comfyui's socket settings: any value is accepted, and one line says so."""
+    s = Settings.from_env(env)
+    assert s.ignored_variables == tuple(env)
+    (warning,) = s.boot_warnings()
+    assert all(name in warning for name in env)
+    assert "no effect" in warning
+
+
+def test_no_warning_without_websocket_settings() -> None:
+    assert Settings.from_env({}).boot_warnings() == []
+
+
+def test_workflow_limits_and_metadata_switch() -> None:
+    s = Settings.from_env({})
+    assert (s.workflow_max_string_bytes, s.output_metadata) == (1024 * 1024, True)
+    s = Settings.from_env({"WORKFLOW_MAX_STRING_BYTES": "2048", "OUTPUT_METADATA": "false"})
+    assert (s.workflow_max_string_bytes, s.output_metadata) == (2048, False)
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,31 @@ def test_custom_validation_failed() -> None:
     ]
 
 
+def test_an_exception_inside_validation_is_blamed_on_the_node_that_raised() -> None:
+    """ComfyUI files node 2's KeyError under node 2 with node 3's input name ('images'):
+    the line names node 2 and the exception type, and no input of another node."""
+    (detail,) = refused("validation_inner_exception").details
+    assert detail.startswith("Node 2 (ImageInvert): validating it raised KeyError: '99'")
+    assert "images" not in detail
+
+
+def test_a_cycle_comfyui_reports_as_nothing_is_named_by_the_graph_checks() -> None:
+    """ComfyUI answers a cycle with no node errors at all; the runtime's graph checks
+    add the line that names the cycle's nodes, with the rest of the problems."""
+    data = recorded("validation_cycle")
+    assert data["node_errors"] == {}
+    cycle = "Nodes 1 (ImageInvert), 2 (ImageInvert) form a cycle: remove one of the links"
+    error = validation_error(
+        None,
+        recorded("validation_value_not_in_list")["node_errors"],
+        unknown_types={"NotARealNode": ["7"]},
+        graph_problems=[cycle],
+        describe_unknown=lambda class_type, ids: f"{class_type} of {ids}: not here",
+    )
+    assert error.details[:2] == ["NotARealNode of ['7']: not here", cycle]
+    assert len(error.details) == 4  # and both bad values
+
+
 def test_node_ids_sort_as_people_read_them() -> None:
     assert sort_node_ids(["10", "b", "2", "a", "1"]) == ["1", "2", "10", "a", "b"]
 
