@@ -1,4 +1,5 @@
-"""Downloading input images over HTTP(S) without becoming an SSRF proxy.
+"""Downloading input images (and, through :class:`GuardedHttp`, model files) over HTTP(S)
+without becoming an SSRF proxy.
 
 A job's URL is chosen by whoever can call the endpoint, and the worker runs inside
 a cloud network, so every hop (the URL and each redirect target) is checked:
@@ -19,6 +20,10 @@ a cloud network, so every hop (the URL and each redirect target) is checked:
 Failures raise :class:`~engine.errors.ItemError` named by the URL without its query
 string: presigned URLs carry their credentials there, so it never reaches a
 message or a log line.
+
+:class:`GuardedHttp` is the guard itself (address checks, pinned connections, redirects
+hop by hop); :class:`HttpFetcher` reads an image into memory through it, and
+``engine.model_download`` streams model files to disk through the same guard.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 
 import httpx
@@ -148,6 +153,189 @@ class _RedactUrls(logging.Filter):
 logging.getLogger("httpx").addFilter(_RedactUrls())
 
 
+class GuardedHttp:
+    """GETs that reach only checked addresses: the guard images and model files share.
+
+    Each hop (the URL, then every redirect target) is resolved once, every address is
+    checked, and the request goes to that address with the original ``Host`` and TLS
+    name. Redirects are followed here, one hop at a time, so each target is checked
+    and ``headers_for`` decides each hop's extra headers (a token for its host only).
+    Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        max_redirects: int,
+        client: httpx.Client | None = None,
+        resolver: Resolver = resolve_host,
+        address_policy: AddressPolicy = refusal_reason,
+    ) -> None:
+        self._allow_private = allow_private
+        self._max_redirects = max_redirects
+        self._resolver = resolver
+        self._policy = address_policy
+        self._owns_client = client is None
+        self._client = client or httpx.Client(
+            # No proxy or .netrc from the environment: through a proxy, the address
+            # check would vouch for the proxy, not for the host the proxy reaches.
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),  # see "Connection: close"
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_client:
+            self._client.close()
+
+    @contextlib.contextmanager
+    def get(
+        self,
+        url: str,
+        deadline: float,
+        *,
+        headers_for: Callable[[httpx.URL], Mapping[str, str]] | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> Iterator[httpx.Response]:
+        """The final hop's response, its body unread; closed when the block ends.
+
+        ``deadline`` (``time.monotonic()``) bounds every hop; ``idle_timeout_s``, when
+        set, bounds each wait for the network (a stalled server) below it. Raises
+        :class:`ItemError` with an empty name (the caller names it), ``httpx``
+        errors, and :class:`DeadlinePassed` (an ``httpx.TimeoutException``). An
+        :class:`ItemError` raised in the block on a redirected hop says which hop.
+        """
+        current = httpx.URL(url.strip())
+        for hop in range(self._max_redirects + 1):
+            response: httpx.Response | None = None
+            try:
+                extra = headers_for(current) if headers_for is not None else {}
+                response = self._open(current, deadline, extra, idle_timeout_s)
+                if response.status_code not in _REDIRECT_CODES:
+                    yield response
+                    return
+                location = response.headers.get("location")
+                if not location:
+                    raise ItemError("", f"HTTP {response.status_code} without a Location")
+            except ItemError as exc:
+                if hop == 0:
+                    raise
+                # A redirect's target is not what the user sent: say which hop failed.
+                reason = f"redirected to {redact_url(str(current))}: {exc.reason}"
+                raise ItemError("", reason) from exc
+            finally:
+                if response is not None:
+                    response.close()
+            try:
+                current = current.join(location)
+            except httpx.InvalidURL as exc:
+                raise ItemError("", f"redirected to an invalid URL ({exc})") from exc
+            logger.debug("redirect %d to %s", hop + 1, redact_url(str(current)))
+        raise ItemError(
+            "",
+            f"too many redirects (more than {self._max_redirects}, INPUT_MAX_REDIRECTS); "
+            "link the file itself",
+        )
+
+    def _addresses(self, url: httpx.URL, deadline: float) -> list[IPAddress]:
+        """The addresses ``url``'s host resolves to, all checked; raises if any is refused."""
+        if url.scheme not in {"http", "https"}:
+            raise ItemError(
+                "", f"only http and https URLs are fetched, not {url.scheme or '(none)'}"
+            )
+        host = url.raw_host.decode("ascii")
+        if not host:
+            raise ItemError("", "the URL has no host")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = list(self._resolver(host, port))
+        except (OSError, UnicodeError) as exc:
+            raise ItemError("", f"could not resolve host {host} ({exc})") from exc
+        if not addresses:
+            raise ItemError("", f"could not resolve host {host}")
+        if time.monotonic() > deadline:
+            raise DeadlinePassed("the deadline passed while resolving the host")
+        if self._allow_private:
+            return addresses
+        for address in addresses:
+            why = self._policy(address)
+            if why is not None:
+                where = (
+                    f"{address} is" if _is_ip_literal(host) else f"{host} resolves to {address},"
+                )
+                raise ItemError(
+                    "",
+                    f"refused: {where} {why}; only public addresses are fetched "
+                    "(INPUT_ALLOW_PRIVATE_URLS=true allows others)",
+                )
+        return addresses
+
+    def _open(
+        self,
+        url: httpx.URL,
+        deadline: float,
+        extra_headers: Mapping[str, str],
+        idle_timeout_s: float | None,
+    ) -> httpx.Response:
+        """GET ``url`` from one of its checked addresses; the body is left unread."""
+        addresses = self._addresses(url, deadline)
+        host = url.raw_host.decode("ascii")
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Accept": "*/*",
+            **extra_headers,
+            # The request goes to the checked IP; the server still needs the name.
+            "Host": url.netloc.decode("ascii"),
+            # Images and weights are compressed or incompressible already; identity keeps
+            # a gzip bomb off the table.
+            "Accept-Encoding": "identity",
+            # One connection per request, whatever the client's pool: a TLS connection
+            # verified for one host name must never carry a request for another name
+            # that resolved to the same address (the pool is keyed by IP and port).
+            "Connection": "close",
+        }
+        # TLS must send and verify the host name, not the IP the socket connects to.
+        pin_tls = url.scheme == "https" and not _is_ip_literal(host)
+        extensions = {"sni_hostname": host} if pin_tls else {}
+        error: httpx.ConnectError | None = None
+        for address in addresses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlinePassed("the deadline passed before connecting")
+            wait = remaining if idle_timeout_s is None else min(remaining, idle_timeout_s)
+            request = self._client.build_request(
+                "GET",
+                url.copy_with(host=str(address)),
+                headers=headers,
+                timeout=httpx.Timeout(wait),
+                extensions=extensions,
+            )
+            try:
+                return self._client.send(request, stream=True, follow_redirects=False)
+            except httpx.ConnectError as exc:
+                # Try the host's next checked address (an unreachable IPv6, then IPv4).
+                error = exc
+        assert error is not None  # the resolver returned at least one address
+        raise error
+
+
+class DeadlinePassed(httpx.TimeoutException):
+    """The download's own deadline passed between two network waits."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+def status_reason(response: httpx.Response, hints: Mapping[int, str] = _STATUS_HINTS) -> str:
+    """``HTTP 404 Not Found; check the URL``: a non-success status, with a hint."""
+    status = response.status_code
+    reason = f"HTTP {status} {response.reason_phrase}".rstrip()
+    hint = hints.get(status)
+    return f"{reason}; {hint}" if hint else reason
+
+
 class HttpFetcher:
     """Downloads one image per :meth:`fetch`; safe to share between threads."""
 
@@ -163,23 +351,17 @@ class HttpFetcher:
     ) -> None:
         self._timeout_s = settings.input_download_timeout_s
         self._max_bytes = settings.input_max_image_bytes
-        self._max_redirects = settings.input_max_redirects
-        self._allow_private = settings.input_allow_private_urls
-        self._resolver = resolver
-        self._policy = address_policy
-        self._owns_client = client is None
-        self._client = client or httpx.Client(
-            # No proxy or .netrc from the environment: through a proxy, the address
-            # check would vouch for the proxy, not for the host the proxy reaches.
-            trust_env=False,
-            follow_redirects=False,
-            limits=httpx.Limits(max_keepalive_connections=0),  # see "Connection: close"
+        self._http = GuardedHttp(
+            allow_private=settings.input_allow_private_urls,
+            max_redirects=settings.input_max_redirects,
+            client=client,
+            resolver=resolver,
+            address_policy=address_policy,
         )
 
     def close(self) -> None:
         """Close the HTTP client if this fetcher created it."""
-        if self._owns_client:
-            self._client.close()
+        self._http.close()
 
     def __enter__(self) -> HttpFetcher:
         return self
@@ -196,8 +378,10 @@ class HttpFetcher:
         """The body at ``url``; raises :class:`ItemError` named by the redacted URL."""
         shown = redact_url(url)
         started = time.monotonic()
+        deadline = started + self._timeout_s
         try:
-            body = self._fetch(httpx.URL(url.strip()), started + self._timeout_s)
+            with self._http.get(url, deadline, headers_for=_accept_images) as response:
+                body = self._read_body(response, deadline)
         except httpx.TimeoutException as exc:
             raise ItemError(shown, self._timeout_reason()) from exc
         except httpx.InvalidURL as exc:
@@ -219,109 +403,9 @@ class HttpFetcher:
             "the host is too slow or the file too large"
         )
 
-    def _fetch(self, url: httpx.URL, deadline: float) -> bytes:
-        for hop in range(self._max_redirects + 1):
-            try:
-                with contextlib.closing(self._open(url, deadline)) as response:
-                    if response.status_code not in _REDIRECT_CODES:
-                        return self._read_body(response, deadline)
-                    location = response.headers.get("location")
-                    if not location:
-                        raise ItemError("", f"HTTP {response.status_code} without a Location")
-            except ItemError as exc:
-                if hop == 0:
-                    raise
-                # A redirect's target is not what the user sent: say which hop failed.
-                raise ItemError("", f"redirected to {redact_url(str(url))}: {exc.reason}") from exc
-            try:
-                url = url.join(location)
-            except httpx.InvalidURL as exc:
-                raise ItemError("", f"redirected to an invalid URL ({exc})") from exc
-            logger.debug("redirect %d to %s", hop + 1, redact_url(str(url)))
-        raise ItemError(
-            "",
-            f"too many redirects (more than {self._max_redirects}, INPUT_MAX_REDIRECTS); "
-            "link the image itself",
-        )
-
-    def _addresses(self, url: httpx.URL, deadline: float) -> list[IPAddress]:
-        """The addresses ``url``'s host resolves to, all checked; raises if any is refused."""
-        if url.scheme not in {"http", "https"}:
-            raise ItemError(
-                "", f"only http and https URLs are fetched, not {url.scheme or '(none)'}"
-            )
-        host = url.raw_host.decode("ascii")
-        if not host:
-            raise ItemError("", "the URL has no host")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        try:
-            addresses = list(self._resolver(host, port))
-        except (OSError, UnicodeError) as exc:
-            raise ItemError("", f"could not resolve host {host} ({exc})") from exc
-        if not addresses:
-            raise ItemError("", f"could not resolve host {host}")
-        if time.monotonic() > deadline:
-            raise ItemError("", self._timeout_reason())
-        if self._allow_private:
-            return addresses
-        for address in addresses:
-            why = self._policy(address)
-            if why is not None:
-                where = (
-                    f"{address} is" if _is_ip_literal(host) else f"{host} resolves to {address},"
-                )
-                raise ItemError(
-                    "",
-                    f"refused: {where} {why}; only public addresses are fetched "
-                    "(INPUT_ALLOW_PRIVATE_URLS=true allows others)",
-                )
-        return addresses
-
-    def _open(self, url: httpx.URL, deadline: float) -> httpx.Response:
-        """GET ``url`` from one of its checked addresses; the body is left unread."""
-        addresses = self._addresses(url, deadline)
-        host = url.raw_host.decode("ascii")
-        headers = {
-            # The request goes to the checked IP; the server still needs the name.
-            "Host": url.netloc.decode("ascii"),
-            "User-Agent": USER_AGENT,
-            "Accept": "image/*, */*;q=0.5",
-            # Images are compressed already; identity keeps a gzip bomb off the table.
-            "Accept-Encoding": "identity",
-            # One connection per request, whatever the client's pool: a TLS connection
-            # verified for one host name must never carry a request for another name
-            # that resolved to the same address (the pool is keyed by IP and port).
-            "Connection": "close",
-        }
-        # TLS must send and verify the host name, not the IP the socket connects to.
-        pin_tls = url.scheme == "https" and not _is_ip_literal(host)
-        extensions = {"sni_hostname": host} if pin_tls else {}
-        error: httpx.ConnectError | None = None
-        for address in addresses:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise httpx.ConnectTimeout("the deadline passed before connecting")
-            request = self._client.build_request(
-                "GET",
-                url.copy_with(host=str(address)),
-                headers=headers,
-                timeout=httpx.Timeout(remaining),
-                extensions=extensions,
-            )
-            try:
-                return self._client.send(request, stream=True, follow_redirects=False)
-            except httpx.ConnectError as exc:
-                # Try the host's next checked address (an unreachable IPv6, then IPv4).
-                error = exc
-        assert error is not None  # the resolver returned at least one address
-        raise error
-
     def _read_body(self, response: httpx.Response, deadline: float) -> bytes:
-        status = response.status_code
-        if not 200 <= status < 300:
-            reason = f"HTTP {status} {response.reason_phrase}".rstrip()
-            hint = _STATUS_HINTS.get(status)
-            raise ItemError("", f"{reason}; {hint}" if hint else reason)
+        if not 200 <= response.status_code < 300:
+            raise ItemError("", status_reason(response))
         if response.headers.get("content-type", "").lower().startswith("text/html"):
             # Share pages (Google Drive, Dropbox) answer 200 with HTML, not the file.
             raise ItemError("", "the URL returned a web page (text/html); link the image file")
@@ -339,6 +423,11 @@ class HttpFetcher:
             if time.monotonic() > deadline:
                 raise ItemError("", self._timeout_reason())
         return bytes(body)
+
+
+def _accept_images(url: httpx.URL) -> Mapping[str, str]:
+    del url
+    return {"Accept": "image/*, */*;q=0.5"}
 
 
 def _is_ip_literal(host: str) -> bool:

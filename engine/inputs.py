@@ -5,6 +5,13 @@ A source is an ``http(s)://`` URL (downloaded by a :class:`Fetcher`, by default
 request are fetched and decoded concurrently, each is checked by Pillow, and only
 when every one is good are they moved into place: a request with one bad image
 writes nothing and fails with :class:`InputImageError`, one detail per bad image.
+
+Entries named like videos or audio (``.mp4``, ``.wav``...; see :mod:`engine.media`)
+come the same three ways, under the same size limit, and are checked by decoding
+them with PyAV instead of Pillow.
+
+Each file is written under a short temporary name (``.in-<16 hex>.part``) in its
+folder and renamed into place: a name of the full 255 bytes still fits.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import InputImageError, ItemError
 from engine.fetch import HttpFetcher, redact_url
+from engine.media import media_kind, verify_media
 from engine.request import InputImage
 from engine.settings import Settings
 
@@ -221,10 +229,16 @@ def _stage(
 ) -> tuple[Path, Path]:
     """Load and verify one image, then write it beside its target under a temporary name."""
     data = _load(image, settings, fetcher)
-    _verify(image, data, settings)
+    kind = media_kind(image.name)
+    if kind is None:
+        _verify(image, data, settings)
+    else:
+        source = f" downloaded from {redact_url(image.image)}" if _is_url(image.image) else ""
+        verify_media(image.name, data, kind, settings.input_max_pixels, source)
     # A hidden temporary name in the same folder: the final rename is atomic and
-    # ComfyUI never sees a half-written file.
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part")
+    # ComfyUI never sees a half-written file. Short, and not built from the target's
+    # name, so a 255-byte name (the file system's limit) still has a temporary one.
+    temp = target.with_name(f".in-{uuid.uuid4().hex[:16]}.part")
     try:
         temp.write_bytes(data)
     except OSError as exc:
@@ -263,7 +277,8 @@ def _load(image: InputImage, settings: Settings, fetcher: Fetcher | None) -> byt
         except ItemError as exc:
             raise ItemError(
                 image.name,
-                f"Failed to download image from URL: {redact_url(source)} ({exc.reason})",
+                f"Failed to download {media_kind(image.name) or 'image'} from URL: "
+                f"{redact_url(source)} ({exc.reason})",
             ) from exc
     if source[:5].lower() == "data:":
         return _decode_data_uri(image.name, source, settings.input_max_image_bytes)
@@ -296,7 +311,7 @@ def _decode_base64(name: str, text: str, max_bytes: int) -> bytes:
     # str.replace, not translate: ~20x faster on a multi-MB payload.
     compact = "".join(text.split()).replace("-", "+").replace("_", "/").rstrip("=")
     if not compact:
-        raise ItemError(name, "the image data is empty")
+        raise ItemError(name, f"the {_noun(name)} data is empty")
     if len(compact) % 4 == 1 and not _NOT_BASE64.search(compact):
         raise ItemError(name, "not valid base64 (the data is cut short: one character too many)")
     # Without padding, n base64 characters decode to exactly n*3//4 bytes: the limit is
@@ -304,7 +319,9 @@ def _decode_base64(name: str, text: str, max_bytes: int) -> bytes:
     size = len(compact) * 3 // 4
     if size > max_bytes:
         raise ItemError(
-            name, f"the image is {_mb(size)}, over the {_mb(max_bytes)} limit (INPUT_MAX_IMAGE_MB)"
+            name,
+            f"the {_noun(name)} is {_mb(size)}, over the {_mb(max_bytes)} limit "
+            "(INPUT_MAX_IMAGE_MB)",
         )
     try:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
@@ -368,6 +385,11 @@ def _verify(image: InputImage, data: bytes, settings: Settings) -> None:
         raise ItemError(
             name, f"not a decodable image{source} (corrupt or truncated: {exc})"
         ) from exc
+
+
+def _noun(name: str) -> str:
+    """What an entry is called in messages: ``image``, ``video`` or ``audio``."""
+    return media_kind(name) or "image"
 
 
 def _mb(size: int) -> str:

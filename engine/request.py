@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import RequestError
+from engine.ui_workflow import is_ui_format
 
 
 class InputImage(BaseModel):
@@ -54,7 +55,13 @@ class JobRequest(BaseModel):
 
     workflow: dict[str, Any]
     images: list[InputImage] = Field(default_factory=list)
-    comfy_org_api_key: str | None = Field(default=None, repr=False)
+    comfy_org_api_key: str | None = Field(
+        default=None,
+        repr=False,
+        # ``api_key_comfy_org`` is the name other workers (and ComfyUI's extra_data) use;
+        # when both are sent, ``comfy_org_api_key`` wins.
+        validation_alias=AliasChoices("comfy_org_api_key", "api_key_comfy_org"),
+    )
     frames_to_video: FramesToVideo | None = None
     convert_output: ConvertOutput | None = None
 
@@ -62,12 +69,21 @@ class JobRequest(BaseModel):
     @classmethod
     def _workflow_is_api_format(cls, workflow: dict[str, Any]) -> dict[str, Any]:
         if not workflow:
-            raise ValueError("the workflow is empty: export it with Workflow -> Export (API)")
-        if "nodes" in workflow and "links" in workflow:
             raise ValueError(
-                "this is ComfyUI's UI format (it has 'nodes' and 'links'); "
-                "export the API format instead: Workflow -> Export (API)"
+                "the workflow is empty: send it as the editor saves it, or its API export"
             )
+        if is_ui_format(workflow):
+            # The editor's format: the worker converts it once the engine's node
+            # definitions are at hand (engine.ui_workflow); here only its shape is checked.
+            if not workflow["nodes"]:
+                raise ValueError("the workflow (UI format) has no nodes")
+            bad = [i for i, n in enumerate(workflow["nodes"]) if not _is_ui_node(n)]
+            if bad:
+                raise ValueError(
+                    f"nodes[{bad[0]}] must be an object with an 'id' and a 'type' "
+                    f"({len(bad)} such node(s))"
+                )
+            return workflow
         problems = []
         for node_id, node in workflow.items():
             if not isinstance(node, dict):
@@ -79,6 +95,10 @@ class JobRequest(BaseModel):
         if problems:
             raise ValueError("; ".join(problems[:10]))
         return workflow
+
+
+def _is_ui_node(node: Any) -> bool:
+    return isinstance(node, dict) and "id" in node and isinstance(node.get("type"), str)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

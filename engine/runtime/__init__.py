@@ -52,9 +52,13 @@ class ProgressEvent:
     class_type: str | None
     value: int | None = None
     total: int | None = None
+    text: str | None = None
+    """Said as is, when set: work outside ComfyUI's nodes (``downloading x: 45%``)."""
 
     def describe(self) -> str:
         """A short line for RunPod's progress field."""
+        if self.text is not None:
+            return self.text
         where = f"node {self.node_id} ({self.class_type})" if self.node_id else "workflow"
         if self.value is not None and self.total:
             return f"{where}: step {self.value}/{self.total}"
@@ -62,6 +66,17 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A kind of model file as ComfyUI knows it (``checkpoints``, ``loras``...)."""
+
+    name: str
+    paths: tuple[Path, ...]
+    """Where ComfyUI looks for its files, in ComfyUI's order."""
+    extensions: frozenset[str] = frozenset()
+    """The suffixes ComfyUI lists (``.safetensors``...); empty: every file."""
 
 
 def _ignore_progress(event: ProgressEvent) -> None:
@@ -106,6 +121,25 @@ class Runtime(Protocol):
 
     def file_inputs(self, class_type: str) -> frozenset[str]:
         """Inputs of ``class_type`` whose allowed values the engine lists (files, models)."""
+        ...
+
+    def node_definitions(self) -> dict[str, Any]:
+        """Every node type's definition, in the shape of ComfyUI's ``/object_info``.
+
+        What ``engine.ui_workflow`` converts editor (UI-format) workflows against.
+        """
+        ...
+
+    def model_folder_of(self, class_type: str, input_name: str) -> ModelFolder | None:
+        """The model folder whose files ``input_name`` of ``class_type`` lists, if one does."""
+        ...
+
+    def model_folders(self) -> list[ModelFolder]:
+        """Every model folder ComfyUI knows."""
+        ...
+
+    def forget_model_files(self, folder_name: str) -> None:
+        """Drop ComfyUI's remembered file list of a model folder: a new file was put there."""
         ...
 
     def run(self, job: JobSpec) -> RunResult:

@@ -42,12 +42,27 @@ def folders_backing_input(
 ) -> list[str]:
     """The folders ComfyUI searched for the files ``input_name`` of ``node_class`` lists.
 
+    Each folder of :func:`folder_names_backing_input` is marked when it does not exist.
+    """
+    names = folder_names_backing_input(folder_paths, node_class, input_name, received)
+    return [
+        path if Path(path).is_dir() else f"{path} (missing)"
+        for name in names
+        for path in folder_paths.get_folder_paths(name)
+    ]
+
+
+def folder_names_backing_input(
+    folder_paths: Any, node_class: Any, input_name: str, received: object
+) -> list[str]:
+    """The model folder names (``checkpoints``...) whose files ``input_name`` lists.
+
     Nodes build their file lists in ``INPUT_TYPES()`` with
     ``folder_paths.get_filename_list(<folder name>)``; calling it once more while
     recording those calls says which folder backs the input, whatever the node's
     input is called (``ckpt_name``, ``lora_name``, ``unet_name``...). A listing
     counts when all its files are among the input's allowed values (VAELoader adds
-    its own names to the folder's). Each folder is marked when it does not exist.
+    its own names to the folder's).
     """
     calls: list[tuple[str, list[str]]] = []
     original = folder_paths.get_filename_list
@@ -88,11 +103,7 @@ def folders_backing_input(
         non_empty = _unique(folder for folder, listed in fitting if listed)
         if len(non_empty) == 1:
             names = non_empty
-    return [
-        path if Path(path).is_dir() else f"{path} (missing)"
-        for name in names
-        for path in folder_paths.get_folder_paths(name)
-    ]
+    return names
 
 
 def log_model_folders(folder_paths: Any) -> None:

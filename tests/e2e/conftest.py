@@ -32,6 +32,9 @@ _SCRUBBED_PREFIXES = (
     "AWS_",
     "RUNPOD_",
     "UPLOAD_",
+    "MODEL_",
+    "HF_",
+    "CIVITAI_",
 )
 
 

@@ -1,0 +1,88 @@
+"""Input videos and audio: which names are media, and whether the bytes really are.
+
+``input.images[]`` entries whose name ends in a video or audio suffix are stored for
+``LoadVideo``, ``VHS_LoadVideo`` and ``LoadAudio`` instead of being checked as
+images. ``.gif`` stays an image (Pillow checks it, under the pixel limit); since
+the file is stored as sent, ``VHS_LoadVideo`` reads it too.
+
+The check decodes with PyAV (ComfyUI's own video library) in this process: the
+container must open, hold a video or audio stream, and yield a first frame; every
+packet is then demuxed, which finds a file cut short without decoding all of it.
+A video's frame size is held to ``INPUT_MAX_PIXELS`` like an image's.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import av
+
+from engine.errors import ItemError
+
+MediaKind = Literal["video", "audio"]
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".mkv"})
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".m4a"})
+
+
+def media_kind(name: str) -> MediaKind | None:
+    """``video`` or ``audio`` by the name's suffix; None for images (``.gif`` included)."""
+    suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in AUDIO_SUFFIXES:
+        return "audio"
+    return None
+
+
+def verify_media(name: str, data: bytes, kind: MediaKind, max_pixels: int, source: str) -> None:
+    """Raise :class:`ItemError` unless ``data`` is a decodable ``kind`` within the pixel limit.
+
+    A video suffix accepts a file with only an audio stream (``LoadAudio`` reads
+    videos too); an audio suffix needs an audio stream. ``source`` says where the
+    bytes came from in messages (`` downloaded from <url>`` or empty).
+    """
+    what = "video or audio" if kind == "video" else "audio"
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = _stream(container, kind)
+            if stream is None:
+                raise ItemError(name, f"the file{source} holds no {what} stream")
+            if stream.type == "video":
+                width, height = stream.codec_context.width, stream.codec_context.height
+                if width * height > max_pixels:
+                    raise ItemError(
+                        name,
+                        f"the video is {width}x{height} = {width * height} pixels a frame, over "
+                        f"the {max_pixels}-pixel limit (INPUT_MAX_PIXELS)",
+                    )
+            if next(iter(container.decode(stream)), None) is None:
+                raise ItemError(
+                    name, f"no {stream.type} frame could be decoded from the file{source}"
+                )
+            for _packet in container.demux():
+                pass
+    except ItemError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # PyAV raises FFmpeg's errors (InvalidDataError...) and others on hostile input;
+        # each means the bytes are not a usable file of this kind.
+        # FFmpeg's errors carry the file name PyAV was given ('<none>' for bytes): keep
+        # only their text.
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise ItemError(
+            name, f"not a decodable {kind} file{source} ({type(exc).__name__}: {detail})"
+        ) from exc
+
+
+def _stream(container: Any, kind: MediaKind) -> Any:
+    """The stream the loader will read: the first video stream, else the first audio one."""
+    if kind == "video" and container.streams.video:
+        return container.streams.video[0]
+    if container.streams.audio:
+        return container.streams.audio[0]
+    return None
