@@ -1,0 +1,109 @@
+"""The saved graph of an editor (UI-format) workflow: nodes, links, and the editor's rules.
+
+Helpers for :mod:`engine.ui_workflow`, pure Python: the two shapes of a saved link (a
+list in the root graph, an object in a subgraph), and the rules ComfyUI's frontend 1.27
+follows when it links through a bypassed node (``ExecutableNodeDTO``) or through
+KJNodes' ``GetNode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Link:
+    origin_id: int
+    origin_slot: int
+    target_id: int
+    target_slot: int
+
+
+@dataclass
+class Graph:
+    """The root graph or one subgraph definition."""
+
+    nodes: dict[str, Mapping[str, Any]]
+    links: dict[int, Link]
+    definition: Mapping[str, Any] | None = None
+
+
+def links_of(raw: Any) -> dict[int, Link]:
+    links: dict[int, Link] = {}
+    for entry in raw or []:
+        if isinstance(entry, list) and len(entry) >= 5:
+            link_id, origin, origin_slot, target, target_slot = entry[:5]
+        elif isinstance(entry, Mapping):
+            link_id, origin, origin_slot = (
+                entry.get("id"),
+                entry.get("origin_id"),
+                entry.get("origin_slot"),
+            )
+            target, target_slot = entry.get("target_id"), entry.get("target_slot")
+        else:
+            continue
+        try:
+            links[int(link_id)] = Link(int(origin), int(origin_slot), int(target), int(target_slot))
+        except (TypeError, ValueError):
+            continue  # a malformed link links nothing; the input it fed is then reported
+    return links
+
+
+def graph_of(raw: Mapping[str, Any], definition: Mapping[str, Any] | None = None) -> Graph:
+    nodes = {
+        str(n["id"]): n for n in raw.get("nodes") or [] if isinstance(n, Mapping) and "id" in n
+    }
+    return Graph(nodes=nodes, links=links_of(raw.get("links")), definition=definition)
+
+
+def type_name(value: Any) -> str:
+    return value if isinstance(value, str) else "*"
+
+
+def _valid_connection(a: str, b: str) -> bool:
+    """LiteGraph's ``isValidConnection``: equal, either any (``*``), or comma lists that meet."""
+    if a in ("", "*") or b in ("", "*") or a == b:
+        return True
+    left, right = a.lower().split(","), b.lower().split(",")
+    return any(x == y for x in left for y in right)
+
+
+def bypass_slot(node: Mapping[str, Any], slot: int, want: str) -> int:
+    """The input a bypassed node passes on for output ``slot`` feeding a ``want`` input.
+
+    The frontend's rule: the input at the same index if its type fits, else the
+    first input of exactly that type, else the first that fits; -1 when none.
+    """
+    inputs = node.get("inputs") or []
+    outputs = node.get("outputs") or []
+    if want in ("", "*"):
+        return slot if len(inputs) > slot else (0 if inputs else -1)
+    out_type = type_name(outputs[slot].get("type")) if 0 <= slot < len(outputs) else "*"
+    types = [type_name(i.get("type")) for i in inputs]
+    if (
+        slot < len(types)
+        and _valid_connection(types[slot], out_type)
+        and _valid_connection(types[slot], want)
+    ):
+        return slot
+    if want in types:
+        return types.index(want)
+    return next(
+        (
+            i
+            for i, t in enumerate(types)
+            if _valid_connection(t, out_type) and _valid_connection(t, want)
+        ),
+        -1,
+    )
+
+
+def setter_for(graph: Graph, getter: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """KJNodes: the ``SetNode`` whose name the ``GetNode`` reads (its first widget value)."""
+    name = (getter.get("widgets_values") or [None])[0]
+    for node in graph.nodes.values():
+        if node.get("type") == "SetNode" and (node.get("widgets_values") or [None])[0] == name:
+            return node
+    return None

@@ -1,0 +1,424 @@
+"""Editor (UI-format) workflows converted to the API format, against the engine's nodes.
+
+The editor saves ``nodes`` (each with ``widgets_values``, ``inputs``, ``outputs`` and a
+``mode``), ``links`` and subgraph ``definitions``; ComfyUI's engine runs the API
+format (node id -> ``class_type`` + ``inputs``). The editor converts one to the other
+in JavaScript when it queues a prompt (``graphToPrompt``); this module does the same
+in the worker, with the running engine's node definitions (the shape of
+``/object_info``), so a workflow is accepted as the editor saved it. Pure Python: no
+ComfyUI import.
+
+What it follows, as ComfyUI's frontend 1.27 does:
+
+* widget values map to inputs in the definition's order (:mod:`engine.ui_widgets`);
+  a link into an input wins over the widget value;
+* muted nodes (mode 2) are left out, and links from them removed; bypassed nodes
+  (mode 4) pass a consumer's link on to their first input of the same type;
+* frontend-only nodes are left out: notes, ``Reroute`` (followed through),
+  ``PrimitiveNode`` (its value goes to each input it feeds), KJNodes' ``SetNode`` /
+  ``GetNode`` (followed through), rgthree's group and mode controllers and labels;
+* subgraphs are expanded, recursively; an inner node's id is ``<outer>:<inner>``;
+* a node type the engine does not know is kept, with its links, so validation names
+  it; its widget values cannot be mapped without a definition.
+
+Problems are collected and raised together as one ``WorkflowConversionError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import WorkflowConversionError
+from engine.ui_graph import Graph, bypass_slot, graph_of, setter_for, type_name
+from engine.ui_widgets import input_specs, read_widgets, socket_type
+
+log = logging.getLogger(__name__)
+
+NodeDefinitions = Mapping[str, Mapping[str, Any]]
+"""Node type -> its definition, as ComfyUI's ``/object_info`` lists it."""
+
+_MUTED, _BYPASSED = 2, 4
+_SUBGRAPH_INPUT, _SUBGRAPH_OUTPUT = -10, -20  # the ids of a subgraph's IO nodes
+_NOTES = frozenset({"Note", "MarkdownNote"})
+_REROUTES = frozenset({"Reroute", "Reroute (rgthree)"})
+# Nodes only the editor has (no Python class): they steer the editor, never run.
+_FRONTEND_ONLY = frozenset(
+    {
+        "PrimitiveNode", "SetNode", "GetNode", *_NOTES, *_REROUTES,
+        *(
+            f"{name} (rgthree)"
+            for name in (
+                "Fast Groups Muter", "Fast Groups Bypasser", "Fast Muter", "Fast Bypasser",
+                "Mute / Bypass Relay", "Mute / Bypass Repeater", "Fast Actions Button",
+                "Label", "Bookmark", "Node Collector", "Random Unmuter",
+            )
+        ),
+    }
+)  # fmt: skip
+
+
+def is_ui_format(workflow: Any) -> bool:
+    """Whether ``workflow`` is what the editor saves (a ``nodes`` list), not the API format."""
+    return isinstance(workflow, Mapping) and isinstance(workflow.get("nodes"), list)
+
+
+def is_frontend_only(node_type: Any) -> bool:
+    """Whether a node type exists only in the editor (a note, a reroute, a primitive...)."""
+    return node_type in _FRONTEND_ONLY
+
+
+def as_api_format(
+    workflow: dict[str, Any], definitions: Callable[[], NodeDefinitions]
+) -> dict[str, Any]:
+    """``workflow`` in the API format: converted when it is UI format, else as sent.
+
+    ``definitions`` is called only for a UI-format workflow.
+    """
+    return to_api_format(workflow, definitions()) if is_ui_format(workflow) else workflow
+
+
+def to_api_format(
+    ui: Mapping[str, Any], defs: NodeDefinitions, *, rng: random.Random | None = None
+) -> dict[str, Any]:
+    """Convert an editor workflow; raises ``WorkflowConversionError`` naming every problem.
+
+    ``rng`` picks the choices of dynamic prompts (``{a|b}``); a seeded one makes the
+    result repeatable.
+    """
+    converter = _Converter(ui, defs, rng or random.Random())  # noqa: S311 - prompt variety, not security
+    try:
+        api = converter.convert()
+    except RecursionError:
+        # Links are followed recursively through reroutes, bypassed nodes and subgraphs;
+        # a chain thousands long is no workflow an editor makes.
+        raise WorkflowConversionError(
+            [
+                "the workflow's links chain through more reroutes, bypassed nodes or subgraphs "
+                "than the converter follows; export the API format instead"
+            ]
+        ) from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        # The request check saw nodes with ids and types; deeper fields (a link that is
+        # no number, an input that is no object) are only met here.
+        raise WorkflowConversionError(
+            [
+                f"the UI-format workflow is malformed ({type(exc).__name__}: {exc}); save it "
+                "again from the editor"
+            ]
+        ) from exc
+    if converter.problems:
+        raise WorkflowConversionError(converter.problems)
+    return api
+
+
+@dataclass
+class _Scope:
+    """Where a node lives: the root graph, or one subgraph instance (recursively)."""
+
+    graph: Graph
+    path: tuple[str, ...] = ()
+    parent: _Scope | None = None
+    instance: Mapping[str, Any] | None = None
+    """The subgraph node, in ``parent``, this scope expands."""
+    mode: int | None = None
+    """The instance's mode when it is muted or bypassed: every inner node takes it."""
+    promoted: dict[str, Any] = field(default_factory=dict)
+    """Values of the instance's widgets (promoted subgraph inputs), by input name."""
+
+    def exec_id(self, node_id: str) -> str:
+        return ":".join((*self.path, node_id))
+
+
+@dataclass(frozen=True)
+class _FromNode:
+    node_id: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class _Value:
+    value: Any
+
+
+_Source = _FromNode | _Value | None
+
+
+# -- conversion ----------------------------------------------------------------------------
+
+
+class _Converter:
+    def __init__(self, ui: Mapping[str, Any], defs: NodeDefinitions, rng: random.Random) -> None:
+        self.defs = defs
+        self.rng = rng
+        self.problems: list[str] = []
+        subgraphs = (ui.get("definitions") or {}).get("subgraphs") or []
+        self.subgraphs = {
+            s["id"]: graph_of(s, s) for s in subgraphs if isinstance(s, Mapping) and "id" in s
+        }
+        self.root = _Scope(graph_of(ui))
+        self.scopes: dict[tuple[str, ...], _Scope] = {}
+        self.warned: set[str] = set()
+        self.misfits: dict[str, set[str]] = {}
+        """Widgets already reported as not fitting, by node: not reported again as missing."""
+
+    def convert(self) -> dict[str, Any]:
+        api: dict[str, Any] = {}
+        members = list(self._members(self.root, frozenset()))
+        for scope, node in members:
+            if self._mode(scope, node) in (_MUTED, _BYPASSED) or node.get("type") in _FRONTEND_ONLY:
+                continue
+            api[scope.exec_id(str(node["id"]))] = self._api_node(scope, node)
+        self._drop_links_to_missing(api)
+        self._check_required(api)
+        return api
+
+    # Flattening ------------------------------------------------------------------------
+
+    def _members(
+        self, scope: _Scope, seen: frozenset[str]
+    ) -> Iterator[tuple[_Scope, Mapping[str, Any]]]:
+        for node_id, node in scope.graph.nodes.items():
+            kind = node.get("type")
+            sub = self.subgraphs.get(kind) if isinstance(kind, str) else None
+            if sub is None:
+                yield scope, node
+                continue
+            if kind in seen:
+                self.problems.append(
+                    f"node {scope.exec_id(node_id)}: subgraph {kind} contains itself"
+                )
+                continue
+            mode = self._mode(scope, node)
+            child = _Scope(
+                sub,
+                (*scope.path, node_id),
+                scope,
+                node,
+                mode if mode in (_MUTED, _BYPASSED) else None,
+            )
+            child.promoted = self._promoted(child)
+            self.scopes[child.path] = child
+            yield from self._members(child, seen | {str(kind)})
+
+    def _mode(self, scope: _Scope, node: Mapping[str, Any]) -> int:
+        if scope.mode == _MUTED:
+            return _MUTED
+        own = node.get("mode") or 0
+        return scope.mode if scope.mode is not None and own != _MUTED else int(own)
+
+    def _promoted(self, scope: _Scope) -> dict[str, Any]:
+        """The instance's widget values, by the subgraph input each belongs to.
+
+        The editor gives a subgraph node one widget per subgraph input that feeds an
+        inner widget, in input order, and saves their values as its ``widgets_values``.
+        """
+        definition = scope.graph.definition or {}
+        values = (scope.instance or {}).get("widgets_values")
+        if not isinstance(values, list):
+            return {}
+        names = []
+        for sub_input in definition.get("inputs") or []:
+            for link_id in sub_input.get("linkIds") or []:
+                link = scope.graph.links.get(int(link_id))
+                target = scope.graph.nodes.get(str(link.target_id)) if link else None
+                if link and target and self._is_widget_input(target, link.target_slot):
+                    names.append(sub_input.get("name"))
+                    break
+        return dict(zip(names, values, strict=False))
+
+    def _is_widget_input(self, node: Mapping[str, Any], slot: int) -> bool:
+        inputs = node.get("inputs") or []
+        if not 0 <= slot < len(inputs):
+            return False
+        entry = inputs[slot]
+        if entry.get("widget"):
+            return True
+        definition = self.defs.get(str(node.get("type")))
+        if definition is None:
+            return False
+        return socket_type(_spec_of(definition, entry.get("name"))) in {
+            "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO",
+        }  # fmt: skip
+
+    # One node -----------------------------------------------------------------------------
+
+    def _api_node(self, scope: _Scope, node: Mapping[str, Any]) -> dict[str, Any]:
+        node_id = scope.exec_id(str(node["id"]))
+        class_type = str(node.get("type"))
+        definition = self.defs.get(class_type)
+        inputs: dict[str, Any] = {}
+        if definition is not None:
+            widgets = read_widgets(
+                node_id, class_type, definition, node.get("widgets_values"), self.rng
+            )
+            inputs.update(widgets.values)
+            self.problems += widgets.problems
+            self.misfits[node_id] = widgets.misfits
+        elif class_type not in self.warned:
+            self.warned.add(class_type)
+            log.warning(
+                "node type %s is not installed: its links are kept, validation names it", class_type
+            )
+        for slot, entry in enumerate(node.get("inputs") or []):
+            if entry.get("link") is None or not entry.get("name"):
+                continue
+            source = self._resolve_input(scope, node, slot, None, set())
+            name = entry["name"]
+            if isinstance(source, _FromNode):
+                inputs[name] = [source.node_id, source.slot]
+            elif isinstance(source, _Value):
+                value = source.value
+                inputs[name] = {"__value__": value} if isinstance(value, list) else value
+            elif not entry.get("widget"):
+                inputs.pop(name, None)  # linked to nothing that runs: no source
+        title = node.get("title") or (definition or {}).get("display_name") or class_type
+        return {"inputs": inputs, "class_type": class_type, "_meta": {"title": title}}
+
+    # Links --------------------------------------------------------------------------------
+
+    def _resolve_input(
+        self, scope: _Scope, node: Mapping[str, Any], slot: int, want: str | None, seen: set[Any]
+    ) -> _Source:
+        """What feeds input ``slot`` of ``node``: a runnable node's output, a value, or None."""
+        key = (scope.path, str(node.get("id")), "in", slot)
+        if key in seen:
+            self.problems.append(
+                f"node {scope.exec_id(str(node.get('id')))}: its links form a loop"
+            )
+            return None
+        seen.add(key)
+        inputs = node.get("inputs") or []
+        if not 0 <= slot < len(inputs) or inputs[slot].get("link") is None:
+            return None
+        entry = inputs[slot]
+        want = want or type_name(entry.get("type"))
+        link = scope.graph.links.get(int(entry["link"]))
+        if link is None:
+            return None
+        if link.origin_id == _SUBGRAPH_INPUT:
+            return self._resolve_subgraph_input(scope, link.origin_slot, want, seen)
+        origin = scope.graph.nodes.get(str(link.origin_id))
+        if origin is None:
+            return None
+        return self._resolve_output(scope, origin, link.origin_slot, want, seen)
+
+    def _resolve_output(
+        self, scope: _Scope, node: Mapping[str, Any], slot: int, want: str, seen: set[Any]
+    ) -> _Source:
+        node_id = str(node.get("id"))
+        key = (scope.path, node_id, "out", slot)
+        if key in seen:
+            self.problems.append(f"node {scope.exec_id(node_id)}: its links form a loop")
+            return None
+        seen.add(key)
+        kind = node.get("type")
+        if self._mode(scope, node) == _BYPASSED:
+            index = bypass_slot(node, slot, want)
+            return None if index < 0 else self._resolve_input(scope, node, index, want, seen)
+        sub = self.subgraphs.get(kind) if isinstance(kind, str) else None
+        if sub is not None:
+            return self._resolve_subgraph_output(scope, node_id, sub, slot, want, seen)
+        if kind == "PrimitiveNode":
+            values = node.get("widgets_values")
+            return _Value(values[0]) if isinstance(values, list) and values else None
+        if kind == "GetNode":
+            setter = setter_for(scope.graph, node)
+            return None if setter is None else self._resolve_input(scope, setter, 0, want, seen)
+        if kind in _FRONTEND_ONLY:
+            return self._resolve_input(scope, node, slot, want, seen)
+        return _FromNode(scope.exec_id(node_id), slot)
+
+    def _resolve_subgraph_input(
+        self, scope: _Scope, slot: int, want: str, seen: set[Any]
+    ) -> _Source:
+        """An inner link from the subgraph's input ``slot``: what feeds the instance there."""
+        definition = scope.graph.definition or {}
+        sub_inputs = definition.get("inputs") or []
+        if scope.parent is None or scope.instance is None or not 0 <= slot < len(sub_inputs):
+            return None
+        name = sub_inputs[slot].get("name")
+        outer = scope.instance.get("inputs") or []
+        index = next((i for i, e in enumerate(outer) if e.get("name") == name), -1)
+        if index >= 0 and outer[index].get("link") is not None:
+            return self._resolve_input(scope.parent, scope.instance, index, want, seen)
+        if name in scope.promoted:
+            return _Value(scope.promoted[name])
+        return None
+
+    def _resolve_subgraph_output(
+        self, scope: _Scope, node_id: str, sub: Graph, slot: int, want: str, seen: set[Any]
+    ) -> _Source:
+        inner_scope = self.scopes.get((*scope.path, node_id))
+        outputs = (sub.definition or {}).get("outputs") or []
+        if inner_scope is None or not 0 <= slot < len(outputs):
+            return None
+        for link_id in outputs[slot].get("linkIds") or []:
+            link = sub.links.get(int(link_id))
+            if link is None:
+                continue
+            if link.origin_id == _SUBGRAPH_INPUT:
+                return self._resolve_subgraph_input(inner_scope, link.origin_slot, want, seen)
+            origin = sub.nodes.get(str(link.origin_id))
+            if origin is not None:
+                return self._resolve_output(inner_scope, origin, link.origin_slot, want, seen)
+        return None
+
+    # After ----------------------------------------------------------------------------------
+
+    def _drop_links_to_missing(self, api: dict[str, Any]) -> None:
+        """Links to nodes that do not run (muted) are removed, as the editor removes them."""
+        for node in api.values():
+            inputs = node["inputs"]
+            for name, value in list(inputs.items()):
+                if _is_link(value) and value[0] not in api:
+                    del inputs[name]
+
+    def _check_required(self, api: dict[str, Any]) -> None:
+        """Name each required input left without a source, on nodes an output needs."""
+        needed: set[str] = set()
+        stack = [
+            i for i, n in api.items() if (self.defs.get(n["class_type"]) or {}).get("output_node")
+        ]
+        while stack:
+            node_id = stack.pop()
+            if node_id in needed:
+                continue
+            needed.add(node_id)
+            stack += [v[0] for v in api[node_id]["inputs"].values() if _is_link(v)]
+        for node_id in sorted(needed, key=_id_key):
+            node = api[node_id]
+            definition = self.defs.get(node["class_type"])
+            if definition is None:
+                continue
+            for name, _spec, required in input_specs(definition):
+                if (
+                    required
+                    and name not in node["inputs"]
+                    and name not in self.misfits.get(node_id, ())
+                ):
+                    self.problems.append(
+                        f"node {node_id} ({node['class_type']}) input {name!r} has no source: "
+                        "it is not linked, or linked to a muted node or to a bypassed node "
+                        "with no input of its type"
+                    )
+
+
+def _spec_of(definition: Mapping[str, Any], name: Any) -> Any:
+    inputs = definition.get("input") or {}
+    for section in ("required", "optional"):
+        spec = (inputs.get(section) or {}).get(name)
+        if spec is not None:
+            return spec
+    return None
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def _id_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in node_id.split(":"))
