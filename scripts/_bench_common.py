@@ -1,15 +1,22 @@
-"""Shared by the benchmark scripts: the jobs, ComfyUI as a server, its HTTP client, stats.
+"""Shared by the benchmark scripts: the jobs, ComfyUI as a server, its handler, stats.
 
 Nothing here imports the worker, torch or ComfyUI: ``bench_cold_start.py`` times
 those imports in a child process and must not pay for them in the parent.
 
-The HTTP + WebSocket path is what a worker built around a ComfyUI server does
-per job (runpod-workers/worker-comfyui is the common example): open a
-WebSocket, upload the input images, POST the prompt, wait for the
-``executing``/``node=None`` message of that prompt, read ``/history`` and
-download every output with ``/view``. It takes the same job input as the
-in-process worker (a workflow and base64 images) and returns the same thing
-(each output as a base64 data URI), so both paths do the same work.
+The server side is what runpod-workers/worker-comfyui runs (read at its commit
+d2a5572, 2026-03-20; this is our own code written to behave the same way, none of
+theirs is copied): its ``start.sh`` starts ``main.py --disable-auto-launch
+--disable-metadata --listen`` in the background and its ``handler.py`` beside it;
+per job the handler polls ``GET /`` every 50 ms until the server answers, uploads
+each input image with ``POST /upload/image``, opens a WebSocket
+``/ws?clientId=``, ``POST /prompt``, reads messages until ``executing`` with
+``node: null`` for that prompt, ``GET /history/<id>``, then ``GET /view`` and
+base64 for each output image. HTTP goes through ``requests`` without a session (a
+new connection per request), as theirs does; the WebSocket through the
+``websockets`` package (theirs uses ``websocket-client``, which the image's
+environment does not hold). It takes the same job input as the in-process worker
+(a workflow and base64 images) and returns the same thing (each output as a base64
+data URI), so both sides do the same work.
 """
 
 from __future__ import annotations
@@ -196,13 +203,14 @@ def report_footer(machine: Sequence[str]) -> list[str]:
 
 
 def command_line() -> str:
-    """How this script was started, with the checkout written as ``COMFYUI_PATH=<checkout>``."""
+    """How this script was started, with the checkout and the packs folder as placeholders."""
     args = list(sys.argv[1:])
     for i, arg in enumerate(args):
-        if i > 0 and args[i - 1] == "--comfyui":
-            args[i] = "<checkout>"
-        elif arg.startswith("--comfyui="):
-            args[i] = "--comfyui=<checkout>"
+        for option, placeholder in (("--comfyui", "<checkout>"), ("--packs", "<packs>")):
+            if i > 0 and args[i - 1] == option:
+                args[i] = placeholder
+            elif arg.startswith(f"{option}="):
+                args[i] = f"{option}={placeholder}"
     script = Path(sys.argv[0])
     script_arg = f"scripts/{script.name}" if script.parent.name == "scripts" else str(script)
     return " ".join(["COMFYUI_PATH=<checkout>", "python", script_arg, *args])
@@ -328,8 +336,15 @@ class ComfyServer:
         """``http://127.0.0.1:<port>``."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, cpu: bool) -> None:
-        """Spawn ``main.py``; returns at once (see :meth:`wait_ready`)."""
+    def start(self, cpu: bool, extra_model_paths: Path | None = None) -> None:
+        """Spawn ``main.py`` as worker-comfyui's start.sh does; returns at once.
+
+        Its flags: ``--disable-auto-launch --disable-metadata --listen``, here on
+        127.0.0.1 and a free port, with the folders and database in ``root``.
+        ``extra_model_paths`` (a yaml that may list ``custom_nodes`` folders) gives it
+        the same packs as the worker. ``cpu``: ``--cpu``, without which ComfyUI 0.3.64
+        does not start on a machine with no GPU.
+        """
         dirs = {name: self.root / name for name in ("input", "output", "temp", "user")}
         for folder in dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
@@ -340,6 +355,9 @@ class ComfyServer:
             "--listen", "127.0.0.1",
             "--port", str(self.port),
             "--disable-auto-launch",
+            "--disable-metadata",
+            "--verbose", "INFO",
+            "--log-stdout",
             "--input-directory", str(dirs["input"]),
             "--output-directory", str(dirs["output"]),
             "--temp-directory", str(dirs["temp"]),
@@ -349,6 +367,8 @@ class ComfyServer:
         ]  # fmt: skip
         if cpu:
             argv.append("--cpu")
+        if extra_model_paths is not None:
+            argv += ["--extra-model-paths-config", str(extra_model_paths)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.started_at = time.time()
         self.process = subprocess.Popen(
@@ -433,7 +453,7 @@ class HttpResult:
 
 
 def preload_client_modules() -> None:
-    """Import the HTTP client's modules now.
+    """Import the handler-style client's modules now.
 
     Called before the in-process worker boots: its boot ends in ``gc.freeze()``, and
     its per-job ``gc.collect()`` walks every object created after that. In production
@@ -441,51 +461,67 @@ def preload_client_modules() -> None:
     benchmark imports later would be walked on every job, a cost of the benchmark, not
     of the worker.
     """
-    import httpx  # noqa: F401
+    import requests  # noqa: F401
     import websockets.sync.client  # noqa: F401
 
 
-class HttpComfyClient:
-    """Runs a worker's job through ComfyUI's server: HTTP + WebSocket, as a server-based worker.
+HANDLER_POLL_INTERVAL_S = 0.05
+"""worker-comfyui's ``COMFY_API_AVAILABLE_INTERVAL_MS`` default: 50 ms between polls."""
 
-    The HTTP connection is kept alive between jobs (a pooled ``httpx.Client``), which
-    favours this path; the WebSocket is opened per job, as such workers do.
+
+class HandlerClient:
+    """One job through ComfyUI's server, step by step as worker-comfyui's handler does it.
+
+    See the module's docstring. Every HTTP request opens a new connection (plain
+    ``requests`` calls, no session); the WebSocket is opened per job.
     """
 
     def __init__(self, base_url: str) -> None:
-        import httpx
-
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=JOB_TIMEOUT_S)
 
-    def close(self) -> None:
-        """Close the pooled HTTP connection."""
-        self.http.close()
+    def wait_up(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> float:
+        """Poll ``GET /`` every 50 ms until it answers 200; the ``time.time()`` it did."""
+        import requests
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.base_url}/", timeout=5).status_code == 200:
+                    return time.time()
+            except requests.RequestException:
+                pass
+            time.sleep(HANDLER_POLL_INTERVAL_S)
+        raise RuntimeError(f"ComfyUI's server did not answer in {timeout_s:.0f} s")
 
     def run(self, job_input: JobInput) -> HttpResult:
         """The job's response (``{"images": [...], "errors": []}``) and its step timings."""
+        import requests
         from websockets.sync.client import connect
 
         phases: dict[str, float] = {}
         clock = _Clock(phases)
-        client_id = uuid.uuid4().hex
-        images = [
-            (image["name"], base64.b64decode(image["image"])) for image in job_input["images"]
-        ]
-        clock.lap("decode input")
+        self.wait_up()  # the handler checks the server at the start of every job
+        clock.lap("check server")
+        for image in job_input.get("images") or []:
+            data = image["image"]
+            blob = base64.b64decode(data.split(",", 1)[1] if "," in data else data)
+            answer = requests.post(
+                f"{self.base_url}/upload/image",
+                files={"image": (image["name"], io.BytesIO(blob), "image/png"),
+                       "overwrite": (None, "true")},
+                timeout=30,
+            )  # fmt: skip
+            answer.raise_for_status()
+        clock.lap("upload")
+        client_id = str(uuid.uuid4())
         ws_url = self.base_url.replace("http://", "ws://", 1) + f"/ws?clientId={client_id}"
-        with connect(ws_url, max_size=None, open_timeout=30) as ws:
+        with connect(ws_url, max_size=None, open_timeout=10) as ws:
             clock.lap("ws connect")
-            for name, data in images:
-                answer = self.http.post(
-                    "/upload/image",
-                    files={"image": (name, data, "image/png")},
-                    data={"type": "input", "overwrite": "true"},
-                )
-                answer.raise_for_status()
-            clock.lap("upload")
-            answer = self.http.post(
-                "/prompt", json={"prompt": job_input["workflow"], "client_id": client_id}
+            answer = requests.post(
+                f"{self.base_url}/prompt",
+                data=json.dumps({"prompt": job_input["workflow"], "client_id": client_id}),
+                headers={"Content-Type": "application/json"},
+                timeout=30,
             )
             if answer.status_code != 200:
                 raise RuntimeError(f"POST /prompt: {answer.status_code} {answer.text[:2000]}")
@@ -493,36 +529,31 @@ class HttpComfyClient:
             clock.lap("POST /prompt")
             _wait_done(ws, prompt_id)
             clock.lap("wait done")
-        history = self.http.get(f"/history/{prompt_id}").json()[prompt_id]
+        history = requests.get(f"{self.base_url}/history/{prompt_id}", timeout=30).json()[prompt_id]
         clock.lap("GET /history")
         items = []
         for node_output in history["outputs"].values():
             for image in node_output.get("images", []):
-                answer = self.http.get(
-                    "/view",
-                    params={
-                        "filename": image["filename"],
-                        "subfolder": image["subfolder"],
-                        "type": image["type"],
-                    },
-                )
-                answer.raise_for_status()
-                items.append((image["filename"], answer.content))
-        clock.lap("GET /view")
-        response = {
-            "images": [
-                {
-                    "filename": name,
-                    "type": "base64",
-                    "data": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+                if image.get("type") == "temp":
+                    continue
+                query = {
+                    "filename": image["filename"],
+                    "subfolder": image.get("subfolder", ""),
+                    "type": image["type"],
                 }
-                for name, data in items
-            ],
-            "errors": [],
-        }
-        clock.lap("base64")
+                answer = requests.get(f"{self.base_url}/view", params=query, timeout=60)
+                answer.raise_for_status()
+                encoded = base64.b64encode(answer.content).decode("utf-8")
+                items.append(
+                    {
+                        "filename": image["filename"],
+                        "type": "base64",
+                        "data": "data:image/png;base64," + encoded,
+                    }
+                )
+        clock.lap("GET /view + base64")
         phases["server execution"] = _execution_ms(history)
-        return HttpResult(response=response, phases_ms=phases)
+        return HttpResult(response={"images": items, "errors": []}, phases_ms=phases)
 
 
 def _wait_done(ws: Any, prompt_id: str) -> None:
@@ -564,6 +595,45 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = self.laps.get(name, 0.0) + (now - self.last) * 1000
         self.last = now
+
+
+def packs_config(root: Path, packs: Path | None) -> Path | None:
+    """An ``extra_model_paths.yaml`` that adds the packs in ``packs`` to both sides; or None.
+
+    The worker reads it through ``EXTRA_MODEL_PATHS``, the server through
+    ``--extra-model-paths-config``: the same packs, loaded from the same folder,
+    without linking anything into the checkout.
+    """
+    if packs is None:
+        return None
+    path = root / "packs.yaml"
+    # JSON is YAML; ComfyUI reads a custom_nodes entry of any section.
+    path.write_text(json.dumps({"bench_packs": {"custom_nodes": str(packs)}}), encoding="utf-8")
+    return path
+
+
+def pack_names(packs: Path | None) -> list[str]:
+    """The packs a ``--packs`` folder holds (its sub-folders, hidden ones aside)."""
+    if packs is None:
+        return []
+    return sorted(
+        p.name for p in packs.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+    )
+
+
+def ratio_cell(ratios: Sequence[float]) -> str:
+    """``min / **median** / max`` of per-pair ratios, as ``1.23x``."""
+    if not ratios:
+        return "n/a"
+    return f"{min(ratios):.2f}x / **{statistics.median(ratios):.2f}x** / {max(ratios):.2f}x"
+
+
+def rss_mib() -> float:
+    """This process's resident memory now, MiB (Linux ``/proc/self/statm``)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pages = int(Path("/proc/self/statm").read_text(encoding="utf-8").split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return float("nan")
 
 
 # -- figures ----------------------------------------------------------------------------

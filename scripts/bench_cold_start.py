@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
-"""Cold start: a fresh worker process against a fresh ComfyUI server, to the first job.
+"""Cold start to the first job done: the worker against a ComfyUI server and its handler.
 
-Worker: a child process does what ``handler.py`` does before RunPod's loop starts
-(import the runpod SDK and the engine, build the settings, ``Worker.boot()``, which
-imports torch and ComfyUI and initialises every node), then runs one 64x64 job
-(LoadImage -> ImageInvert -> SaveImage, base64 in and out). The runtime's own boot
-timings split the boot into torch import, ComfyUI import and node init.
+Worker: one child process does what ``handler.py`` does before RunPod's loop starts
+(``import handler``: the runpod SDK and the engine; ``Worker.boot()``: torch, ComfyUI,
+every node), then runs one 64x64 job (LoadImage -> ImageInvert -> SaveImage, base64 in
+and out) through ``Worker.handle``.
 
-Server: ComfyUI's ``main.py`` in a child process, polled with ``GET /prompt`` every
-10 ms until it answers (its routes are up and its prompt worker takes prompts),
-then the same job through HTTP + WebSocket. Its log lines, stamped as they arrive,
-mark its own phases.
+Server: as runpod-workers/worker-comfyui's container starts (see ``_bench_common``):
+ComfyUI's ``main.py --disable-auto-launch --disable-metadata --listen`` in one process
+and, at the same moment, a handler process that imports the runpod SDK, ``requests``
+and ``websockets`` and takes the same job: it polls ``GET /`` every 50 ms until the
+server answers, then runs the job over HTTP + WebSocket.
 
-Times are from just before the process is spawned. Files are in the page cache
-(one untimed start of each first): this is a process cold start, not a disk one.
+Both sides: the same checkout, the same packs (``--packs``, through an
+extra_model_paths.yaml), prompt metadata off (the server's ``--disable-metadata``, the
+worker's ``OUTPUT_METADATA=false``), log level INFO, CPU when torch sees no GPU. Times
+run from just before the first process of a side is spawned to the moment its job's
+response is built. The sides take turns, A B A B; each pair gives a ratio (server /
+worker). One untimed start of each comes first: the files are in the page cache, and
+the worker's node index (engine/runtime/lazy_nodes.py, made at image build in the
+image) is written. This is a process cold start, not a disk one.
 
-    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_cold_start.py
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_cold_start.py --packs DIR
+
+``--without LEVER`` (repeatable) switches one of the worker's boot levers off in its
+child, to measure what it brings: ``lazy-nodes`` (every ComfyUI node file imported at
+boot, no index), ``gc-pause`` (garbage collection left on while it imports and boots),
+``freeze-only`` (a full ``gc.collect()`` before the boot's ``gc.freeze()``).
 """
 
 from __future__ import annotations
@@ -30,28 +41,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The child's report on stdout starts with this, so log lines cannot be mistaken for it.
+LEVERS = ("lazy-nodes", "gc-pause", "freeze-only")
+
+# A child's report on stdout starts with this, so log lines cannot be mistaken for it.
 _REPORT_PREFIX = "BENCH-COLD-START "
 _CHILD_TIMEOUT_S = 300.0
 
 
 def child_main(spec_path: Path) -> int:
-    """In the child: boot the worker as ``handler.py`` does, run one job, print the times."""
+    """In the worker's child: boot as ``handler.py`` does, run one job, print the times."""
     main_at = time.time()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     sys.path.insert(0, spec["repo"])  # the engine package, as for handler.py at the repo root
+    _switch_off(spec.get("without", []))
 
     started = time.perf_counter()
-    # The real entry point: it patches the SDK's slow CPU probe, then imports the SDK.
+    # The real entry point: it patches the SDK's slow CPU probe, then imports the SDK
+    # and the engine.
     import handler  # noqa: F401
 
-    sdk_s = time.perf_counter() - started
-    started = time.perf_counter()
+    handler_s = time.perf_counter() - started
     from engine import logs
     from engine.settings import Settings
     from engine.worker import Worker
-
-    engine_s = time.perf_counter() - started
 
     started = time.perf_counter()
     settings = Settings.from_env(os.environ)
@@ -70,8 +82,7 @@ def child_main(spec_path: Path) -> int:
         "main_at": main_at,
         "ready_at": ready_at,
         "done_at": done_at,
-        "sdk_import_s": sdk_s,
-        "engine_import_s": engine_s,
+        "handler_import_s": handler_s,
         "boot_s": boot_s,
         "boot_timings": dict(getattr(worker.runtime, "boot_timings", {})),
         "first_job_s": job_s,
@@ -82,50 +93,135 @@ def child_main(spec_path: Path) -> int:
     return 0
 
 
+def _switch_off(levers: list[str]) -> None:
+    """Undo boot levers in this child, for ``--without``; the worker's code is unchanged."""
+    import gc
+
+    if "gc-pause" in levers:
+        gc.disable = lambda: None  # handler.py's and the boot's pauses do nothing
+    if "freeze-only" in levers:
+        freeze = gc.freeze
+
+        def collect_then_freeze() -> None:
+            gc.collect()
+            freeze()
+
+        gc.freeze = collect_then_freeze
+    if "lazy-nodes" in levers:
+        from engine.runtime import comfy_boot
+
+        make = comfy_boot._lazy_nodes
+
+        def eager(*args: Any) -> Any:
+            lazy = make(*args)
+            lazy._old = None  # no index read: every file imported, as ComfyUI does
+            lazy.save = lambda folder: None
+            return lazy
+
+        comfy_boot._lazy_nodes = eager
+
+
+def handler_main(spec_path: Path) -> int:
+    """In the server's handler process: import what worker-comfyui's handler imports, run the job."""
+    main_at = time.time()
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    import requests  # noqa: F401
+    import runpod  # noqa: F401
+    import websockets.sync.client  # noqa: F401
+
+    imported_at = time.time()
+    from _bench_common import HandlerClient
+
+    client = HandlerClient(spec["base_url"])
+    up_at = client.wait_up(_CHILD_TIMEOUT_S)
+    started = time.perf_counter()
+    result = client.run(spec["job_input"])
+    job_s = time.perf_counter() - started
+    done_at = time.time()
+    report = {
+        "main_at": main_at,
+        "imported_at": imported_at,
+        "up_at": up_at,
+        "done_at": done_at,
+        "first_job_s": job_s,
+        "phases_ms": result.phases_ms,
+        "ok": len(result.response["images"]) == 1,
+    }
+    print(_REPORT_PREFIX + json.dumps(report), flush=True)
+    return 0
+
+
 # -- the parent -------------------------------------------------------------------------
 
 WORKER_ROWS = (
     ("interpreter start", "interpreter"),
-    ("handler.py import (runpod SDK)", "sdk_import"),
-    ("engine import (after handler.py: cached)", "engine_import"),
+    ("handler.py import (runpod SDK + engine)", "handler_import"),
     ("torch import", "torch_import"),
     ("ComfyUI import", "comfy_import"),
     ("node init", "node_init"),
     ("rest of boot", "boot_rest"),
+    ("ready (booted)", "ready"),
     ("first 64x64 job", "first_job"),
+    ("**first job done**", "done"),
 )
 SERVER_MARKS = (
     ("torch + ComfyUI core imported (log: 'Total VRAM')", "Total VRAM"),
     ("nodes initialised (log: 'Import times for custom nodes')", "Import times for custom nodes"),
     ("listening (log: 'To see the GUI')", "To see the GUI"),
 )
+SERVER_ROWS = (
+    ("handler: runpod SDK + requests + websockets imported", "handler_imported"),
+    ("handler: GET / answers (polled every 50 ms)", "up"),
+    ("first 64x64 job, its own latency", "first_job"),
+    ("**first job done**", "done"),
+)
+
+
+def _clean_env(root: Path) -> dict[str, str]:
+    """This environment without RunPod's, the bucket's or a warm-up workflow's variables."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BUCKET_", "RUNPOD_", "COMFY_ORG_"))
+        and key not in {"WARMUP_WORKFLOW", "EXTRA_MODEL_PATHS"}
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def run_worker(
-    checkout: Path, root: Path, job_input: dict[str, Any], timeout_s: float
+    checkout: Path,
+    root: Path,
+    job_input: dict[str, Any],
+    packs_yaml: Path | None,
+    without: list[str],
 ) -> dict[str, float]:
     """Start one worker process, let it boot and run the job; its times in seconds."""
+    from _bench_common import run_child
 
     root.mkdir(parents=True)
     spec = root / "spec.json"
     repo = Path(__file__).resolve().parents[1]
-    spec.write_text(json.dumps({"repo": str(repo), "job_input": job_input}), encoding="utf-8")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        # Base64 delivery, no warm-up workflow, no RunPod: the plain worker.
-        if not key.startswith(("BUCKET_", "RUNPOD_")) and key not in {"WARMUP_WORKFLOW"}
-    }
-    env.update(COMFYUI_PATH=str(checkout), WORKER_DIR=str(root / "work"), COMFY_LOG_LEVEL="INFO")
-    from _bench_common import run_child
-
+    spec.write_text(
+        json.dumps({"repo": str(repo), "job_input": job_input, "without": without}),
+        encoding="utf-8",
+    )
+    env = _clean_env(root)
+    env.update(
+        COMFYUI_PATH=str(checkout),
+        WORKER_DIR=str(root / "work"),
+        COMFY_LOG_LEVEL="INFO",
+        OUTPUT_METADATA="false",  # as the server's --disable-metadata
+    )
+    if packs_yaml is not None:
+        env["EXTRA_MODEL_PATHS"] = str(packs_yaml)
     report, spawned_at = run_child(
         [sys.executable, str(Path(__file__).resolve()), "--child", str(spec)],
         cwd=root,
         env=env,
         log_path=root / "worker.log",
         prefix=_REPORT_PREFIX,
-        timeout_s=timeout_s,
+        timeout_s=_CHILD_TIMEOUT_S,
         what="the worker process",
     )
     if not report["ok"]:
@@ -133,50 +229,67 @@ def run_worker(
     boot = report["boot_timings"]
     phases = {
         "interpreter": report["main_at"] - spawned_at,
-        "sdk_import": report["sdk_import_s"],
-        "engine_import": report["engine_import_s"],
-        "torch_import": boot.get("torch_import", float("nan")),
-        "comfy_import": boot.get("comfy_import", float("nan")),
-        "node_init": boot.get("node_init", float("nan")),
+        "handler_import": report["handler_import_s"],
+        "torch_import": boot.get("torch_import", math.nan),
+        "comfy_import": boot.get("comfy_import", math.nan),
+        "node_init": boot.get("node_init", math.nan),
         "first_job": report["first_job_s"],
         "ready": report["ready_at"] - spawned_at,
         "done": report["done_at"] - spawned_at,
     }
     named = phases["torch_import"] + phases["comfy_import"] + phases["node_init"]
     phases["boot_rest"] = report["boot_s"] - named
-    phases["ready_without_sdk"] = phases["ready"] - phases["sdk_import"]
     return phases
 
 
 def run_server(
-    checkout: Path, root: Path, job_input: dict[str, Any], cpu: bool, timeout_s: float
+    checkout: Path, root: Path, job_input: dict[str, Any], cpu: bool, packs_yaml: Path | None
 ) -> dict[str, float]:
-    """Start ComfyUI's server, wait for its first answer, run the job; times in seconds."""
-    from _bench_common import ComfyServer, HttpComfyClient
+    """Start ComfyUI's server and the handler process together; times in seconds."""
+    import subprocess
 
+    from _bench_common import ComfyServer
+
+    root.mkdir(parents=True)
     server = ComfyServer(sys.executable, checkout, root)
+    env = _clean_env(root)
+    handler_log = root / "handler.log"
     try:
-        server.start(cpu=cpu)
-        ready_at = server.wait_ready(timeout_s)
-        client = HttpComfyClient(server.base_url)
-        try:
-            job_started = time.perf_counter()
-            result = client.run(job_input)
-            first_job = time.perf_counter() - job_started
-            done_at = time.time()
-        finally:
-            client.close()
-        if len(result.response["images"]) != 1:
-            raise RuntimeError(f"the server's first job returned {result.response}")
+        server.start(cpu=cpu, extra_model_paths=packs_yaml)
+        spec = root / "spec.json"
+        spec.write_text(
+            json.dumps({"base_url": server.base_url, "job_input": job_input}), encoding="utf-8"
+        )
+        with handler_log.open("w", encoding="utf-8") as log:
+            out = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--handler", str(spec)],
+                cwd=Path(__file__).resolve().parent,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                timeout=_CHILD_TIMEOUT_S,
+                check=False,
+            )
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(_REPORT_PREFIX)]
+        if out.returncode != 0 or not lines:
+            tail = handler_log.read_text(encoding="utf-8", errors="replace")[-4000:]
+            raise RuntimeError(f"the handler process failed (exit {out.returncode}):\n{tail}")
+        report = json.loads(lines[-1].removeprefix(_REPORT_PREFIX))
+        if not report["ok"]:
+            raise RuntimeError("the server's first job returned no image")
+        start = server.started_at
         phases = {
-            "ready": ready_at - server.started_at,
-            "first_job": first_job,
-            "done": done_at - server.started_at,
+            "handler_imported": report["imported_at"] - start,
+            "up": report["up_at"] - start,
+            "first_job": report["first_job_s"],
+            "done": report["done_at"] - start,
         }
-        phases.update({f"job {k}": v / 1000 for k, v in result.phases_ms.items()})
+        phases.update({f"job {k}": v / 1000 for k, v in report["phases_ms"].items()})
         for _, needle in SERVER_MARKS:
             stamp = server.log_time(needle)
-            phases[needle] = float("nan") if stamp is None else stamp - server.started_at
+            phases[needle] = math.nan if stamp is None else stamp - start
         return phases
     except Exception:
         print(f"server log, last lines:\n{server.log_tail()}", file=sys.stderr)
@@ -208,63 +321,59 @@ def report(
     server_runs: list[dict[str, float]],
     machine: list[str],
     warmup: int,
+    packs: list[str],
+    without: list[str],
 ) -> str:
     """The Markdown report: the headline table, each side's phases, the machine, the command."""
-    from _bench_common import fmt_ms, markdown_table, report_footer
+    from _bench_common import fmt_ms, markdown_table, ratio_cell, report_footer
 
     def cell(runs: list[dict[str, float]], key: str) -> str:
-        values = [r[key] for r in runs if not math.isnan(r[key])]
+        values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
         if not values:
             return "n/a"
-        return f"{min(values):.2f} / **{statistics.median(values):.2f}**"
+        return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
 
     def cell_ms(runs: list[dict[str, float]], key: str) -> str:
-        values = [r[key] * 1000 for r in runs if not math.isnan(r[key])]
+        values = [r[key] * 1000 for r in runs if not math.isnan(r.get(key, math.nan))]
         if not values:
             return "n/a"
         return f"{fmt_ms(min(values))} / **{fmt_ms(statistics.median(values))}**"
 
+    pairs = list(zip(server_runs, worker_runs, strict=True))
+    done_ratios = [s["done"] / w["done"] for s, w in pairs]
     headline = markdown_table(
-        ["from process start, s (min / **median**)", "worker in-process", "ComfyUI server"],
-        [
-            ["ready: first job can run (worker booted / GET /prompt answers)",
-             cell(worker_runs, "ready"), cell(server_runs, "ready")],
-            ["ready, not counting the handler.py import (worker)",
-             cell(worker_runs, "ready_without_sdk"), cell(server_runs, "ready")],
-            ["first 64x64 job, its own latency",
-             cell(worker_runs, "first_job"), cell(server_runs, "first_job")],
-            ["first 64x64 job done", cell(worker_runs, "done"), cell(server_runs, "done")],
-        ],
+        ["first 64x64 job done, from spawn", "worker in-process, s", "server + handler, s",
+         "server ÷ worker, per pair: min / **median** / max"],
+        [["min / **median** / max", cell(worker_runs, "done"), cell(server_runs, "done"),
+          ratio_cell(done_ratios)]],
     )  # fmt: skip
     worker_table = markdown_table(
-        ["worker phase", "s (min / **median**)"],
+        ["worker, from spawn", "s: min / **median** / max"],
         [[label, cell(worker_runs, key)] for label, key in WORKER_ROWS],
     )
     server_table = markdown_table(
-        ["server milestone, from process start", "s (min / **median**)"],
+        ["server + handler, from spawn", "s: min / **median** / max"],
         [[label, cell(server_runs, needle)] for label, needle in SERVER_MARKS]
-        + [["answers GET /prompt", cell(server_runs, "ready")]],
+        + [[label, cell(server_runs, key)] for label, key in SERVER_ROWS],
     )
     job_keys = [k for k in server_runs[0] if k.startswith("job ")] if server_runs else []
     server_job = markdown_table(
-        ["server's first job, step", "ms (min / **median**)"],
+        ["handler's first job, step", "ms: min / **median**"],
         [[key.removeprefix("job "), cell_ms(server_runs, key)] for key in job_keys],
     )
     lines = [
-        "### Cold start: worker in-process vs ComfyUI server",
+        "### Cold start: worker in-process vs ComfyUI server + its handler",
         "",
         headline,
         "",
-        f"{len(worker_runs)} start(s) of each, taking turns, after {warmup} untimed start(s) "
-        "of each (files in the page cache).",
-        "",
-        "Worker phases: `interpreter start` is spawn -> the child's first line; torch import, "
-        "ComfyUI import and node init are the runtime's own boot timings; `rest of boot` "
-        "is the rest of `Worker.boot()` (paths, model folders, executor, gc freeze).",
+        f"{len(pairs)} pairs, the sides taking turns (A B A B), after {warmup} untimed "
+        f"start(s) of each. Packs on both sides: {', '.join(packs) or 'none'}. Worker levers "
+        f"switched off: {', '.join(without) or 'none'}.",
         "",
         worker_table,
         "",
-        "Server milestones: when each of its log lines was read from its output.",
+        "Server milestones are read from its log lines as they arrive; the handler's from "
+        "its own clock.",
         "",
         server_table,
         "",
@@ -285,45 +394,66 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("COMFYUI_PATH"),
         help="the ComfyUI checkout (default: $COMFYUI_PATH, else comfyui/ComfyUI)",
     )
-    parser.add_argument("--repeat", type=int, default=5, help="timed starts of each (5)")
+    parser.add_argument(
+        "--packs", type=Path, help="a folder of custom node packs, loaded by both sides"
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="timed pairs (5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed starts of each first (1)")
+    parser.add_argument(
+        "--without",
+        action="append",
+        choices=LEVERS,
+        default=[],
+        help="switch one of the worker's boot levers off (repeatable)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--handler", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         return child_main(args.child)
+    if args.handler is not None:
+        return handler_main(args.handler)
     if args.repeat < 1 or args.warmup < 0:
         parser.error("--repeat must be at least 1, --warmup at least 0")
+    if args.packs is not None and not args.packs.is_dir():
+        parser.error(f"--packs {args.packs} is not a folder")
 
-    from _bench_common import JOB_KINDS, comfyui_checkout, load_average, machine_lines, temp_root
+    from _bench_common import (
+        JOB_KINDS,
+        comfyui_checkout,
+        load_average,
+        machine_lines,
+        pack_names,
+        packs_config,
+        temp_root,
+    )
 
     checkout = comfyui_checkout(args.comfyui)
     load_before = load_average()
     kind = JOB_KINDS["64"]
     started = time.perf_counter()
     with temp_root("bench-cold-start-") as root:
+        packs_yaml = packs_config(root, args.packs.resolve() if args.packs else None)
         torch_version, cuda, gpu = probe_torch()
         worker_runs: list[dict[str, float]] = []
         server_runs: list[dict[str, float]] = []
         for i in range(args.warmup + args.repeat):
             timed = i >= args.warmup
-            order = ("worker", "server") if i % 2 == 0 else ("server", "worker")
-            for side in order:
-                job_input = kind.job_input(i, prefix=f"cold-{i}/bench")
+            for side in ("worker", "server"):
+                job_input = kind.job_input(i, prefix="cold/bench")
                 folder = root / f"{side}-{i}"
-                label = f"{'start' if timed else 'warm-up start'} {i + 1}: {side}"
-                print(label, file=sys.stderr)
+                print(f"{'start' if timed else 'warm-up start'} {i + 1}: {side}", file=sys.stderr)
                 if side == "worker":
-                    run = run_worker(checkout, folder, job_input, _CHILD_TIMEOUT_S)
-                    if timed:
-                        worker_runs.append(run)
+                    run = run_worker(checkout, folder, job_input, packs_yaml, args.without)
                 else:
-                    folder.mkdir()
-                    run = run_server(checkout, folder, job_input, not cuda, _CHILD_TIMEOUT_S)
-                    if timed:
-                        server_runs.append(run)
+                    run = run_server(checkout, folder, job_input, not cuda, packs_yaml)
+                print(f"  first job done at {run['done']:.2f} s", file=sys.stderr)
+                if timed:
+                    (worker_runs if side == "worker" else server_runs).append(run)
         device = gpu if cuda else "CPU only, no GPU"
         machine = machine_lines(checkout, torch_version, device, load_before)
-        print(report(worker_runs, server_runs, machine, args.warmup))
+        packs = pack_names(args.packs)
+        print(report(worker_runs, server_runs, machine, args.warmup, packs, args.without))
     print(f"\n(total {time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
 

@@ -8,16 +8,24 @@ base64 data URI):
 - worker: ``Worker.handle(job)`` with the real ``ComfyRuntime``, the full job path
   (request parse -> input image stored -> ComfyUI validate + execute -> outputs ->
   base64). ``runtime.run()``, the ComfyUI part, is reported on its own too.
-- server: ``main.py`` in a child process, driven as a server-based worker does:
-  WebSocket ``/ws?clientId=``, ``POST /upload/image``, ``POST /prompt``, wait for
-  ``executing`` with ``node=None``, ``GET /history/<id>``, ``GET /view`` per file.
+- server: ``main.py`` in a child process, started with worker-comfyui's flags and
+  driven as worker-comfyui's handler drives it (``_bench_common.HandlerClient``):
+  ``GET /``, ``POST /upload/image``, WebSocket ``/ws?clientId=``, ``POST /prompt``,
+  wait for ``executing`` with ``node=None``, ``GET /history/<id>``, ``GET /view``
+  and base64 per file, each request on a new connection.
+
+Prompt metadata is off on both (the server's ``--disable-metadata``, the worker's
+``OUTPUT_METADATA=false``); ``--packs`` loads the same packs into both.
 
 Jobs: LoadImage -> ImageInvert -> SaveImage at 64x64 and 512x512, and LoadImage
 (1024x1024) -> RepeatImageBatch(4) -> ImageInvert -> SaveImage. Every run loads a
 different image (LoadImage's cache key is a hash of the file), so ComfyUI runs
 every node every time; every server run also gets its own ``filename_prefix``
 folder, as each worker job does. Warm-up runs first, then the timed runs, the two
-paths taking turns (ABBA) so drift of a shared machine hits both alike.
+paths taking turns (A B A B) so drift of a shared machine hits both alike; each
+pair gives a ratio (server / worker), reported as min / median / max. ``--memory-jobs N``
+then runs N more worker jobs (the three kinds in turn) and prints the worker's resident
+memory as it goes.
 
     COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_latency.py
 """
@@ -42,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from _bench_common import (
     JOB_KINDS,
     ComfyServer,
-    HttpComfyClient,
+    HandlerClient,
     JobKind,
     check_outputs,
     comfyui_checkout,
@@ -50,8 +58,12 @@ from _bench_common import (
     load_average,
     machine_lines,
     markdown_table,
+    pack_names,
+    packs_config,
     preload_client_modules,
+    ratio_cell,
     report_footer,
+    rss_mib,
     same_pixels,
     summary,
     temp_root,
@@ -78,14 +90,13 @@ output files; ``other``: request parse, job folders, logging (the rest of ``hand
 # The steps of ``Worker.run`` timed by name, where engine.worker calls them.
 _WORKER_STEPS = {"store_images": "inputs", "collect_outputs": "outputs", "deliver": "base64"}
 SERVER_PHASES = (
-    "decode input",
-    "ws connect",
+    "check server",
     "upload",
+    "ws connect",
     "POST /prompt",
     "wait done",
     "GET /history",
-    "GET /view",
-    "base64",
+    "GET /view + base64",
     "server execution",
 )
 
@@ -122,6 +133,10 @@ class TimedRuntime:
         """The inner runtime's cleanup, timed."""
         _, self.last["after_job()"] = timed(self.inner.after_job)
 
+    def __getattr__(self, name: str) -> Any:
+        # The rest of the Runtime protocol (node definitions, cancel...), untimed.
+        return getattr(self.inner, name)
+
 
 @dataclass
 class PathRuns:
@@ -147,7 +162,9 @@ class KindResult:
     same_pixels: bool = False
 
 
-def boot_worker(checkout: Path, work_dir: Path, log: TextIO) -> tuple[Worker, TimedRuntime]:
+def boot_worker(
+    checkout: Path, work_dir: Path, log: TextIO, packs_yaml: Path | None
+) -> tuple[Worker, TimedRuntime]:
     """The real worker with the real ComfyRuntime, booted; its log goes to ``log``.
 
     Wired as ``Worker.from_settings`` wires it for base64 delivery (no bucket), with
@@ -160,9 +177,15 @@ def boot_worker(checkout: Path, work_dir: Path, log: TextIO) -> tuple[Worker, Ti
 
     # A clean environment: base64 delivery (no bucket), and ComfyUI's log at INFO,
     # the level its server logs at by default.
-    settings = Settings.from_env(
-        {"COMFYUI_PATH": str(checkout), "WORKER_DIR": str(work_dir), "COMFY_LOG_LEVEL": "INFO"}
-    )
+    env = {
+        "COMFYUI_PATH": str(checkout),
+        "WORKER_DIR": str(work_dir),
+        "COMFY_LOG_LEVEL": "INFO",
+        "OUTPUT_METADATA": "false",  # as the server's --disable-metadata
+    }
+    if packs_yaml is not None:
+        env["EXTRA_MODEL_PATHS"] = str(packs_yaml)
+    settings = Settings.from_env(env)
     logs.configure(settings.comfy_log_level, settings.secrets())
     # The worker logs to a file, as the server's output goes to one.
     for handler in logging.getLogger().handlers:
@@ -215,7 +238,7 @@ def run_worker(worker: Worker, runtime: TimedRuntime, kind: JobKind, seed: int) 
     return {"response": response, "total": total, "phases": phases}
 
 
-def run_server(client: HttpComfyClient, kind: JobKind, seed: int) -> dict[str, Any]:
+def run_server(client: HandlerClient, kind: JobKind, seed: int) -> dict[str, Any]:
     """One job through ComfyUI's server; its response, total and phase times."""
     prefix = f"run-{uuid.uuid4().hex[:12]}/bench"
     job_input = kind.job_input(seed, prefix=prefix)
@@ -238,18 +261,18 @@ class Plan:
 def bench_kind(
     worker: Worker,
     runtime: TimedRuntime,
-    client: HttpComfyClient,
+    client: HandlerClient,
     kind: JobKind,
     plan: Plan,
 ) -> KindResult:
-    """Warm-up, then ``plan.repeat`` timed runs of each path, in ABBA order."""
+    """Warm-up, then ``plan.repeat`` timed pairs, worker then server (A B A B)."""
     result = KindResult(kind)
     for i in range(plan.warmup):
         check_outputs(kind, run_worker(worker, runtime, kind, plan.seed_base + i)["response"])
         check_outputs(kind, run_server(client, kind, plan.seed_base + i)["response"])
     for i in range(plan.repeat):
         seed = plan.seed_base + plan.warmup + i
-        order = ("worker", "server") if i % 2 == 0 else ("server", "worker")
+        order = ("worker", "server")
         outputs: dict[str, list[bytes]] = {}
         for path in order:
             time.sleep(plan.pause_s)
@@ -277,7 +300,46 @@ def spread(values: list[float]) -> str:
     return f"{fmt_ms(low)} / **{fmt_ms(median)}** / {fmt_ms(p90)} / {fmt_ms(max(values))}"
 
 
-def report(results: list[KindResult], machine: list[str], args: argparse.Namespace) -> str:
+def memory_run(worker: Worker, jobs: int) -> list[tuple[int, float, float]]:
+    """``jobs`` more worker jobs, the kinds in turn; (jobs done, worker RSS, encoders' RSS) MiB.
+
+    Sampled every tenth of the run. The encoders are the PNG encoder processes
+    (engine/runtime/fast_save.py), which live as long as the worker.
+    """
+    kinds = list(JOB_KINDS.values())
+    step = max(1, jobs // 10)
+    samples = [(0, rss_mib(), _encoders_rss_mib())]
+    print(f"memory: {jobs} worker jobs", file=sys.stderr)
+    for i in range(1, jobs + 1):
+        kind = kinds[i % len(kinds)]
+        job = {"id": f"mem-{i}", "input": kind.job_input(50_000 + i, prefix="mem")}
+        check_outputs(kind, worker.handle(job))
+        if i % step == 0 or i == jobs:
+            samples.append((i, rss_mib(), _encoders_rss_mib()))
+    return samples
+
+
+def _encoders_rss_mib() -> float:
+    from engine.runtime import fast_save
+
+    pool = fast_save._pool
+    if pool is None:
+        return 0.0
+    total = 0.0
+    for encoder in list(pool._idle):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            statm = Path(f"/proc/{encoder.process.pid}/statm").read_text(encoding="utf-8")
+            total += int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return total
+
+
+def report(
+    results: list[KindResult],
+    machine: list[str],
+    args: argparse.Namespace,
+    packs: list[str],
+    memory: list[tuple[int, float, float]],
+) -> str:
     """The Markdown report: the latency table, the phase breakdown, the machine, the command."""
     rows = []
     for r in results:
@@ -291,8 +353,8 @@ def report(results: list[KindResult], machine: list[str], args: argparse.Namespa
                 spread(r.worker.total_ms),
                 fmt_ms(r.worker.phase_median("runtime.run()")),
                 spread(r.server.total_ms),
-                f"**{s_med / w_med:.2f}x**",
-                f"{statistics.median(pair_ratios):.2f}x",
+                f"{s_med / w_med:.2f}x",
+                ratio_cell(pair_ratios),
             ]
         )
     latency = markdown_table(
@@ -302,9 +364,9 @@ def report(results: list[KindResult], machine: list[str], args: argparse.Namespa
             "output PNGs",
             "worker in-process, ms: min / **median** / p90 / max",
             "of which runtime.run(), median ms",
-            "ComfyUI server HTTP+WS, ms: min / **median** / p90 / max",
+            "server + handler (HTTP + WS), ms: min / **median** / p90 / max",
             "server ÷ worker (medians)",
-            "median of per-pair ratios",
+            "server ÷ worker per pair: min / **median** / max",
         ],
         rows,
     )
@@ -329,7 +391,7 @@ def report(results: list[KindResult], machine: list[str], args: argparse.Namespa
         latency,
         "",
         f"Warm-up: {args.warmup} run(s) of each path per job, not counted. Outputs of the "
-        f"first timed pair compared: {checks}.",
+        f"first timed pair compared: {checks}. Packs on both sides: {', '.join(packs) or 'none'}.",
         "",
         "Worker phases (median ms): `inputs` = base64 decode, verify and store the input; "
         "`outputs` = find and type the files; `other` = request parse, job folders, logging.",
@@ -341,6 +403,7 @@ def report(results: list[KindResult], machine: list[str], args: argparse.Namespa
         "",
         server_phases,
         "",
+        *_memory_lines(memory),
         *report_footer(machine),
     ]
     return "\n".join(lines)
@@ -364,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=3, help="uncounted runs first (3)")
     parser.add_argument(
+        "--packs", type=Path, help="a folder of custom node packs, loaded by both sides"
+    )
+    parser.add_argument(
+        "--memory-jobs", type=int, default=0, help="worker jobs run after, for memory (0)"
+    )
+    parser.add_argument(
         "--pause", type=float, default=0.2, help="seconds idle before each timed run (0.2)"
     )
     parser.add_argument(
@@ -386,17 +455,20 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         print(f"booting the worker (ComfyUI in-process) from {checkout} ...", file=sys.stderr)
         preload_client_modules()
-        worker, runtime = boot_worker(checkout, root / "worker", worker_log)
+        packs_yaml = packs_config(root, args.packs.resolve() if args.packs else None)
+        # Packs print to stdout as they load; the report alone goes there.
+        with contextlib.redirect_stdout(sys.stderr):
+            worker, runtime = boot_worker(checkout, root / "worker", worker_log, packs_yaml)
         torch = sys.modules["torch"]
         cuda = bool(torch.cuda.is_available())
         device = torch.cuda.get_device_name(0) if cuda else "CPU only, no GPU"
         server = ComfyServer(sys.executable, checkout, root / "server")
-        client: HttpComfyClient | None = None
+        client: HandlerClient | None = None
         try:
             print("starting ComfyUI's server (main.py) ...", file=sys.stderr)
-            server.start(cpu=not cuda)
-            server.wait_ready()
-            client = HttpComfyClient(server.base_url)
+            server.start(cpu=not cuda, extra_model_paths=packs_yaml)
+            client = HandlerClient(server.base_url)
+            client.wait_up()
             results = []
             with timed_worker_steps(runtime):
                 for number, key in enumerate(args.jobs, start=1):
@@ -409,14 +481,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server log, last lines:\n{server.log_tail()}", file=sys.stderr)
             raise
         finally:
-            if client is not None:
-                client.close()
             server.stop()
+        memory = memory_run(worker, args.memory_jobs) if args.memory_jobs else []
         machine = machine_lines(checkout, str(torch.__version__), device, load_before)
-        print(report(results, machine, args))
+        print(report(results, machine, args, pack_names(args.packs), memory))
         print(f"\n(total {time.perf_counter() - started:.0f} s)", file=sys.stderr)
         logging.shutdown()  # flushes the worker's log before its file closes
     return 0
+
+
+def _memory_lines(memory: list[tuple[int, float, float]]) -> list[str]:
+    if not memory:
+        return []
+    table = markdown_table(
+        ["worker jobs done", "worker RSS, MiB", "PNG encoder processes' RSS, MiB"],
+        [[str(n), f"{rss:.0f}", f"{enc:.0f}"] for n, rss, enc in memory],
+    )
+    return [
+        f"Memory over {memory[-1][0]} more worker jobs (the three kinds in turn):",
+        "",
+        table,
+        "",
+    ]
 
 
 if __name__ == "__main__":

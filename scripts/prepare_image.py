@@ -26,6 +26,12 @@ and Ultralytics' settings file (``YOLO_CONFIG_DIR=<dir>/ultralytics``), baked wi
 import, never a pip install at run time. A package that is not installed is skipped.
 The caches are made with ``--venv``'s Python when given, else with this one.
 
+``--node-index`` (with ``--app`` and ``--comfyui``): boot the worker once, so ComfyUI's
+node index is written beside the checkout (``<comfyui>/.worker-node-index/``; see
+engine/runtime/lazy_nodes.py): every container then imports ComfyUI's own node files
+only when a job first names one of their types, instead of at boot. Run it after the
+packs and the worker's code are in place, with the Python that runs the worker.
+
 Standard library only. Exit status: 0 done; 1 a file of ComfyUI or the worker does not
 compile, or a cache was not written; 2 a path is missing or an argument is wrong. A
 site-packages file that does not compile is reported but not fatal: pip skips those too.
@@ -40,6 +46,7 @@ import os
 import py_compile
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +57,8 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# A boot with every pack takes ~10-15 s on 2 CPU cores; a slow build machine gets 20x.
+_BAKE_TIMEOUT_S = 300
 
 # The worker runs without -O (CMD python -u): level 0 is the only .pyc it reads.
 OPTIMIZE = 0
@@ -277,6 +286,54 @@ def bake_caches(python: Path, cache_dir: Path) -> list[str]:
     return lines
 
 
+# Boots the worker's runtime once; run with the worker's folder first on sys.path.
+_BOOT = """
+import os, sys
+sys.path.insert(0, os.environ["WORKER_APP"])
+from engine.runtime.comfy import ComfyRuntime
+from engine.settings import Settings
+runtime = ComfyRuntime(Settings.from_env(os.environ))
+runtime.boot()
+print(runtime.node_count)
+"""
+# What the worker would read at boot and that the build must not see: the index is
+# made for the image's own packs and paths, with API nodes left lazy (no key).
+_NOT_AT_BUILD = ("EXTRA_MODEL_PATHS", "WARMUP_WORKFLOW", "COMFY_ORG_API_KEY")
+
+
+def bake_node_index(python: Path, app: Path, comfyui: Path) -> list[str]:
+    """Boot the worker once so that ComfyUI's node index lands beside the checkout."""
+    folder = comfyui / ".worker-node-index"
+    before = set(folder.glob("node-index-*.json")) if folder.is_dir() else set()
+    with tempfile.TemporaryDirectory(prefix="node-index-") as work:
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_AT_BUILD}
+        env.update(
+            WORKER_APP=str(app),
+            COMFYUI_PATH=str(comfyui),
+            WORKER_DIR=work,
+            COMFY_LOG_LEVEL="WARNING",
+        )
+        done = subprocess.run(
+            [str(python), "-c", _BOOT],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=_BAKE_TIMEOUT_S,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise PrepareError(
+            f"the worker did not boot to make the node index:\n{done.stderr[-3000:]}"
+        )
+    written = sorted(set(folder.glob("node-index-*.json")) - before) if folder.is_dir() else []
+    if not written and not before:
+        raise PrepareError(f"the worker booted but wrote no node index into {folder}")
+    node_count = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "?"
+    names = ", ".join(p.name for p in written) or "already current"
+    return [f"node index in {folder}: {names} ({node_count} node types)"]
+
+
 def _existing_dir(option: str, path: Path | None, marker: str | None = None) -> Path | None:
     if path is None:
         return None
@@ -295,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--app", type=Path, help="the worker's folder (handler.py, engine/)")
     parser.add_argument("--venv", type=Path, help="the venv: compile its site-packages")
     parser.add_argument("--cache-dir", type=Path, help="bake the first-start caches here")
+    parser.add_argument(
+        "--node-index",
+        action="store_true",
+        help="boot the worker (--app) once to write ComfyUI's (--comfyui) node index",
+    )
     parser.add_argument(
         "--workers", type=int, default=0, help="compile processes (default 0: one per CPU)"
     )
@@ -315,6 +377,8 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir.resolve() if args.cache_dir is not None else None
     if cache_dir is not None:
         check_env(cache_dir, os.environ)
+    if args.node_index and (comfyui is None or app is None):
+        raise UsageError("--node-index needs --comfyui and --app")
     if not (comfyui or app or venv or cache_dir):
         raise UsageError("nothing to do: give --comfyui, --app, --venv and/or --cache-dir")
 
@@ -343,6 +407,9 @@ def run(args: argparse.Namespace) -> int:
         print("the image's ENV must hold:")
         for name, value in cache_env(cache_dir).items():
             print(f"  {name}={value}")
+    if args.node_index and comfyui is not None and app is not None:
+        for line in bake_node_index(python, app, comfyui):
+            print(f"baked {line}", flush=True)
     print(f"done in {time.perf_counter() - started:.1f} s")
     return status
 

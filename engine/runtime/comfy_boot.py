@@ -14,16 +14,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import RuntimeBootError
-from engine.runtime import Directories, pack_fixes
+from engine.runtime import Directories, fast_save, pack_fixes, pack_imports
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
+from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_key, index_path
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class Comfy:
     server: HeadlessPromptServer
     executor: Any
     node_count: int
+    lazy_nodes: LazyNodes
+    """ComfyUI's own node files deferred to the job that first names one of their types."""
 
 
 def find_checkout(settings: Settings) -> Path:
@@ -107,6 +111,8 @@ def import_comfy(
     # stays the worker's and every field starts at ComfyUI's default.
     cli_args = importlib.import_module("comfy.cli_args").args
     cli_args.verbose = settings.comfy_log_level
+    # OUTPUT_METADATA=false: save nodes leave the workflow out of PNG/WEBP/video metadata.
+    cli_args.disable_metadata = not settings.output_metadata
     _install_comfy_log_filter(settings.comfy_log_level)
     # As main.py: the top-level ``utils`` package first, or comfy/utils.py takes its name.
     _check_utils_module(checkout)
@@ -135,6 +141,7 @@ def import_comfy(
     execution = importlib.import_module("execution")
     server_module = importlib.import_module("server")
     nodes = importlib.import_module("nodes")
+    pack_imports.watch(nodes)  # failed pack imports are named in job errors
     model_management = importlib.import_module("comfy.model_management")
     hook_breaker = importlib.import_module("hook_breaker_ac10a0")
     executing_context = importlib.import_module("comfy_execution.utils")
@@ -148,25 +155,39 @@ def import_comfy(
     comfy_utils.set_progress_bar_global_hook(step_hook)
 
     started = time.perf_counter()
+    lazy = _lazy_nodes(nodes, checkout, settings, dirs, folder_paths)
     # As main.py: custom nodes may not replace model_management.cast_to for good.
     hook_breaker.save_functions()
     try:
         init = nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=True)
-        _outside_any_loop(server.run_until_complete, init)
+        with lazy.booting():
+            _outside_any_loop(server.run_until_complete, init)
     finally:
         hook_breaker.restore_functions()
     server.start_loop()
     timings["node_init"] = time.perf_counter() - started
+    written = lazy.save(_node_index_dirs(checkout, dirs)[0])
+    if written is not None:
+        log.info("node index written to %s", written)
     pack_fixes.after_custom_nodes(folder_paths, nodes.NODE_CLASS_MAPPINGS, model_paths)
-    node_count = len(nodes.NODE_CLASS_MAPPINGS)
-    missing = [n for n in _SENTINEL_NODES if n not in nodes.NODE_CLASS_MAPPINGS]
+    # A batch's PNGs encoded side by side, same bytes (engine/runtime/fast_save.py).
+    fast_save.install(nodes)
+    # Counted and checked by name: a walk of the mapping would import every deferred file.
+    node_count = lazy.count()
+    missing = [n for n in _SENTINEL_NODES if not lazy.known(n)]
     if missing:
         log.error(
             "ComfyUI loaded %d node types but not %s: part of its node files failed to import",
             node_count,
             ", ".join(missing),
         )
-    log.info("ComfyUI %s: %d node types loaded", _comfy_version(), node_count)
+    log.info(
+        "ComfyUI %s: %d node types; %d of its node files deferred to the first job naming "
+        "one of their types",
+        _comfy_version(),
+        node_count,
+        len(lazy.deferred),
+    )
     log_model_folders(folder_paths)
 
     cache_type = {
@@ -174,10 +195,10 @@ def import_comfy(
         "none": execution.CacheType.DEPENDENCY_AWARE,
     }.get(settings.cache_type, execution.CacheType.CLASSIC)
     executor = execution.PromptExecutor(server, cache_type=cache_type, cache_size=_LRU_CACHE_SIZE)
-    # Everything imported so far lives as long as the process. A full collection
-    # walks it all (~250 ms on 2 CPU cores with ComfyUI loaded); frozen, the
-    # per-job gc.collect() only walks what jobs allocate.
-    gc.collect()
+    # Everything imported so far lives as long as the process: frozen, the per-job
+    # gc.collect() only walks what jobs allocate. No full collection first: with the
+    # five packs it walks ~690k objects for 0.6 s on 2 CPU cores to free ~19k (8 MiB of
+    # import-time cycles, no arrays among them), kept instead (docs/benchmarks.md).
     gc.freeze()
     return Comfy(
         folder_paths=folder_paths,
@@ -188,7 +209,51 @@ def import_comfy(
         server=server,
         executor=executor,
         node_count=node_count,
+        lazy_nodes=lazy,
     )
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection while ComfyUI boots.
+
+    Importing torch, ComfyUI and the packs allocates millions of objects that live as
+    long as the process, and each allocation burst starts a collection that walks all
+    of them again (docs/benchmarks.md has the seconds). The boot then freezes them
+    (:func:`import_comfy`).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _node_index_dirs(checkout: Path, dirs: Directories) -> list[Path]:
+    """Where the node index may live: beside ComfyUI (baked into the image at build,
+    shared by every container), else under the worker's folder (a read-only checkout)."""
+    beside = checkout / ".worker-node-index"
+    ours = dirs.temp.parent / "node-index"
+    writable = beside.is_dir() and os.access(beside, os.W_OK)
+    writable = writable or (not beside.exists() and os.access(checkout, os.W_OK))
+    return [beside, ours] if writable else [ours, beside]
+
+
+def _lazy_nodes(
+    nodes: Any, checkout: Path, settings: Settings, dirs: Directories, folder_paths: Any
+) -> LazyNodes:
+    """The node index for this checkout and environment, read if one was made before."""
+    key = index_key(_comfy_version(), folder_paths.get_folder_paths("custom_nodes"))
+    index = None
+    for folder in _node_index_dirs(checkout, dirs):
+        index = NodeIndex.read(index_path(folder, key), key)
+        if index is not None:
+            break
+    # With a Comfy.org key configured, API nodes are expected: loaded at boot, as before.
+    eager = ("comfy_api_nodes",) if settings.comfy_org_api_key else ()
+    return LazyNodes(nodes, index, key, eager_groups=eager)
 
 
 def _configure_paths(

@@ -1,0 +1,259 @@
+"""SaveImage (and PreviewImage) encode a batch's PNGs side by side, same bytes.
+
+ComfyUI's ``SaveImage.save_images`` encodes a batch's images one after the other:
+on 2 CPU cores four 1024x1024 PNGs at ``compress_level`` 4 take most of a 4-image
+job (docs/benchmarks.md). Pillow's PNG encoder holds the GIL while it filters and
+compresses (measured: four encodes on four threads take as long as one after the
+other), so threads alone gain nothing. Here each ``Image.save`` of a batch runs in a
+small encoder process (:class:`EncoderPool`): the same Pillow, the same call, the
+same arguments, so the same bytes. A thread per image waits on its process with the
+GIL released.
+
+Nothing of ComfyUI's logic is redone: its own ``save_images`` runs unchanged (file
+names, counter, metadata, ``compress_level``, the ui result), with the ``Image`` name
+it looks up in ``nodes`` pointing, for that call only, at a stand-in whose images
+hand ``save`` to the pool. The call returns once every file is written; an encoder
+error is raised from it as before. When an encoder process cannot be started or
+dies, that image is saved in this process instead (logged once): slower, same bytes.
+A real-engine test compares the files with ComfyUI's own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+# Beyond the batch sizes seen in practice (1-8) more processes only cost memory: each
+# holds Pillow (~30 MB) and one image's buffers.
+_MAX_PROCESSES = 8
+_HEADER = struct.Struct("!Q")
+
+
+class _TransportError(Exception):
+    """An encoder process could not be reached: the image is saved here instead."""
+
+
+class _Encoder:
+    """One encoder process: a pickled ``(image, args, kwargs)`` in, ``None`` or the error out."""
+
+    def __init__(self) -> None:
+        # -P: the script's own folder (engine/runtime) stays off sys.path.
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__).resolve()), "--encoder"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            close_fds=True,
+        )
+
+    def save(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            _send(stdin, (image, args, kwargs))
+            error = _receive(stdout)
+        except (OSError, EOFError, pickle.PickleError) as exc:
+            raise _TransportError(str(exc)) from exc
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class EncoderPool:
+    """Encoder processes started on first use, reused for the life of the worker."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="png-encode")
+        self._idle: list[_Encoder] = []
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def submit(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[None]:
+        """Save ``image`` (``image.save(*args, **kwargs)``) in an encoder process."""
+        return self._threads.submit(self._save, image, args, kwargs)
+
+    def _save(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            encoder = self._take()
+        except OSError as exc:
+            self._fallback(exc)
+            image.save(*args, **kwargs)
+            return
+        try:
+            encoder.save(image, args, kwargs)
+        except _TransportError as exc:
+            encoder.close()
+            self._fallback(exc)
+            image.save(*args, **kwargs)
+            return
+        except BaseException:
+            self._give_back(encoder)
+            raise
+        self._give_back(encoder)
+
+    def _take(self) -> _Encoder:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _Encoder()
+
+    def _give_back(self, encoder: _Encoder) -> None:
+        with self._lock:
+            self._idle.append(encoder)
+
+    def _fallback(self, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("PNG encoder process unavailable (%s); saving in the worker itself", exc)
+
+    def close(self) -> None:
+        """End every encoder process (they also end on their own when the worker exits)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for encoder in idle:
+            encoder.close()
+        self._threads.shutdown(wait=False)
+
+
+_pool: EncoderPool | None = None
+_pool_lock = threading.Lock()
+# One patched call at a time swaps ``nodes.Image``; jobs run one at a time anyway.
+_swap_lock = threading.Lock()
+
+
+def _shared_pool() -> EncoderPool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = EncoderPool(max(2, min(_MAX_PROCESSES, os.cpu_count() or 2)))
+        return _pool
+
+
+class _DeferredImage:
+    """A Pillow image whose ``save`` goes to the pool; every other attribute is the image's."""
+
+    def __init__(self, image: Any, pending: list[Future[None]]) -> None:
+        self._image = image
+        self._pending = pending
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self._pending.append(_shared_pool().submit(self._image, args, kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._image, name)
+
+
+class _DeferringPil:
+    """Stands in for ``PIL.Image`` inside one ``save_images`` call."""
+
+    def __init__(self, pil_image: Any, pending: list[Future[None]]) -> None:
+        self._pil = pil_image
+        self._pending = pending
+
+    def fromarray(self, *args: Any, **kwargs: Any) -> _DeferredImage:
+        return _DeferredImage(self._pil.fromarray(*args, **kwargs), self._pending)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pil, name)
+
+
+def install(nodes: Any) -> bool:
+    """Make ``nodes.SaveImage.save_images`` encode a batch in parallel; whether it did.
+
+    Does nothing when already installed, or when ComfyUI's ``nodes`` no longer looks
+    up ``Image.fromarray`` the way this relies on (then the original stays).
+    """
+    save_image: Any = getattr(nodes, "SaveImage", None)
+    original = getattr(save_image, "save_images", None)
+    if original is None or getattr(original, "_parallel_png", False):
+        return False
+    if getattr(getattr(nodes, "Image", None), "fromarray", None) is None:
+        return False
+    save_image.save_images = _parallel(nodes, original)
+    return True
+
+
+def _parallel(nodes: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def save_images(self: Any, images: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(images) < 2:
+            return original(self, images, *args, **kwargs)
+        pending: list[Future[None]] = []
+        with _swap_lock:
+            pil_image = nodes.Image
+            nodes.Image = _DeferringPil(pil_image, pending)
+            try:
+                result = original(self, images, *args, **kwargs)
+            finally:
+                nodes.Image = pil_image
+                # Every file written (or failed) before the node returns, whatever happened.
+                errors = [f.exception() for f in pending]
+        for error in errors:
+            if error is not None:
+                raise error
+        return result
+
+    save_images._parallel_png = True  # type: ignore[attr-defined]
+    return save_images
+
+
+def _send(stream: IO[bytes], obj: Any) -> None:
+    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(body)))
+    stream.write(body)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> Any:
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise EOFError("the encoder process closed its pipe")
+    (size,) = _HEADER.unpack(head)
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError("the encoder process closed its pipe mid-message")
+    # Only ever between the worker and the encoder processes it started, over their pipes.
+    return pickle.loads(body)  # noqa: S301
+
+
+def _encoder_main() -> int:
+    """In an encoder process: save each image it is sent, until its input closes."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            image, args, kwargs = _receive(stdin)
+        except EOFError:
+            return 0
+        try:
+            image.save(*args, **kwargs)
+            error: BaseException | None = None
+        except Exception as exc:
+            error = exc
+        try:
+            _send(stdout, error)
+        except (pickle.PickleError, TypeError, AttributeError):
+            _send(stdout, OSError(f"{type(error).__name__}: {error}"))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--encoder"]:
+    sys.exit(_encoder_main())

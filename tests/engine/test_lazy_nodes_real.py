@@ -1,0 +1,136 @@
+"""ComfyUI's own node files deferred to first use, with the real engine.
+
+Two fresh processes boot ComfyUI from the same checkout (no packs, so they boot in a
+few seconds): the first makes the node index if there is none; the second must defer
+ComfyUI's node files and still run a workflow naming a node type from one of them, the
+first time it names it. The session's runtime checks that a full walk of the mapping
+sees every node type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.runtime.comfy import ComfyRuntime
+from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS
+
+pytestmark = ENGINE_MARKS
+
+_REPO = Path(__file__).resolve().parents[2]
+
+# Boots the runtime, runs one workflow with ImageBlur (comfy_extras/nodes_post_processing.py)
+# and prints what the lazy loader did, as JSON on the last line.
+_CHILD = """
+import json, os, sys
+sys.path.insert(0, os.environ["REPO"])
+from engine.runtime import JobSpec
+from engine.runtime.comfy import ComfyRuntime
+from engine.settings import Settings
+
+runtime = ComfyRuntime(Settings.from_env(os.environ))
+runtime.boot()
+lazy = runtime._comfy.lazy_nodes
+deferred = [os.path.basename(p) for p in lazy.deferred]
+workflow = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 255}},
+    "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 2, "sigma": 1.0}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "lazy/x"}},
+}
+result = runtime.run(JobSpec(prompt_id="lazy-1", workflow=workflow))
+loaded = [os.path.basename(p) for p in lazy.loaded_lazily]
+count = lazy.count()
+nodes = sys.modules["nodes"]
+walked = len(nodes.NODE_CLASS_MAPPINGS)
+print(json.dumps({
+    "deferred": deferred,
+    "loaded": loaded,
+    "outputs": list(result.outputs),
+    "count": count,
+    "walked": walked,
+    "pending_after_walk": len(lazy.pending_names()),
+}))
+"""
+
+
+def _boot_in_child(work: Path) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if k not in {"EXTRA_MODEL_PATHS", "WARMUP_WORKFLOW"}}
+    env.update(
+        REPO=str(_REPO),
+        COMFYUI_PATH=str(COMFYUI_PATH),
+        WORKER_DIR=str(work),
+        COMFY_LOG_LEVEL="WARNING",
+    )
+    env.pop("COMFY_ORG_API_KEY", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        env=env,
+        cwd=work.parent,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    report: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_a_deferred_node_type_runs_the_first_time_a_workflow_names_it(tmp_path: Path) -> None:
+    _boot_in_child(tmp_path / "first")  # makes the index if this checkout has none yet
+    report = _boot_in_child(tmp_path / "second")
+    deferred = report["deferred"]
+    assert isinstance(deferred, list)
+    assert "nodes_post_processing.py" in deferred
+    assert "nodes_images.py" in deferred
+    assert report["outputs"] == ["3"]
+    # Only the file the workflow needed was imported, and only when the job named it.
+    assert report["loaded"] == ["nodes_post_processing.py"]
+    # A full walk imports the rest and sees exactly the types counted by name at boot.
+    assert report["walked"] == report["count"]
+    assert report["pending_after_walk"] == 0
+
+
+def test_the_session_runtime_sees_every_node_type_on_a_walk(runtime: ComfyRuntime) -> None:
+    nodes = sys.modules["nodes"]
+    lazy = runtime._comfy.lazy_nodes  # type: ignore[union-attr]
+    names = set(nodes.NODE_CLASS_MAPPINGS)
+    assert len(names) == lazy.count() == runtime.node_count
+    assert {"SaveImage", "ImageBlur", "SaveAnimatedWEBP", "CreateVideo"} <= names
+    assert not lazy.pending_names()
+    assert not lazy.failed_lazily
+    displays = nodes.NODE_DISPLAY_NAME_MAPPINGS
+    assert displays["ImageBlur"] == "Image Blur"
+
+
+@pytest.mark.parametrize("count", [3])
+def test_a_batch_saved_in_parallel_is_byte_identical_to_comfyuis_save(
+    runtime: ComfyRuntime, count: int
+) -> None:
+    nodes = sys.modules["nodes"]
+    torch = sys.modules["torch"]
+    patched = nodes.SaveImage.save_images
+    original = patched.__wrapped__
+    generator = torch.Generator().manual_seed(7)
+    ramp = torch.linspace(0, 0.8, 160).reshape(1, 1, 160, 1)
+    images = (torch.rand((count, 96, 160, 3), generator=generator) * 0.2 + ramp).clamp(0, 1)
+    node = nodes.SaveImage()
+    prompt = {"1": {"class_type": "SaveImage", "inputs": {}}}
+    extra = {"workflow": {"nodes": []}}
+    outputs = runtime.directories.output
+
+    def saved(function: object, prefix: str) -> list[bytes]:
+        result = function(node, images, filename_prefix=prefix, prompt=prompt, extra_pnginfo=extra)  # type: ignore[operator]
+        items = result["ui"]["images"]
+        assert len(items) == count
+        return [(outputs / i["subfolder"] / i["filename"]).read_bytes() for i in items]
+
+    theirs = saved(original, "fast-save-test/a")
+    ours = saved(patched, "fast-save-test/b")
+    assert ours == theirs
+    assert all(b.startswith(b"\x89PNG") for b in ours)
