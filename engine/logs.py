@@ -8,14 +8,24 @@ the length of its job with :func:`job_context`.
 The current job is process-wide state, not a context variable: a worker runs
 one job at a time, and ComfyUI, the image fetcher and the S3 uploader log from
 threads of their own that must carry the job id (and redact its key) too.
+
+Two more filters keep the boot log readable at ``COMFY_LOG_LEVEL=DEBUG`` (the
+contract's default) without hiding anything a user needs: ComfyUI's one line per
+extra model search path (69 with this repo's ``extra_model_paths.yaml``) becomes one
+summary line, ComfyUI's DEBUG pairs "recursive file list on directory X" + "found N
+files" become one line each, and torio's search for FFmpeg libraries (a traceback
+per version it tries, logged when torchaudio is imported) becomes one-liners and a
+single INFO line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import PurePosixPath
 from typing import Any
 
 _secrets: set[str] = set()
@@ -27,9 +37,28 @@ _MIN_SECRET_LEN = 6
 # Libraries whose DEBUG output is request-by-request wire detail (and, for botocore,
 # signed headers): COMFY_LOG_LEVEL=DEBUG (the contract's default) is meant for the
 # worker and ComfyUI, not for these.
-_CHATTY_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "PIL")
+# matplotlib (imported by custom node packs) logs its config and font cache at import.
+_CHATTY_LIBRARIES = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "PIL",
+    "matplotlib",
+)
 
 _FORMAT = "%(asctime)s %(levelname)s [%(job_id)s] %(name)s: %(message)s"
+
+# ComfyUI's utils/extra_config.py: logging.info("Adding extra search path {} {}".format(...)).
+_SEARCH_PATH_PREFIX = "Adding extra search path "
+# torio/_extension/utils.py logs each FFmpeg version it tries (6, 5, 4, then unversioned).
+_TORIO_LOGGER = "torio._extension.utils"
+_TORIO_GAVE_UP = "Failed to load FFmpeg extension."
+# ComfyUI's folder_paths.py at DEBUG, one pair per model folder it lists.
+_FILE_LIST_PREFIX = "recursive file list on directory "
+_FOUND_FILES = re.compile(r"found \d+ files")
 
 
 def redact(text: str, extra: Iterable[str] = (), *, registered: bool = True) -> str:
@@ -72,6 +101,95 @@ class _JobFilter(logging.Filter):
         return True
 
 
+class _SearchPathSummary(logging.Filter):
+    """ComfyUI's "Adding extra search path <kind> <path>" lines, held and told as one.
+
+    The summary goes out just before the next other line (ComfyUI always logs more at
+    boot); every path is still listed at DEBUG by engine.runtime.comfy_folders.
+    """
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self._handler = handler
+        self._held: list[tuple[str, str]] = []
+        self._first: logging.LogRecord | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(_SEARCH_PATH_PREFIX):
+            kind, _, path = message.removeprefix(_SEARCH_PATH_PREFIX).partition(" ")
+            self._held.append((kind, path))
+            self._first = self._first or record
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Emit the summary of the paths held so far, if any."""
+        if not self._held or self._first is None:
+            return
+        held, first = self._held, self._first
+        self._held, self._first = [], None
+        roots = sorted({str(PurePosixPath(path).parent) for _, path in held})
+        summary = logging.makeLogRecord(
+            {
+                **first.__dict__,
+                "msg": "%d extra model search paths added (%d folder types) under %s",
+                "args": (len(held), len({kind for kind, _ in held}), ", ".join(roots)),
+            }
+        )
+        self._handler.handle(summary)
+
+
+class _FileListFilter(logging.Filter):
+    """ComfyUI's DEBUG pair "recursive file list on directory X" + "found N files", as one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._directory: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(_FILE_LIST_PREFIX):
+            self._directory = message.removeprefix(_FILE_LIST_PREFIX)
+            return False
+        if self._directory is not None and _FOUND_FILES.fullmatch(message):
+            record.msg, record.args = f"{message} in {self._directory}", None
+            self._directory = None
+        return True
+
+
+class _TorioFfmpegFilter(logging.Filter):
+    """torio's FFmpeg probing: no tracebacks, and its giving up said once, at INFO.
+
+    torchaudio (imported by ComfyUI) loads torio, which tries FFmpeg 6, 5 and 4 shared
+    libraries and logs a full traceback for each one missing. The image has none of
+    them, and needs none: ComfyUI's own audio and video nodes read and write with PyAV.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{message} ({_one_line(record.exc_info[1])})", None
+            record.exc_info, record.exc_text = None, None
+        if message == _TORIO_GAVE_UP:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = (
+                "torio (torchaudio's FFmpeg binding) found no FFmpeg 4-6 libraries; "
+                "ComfyUI's own audio and video nodes do not use it (they use PyAV)",
+                None,
+            )
+        # The logger is set to DEBUG so that torio's DEBUG records are made at all; each
+        # then shows only where the worker's level admits it (the attempts at DEBUG, the
+        # summary at INFO and below).
+        return logging.getLogger().isEnabledFor(record.levelno)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def add_secrets(values: Iterable[str | None]) -> None:
     """Register values that must never be logged for the life of the process."""
     _secrets.update(v for v in values if v and len(v) >= _MIN_SECRET_LEN)
@@ -89,12 +207,19 @@ def configure(level: str = "INFO", secrets: Iterable[str | None] = ()) -> None:
         root.removeHandler(existing)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
+    # The summary runs first: the record it makes then passes the job filter like any other.
+    handler.addFilter(_SearchPathSummary(handler))
+    handler.addFilter(_FileListFilter())
     handler.addFilter(_JobFilter())
     handler._comfy_worker = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     for name in _CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
+    torio = logging.getLogger(_TORIO_LOGGER)
+    if not any(isinstance(f, _TorioFfmpegFilter) for f in torio.filters):
+        torio.addFilter(_TorioFfmpegFilter())
+    torio.setLevel(logging.DEBUG)
 
 
 @contextlib.contextmanager

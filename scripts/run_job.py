@@ -7,9 +7,12 @@ normalisation, ComfyUI in-process, outputs, delivery), without RunPod:
     .venv/bin/python scripts/run_job.py examples/invert_png_mp4.json \\
         --image example.png=examples/example.png --out outputs
 
-Outputs are saved as comfy-worker-client saves them: base64 decoded, S3 URLs
-downloaded, a name already taken gets -1, -2, ...; exit 3 if one could not be
-saved or the worker reported errors[].
+The first argument is a workflow or a whole request file (``{"input": {...}}``, such as
+test_input.json); ``--image`` adds to its images. Outputs are saved as
+comfy-worker-client saves them: base64 decoded, S3 URLs downloaded, a name already
+taken gets -1, -2, ...; exit 3 if one could not be saved or the worker reported errors[].
+
+Logs at COMFY_LOG_LEVEL, as the worker on RunPod does (``--verbose``: DEBUG).
 
 ComfyUI comes from COMFYUI_PATH, else from comfyui/ComfyUI (scripts/setup.sh
 --with-comfyui). Runs on the GPU when there is one, on the CPU otherwise.
@@ -31,8 +34,8 @@ from engine.client import (
     UsageError,
     download_client,
     encode_image,
-    load_workflow,
     parse_image_arg,
+    read_request,
     save_outputs,
 )
 from engine.settings import Settings
@@ -44,29 +47,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("workflow", type=Path, help="workflow in ComfyUI's API format (JSON)")
+    parser.add_argument(
+        "workflow", type=Path, help='a workflow (JSON) or a request file {"input": {...}}'
+    )
     parser.add_argument(
         "--image", action="append", default=[], metavar="NAME=PATH|URL",
         help="an input image: a local file or an http(s) URL; NAME is what LoadImage refers to "
         "(default: the file's name)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the outputs")
-    parser.add_argument("--verbose", action="store_true", help="log at DEBUG (ComfyUI included)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log at DEBUG whatever COMFY_LOG_LEVEL says"
+    )
     args = parser.parse_args(argv)
-    try:  # the client's checks, before the slow boot: a UI-format workflow, a missing image
-        workflow = load_workflow(args.workflow)
-        images = [encode_image(parse_image_arg(text)) for text in args.image]
+    try:  # the client's checks, before the slow boot: an unreadable file, a missing image
+        job_input: dict[str, Any] = read_request(args.workflow)["input"]
+        if args.image:
+            given = [encode_image(parse_image_arg(text)) for text in args.image]
+            names = {image["name"] for image in given}
+            kept = [i for i in job_input.get("images", []) if i.get("name") not in names]
+            job_input["images"] = kept + given
     except UsageError as exc:
         parser.error(exc.message)
 
     settings = Settings.from_env(os.environ)
-    logs.configure("DEBUG" if args.verbose else "INFO", settings.secrets())
+    logs.configure("DEBUG" if args.verbose else settings.comfy_log_level, settings.secrets())
     worker = Worker.from_settings(settings)
     started = time.perf_counter()
     worker.boot()
     booted = time.perf_counter()
     job_id = f"local-{int(time.time())}"
-    job_input: dict[str, Any] = {"workflow": workflow, "images": images}
     result = worker.handle({"id": job_id, "input": job_input})
     finished = time.perf_counter()
 
@@ -76,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     # The client's saving: base64 decoded, S3 URLs downloaded, a name taken gets -1, -2, ...
     try:
         with download_client() as downloads:
-            code = int(save_outputs({"id": job_id, "output": result}, args.out, downloads))
+            report = save_outputs({"id": job_id, "output": result}, args.out, downloads)
+        code = int(report.exit_code)
     except ClientError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         code = int(exc.exit_code)

@@ -1,18 +1,21 @@
 """Command-line client: run a workflow on a RunPod endpoint or a local worker, save the outputs.
 
     comfy-worker-client workflow_api.json --image photo.png --endpoint abc123xyz
-    python -m engine.client workflow_api.json --url http://127.0.0.1:8000 --sync
+    python -m engine.client test_input.json --url http://127.0.0.1:8000 --sync
+    comfy-worker-client --job <id> --endpoint abc123xyz --json
 
-It sends ``{"input": {"workflow": ..., "images": [...]}}`` with ``POST /run`` and polls
-``/status/<id>`` (``--sync``: ``POST /runsync``), then writes every item of
-``output.images`` into a folder: base64 data URIs decoded, S3 URLs downloaded.
+It sends ``{"input": {"workflow": ..., "images": [...]}}`` (or a whole request file) with
+``POST /run`` and polls ``/status/<id>`` (``--sync``: ``POST /runsync``), then writes every
+item of ``output.images`` into a folder: base64 data URIs decoded, S3 URLs downloaded.
 
-Only httpx and the standard library: the client runs on a laptop that has none of
-the worker's dependencies (torch, ComfyUI, boto3, pydantic).
+Only httpx and the standard library, and no other ``engine`` module: the client is
+also its own distribution (``client/pyproject.toml``, ``pip install ./client``) for a
+laptop that has none of the worker's dependencies (torch, ComfyUI, boto3, pydantic).
 
 Modules: ``cli`` (arguments -> ClientConfig), ``request`` (the job's body), ``api``
-(RunPod's HTTP API), ``wait`` (polling, progress), ``save`` (outputs to files),
-``run`` (``execute`` and ``main``), ``errors``, ``text`` (terminal output).
+(RunPod's HTTP API), ``start`` (a local worker still booting), ``wait`` (polling,
+progress), ``save`` (outputs to files), ``run`` (``execute`` and ``main``), ``errors``,
+``text`` (terminal output).
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ from engine.client.errors import (
     JobFailedError,
     NoAnswerError,
     SaveError,
+    ServerDownError,
     UsageError,
     UserInterrupt,
     WaitTimeoutError,
 )
-from engine.client.request import build_request, encode_image, load_workflow
-from engine.client.run import execute, main
+from engine.client.request import build_request, encode_image, load_workflow, read_request
+from engine.client.run import completed_summary, error_summary, execute, main
 from engine.client.save import (
     SavedFile,
+    SaveReport,
     download_client,
     human_size,
     open_unique,
@@ -48,6 +53,7 @@ from engine.client.save import (
     save_item,
     save_outputs,
 )
+from engine.client.start import when_up
 from engine.client.wait import Progress, describe_failure, followup_hint, wait_for_job
 
 __all__ = [
@@ -62,14 +68,18 @@ __all__ = [
     "Progress",
     "RunPodApi",
     "SaveError",
+    "SaveReport",
     "SavedFile",
+    "ServerDownError",
     "UsageError",
     "UserInterrupt",
     "WaitTimeoutError",
     "build_request",
+    "completed_summary",
     "describe_failure",
     "download_client",
     "encode_image",
+    "error_summary",
     "execute",
     "followup_hint",
     "human_size",
@@ -79,8 +89,10 @@ __all__ = [
     "parse_args",
     "parse_frames_to_video",
     "parse_image_arg",
+    "read_request",
     "safe_filename",
     "save_item",
     "save_outputs",
     "wait_for_job",
+    "when_up",
 ]

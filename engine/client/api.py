@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from engine.client.cli import ClientConfig
-from engine.client.errors import ApiError, NoAnswerError, UsageError
+from engine.client.errors import ApiError, NoAnswerError, ServerDownError, UsageError
 from engine.client.text import clean
 
 # RunPod refuses a /run request over 10 MB and a /runsync one over 20 MB; checking
@@ -41,6 +42,15 @@ class RunPodApi:
         # RunPod answers GET /status; the SDK's local server only POST (405 to GET).
         self._status_method = "GET"
 
+    @property
+    def status_blocks(self) -> bool:
+        """Whether /status answers only when the job ends: the runpod SDK's local server.
+
+        It runs a /run job inside the /status request that asks for it, so no progress
+        can be reported; it is known by its 405 to ``GET /status``.
+        """
+        return self._status_method == "POST"
+
     def close(self) -> None:
         """Close the connections."""
         self._http.close()
@@ -57,14 +67,35 @@ class RunPodApi:
         # Never retried: a second POST would start a second job.
         return self._call("POST", path, content=body, wait_s=wait_s)
 
-    def status(self, job_id: str, *, wait_s: float | None) -> dict[str, Any]:
-        """The job's status; blocks until it ends on the SDK's local server."""
+    def status(
+        self,
+        job_id: str,
+        *,
+        wait_s: float | None,
+        on_blocking: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """The job's status; blocks until it ends on the SDK's local server.
+
+        ``on_blocking`` is called before a request known to block that way.
+        """
         path = f"/status/{quote(job_id, safe='')}"
-        try:
-            return self._call(self._status_method, path, wait_s=wait_s)
-        except _MethodNotAllowed:
-            self._status_method = "POST"
-            return self._call("POST", path, wait_s=wait_s)
+        if not self.status_blocks:
+            try:
+                return self._call("GET", path, wait_s=wait_s)
+            except _MethodNotAllowed:
+                self._status_method = "POST"
+        if on_blocking is not None:
+            on_blocking()
+        return self._call("POST", path, wait_s=wait_s)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """POST /cancel/<id>: RunPod stops the job (the worker interrupts ComfyUI)."""
+        if self.status_blocks:
+            raise ApiError(
+                "the runpod SDK's local API server has no /cancel: the job runs to its end "
+                "(stop the server to stop it)"
+            )
+        return self._call("POST", f"/cancel/{quote(job_id, safe='')}", wait_s=CONNECT_TIMEOUT_S)
 
     def _call(
         self, method: str, path: str, *, content: bytes | None = None, wait_s: float | None
@@ -79,6 +110,10 @@ class RunPodApi:
             )
         except httpx.ReadTimeout:
             raise NoAnswerError(f"{method} {url} gave no answer within --timeout") from None
+        except httpx.ConnectError as exc:  # refused or unresolved: nothing reached the server
+            raise ServerDownError(
+                f"cannot reach {url}: {exc or type(exc).__name__}", transient=True
+            ) from None
         except httpx.TransportError as exc:
             raise ApiError(
                 f"cannot reach {url}: {exc or type(exc).__name__}", transient=True

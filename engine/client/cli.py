@@ -27,11 +27,16 @@ class ImageSpec:
     source: str
 
 
+# A local worker boots ComfyUI before it listens: 17-32 s measured for the README's
+# example (issue 12), more with custom node packs. RunPod's API is up or it is not.
+DEFAULT_WAIT_START_S = 180.0
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Everything one run of the CLI needs; built by :func:`parse_args`."""
 
-    workflow: Path
+    workflow: Path | None
     base_url: str
     endpoint_id: str | None = None
     api_key: str | None = field(default=None, repr=False)
@@ -43,6 +48,12 @@ class ClientConfig:
     poll_interval_s: float = 1.0
     frames_to_video: dict[str, Any] | None = None
     comfy_org_api_key: str | None = field(default=None, repr=False)
+    job_id: str | None = None
+    """``--job``: fetch this existing job's result instead of submitting one."""
+    wait_start_s: float = 0.0
+    """How long a refused connection counts as a worker still booting (``--wait-start``)."""
+    cancel_on_interrupt: bool = False
+    json_output: bool = False
 
 
 _EPILOG = """\
@@ -56,7 +67,11 @@ exit codes:
   4    the endpoint could not be reached, rejected the API key, does not exist,
        or gave an answer the client does not understand
   5    --timeout passed first; the job was not cancelled (its id is printed)
-  130  interrupted (Ctrl-C); the job was not cancelled
+  130  interrupted (Ctrl-C); the job was not cancelled unless --cancel-on-interrupt
+
+The first argument is a workflow (API format, or the UI format the worker converts) or a
+whole request file, {"input": {...}} (test_input.json is one); --image and the other
+options add to the request's input.
 
 Outputs are never overwritten: a name already taken gets -1, -2, ... before its suffix.
 The API key is read from the environment only and is never printed.
@@ -70,7 +85,17 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("workflow", type=Path, help="workflow JSON from Workflow -> Export (API)")
+    parser.add_argument(
+        "workflow",
+        type=Path,
+        nargs="?",
+        help='a workflow JSON (Workflow -> Export (API)) or a request file {"input": {...}}',
+    )
+    parser.add_argument(
+        "--job",
+        metavar="ID",
+        help="fetch (wait for, save) the result of a job submitted earlier instead of a new one",
+    )
     parser.add_argument(
         "--image",
         action="append",
@@ -123,6 +148,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "--keep-frames", action="store_true", help="with --frames-to-video, also return the stills"
     )
     parser.add_argument(
+        "--wait-start",
+        type=float,
+        metavar="S",
+        help="with --url, retry a refused connection for up to S seconds while the worker "
+        f"boots (default {DEFAULT_WAIT_START_S:g}; 0: fail at once)",
+    )
+    parser.add_argument(
+        "--cancel-on-interrupt",
+        action="store_true",
+        help="on Ctrl-C, cancel the job (POST /cancel/<id>) instead of leaving it running",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (job id, status, saved files, errors) on stdout at the end",
+    )
+    parser.add_argument(
         "--comfy-org-api-key-env",
         metavar="NAME",
         help="send the value of environment variable NAME as comfy_org_api_key (API nodes)",
@@ -140,6 +182,16 @@ def parse_args(
         raise UsageError("--timeout must be >= 0 and --poll-interval > 0")
     if args.keep_frames and not args.frames_to_video:
         raise UsageError("--keep-frames needs --frames-to-video")
+    if (args.workflow is None) == (args.job is None):
+        raise UsageError("give a workflow or request file, or --job ID to fetch a job's result")
+    if args.job is not None and (args.image or args.frames_to_video or args.sync):
+        raise UsageError(
+            "--job fetches an existing job: --image, --frames-to-video, --sync do not apply"
+        )
+    if args.wait_start is not None and args.wait_start < 0:
+        raise UsageError("--wait-start must be >= 0")
+    if args.wait_start and args.endpoint is not None:
+        raise UsageError("--wait-start is for a local worker (--url); RunPod queues jobs itself")
     key_env = args.api_key_env or "RUNPOD_API_KEY"
     api_key = env.get(key_env) or None
     if args.endpoint is not None:
@@ -183,6 +235,16 @@ def parse_args(
         poll_interval_s=args.poll_interval,
         frames_to_video=frames,
         comfy_org_api_key=comfy_key,
+        job_id=args.job,
+        wait_start_s=(
+            0.0
+            if args.endpoint is not None
+            else DEFAULT_WAIT_START_S
+            if args.wait_start is None
+            else args.wait_start
+        ),
+        cancel_on_interrupt=args.cancel_on_interrupt,
+        json_output=args.json,
     )
 
 

@@ -5,7 +5,8 @@ The errors:
     ClientError            one message + exit_code
     ├── UsageError         2: arguments, workflow or image file
     ├── ApiError           4: unreachable, key rejected, unknown endpoint, odd answer
-    │   └── NoAnswerError  ... no answer before --timeout (also a TimeoutError)
+    │   ├── NoAnswerError  ... no answer before --timeout (also a TimeoutError)
+    │   └── ServerDownError ... connection refused: nothing was sent (a booting worker)
     ├── JobFailedError     1: FAILED, CANCELLED, TIMED_OUT
     ├── SaveError          3: the output folder cannot be created
     ├── WaitTimeoutError   5: --timeout passed (also a TimeoutError)
@@ -14,7 +15,9 @@ The errors:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -34,11 +37,15 @@ class ClientError(Exception):
 
     exit_code = ExitCode.API
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(
+        self, message: str, *, transient: bool = False, job: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.transient = transient
         """Worth another try while polling (a dropped connection, a 5xx, a 429)."""
+        self.job = job
+        """The job's final status, when the job itself failed (for ``--json``)."""
 
 
 class UsageError(ClientError):
@@ -53,6 +60,10 @@ class ApiError(ClientError):
 
 class NoAnswerError(ApiError, TimeoutError):
     """A request got no answer before the client's ``--timeout``."""
+
+
+class ServerDownError(ApiError, ConnectionError):
+    """The connection was refused (or the host unknown): the request never reached a server."""
 
 
 class JobFailedError(ClientError):

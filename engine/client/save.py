@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,6 +34,20 @@ class SavedFile:
     mime_type: str
     size: int
     video: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    """What :func:`save_outputs` did: the folder, the files written, the problems."""
+
+    folder: Path
+    files: tuple[SavedFile, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """INCOMPLETE if an output could not be saved or the worker reported errors[]."""
+        return ExitCode.INCOMPLETE if self.problems else ExitCode.OK
 
 
 class _ItemFailure(Exception):
@@ -122,15 +137,24 @@ def _download(
     try:
         with downloads.stream("GET", url) as response:
             if response.status_code != 200:
-                hint = (
-                    " (presigned URLs expire after BUCKET_URL_EXPIRY_S)"
-                    if response.status_code == 403
-                    else ""
-                )
+                hint = _forbidden_hint(url) if response.status_code == 403 else ""
                 raise _ItemFailure(f"download from {shown} answered {response.status_code}{hint}")
             return _write(folder, name, lambda: response.iter_bytes(_CHUNK_BYTES), expected)
     except httpx.HTTPError as exc:
         raise _ItemFailure(f"download from {shown} failed: {exc or type(exc).__name__}") from None
+
+
+def _forbidden_hint(url: str) -> str:
+    """Why S3 refused a download: a presigned URL expired, or a public URL's bucket is private."""
+    query = urlsplit(url).query.lower()
+    if "x-amz-signature=" in query or "signature=" in query:
+        return (
+            " (a presigned URL expires after the worker's BUCKET_URL_EXPIRY_S; fetch the job again)"
+        )
+    return (
+        " (a URL without a signature: the worker's BUCKET_PUBLIC_URL is set, but the bucket "
+        "or the CDN in front of it does not allow public reads)"
+    )
 
 
 def human_size(size: int) -> str:
@@ -152,12 +176,17 @@ def _describe(saved: SavedFile) -> str:
 
 
 def save_outputs(
-    body: Mapping[str, Any], out_dir: Path | None, downloads: httpx.Client
-) -> ExitCode:
-    """Save a COMPLETED job's outputs, a line per file; report what the worker could not deliver.
+    body: Mapping[str, Any],
+    out_dir: Path | None,
+    downloads: httpx.Client,
+    *,
+    echo: bool = True,
+) -> SaveReport:
+    """Save a COMPLETED job's outputs; report what the worker could not deliver.
 
     ``body`` is the job's final status (``id``, ``output``); ``out_dir`` defaults to
-    ``outputs/<job id>``. INCOMPLETE if an output could not be saved or ``errors[]`` is not empty.
+    ``outputs/<job id>``. With ``echo``, a line per file on stdout (``--json`` prints its
+    own); problems and the summary always go to stderr.
     """
     output = body.get("output")
     if not isinstance(output, Mapping) or not isinstance(output.get("images"), list):
@@ -172,18 +201,24 @@ def save_outputs(
             f"job {body.get('id')} completed, but {folder} cannot be created: "
             f"{exc.strerror or exc}; choose another folder with --out"
         ) from None
-    saved, problems = 0, []
+    saved: list[SavedFile] = []
+    problems = []
     for index, item in enumerate(output["images"]):
         try:
-            say(_describe(save_item(item, index, folder, downloads)))
-            saved += 1
+            saved.append(save_item(item, index, folder, downloads))
         except (_ItemFailure, OSError) as exc:
             problems.append(f"could not save {exc}")
+            continue
+        if echo:
+            say(_describe(saved[-1]))
     problems += [f"the worker reported: {clean(line)}" for line in output.get("errors") or []]
     for line in problems:
         say(f"warning: {line}", err=True)
-    say(f"job {body.get('id')} COMPLETED{_timings(body)}: {saved} file(s) in {folder}", err=True)
-    return ExitCode.INCOMPLETE if problems else ExitCode.OK
+    say(
+        f"job {body.get('id')} COMPLETED{_timings(body)}: {len(saved)} file(s) in {folder}",
+        err=True,
+    )
+    return SaveReport(folder, tuple(saved), tuple(problems))
 
 
 def _timings(body: Mapping[str, Any]) -> str:

@@ -3,9 +3,11 @@ local API server (fake runtime), and against S3 (moto), all on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests import workflows
+from tests.e2e import conftest as e2e_conftest
 from tests.e2e.conftest import REPO, WorkerServer
 
 KEY_ID = "AKIACLIENTE2E0000001"
@@ -73,6 +76,8 @@ def test_run_and_poll_saves_the_inverted_image(worker: WorkerServer, tmp_path: P
     with Image.open(tmp_path / path) as image:
         assert image.convert("RGB").getpixel((0, 0)) == (55, 215, 245)
     assert "IN_PROGRESS" in result.stderr and "COMPLETED" in result.stderr
+    # The SDK's local /status answers only when the job ends: said, not shown as a frozen state.
+    assert "note: this is the runpod SDK's local API server" in result.stderr
     assert wf.exists()
 
 
@@ -150,3 +155,151 @@ def test_s3_outputs_are_downloaded_and_match_the_bucket(
         assert webp.format == "WEBP"
     # Presigned URLs carry their signature in the query string: never printed.
     assert "X-Amz-Signature" not in result.stdout + result.stderr
+
+
+# -- RunPod's conventions: test_input.json, local serving, existing jobs ----------------------
+
+
+def test_handler_py_runs_the_shipped_test_input_json(tmp_path: Path) -> None:
+    """``python handler.py`` with no arguments: the runpod SDK's local test mode reads
+    ./test_input.json (the bundled example with its image inline) and exits 0 on success."""
+    shipped = json.loads((REPO / "test_input.json").read_text())
+    assert shipped["input"]["workflow"] == json.loads(
+        (REPO / "examples" / "invert_png_mp4.json").read_text()
+    )
+    (image,) = shipped["input"]["images"]
+    header, _, payload = image["image"].partition(",")
+    assert header == "data:image/png;base64"
+    assert base64.b64decode(payload) == (REPO / "examples" / "example.png").read_bytes()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "WORKER_RUNTIME": "tests.e2e.example_runtime:ExampleRuntime",
+        "WORKER_DIR": str(tmp_path / "work"),
+        "COMFY_LOG_LEVEL": "INFO",
+    }
+    proc = subprocess.run(
+        [sys.executable, "handler.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "Using test_input.json as job input." in log
+    assert "Job local_test completed successfully." in log
+    # The SDK logs the handler's answer as a Python dict, its middle cut past 4096 characters.
+    result = log.split("Job result: ", 1)[1]
+    assert result.startswith("{'output': {'images': [{'filename': 'inverted_00001_.png'")
+    assert "'mime_type': 'video/mp4', 'node_id': '7'" in result
+    assert "'frames': 24}}], 'errors': [], 'stats': {" in result
+
+
+_WORKER_PREFIXES = ("BUCKET_", "COMFY", "INPUT_", "JOB_", "RESPONSE_", "WORKER_", "RUNPOD_")
+
+
+class Client:
+    """The client CLI in a subprocess whose stderr the test reads line by line, for cues."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "COMFY"))}
+        env["PYTHONPATH"] = str(REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.client", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.err_lines: list[str] = []
+
+    def wait_for_line(self, text: str) -> None:
+        """Read stderr until a line holds ``text``; fail if the client exits first."""
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err_lines.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"the client exited without saying {text!r}: {self.err_lines}")
+
+    def finish(self) -> Result:
+        out, err = self.proc.communicate(timeout=120)
+        return Result(self.proc.returncode, out, "".join(self.err_lines) + err)
+
+
+def test_the_client_waits_for_a_worker_that_starts_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run back to back, the README's commands: the client meets a refused connection while
+    the worker boots, says it waits, and sends the job once the worker listens."""
+    port = e2e_conftest.free_port()
+    url = f"http://127.0.0.1:{port}"
+    write_json(tmp_path / "wf.json", workflows.batch(1))
+    client = Client(tmp_path, "wf.json", "--url", url, "--out", "out", "--wait-start", "120")
+    server = None
+    try:
+        client.wait_for_line(f"waiting for the worker at {url} to start")
+        monkeypatch.setattr(e2e_conftest, "free_port", lambda: port)
+        server = WorkerServer({}, tmp_path / "worker.log", tmp_path / "work")
+        result = client.finish()
+    finally:
+        if client.proc.poll() is None:
+            client.proc.kill()
+        if server is not None:
+            server.close()
+    assert result.code == 0, result
+    assert f"the worker at {url} is up" in result.stderr
+    assert len(result.saved()) == 1
+
+
+def test_a_request_file_and_json_output(worker: WorkerServer, tmp_path: Path) -> None:
+    """A whole request ``{"input": {...}}`` is sent as it is; --json prints one object."""
+    request = {"input": {"workflow": workflows.batch(2), "convert_output": {"format": "jpeg"}}}
+    write_json(tmp_path / "request.json", request)
+    result = run_client(tmp_path, "request.json", "--url", worker.url, "--sync", "--json")
+    assert result.code == 0, (result, worker.log())
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "COMPLETED" and summary["exit_code"] == 0
+    assert [f["mime_type"] for f in summary["files"]] == ["image/jpeg", "image/jpeg"]
+    for saved in summary["files"]:
+        assert (tmp_path / saved["path"]).stat().st_size == saved["size_bytes"]
+
+
+def test_job_fetches_the_result_of_an_earlier_run(worker: WorkerServer, tmp_path: Path) -> None:
+    """``--job ID``: a job submitted with /run earlier (here by plain HTTP) is waited for and
+    saved; the SDK's local server then forgets it, and says so on a second try."""
+    queued = worker.client.post("/run", json={"input": {"workflow": workflows.batch(1)}})
+    job_id = queued.json()["id"]
+    first = run_client(tmp_path, "--job", job_id, "--url", worker.url, "--out", "out", "--json")
+    assert first.code == 0, (first, worker.log())
+    (saved,) = json.loads(first.stdout)["files"]
+    assert (tmp_path / saved["path"]).is_file()
+    again = run_client(tmp_path, "--job", job_id, "--url", worker.url, "--json")
+    assert again.code == 1, again
+    assert json.loads(again.stdout)["error"] == "Job ID not found"
+    assert "forgets a job once a /status has answered it" in again.stderr
+
+
+def test_ctrl_c_with_cancel_on_interrupt_on_the_local_server(
+    start_worker: Callable[..., WorkerServer], tmp_path: Path
+) -> None:
+    """The SDK's local server has no /cancel: the client says so instead of pretending."""
+    worker = start_worker()  # its own: the interrupted job goes on running there
+    write_json(tmp_path / "slow.json", workflows.sleeps(60))
+    client = Client(tmp_path, "slow.json", "--url", worker.url, "--cancel-on-interrupt")
+    try:
+        client.wait_for_line("note: this is the runpod SDK's local API server")
+        client.proc.send_signal(signal.SIGINT)
+        result = client.finish()
+    finally:
+        if client.proc.poll() is None:
+            client.proc.kill()
+    assert result.code == 130, result
+    assert "could not be cancelled: the runpod SDK's local API server has no /cancel" in (
+        result.stderr
+    )

@@ -3,9 +3,15 @@ answers, with RunPod (and S3) replaced by an ``httpx.MockTransport``."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +159,34 @@ class TestParseArgs:
             (["--url", "http://h", "--frames-to-video", "12:avi"], "mp4 or webm"),
             (["--url", "http://h", "--api-key-env", "UNSET_VAR"], "UNSET_VAR"),
             (["--url", "http://h", "--comfy-org-api-key-env", "UNSET_VAR"], "UNSET_VAR"),
+            (["--url", "http://h", "--job", "j1"], "give a workflow or request file, or --job"),
+            (["--url", "http://h", "--wait-start", "-1"], "--wait-start must be >= 0"),
+            (["--endpoint", "e", "--wait-start", "5"], "for a local worker"),
         ],
     )
     def test_bad_values_are_usage_errors(self, argv: list[str], message: str) -> None:
         with pytest.raises(client.UsageError, match=message):
             client.parse_args(["wf.json", *argv], {"RUNPOD_API_KEY": KEY})
+
+    def test_job_alone_needs_no_workflow_and_refuses_request_options(self) -> None:
+        config = client.parse_args(["--job", "j1", "--url", "http://h"], {})
+        assert (config.job_id, config.workflow) == ("j1", None)
+        with pytest.raises(client.UsageError, match="give a workflow"):
+            client.parse_args(["--url", "http://h"], {})
+        with pytest.raises(client.UsageError, match="--job fetches an existing job"):
+            client.parse_args(["--job", "j1", "--url", "http://h", "--image", "a.png"], {})
+
+    def test_a_local_worker_is_waited_for_runpod_is_not(self) -> None:
+        local = client.parse_args(["wf.json", "--url", "http://h"], {})
+        assert local.wait_start_s == client.cli.DEFAULT_WAIT_START_S
+        assert (
+            client.parse_args(
+                ["wf.json", "--url", "http://h", "--wait-start", "0"], {}
+            ).wait_start_s
+            == 0
+        )
+        remote = client.parse_args(["wf.json", "--endpoint", "e"], {"RUNPOD_API_KEY": KEY})
+        assert remote.wait_start_s == 0
 
     def test_frames_to_video_timeout_and_comfy_key(self) -> None:
         config = client.parse_args(
@@ -227,11 +256,56 @@ class TestImageArgs:
 
 
 class TestWorkflowFile:
-    def test_ui_format_is_refused_with_the_export_menu(self, tmp_path: Path) -> None:
+    def test_ui_format_is_passed_to_the_worker_which_converts_it(self, tmp_path: Path) -> None:
         path = tmp_path / "ui.json"
-        path.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}))
-        with pytest.raises(client.UsageError, match=r"UI format.*Workflow -> Export \(API\)"):
-            client.load_workflow(path)
+        ui = {"nodes": [], "links": [], "version": 0.4}
+        path.write_text(json.dumps(ui))
+        assert client.load_workflow(path) == ui
+        assert client.read_request(path) == {"input": {"workflow": ui}}
+
+    def test_a_request_file_is_sent_whole_and_the_options_add_to_it(self, tmp_path: Path) -> None:
+        (tmp_path / "new.png").write_bytes(png())
+        request = {
+            "id": "local_test",
+            "webhook": "https://hooks.example/done",
+            "input": {
+                "workflow": workflows.batch(1),
+                "images": [
+                    {"name": "keep.png", "image": "https://example.com/k.png"},
+                    {"name": "new.png", "image": "https://example.com/old.png"},
+                ],
+                "convert_output": {"format": "webp"},
+            },
+        }
+        path = tmp_path / "request.json"
+        path.write_text(json.dumps(request))
+        config = ClientConfig(
+            workflow=path,
+            base_url="http://h",
+            images=(ImageSpec("new.png", str(tmp_path / "new.png")),),
+        )
+        body = client.build_request(config)
+        # The SDK's local job id is not sent: RunPod gives each job its own.
+        assert set(body) == {"input", "webhook"}
+        assert body["input"]["convert_output"] == {"format": "webp"}
+        names = [(i["name"], i["image"][:15]) for i in body["input"]["images"]]
+        assert names == [("keep.png", "https://example"), ("new.png", "data:image/png;")]
+
+    @pytest.mark.parametrize(
+        ("request_body", "message"),
+        [
+            ({"input": {"images": []}}, 'has no "workflow"'),
+            ({"input": {"workflow": {"1": {}}}}, "input.workflow: '1' is not a node"),
+            ({"input": {"workflow": workflows.batch(1), "images": "a.png"}}, "must be a list"),
+        ],
+    )
+    def test_unusable_request_files(
+        self, tmp_path: Path, request_body: dict[str, Any], message: str
+    ) -> None:
+        path = tmp_path / "request.json"
+        path.write_text(json.dumps(request_body))
+        with pytest.raises(client.UsageError, match=message):
+            client.read_request(path)
 
     @pytest.mark.parametrize(
         ("text", "message"),
@@ -685,7 +759,11 @@ class TestSavingOutputs:
         good = png()
         items = [
             {**item("short.png", b"abc"), "type": "s3_url", "data": f"{BUCKET}/short.png?sig=s"},
-            {**item("expired.png", b""), "type": "s3_url", "data": f"{BUCKET}/expired.png?sig=s"},
+            {
+                **item("expired.png", b""),
+                "type": "s3_url",
+                "data": f"{BUCKET}/expired.png?X-Amz-Signature=s",
+            },
             item("bad.png", b"", data="data:image/png;base64,@@@"),
             item("odd.png", b"", type="ftp"),
             item("good.png", good),
@@ -699,11 +777,11 @@ class TestSavingOutputs:
         assert out.count("\n") == 1 and "good.png" in out
         assert "short.png: got 2 bytes, the worker reported 3" in err
         assert "expired.png: download from https://bucket.example/expired.png answered 403" in err
-        assert "BUCKET_URL_EXPIRY_S" in err
+        assert "a presigned URL expires after the worker's BUCKET_URL_EXPIRY_S" in err
         assert "bad.png: its base64 is invalid" in err
         assert "odd.png: unknown type 'ftp'" in err
         assert "warning: the worker reported: x.png: upload failed" in err
-        assert "sig=s" not in err  # a presigned URL's signature is a credential
+        assert "sig=s" not in err and "Signature=s" not in err  # a signature is a credential
         assert "1 file(s)" in err
 
     def test_output_without_images_is_an_api_error(
@@ -743,3 +821,339 @@ class TestProgress:
         assert "\n" not in err
         assert err.count("\r\x1b[K") == 3
         assert "IN_PROGRESS  KSampler 2/8  2 s" in err
+
+    def test_ticking_moves_the_time_on_a_terminal_and_beats_in_a_log(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """While a request blocks, the time moves (the frozen ``IN_PROGRESS 0 s`` of issue 12)."""
+        for tty, expected in ((True, "IN_PROGRESS  3 s"), (False, "(still waiting, 3 s)")):
+            progress = client.Progress(tty=tty, tick_s=0.001, heartbeat_s=1)
+            progress.show({"id": "j", "status": "IN_PROGRESS"}, 0.0)
+            ticks = iter(range(100))
+            seen = threading.Event()
+
+            def elapsed(ticks: Iterator[int] = ticks, seen: threading.Event = seen) -> float:
+                n = next(ticks, 99)
+                if n >= 3:
+                    seen.set()
+                return float(min(n, 3))
+
+            with progress.ticking(elapsed):
+                assert seen.wait(30)  # a safety net only: the ticker sets it after 3 ticks
+            progress.close()
+            err = outputs(capsys)[1]
+            assert expected in err, (tty, err)
+
+
+# -- local serving, existing jobs, cancelling, --json -------------------------------------------
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for code that waits: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def local_config(workflow: Path | None, out: Path, **extra: Any) -> ClientConfig:
+    return ClientConfig(
+        workflow=workflow,
+        base_url="http://127.0.0.1:8000",
+        out_dir=out,
+        poll_interval_s=0.001,
+        **extra,
+    )
+
+
+class TestLocalServing:
+    @pytest.mark.parametrize("tty", [False, True])
+    def test_a_booting_worker_is_waited_for_with_a_message(
+        self, workflow_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], tty: bool
+    ) -> None:
+        clock, refusals = FakeClock(), [0]
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            if clock.now < 20:  # ComfyUI still booting: nothing listens on the port yet
+                refusals[0] += 1
+                raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+            if request.url.path == "/runsync":
+                return httpx.Response(200, json=completed("s1", [item("a.png", png())]))
+            return httpx.Response(404)
+
+        config = local_config(workflow_file, tmp_path / "out", sync=True, wait_start_s=60)
+        code = client.execute(
+            config,
+            transport=httpx.MockTransport(handle),
+            progress=client.Progress(tty=tty),
+            clock=clock,
+            sleep=clock.sleep,
+        )
+        assert code == ExitCode.OK
+        err = outputs(capsys)[1]
+        assert err.count("waiting for the worker at http://127.0.0.1:8000 to start") == 1
+        if tty:  # the /runsync line is erased first: the message starts a line of its own
+            assert "\r\x1b[Kwaiting for the worker at" in err
+        assert "the worker at http://127.0.0.1:8000 is up (20 s)" in err
+        assert refusals[0] == 40  # every half second, and the job sent once
+        assert (tmp_path / "out" / "a.png").is_file()
+
+    def test_the_wait_for_a_worker_is_bounded(
+        self, workflow_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        clock = FakeClock()
+
+        def refuse(request: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+        config = local_config(workflow_file, tmp_path, wait_start_s=5)
+        with pytest.raises(client.ServerDownError) as exc:
+            client.execute(
+                config, transport=httpx.MockTransport(refuse), clock=clock, sleep=clock.sleep
+            )
+        assert clock.now == 5
+        assert "no worker started there within --wait-start 5 s" in exc.value.message
+        assert exc.value.exit_code == ExitCode.API
+        outputs(capsys)
+
+    def test_a_blocking_local_status_is_named_once(
+        self,
+        fake: FakeRunPod,
+        workflow_file: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        url = "http://127.0.0.1:8000"
+        fake.add("POST", f"{url}/run", {"id": "t1", "status": "IN_PROGRESS"})
+        fake.add("GET", f"{url}/status/t1", {"detail": "Method Not Allowed"}, status=405)
+        fake.add("POST", f"{url}/status/t1", completed("t1", [item("a.png", png())]))
+        config = local_config(workflow_file, tmp_path)
+        assert client.execute(config, transport=fake.transport) == ExitCode.OK
+        err = outputs(capsys)[1]
+        assert err.count("runs the job inside the /status request") == 1
+        # The note comes before the request that blocks, so it is seen while the job runs.
+        assert err.index("runs the job inside") < err.index("COMPLETED")
+
+
+class TestExistingJobs:
+    def test_job_fetches_a_result_without_submitting(
+        self, fake: FakeRunPod, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fake.add(
+            "GET",
+            f"{API}/status/old-1",
+            {"id": "old-1", "status": "IN_PROGRESS"},
+            completed("old-1", [item("a.png", png())]),
+        )
+        argv = ["--job", "old-1", "--endpoint", ENDPOINT, "--out", str(tmp_path)]
+        argv += ["--poll-interval", "0.001"]
+        assert client.main(argv, env={"RUNPOD_API_KEY": KEY}, transport=fake.transport) == 0
+        assert fake.sent("POST", "/run") == [] and fake.sent("POST", "/runsync") == []
+        assert (tmp_path / "a.png").is_file()
+        assert "asking for its status" in outputs(capsys)[1]
+
+    def test_a_job_the_local_server_forgot_says_why(
+        self, fake: FakeRunPod, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        url = "http://127.0.0.1:8000"
+        fake.add("GET", f"{url}/status/gone", {"detail": "Method Not Allowed"}, status=405)
+        fake.add(
+            "POST",
+            f"{url}/status/gone",
+            {"id": "gone", "status": "FAILED", "error": "Job ID not found"},
+        )
+        argv = ["--job", "gone", "--url", url, "--out", str(tmp_path)]
+        assert client.main(argv, env={}, transport=fake.transport) == ExitCode.JOB_FAILED
+        assert "forgets a job once a /status has answered it" in outputs(capsys)[1]
+
+
+class TestCancelOnInterrupt:
+    def interrupt(self, seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    def test_ctrl_c_cancels_the_job_when_asked(
+        self, fake: FakeRunPod, workflow_file: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fake.add("POST", f"{API}/run", {"id": "c1", "status": "IN_QUEUE"})
+        fake.add("GET", f"{API}/status/c1", {"id": "c1", "status": "IN_QUEUE"})
+        fake.add("POST", f"{API}/cancel/c1", {"id": "c1", "status": "CANCELLED"})
+        config = ClientConfig(
+            workflow=workflow_file,
+            base_url=API,
+            endpoint_id=ENDPOINT,
+            api_key=KEY,
+            cancel_on_interrupt=True,
+        )
+        with pytest.raises(client.UserInterrupt) as exc:
+            client.execute(config, transport=fake.transport, sleep=self.interrupt)
+        assert exc.value.message == "interrupted; asked to cancel job c1: it is CANCELLED"
+        (cancel,) = fake.sent("POST", "/cancel/c1")
+        assert cancel.headers["Authorization"] == f"Bearer {KEY}"
+        outputs(capsys)
+
+    def test_the_local_server_cannot_cancel_and_says_so(
+        self,
+        fake: FakeRunPod,
+        workflow_file: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        url = "http://127.0.0.1:8000"
+        fake.add("POST", f"{url}/run", {"id": "t2", "status": "IN_PROGRESS"})
+        fake.add("GET", f"{url}/status/t2", {"detail": "Method Not Allowed"}, status=405)
+        fake.add("POST", f"{url}/status/t2", {"id": "t2", "status": "IN_PROGRESS"})
+        config = local_config(workflow_file, tmp_path, cancel_on_interrupt=True)
+        with pytest.raises(client.UserInterrupt) as exc:
+            client.execute(config, transport=fake.transport, sleep=self.interrupt)
+        assert "job t2 could not be cancelled" in exc.value.message
+        assert "local API server has no /cancel" in exc.value.message
+        assert fake.sent("POST", "/cancel/t2") == []
+        outputs(capsys)
+
+
+class TestJsonOutput:
+    def test_completed_job_prints_one_json_object(
+        self,
+        fake: FakeRunPod,
+        workflow_file: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        raw = png()
+        body = completed("j9", [item("a.png", raw)], ["b.png: upload failed"])
+        body["output"]["stats"] = {"total_s": 1.5}
+        fake.add("POST", f"{API}/runsync", body)
+        assert cli(fake, workflow_file, tmp_path, "--sync", "--json") == ExitCode.INCOMPLETE
+        out, err = outputs(capsys)
+        summary = json.loads(out)
+        assert summary == {
+            "id": "j9",
+            "status": "COMPLETED",
+            "exit_code": 3,
+            "folder": str(tmp_path),
+            "files": [
+                {"path": str(tmp_path / "a.png"), "mime_type": "image/png", "size_bytes": len(raw)}
+            ],
+            "problems": ["the worker reported: b.png: upload failed"],
+            "stats": {"total_s": 1.5},
+            "delayTime": 1500,
+            "executionTime": 4200,
+        }
+        assert "COMPLETED" in err  # the human summary still goes to stderr
+
+    def test_a_failed_job_prints_its_error_as_json(
+        self,
+        fake: FakeRunPod,
+        workflow_file: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        failed = {
+            "id": "f9",
+            "status": "FAILED",
+            "error": "Workflow validation failed: ...",
+            "output": {"code": "workflow_validation_failed"},
+        }
+        fake.add("POST", f"{API}/runsync", failed)
+        assert cli(fake, workflow_file, tmp_path, "--sync", "--json") == ExitCode.JOB_FAILED
+        summary = json.loads(outputs(capsys)[0])
+        assert summary["exit_code"] == 1 and summary["id"] == "f9"
+        assert summary["error"] == "Workflow validation failed: ..."
+        assert summary["code"] == "workflow_validation_failed"
+        assert summary["message"].startswith("job f9 FAILED")
+
+
+class TestPublicBucketHint:
+    def test_an_unsigned_url_refused_blames_public_reads_not_expiry(
+        self,
+        fake: FakeRunPod,
+        workflow_file: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        public = {**item("p.png", b""), "type": "s3_url", "data": f"{BUCKET}/j/p.png"}
+        fake.add("POST", f"{API}/runsync", completed("p1", [public]))
+        fake.add("GET", f"{BUCKET}/j/p.png", b"AccessDenied", status=403)
+        assert cli(fake, workflow_file, tmp_path, "--sync") == ExitCode.INCOMPLETE
+        err = outputs(capsys)[1]
+        assert "BUCKET_PUBLIC_URL is set, but the bucket" in err
+        assert "does not allow public reads" in err
+        assert "expire" not in err
+
+
+# -- the client as its own distribution -----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT_DIR = REPO / "engine" / "client"
+
+
+def test_the_client_imports_only_itself_the_stdlib_and_httpx() -> None:
+    """What lets ``client/pyproject.toml`` ship engine/client alone with httpx."""
+    outside = []
+    for path in sorted(CLIENT_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["engine.client"]  # relative: inside the package
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                allowed = (
+                    root in sys.stdlib_module_names
+                    or root == "httpx"
+                    or name == "engine.client"
+                    or name.startswith("engine.client.")
+                )
+                if not allowed:
+                    outside.append(f"{path.name}: {name}")
+    assert outside == []
+
+
+def test_importing_the_client_loads_no_other_engine_module() -> None:
+    code = (
+        "import sys, engine.client.run; "
+        "print(sorted(m for m in sys.modules if m.startswith('engine') "
+        "and not m.startswith('engine.client')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() in {"[]", "['engine']"}
+
+
+def test_the_client_distribution_ships_engine_client_with_the_workers_httpx_pin() -> None:
+    worker = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dist = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())
+    (httpx_pin,) = [d for d in worker["project"]["dependencies"] if d.startswith("httpx")]
+    assert dist["project"]["dependencies"] == [httpx_pin]
+    assert dist["project"]["version"] == worker["project"]["version"]
+    assert dist["project"]["scripts"] == worker["project"]["scripts"]
+    assert dist["tool"]["setuptools"]["packages"] == ["engine.client"]
+    source = dist["tool"]["setuptools"]["package-dir"]["engine.client"]
+    assert (REPO / "client" / source).resolve() == CLIENT_DIR
+
+
+def test_the_migration_pages_snippet_reads_both_workers_outputs() -> None:
+    """docs/migration.md's ``output_bytes``, run as printed, on a data URI and bare base64."""
+    page = (REPO / "docs" / "migration.md").read_text()
+    (snippet,) = [
+        block
+        for block in page.split("```python\n")[1:]
+        if block.split("```", 1)[0].count("def output_bytes")
+    ]
+    namespace: dict[str, Any] = {}
+    exec(snippet.split("```", 1)[0], namespace)  # noqa: S102 (the docs' own code, on purpose)
+    raw = png()
+    ours = item("a.png", raw)
+    theirs = {"filename": "a.png", "type": "base64", "data": base64.b64encode(raw).decode()}
+    assert namespace["output_bytes"](ours) == raw
+    assert namespace["output_bytes"](theirs) == raw

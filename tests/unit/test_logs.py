@@ -1,0 +1,103 @@
+"""The boot log's filters: ComfyUI's and torio's noise told in a few lines, nothing lost."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from engine import logs
+
+
+@pytest.fixture
+def capture() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger whose lines go through the worker's handler filters into a string."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(logs._SearchPathSummary(handler))
+    handler.addFilter(logs._FileListFilter())
+    handler.addFilter(logs._JobFilter())
+    logger = logging.getLogger("test.boot")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def test_search_paths_become_one_line_before_the_next(
+    capture: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = capture
+    for kind in ("checkpoints", "loras"):
+        for root in ("/comfyui/models", "/runpod-volume/models"):
+            # ComfyUI formats the message itself (utils/extra_config.py).
+            logger.info("Adding extra search path {} {}".format(kind, f"{root}/{kind}"))
+    assert stream.getvalue() == ""  # held until something else is said
+    logger.info("Total VRAM 24105 MB")
+    assert stream.getvalue().splitlines() == [
+        "INFO test.boot: 4 extra model search paths added (2 folder types) under "
+        "/comfyui/models, /runpod-volume/models",
+        "INFO test.boot: Total VRAM 24105 MB",
+    ]
+
+
+def test_a_file_listing_pair_becomes_one_line(
+    capture: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = capture
+    logger.debug("recursive file list on directory /comfyui/models/loras")
+    logger.debug("found 3 files")
+    logger.debug("found 3 files")  # without its directory line: left as it is
+    assert stream.getvalue().splitlines() == [
+        "DEBUG test.boot: found 3 files in /comfyui/models/loras",
+        "DEBUG test.boot: found 3 files",
+    ]
+
+
+@pytest.mark.parametrize("level", ["WARNING", "INFO", "DEBUG"])
+def test_torio_ffmpeg_probing_has_no_traceback_and_one_info_line(level: str) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    torio = logging.getLogger("test.torio")
+    torio.addFilter(logs._TorioFfmpegFilter())
+    torio.addHandler(handler)
+    torio.setLevel(logging.DEBUG)
+    torio.propagate = False
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)  # COMFY_LOG_LEVEL: the filter shows the attempts only at DEBUG
+    try:
+        for version in ("6", "5", ""):
+            torio.debug("Loading FFmpeg%s", version)
+            try:
+                raise OSError(f"libavutil.so.5{version or 0}: cannot open shared object file")
+            except OSError:
+                torio.debug("Failed to load FFmpeg%s extension.", version, exc_info=True)
+    finally:
+        root.setLevel(before)
+        torio.removeHandler(handler)
+        torio.filters.clear()
+    lines = stream.getvalue().splitlines()
+    if level == "WARNING":  # the summary is an INFO line: not shown above that level
+        assert lines == []
+        return
+    assert "Traceback" not in stream.getvalue()
+    gave_up = (
+        "INFO torio (torchaudio's FFmpeg binding) found no FFmpeg 4-6 libraries; "
+        "ComfyUI's own audio and video nodes do not use it (they use PyAV)"
+    )
+    assert lines[-1] == gave_up
+    if level == "INFO":
+        assert lines == [gave_up]
+    else:
+        assert lines[:2] == [
+            "DEBUG Loading FFmpeg6",
+            "DEBUG Failed to load FFmpeg6 extension. "
+            "(OSError: libavutil.so.56: cannot open shared object file)",
+        ]
+        assert len(lines) == 6
