@@ -157,9 +157,11 @@ WORKDIR /app
 COPY comfyui/ /app/comfyui/
 COPY engine/ /app/engine/
 COPY handler.py /app/handler.py
-# The worker's own bytecode, as prepare_image.py made ComfyUI's: unchecked-hash, since
-# nothing in /app changes after the build.
-RUN python -m compileall -q -j 0 --invalidation-mode unchecked-hash /app
+# The worker's own bytecode, as prepare_image.py made ComfyUI's (unchecked-hash: nothing
+# in /app changes after the build), and ComfyUI's node index: the worker boots once here,
+# so that every container imports ComfyUI's own node files only when a job first names
+# one of their types (engine/runtime/lazy_nodes.py; docs/benchmarks.md, "Cold start").
+RUN python /opt/build/prepare_image.py --comfyui /comfyui --app /app --node-index
 
 # Runs as root on purpose: RunPod mounts /runpod-volume root-owned, and the worker
 # writes its job folders under WORKER_DIR.
