@@ -36,6 +36,7 @@ from engine.errors import InputImageError, ItemError
 from engine.fetch import HttpFetcher, redact_url
 from engine.media import media_kind, verify_media
 from engine.request import InputImage
+from engine.runtime import decoded_inputs
 from engine.settings import Settings
 
 T = TypeVar("T")
@@ -230,8 +231,9 @@ def _stage(
     """Load and verify one image, then write it beside its target under a temporary name."""
     data = _load(image, settings, fetcher)
     kind = media_kind(image.name)
+    decoded = None
     if kind is None:
-        _verify(image, data, settings)
+        decoded = _verify(image, data, settings)
     else:
         source = f" downloaded from {redact_url(image.image)}" if _is_url(image.image) else ""
         verify_media(image.name, data, kind, settings.input_max_pixels, source)
@@ -242,9 +244,15 @@ def _stage(
     try:
         temp.write_bytes(data)
     except OSError as exc:
+        if decoded is not None:
+            decoded.close()
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
         raise ItemError(image.name, f"could not be written ({exc.strerror or exc})") from exc
+    # Decoded once: ComfyUI's LoadImage takes these pixels instead of decoding the file
+    # again (engine/runtime/decoded_inputs.py). The file's identity survives the renames.
+    if decoded is not None and not decoded_inputs.HANDOFF.offer(temp, decoded):
+        decoded.close()
     return temp, target
 
 
@@ -345,8 +353,9 @@ def _formats() -> tuple[str, ...]:
     return tuple(f for f in _ACCEPTED_FORMATS if f in Image.OPEN)
 
 
-def _verify(image: InputImage, data: bytes, settings: Settings) -> None:
-    """Raise :class:`ItemError` unless ``data`` is a whole image within the pixel limit."""
+def _verify(image: InputImage, data: bytes, settings: Settings) -> Image.Image:
+    """The image, decoded; raises :class:`ItemError` unless ``data`` is a whole image
+    within the pixel limit."""
     name = image.name
     source = f" downloaded from {redact_url(image.image)}" if _is_url(image.image) else ""
     accepted = ", ".join(_formats())
@@ -363,8 +372,13 @@ def _verify(image: InputImage, data: bytes, settings: Settings) -> None:
             im.verify()
         # ...so a second open decodes the pixels, which catches truncated data (also a
         # PNG whose chunk checksums pass but whose pixel data stops short).
-        with Image.open(io.BytesIO(data), formats=_formats()) as im:
-            im.load()
+        decoded = Image.open(io.BytesIO(data), formats=_formats())
+        try:
+            decoded.load()
+        except BaseException:
+            decoded.close()
+            raise
+        return decoded
     except ItemError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -18,8 +18,8 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from PIL import Image
 
 from engine import logs
 from engine.convert import convert_outputs
-from engine.deadline import Deadline, JobDeadlines
+from engine.deadline import Deadline, JobDeadlines, JobThread
 from engine.delivery import Uploader, deliver
 from engine.errors import (
     OutputDeliveryError,
@@ -115,6 +115,8 @@ class Worker:
         self._stuck: WorkerStuckError | None = None
         # The deadline of every job in handle(), waiting or running: what cancel() flips.
         self._deadlines = JobDeadlines()
+        # Where jobs run, one at a time, while handle() waits for them by their deadline.
+        self._job_thread = JobThread("job")
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -191,7 +193,7 @@ class Worker:
         job_input: Any,
         progress: Callable[[ProgressEvent], None],
     ) -> dict[str, Any]:
-        """Run the job on a thread of its own and answer by its deadline, whatever it does.
+        """Run the job on the job thread and answer by its deadline, whatever it does.
 
         The thread is what makes the deadline hold: a job stuck anywhere (a child process
         that never execs, an upload that never ends, a node deaf to interrupts) cannot
@@ -205,17 +207,14 @@ class Worker:
         if not self._one_job.acquire(timeout=_lock_timeout(deadline.remaining())):
             raise deadline.exceeded("while the job waited for the previous one to finish")
         phase = Phase("start")
-        outcome: Future[dict[str, Any]] = Future()
 
-        def job_thread() -> None:
+        def job() -> dict[str, Any]:
             try:
-                outcome.set_result(self.run(job_id, job_input, progress, deadline, phase))
-            except BaseException as exc:  # handed to the waiting thread, which decides
-                outcome.set_exception(exc)
+                return self.run(job_id, job_input, progress, deadline, phase)
             finally:
                 self._one_job.release()
 
-        threading.Thread(target=job_thread, name=f"job-{job_id[:32]}", daemon=True).start()
+        outcome = self._job_thread.submit(job)
         # wait_for(), then result(): a JobTimeoutError is also a TimeoutError, the very
         # class Future.result() raises when it gives up, so the two must not share an except.
         if deadline.wait_for(outcome):
@@ -324,18 +323,7 @@ class Worker:
                 errors += convert_errors
             phase.enter("delivering outputs", deadline)
             try:
-                # On a thread of its own: a cancel stops the waiting at once; uploads
-                # already sent end on their own bounds (UPLOAD_TIMEOUT_S).
-                items, delivery_errors = deadline.call(
-                    lambda: deliver(
-                        files,
-                        job_id=job_id,
-                        uploader=self.uploader,
-                        budget_bytes=self.settings.response_budget_bytes,
-                        timeout_s=deadline.remaining(),
-                    ),
-                    "while delivering outputs",
-                )
+                items, delivery_errors = self._deliver(files, job_id, deadline)
             except OutputDeliveryError as exc:
                 exc.details.extend(errors)  # outputs that could not even be read: say so too
                 raise
@@ -343,6 +331,31 @@ class Worker:
         phase.enter("done", None)
         stats = job_stats(time.perf_counter() - started, phase.seconds, result)
         return {"images": items, "errors": errors + delivery_errors, "stats": stats}
+
+    def _deliver(
+        self, files: Sequence[OutputFile], job_id: str, deadline: Deadline
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The response items, or the job's cancel error once it is cancelled."""
+
+        def delivery() -> tuple[list[dict[str, Any]], list[str]]:
+            return deliver(
+                files,
+                job_id=job_id,
+                uploader=self.uploader,
+                budget_bytes=self.settings.response_budget_bytes,
+                timeout_s=deadline.remaining(),
+            )
+
+        if self.uploader is not None:
+            # On a thread of its own: a cancel stops the waiting at once; uploads
+            # already sent end on their own bounds (UPLOAD_TIMEOUT_S).
+            return deadline.call(delivery, "while delivering outputs")
+        # Base64 is local work with nothing to wait for: here, without a thread. A cancel
+        # that comes meanwhile wakes the watchdog, and fails the job here once it is done.
+        result = delivery()
+        if deadline.cancelled:
+            raise deadline.exceeded("while delivering outputs")
+        return result
 
     def _job_spec(
         self,

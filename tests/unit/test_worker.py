@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import engine.worker
 import handler as handler_module
 from engine.errors import ItemError
 from engine.settings import Settings
@@ -735,3 +736,40 @@ def test_cancel_reaches_only_the_job_it_names(settings: Settings) -> None:
     assert worker.cancel("nobody") is False
     body = worker.handle({"id": "other", "input": {"workflow": workflows.batch(1)}})
     assert len(body["images"]) == 1
+
+
+def test_a_cancel_during_base64_delivery_fails_the_job_as_cancelled(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Base64 delivery runs on the job's thread (nothing slow to wait for): a cancel that
+    comes while it encodes still fails the job as cancelled, and the worker goes on."""
+    worker = make_worker(settings)
+    real_deliver = engine.worker.deliver
+
+    def cancelled_while_encoding(*args: Any, **kwargs: Any) -> Any:
+        assert worker.cancel("b64")
+        return real_deliver(*args, **kwargs)
+
+    monkeypatch.setattr(engine.worker, "deliver", cancelled_while_encoding)
+    answer = worker.handle({"id": "b64", "input": {"workflow": workflows.batch(1)}})
+    assert answer["code"] == "execution_interrupted", answer
+    assert "while delivering outputs" in answer["message"]
+    monkeypatch.setattr(engine.worker, "deliver", real_deliver)
+    assert_next_job_runs_and_nothing_is_left(worker, settings)
+
+
+def test_jobs_share_one_job_thread(settings: Settings) -> None:
+    """No thread per job: every job runs on the same long-lived job thread."""
+    worker = make_worker(settings)
+    seen: list[int] = []
+    original = worker.run
+
+    def noting_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    worker.run = noting_run  # type: ignore[method-assign]
+    for n in range(3):
+        body = worker.handle({"id": f"t{n}", "input": {"workflow": workflows.batch(1)}})
+        assert body["errors"] == [], body
+    assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
