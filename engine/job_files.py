@@ -52,10 +52,10 @@ def is_job_folder(name: str) -> bool:
     return _JOB_FOLDER.fullmatch(name) is not None
 
 
-def settle_inputs(input_dir: Path, staged: Path, paths: Sequence[Path]) -> tuple[str, list[Path]]:
+def settle_inputs(input_dir: Path, staged: Path, paths: Sequence[Path]) -> str:
     """Move a job's stored inputs from ``staged`` to a folder named by what they hold.
 
-    Returns the folder's name under ``input_dir`` and the files' new paths. The name is
+    Returns the folder's name under ``input_dir``. The name is
     ``job-in-`` and 16 hex digits of a SHA-256 over every file's path and bytes: a later
     job that sends the same files under the same names reads them from the same path, so
     ComfyUI's cache (keyed by a loader's file name and the file's hash) still serves
@@ -73,7 +73,7 @@ def settle_inputs(input_dir: Path, staged: Path, paths: Sequence[Path]) -> tuple
     if target.exists():  # a leftover the cleanup could not remove: this job's copy wins
         shutil.rmtree(target, ignore_errors=True)
     staged.replace(target)
-    return name, [target / path.relative_to(staged) for path in paths]
+    return name
 
 
 def scratch_root(work_dir: Path) -> Path:

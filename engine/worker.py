@@ -285,10 +285,7 @@ class Worker:
                 _StoppableFetcher(self.fetcher, deadline),
             )
             if stored:
-                files_of_job.input_folder, stored = settle_inputs(
-                    inputs_dir, inputs_dir / folder, stored
-                )
-            files_of_job.inputs = stored
+                files_of_job.input_folder = settle_inputs(inputs_dir, inputs_dir / folder, stored)
             phase.enter("running the workflow", deadline)
             spec = self._job_spec(
                 job_id, request, folder, progress, deadline, files_of_job.input_folder
@@ -418,7 +415,6 @@ def _lock_timeout(remaining: float | None) -> float:
 @dataclasses.dataclass
 class _JobFiles:
     scratch: Path
-    inputs: list[Path] = dataclasses.field(default_factory=list)
     input_folder: str | None = None
     """The folder under ComfyUI's input folder holding the files the job sent."""
 

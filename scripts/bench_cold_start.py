@@ -246,37 +246,26 @@ def run_server(
     checkout: Path, root: Path, job_input: dict[str, Any], cpu: bool, packs_yaml: Path | None
 ) -> dict[str, float]:
     """Start ComfyUI's server and the handler process together; times in seconds."""
-    import subprocess
-
-    from _bench_common import ComfyServer
+    from _bench_common import ComfyServer, run_child
 
     root.mkdir(parents=True)
     server = ComfyServer(sys.executable, checkout, root)
     env = _clean_env(root)
-    handler_log = root / "handler.log"
     try:
         server.start(cpu=cpu, extra_model_paths=packs_yaml)
         spec = root / "spec.json"
         spec.write_text(
             json.dumps({"base_url": server.base_url, "job_input": job_input}), encoding="utf-8"
         )
-        with handler_log.open("w", encoding="utf-8") as log:
-            out = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--handler", str(spec)],
-                cwd=Path(__file__).resolve().parent,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                timeout=_CHILD_TIMEOUT_S,
-                check=False,
-            )
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(_REPORT_PREFIX)]
-        if out.returncode != 0 or not lines:
-            tail = handler_log.read_text(encoding="utf-8", errors="replace")[-4000:]
-            raise RuntimeError(f"the handler process failed (exit {out.returncode}):\n{tail}")
-        report = json.loads(lines[-1].removeprefix(_REPORT_PREFIX))
+        report, _ = run_child(
+            [sys.executable, str(Path(__file__).resolve()), "--handler", str(spec)],
+            cwd=Path(__file__).resolve().parent,
+            env=env,
+            log_path=root / "handler.log",
+            prefix=_REPORT_PREFIX,
+            timeout_s=_CHILD_TIMEOUT_S,
+            what="the handler process",
+        )
         if not report["ok"]:
             raise RuntimeError("the server's first job returned no image")
         start = server.started_at

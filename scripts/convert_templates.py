@@ -16,7 +16,6 @@ failure with its reason; exits 1 below ``--target`` percent.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -26,11 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.errors import WorkflowConversionError  # noqa: E402
 from engine.runtime.comfy import ComfyRuntime  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from engine.ui_workflow import to_api_format  # noqa: E402
-from tests.ui_templates import is_eligible, refusals, templates, templates_dir  # noqa: E402
+from tests.ui_templates import check_templates, templates_dir  # noqa: E402
 
 log = logging.getLogger("convert_templates")
 
@@ -65,29 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         runtime.boot()
-        import execution  # ComfyUI's, importable once booted
-
-        defs = runtime.node_definitions()
-        total = eligible = passed = 0
-        failures: list[str] = []
-        for name, workflow in templates(folder):
-            total += 1
-            if not is_eligible(workflow, defs):
-                continue
-            eligible += 1
-            try:
-                api = to_api_format(workflow, defs)
-            except WorkflowConversionError as exc:
-                failures.append(f"{name}: conversion: {'; '.join(exc.details)}")
-                continue
-            _ok, error, _outputs, node_errors = asyncio.run(
-                execution.validate_prompt(name, json.loads(json.dumps(api)), None)
-            )
-            kept = refusals(node_errors or {}, None if _ok else error)
-            if kept:
-                failures.append(f"{name}: validation: {'; '.join(kept)}")
-            else:
-                passed += 1
+        total, eligible, failed = check_templates(folder, runtime.node_definitions())
+    passed = eligible - len(failed)
+    failures = [f"{f.name}: {f.stage}: {'; '.join(f.reasons)}" for f in failed]
     rate = 100.0 * passed / eligible if eligible else 0.0
     print(
         f"{passed}/{eligible} eligible templates convert and validate ({rate:.1f}%); "

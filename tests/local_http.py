@@ -1,9 +1,10 @@
-"""A static file server on 127.0.0.1 for tests that fetch input images by URL."""
+"""Loopback HTTP servers for tests: a static file server, and a threaded one for any handler."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,3 +29,32 @@ def serve_directory(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class LoopbackServer:
+    """A threading HTTP server for ``handler`` on an ephemeral 127.0.0.1 port, served from a
+    daemon thread; over TLS when given a server context."""
+
+    def __init__(
+        self,
+        handler: type[http.server.BaseHTTPRequestHandler],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_port
+        self.scheme = "https" if tls else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        # A short poll keeps shutdown() (once per test) from waiting the default 0.5 s.
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and free the port; handlers still blocked are left to their events."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)

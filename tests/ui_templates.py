@@ -9,14 +9,17 @@ real engine).
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.errors import WorkflowConversionError
 from engine.ui_widgets import input_specs, socket_type, widget_specs
-from engine.ui_workflow import NodeDefinitions, is_frontend_only
+from engine.ui_workflow import NodeDefinitions, is_frontend_only, to_api_format
 
 TEMPLATES_VERSION = "0.1.95"
 RECORDED_DEFS = Path(__file__).parent / "fixtures" / "node_defs" / "object_info.json.gz"
@@ -179,3 +182,38 @@ def refusals(node_errors: Mapping[str, Any], error: Any = None) -> list[str]:
     if not node_errors and error:
         kept.append(f"{error.get('type')}: {error.get('message')} {error.get('details', '')}")
     return kept
+
+
+@dataclass(frozen=True)
+class TemplateFailure:
+    """A template that did not pass: at which stage, and ComfyUI's or the converter's reasons."""
+
+    name: str
+    stage: str  # "conversion" or "validation"
+    reasons: list[str]
+
+
+def check_templates(folder: Path, defs: NodeDefinitions) -> tuple[int, int, list[TemplateFailure]]:
+    """Convert every eligible template and run ComfyUI's own ``execution.validate_prompt``
+    on it; (templates, eligible templates, failures). Needs a booted ComfyUI runtime."""
+    import execution  # ComfyUI's, importable once a runtime booted
+
+    total = eligible = 0
+    failures: list[TemplateFailure] = []
+    for name, workflow in templates(folder):
+        total += 1
+        if not is_eligible(workflow, defs):
+            continue
+        eligible += 1
+        try:
+            api = to_api_format(workflow, defs)
+        except WorkflowConversionError as exc:
+            failures.append(TemplateFailure(name, "conversion", list(exc.details)))
+            continue
+        ok, error, _outputs, node_errors = asyncio.run(
+            execution.validate_prompt(name, json.loads(json.dumps(api)), None)
+        )
+        kept = refusals(node_errors or {}, None if ok else error)
+        if kept:
+            failures.append(TemplateFailure(name, "validation", kept))
+    return total, eligible, failures

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,21 @@ def free_port() -> int:
         return port
 
 
+def worker_env(work_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment a ``handler.py`` subprocess of a test gets: none of the developer's
+    worker settings, the fake runtime, ``work_dir``, and ``extra`` over all that."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    return {
+        **base,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "WORKER_RUNTIME": FAKE_RUNTIME,
+        "WORKER_DIR": str(work_dir),
+        "COMFY_LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
 class WorkerServer:
     """``python handler.py --rp_serve_api`` in a subprocess, talked to over real HTTP."""
 
@@ -54,16 +69,7 @@ class WorkerServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.work_dir = work_dir
-        base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
-        full_env = {
-            **base,
-            "PYTHONPATH": str(REPO),
-            "PYTHONUNBUFFERED": "1",
-            "WORKER_RUNTIME": FAKE_RUNTIME,
-            "WORKER_DIR": str(work_dir),
-            "COMFY_LOG_LEVEL": "INFO",
-            **env,
-        }
+        full_env = worker_env(work_dir, env)
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -80,10 +86,12 @@ class WorkerServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.client = httpx.Client(base_url=self.url, timeout=60)
+        # Bounds against a hang only, generous for a loaded 2-core machine: the SDK's local
+        # /status answers when the job ends, and the worker starts in seconds.
+        self.client = httpx.Client(base_url=self.url, timeout=300)
         self._wait_ready()
 
-    def _wait_ready(self, timeout_s: float = 30.0) -> None:
+    def _wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

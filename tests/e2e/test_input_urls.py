@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,7 @@ from engine.fetch import HttpFetcher, IPAddress, refusal_reason
 from engine.inputs import store_images
 from engine.request import InputImage
 from engine.settings import Settings
+from tests.local_http import LoopbackServer
 
 pytestmark = pytest.mark.e2e
 
@@ -48,24 +49,13 @@ class ImageServer:
         self.stop = threading.Event()
         self.png = image_bytes("PNG")
         self.jpeg = image_bytes("JPEG")
-        handler = type("Handler", (_Handler,), {"site": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        # A short poll keeps shutdown() (once per test) from waiting the default 0.5 s.
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+        self.server = LoopbackServer(type("Handler", (_Handler,), {"site": self}), tls)
+        self.port = self.server.port
+        self.url = self.server.url
 
     def close(self) -> None:
         self.stop.set()  # slow endpoints stop waiting
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.server.close()
 
 
 class _Handler(BaseHTTPRequestHandler):

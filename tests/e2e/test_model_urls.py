@@ -21,7 +21,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from engine.model_download import HttpDownloader
 from engine.settings import Settings
 from engine.worker import Worker
 from tests.fake_runtime import FakeRuntime
+from tests.local_http import LoopbackServer
 
 pytestmark = pytest.mark.e2e
 
@@ -66,17 +67,9 @@ class ModelServer:
         self.cue = threading.Event()
         """Set by /gated after its first chunk; the test answers by setting ``go``."""
         self.go = threading.Event()
-        handler = type("Handler", (_Handler,), {"site": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.scheme = "https" if tls else "http"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+        self.server = LoopbackServer(type("Handler", (_Handler,), {"site": self}), tls)
+        self.port = self.server.port
+        self.scheme = self.server.scheme
 
     def url(self, host: str, path: str) -> str:
         return f"{self.scheme}://{host}:{self.port}{path}"
@@ -84,9 +77,7 @@ class ModelServer:
     def close(self) -> None:
         self.stop.set()
         self.go.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.server.close()
 
 
 class _Handler(BaseHTTPRequestHandler):

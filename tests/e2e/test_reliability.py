@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from engine.worker import Worker
 from tests import workflows
 from tests.e2e.conftest import WorkerServer
 from tests.fake_runtime import FakeRuntime
+from tests.local_http import LoopbackServer
 
 pytestmark = pytest.mark.e2e
 
@@ -75,20 +76,12 @@ class FaultServer:
         self.held = threading.Event()
         self.release = threading.Event()
         self.requests: list[str] = []
-        handler = type("Handler", (_FaultHandler,), {"site": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+        self.server = LoopbackServer(type("Handler", (_FaultHandler,), {"site": self}))
+        self.url = self.server.url
 
     def close(self) -> None:
         self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.server.close()
 
 
 class _FaultHandler(BaseHTTPRequestHandler):

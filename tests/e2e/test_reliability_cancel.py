@@ -15,14 +15,12 @@ is still held.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,8 +28,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests import workflows
-from tests.e2e.conftest import _SCRUBBED_PREFIXES, FAKE_RUNTIME, REPO
+from tests.e2e.conftest import REPO, worker_env
 from tests.e2e.test_reliability import FaultServer, files_under
+from tests.local_http import LoopbackServer
 
 pytestmark = pytest.mark.e2e
 
@@ -47,19 +46,11 @@ class FakeRunPodApi:
         self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self.to_stop: queue.Queue[str] = queue.Queue()
         self.results: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-        handler = type("Handler", (_ApiHandler,), {"api": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+        self.server = LoopbackServer(type("Handler", (_ApiHandler,), {"api": self}))
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.server.close()
 
 
 class _ApiHandler(BaseHTTPRequestHandler):
@@ -115,14 +106,7 @@ def runpod_api() -> Iterator[FakeRunPodApi]:
 
 def start_queue_worker(api: FakeRunPodApi, work: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """``python handler.py`` as RunPod runs it: jobs come from the job API, not a test input."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
-    env = {
-        **base,
-        "PYTHONPATH": str(REPO),
-        "PYTHONUNBUFFERED": "1",
-        "WORKER_RUNTIME": FAKE_RUNTIME,
-        "WORKER_DIR": str(work),
-        "COMFY_LOG_LEVEL": "INFO",
+    extra = {
         "INPUT_ALLOW_PRIVATE_URLS": "true",
         "INPUT_DOWNLOAD_TIMEOUT_S": "60",
         "RUNPOD_POD_ID": "test-worker",
@@ -136,7 +120,11 @@ def start_queue_worker(api: FakeRunPodApi, work: Path, log_path: Path) -> subpro
     }
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "handler.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "handler.py"],
+            cwd=REPO,
+            env=worker_env(work, extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 

@@ -18,16 +18,18 @@ REPO = Path(__file__).resolve().parents[2]
 _WORKER_PREFIXES = ("BUCKET_", "COMFY", "INPUT_", "JOB_", "RESPONSE_", "WORKER_", "RUNPOD_")
 
 
-def test_handler_runs_test_input_json_and_boots_in_a_readable_log(tmp_path: Path) -> None:
+def run_script(tmp_path: Path, log_level: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python <argv>`` from the checkout on the real engine, with no worker settings of
+    the developer's own; the work dir under ``tmp_path``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
     env |= {
         "PYTHONPATH": str(REPO),
         "COMFYUI_PATH": str(COMFYUI_PATH),
         "WORKER_DIR": str(tmp_path / "work"),
-        "COMFY_LOG_LEVEL": "DEBUG",
+        "COMFY_LOG_LEVEL": log_level,
     }
-    done = subprocess.run(
-        [sys.executable, "handler.py"],
+    return subprocess.run(
+        [sys.executable, *argv],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -35,6 +37,10 @@ def test_handler_runs_test_input_json_and_boots_in_a_readable_log(tmp_path: Path
         timeout=600,
         check=False,
     )
+
+
+def test_handler_runs_test_input_json_and_boots_in_a_readable_log(tmp_path: Path) -> None:
+    done = run_script(tmp_path, "DEBUG", "handler.py")
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
     assert "Job local_test completed successfully." in log
@@ -54,22 +60,8 @@ def test_handler_runs_test_input_json_and_boots_in_a_readable_log(tmp_path: Path
 
 def test_comfy_log_level_reaches_the_job_command(tmp_path: Path) -> None:
     """scripts/run_job.py logs at COMFY_LOG_LEVEL, as the worker does."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
-    env |= {
-        "PYTHONPATH": str(REPO),
-        "COMFYUI_PATH": str(COMFYUI_PATH),
-        "WORKER_DIR": str(tmp_path / "work"),
-        "COMFY_LOG_LEVEL": "WARNING",
-    }
-    done = subprocess.run(
-        [sys.executable, "scripts/run_job.py", "test_input.json", "--out", str(tmp_path / "out")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    out = str(tmp_path / "out")
+    done = run_script(tmp_path, "WARNING", "scripts/run_job.py", "test_input.json", "--out", out)
     assert done.returncode == 0, done.stderr[-5000:]
     assert " INFO " not in done.stderr  # no INFO line from the worker or ComfyUI
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

@@ -9,23 +9,19 @@ this is the figure ``scripts/convert_templates.py`` prints.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import json
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from engine.errors import WorkflowConversionError
 from engine.runtime.comfy import ComfyRuntime
 from engine.settings import Settings
-from engine.ui_workflow import to_api_format
 from engine.worker import Worker
 from tests.engine.support import ENGINE_MARKS
 from tests.ui_graphs import invert_png_mp4_ui
-from tests.ui_templates import TEMPLATES_VERSION, is_eligible, refusals, templates, templates_dir
+from tests.ui_templates import TEMPLATES_VERSION, check_templates, templates_dir
 
 pytestmark = ENGINE_MARKS
 
@@ -48,26 +44,9 @@ def test_node_definitions_have_the_shape_of_object_info(runtime: ComfyRuntime) -
     TEMPLATES is None, reason=f"comfyui-workflow-templates=={TEMPLATES_VERSION} is not installed"
 )
 def test_templates_convert_and_pass_comfyuis_validation(runtime: ComfyRuntime) -> None:
-    import execution  # ComfyUI's, importable once the session's runtime booted
-
     assert TEMPLATES is not None
-    defs = runtime.node_definitions()
-    eligible, failures = 0, []
-    for name, workflow in templates(TEMPLATES):
-        if not is_eligible(workflow, defs):
-            continue
-        eligible += 1
-        try:
-            api = to_api_format(workflow, defs)
-        except WorkflowConversionError as exc:
-            failures.append(f"{name}: {exc.details[:2]}")
-            continue
-        ok, error, _, node_errors = asyncio.run(
-            execution.validate_prompt(name, json.loads(json.dumps(api)), None)
-        )
-        kept = refusals(node_errors or {}, None if ok else error)
-        if kept:
-            failures.append(f"{name}: {kept[:3]}")
+    _, eligible, failed = check_templates(TEMPLATES, runtime.node_definitions())
+    failures = [f"{f.name}: {f.reasons[: 2 if f.stage == 'conversion' else 3]}" for f in failed]
     # ComfyUI's own nodes alone make most templates eligible; the packs add a few more.
     assert eligible >= 100, f"only {eligible} eligible templates"
     rate = 1 - len(failures) / eligible
