@@ -72,6 +72,10 @@ _MODEL_SUFFIXES = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin"})
 _REQUIRED: dict[str, list[str]] = {
     "LoadImage": ["image"],
     "ImageInvert": ["image"],
+    # The bundled example (examples/invert_png_mp4.json, in test_input.json) batches the
+    # image with its inverse and repeats the batch: ComfyUI's required inputs of both.
+    "ImageBatch": ["image1", "image2"],
+    "RepeatImageBatch": ["image", "amount"],
     "EmptyImage": ["width", "height"],
     "SaveImage": ["images"],
     "PreviewImage": ["images"],
@@ -387,6 +391,12 @@ class FakeRuntime:
 
     def _node_ImageInvert(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
         return ([ImageOps.invert(img) for img in args["image"]],)
+
+    def _node_ImageBatch(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
+        return ([*args["image1"], *args["image2"]],)
+
+    def _node_RepeatImageBatch(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
+        return (list(args["image"]) * int(args["amount"]),)
 
     def _node_TestRaise(self, args: dict[str, Any], *_: Any) -> tuple[Any, ...]:
         raise RuntimeError(args.get("message", "this node always fails"))

@@ -6,8 +6,10 @@ workflow to one ``execution.PromptExecutor`` kept for the worker's lifetime, so
 loaded models and cached node outputs carry over between jobs.
 
 With :mod:`engine.runtime.comfy_boot` (the boot itself), the only code that imports
-ComfyUI or torch, and only inside ``boot()``; ComfyUI's modules are untyped, so
-they stay ``Any`` here.
+ComfyUI or torch, and only inside ``boot()`` (and ``node_definitions()``, which needs
+the V3 node base class); ComfyUI's modules are untyped, so they stay ``Any`` here. The
+graph checks before ComfyUI's own validation live in :mod:`engine.runtime.comfy_checks`,
+which takes the booted handles and imports nothing of ComfyUI.
 
 Threads: every job runs on one engine thread, in an event loop kept on that thread for
 the worker's life (``PromptExecutor.execute`` would make one per job with
@@ -33,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import graph_checks
 from engine.deadline import Deadline
 from engine.errors import RuntimeBootError, WorkerError
 from engine.runtime import (
@@ -43,17 +44,12 @@ from engine.runtime import (
     ProgressEvent,
     RunResult,
     UiOutputs,
+    comfy_checks,
     decoded_inputs,
-    pack_imports,
     shapes,
 )
 from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, import_comfy
-from engine.runtime.comfy_folders import (
-    combo_options,
-    folder_names_backing_input,
-    folders_backing_input,
-)
-from engine.runtime.pack_fixes import hardwired_input_folders
+from engine.runtime.comfy_folders import combo_options, folder_names_backing_input
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -241,7 +237,7 @@ class ComfyRuntime:
             with comfy.folder_paths.cache_helper:  # one directory scan per model folder
                 for name in list(comfy.nodes.NODE_CLASS_MAPPINGS):
                     try:
-                        info = _node_info(comfy.nodes, _ComfyNodeInternal, name)
+                        info = _object_info_entry(comfy.nodes, _ComfyNodeInternal, name)
                         # JSON's shapes, as /object_info sends them (tuples become lists);
                         # a default no JSON can hold becomes its text, as it would there.
                         definitions[name] = json.loads(json.dumps(info, default=str))
@@ -416,7 +412,7 @@ class ComfyRuntime:
         started = time.perf_counter()
         # Every problem at once: unknown types, bad links, cycles and what ComfyUI finds
         # in the rest of the graph. Raises when there is any, before on-prompt handlers.
-        await self._check_graph(comfy, job.prompt_id, prompt)
+        await comfy_checks.check_graph(comfy, job.prompt_id, prompt)
         client_id = f"worker-{job.prompt_id}"
         extra_data: dict[str, Any] = {"client_id": client_id}
         api_key = job.api_key_comfy_org or self._settings.comfy_org_api_key
@@ -440,7 +436,9 @@ class ComfyRuntime:
         # worker's caller would never see that, so any node error fails the job.
         if not ok or node_errors:
             raise shapes.validation_error(
-                error, node_errors, looked_in=self._looked_in(comfy, prompt, node_errors or {})
+                error,
+                node_errors,
+                looked_in=comfy_checks.looked_in(comfy, prompt, node_errors or {}),
             )
 
         started = time.perf_counter()
@@ -479,76 +477,6 @@ class ComfyRuntime:
                 "".join(data.get("traceback") or []),
             )
         raise failure
-
-    async def _check_graph(self, comfy: Comfy, prompt_id: str, prompt: dict[str, Any]) -> None:
-        """Raise one error naming every problem of a graph ComfyUI cannot validate whole.
-
-        ComfyUI's validation stops at the first unknown node type, raises on a link to a
-        missing node and recurses for ever round a cycle. So: unknown types and the
-        graph's own problems first (:mod:`engine.graph_checks`); then ComfyUI's checks
-        of the nodes that reach none of those (a missing model in a workflow that also
-        lacks a node pack is still named), all in one error.
-        """
-        mappings = comfy.nodes.NODE_CLASS_MAPPINGS
-        unknown: dict[str, list[str]] = {}
-        no_type: list[str] = []
-        for node_id in shapes.sort_node_ids(list(prompt)):
-            node = prompt[node_id]
-            class_type = node.get("class_type") if isinstance(node, dict) else None
-            if not isinstance(class_type, str) or not class_type:
-                no_type.append(node_id)
-            elif class_type not in mappings:
-                unknown.setdefault(class_type, []).append(node_id)
-        problems = graph_checks.find_problems(prompt, lambda t: _output_count(mappings, t))
-        if not (unknown or no_type or problems):
-            return
-        bad = {*no_type, *(n for ids in unknown.values() for n in ids)}
-        bad.update(n for problem in problems for n in problem.node_ids)
-        unsound = graph_checks.unsound_nodes(prompt, bad)
-        # What ComfyUI would validate once the bad nodes are fixed: everything upstream
-        # of an output node or of a bad node (an unknown type may be an output).
-        outputs = [
-            n
-            for n in prompt
-            if n not in bad
-            and getattr(mappings.get(prompt[n]["class_type"]), "OUTPUT_NODE", False) is True
-        ]
-        wanted = graph_checks.upstream_of(prompt, {*outputs, *bad}) - unsound
-        sound = {n: prompt[n] for n in prompt if n in wanted}
-        node_errors = await _validate_nodes(comfy, prompt_id, sound)
-        raise shapes.validation_error(
-            None,
-            node_errors,
-            unknown_types=unknown,
-            missing_class_type=no_type,
-            graph_problems=[p.detail for p in problems],
-            looked_in=self._looked_in(comfy, sound, node_errors),
-            describe_unknown=pack_imports.RECORD.describe_unknown,
-        )
-
-    def _looked_in(
-        self, comfy: Comfy, prompt: dict[str, Any], node_errors: Mapping[str, Any]
-    ) -> dict[tuple[str, str], list[str]]:
-        """The folders searched for each file a ``value_not_in_list`` error names."""
-        looked: dict[tuple[str, str], list[str]] = {}
-        for node_id, entry in node_errors.items():
-            for error in entry.get("errors", []):
-                extra = error.get("extra_info") or {}
-                input_name = extra.get("input_name")
-                if error.get("type") != "value_not_in_list" or not input_name:
-                    continue
-                class_type = prompt[node_id]["class_type"]
-                folders = hardwired_input_folders(comfy.folder_paths, class_type, input_name)
-                if folders is None:
-                    folders = folders_backing_input(
-                        comfy.folder_paths,
-                        comfy.nodes.NODE_CLASS_MAPPINGS[class_type],
-                        input_name,
-                        extra.get("received_value"),
-                    )
-                if folders:
-                    looked[(node_id, input_name)] = folders
-        return looked
 
     # -- callbacks from ComfyUI, on the engine thread ----------------------------------
 
@@ -672,7 +600,7 @@ def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
-def _node_info(nodes: Any, v3_base: type, name: str) -> dict[str, Any]:
+def _object_info_entry(nodes: Any, v3_base: type, name: str) -> dict[str, Any]:
     """One entry of ``/object_info``, as ComfyUI 0.3.64's ``server.node_info`` makes it."""
     node_class = nodes.NODE_CLASS_MAPPINGS[name]
     if issubclass(node_class, v3_base):
@@ -700,46 +628,6 @@ def _node_info(nodes: Any, v3_base: type, name: str) -> dict[str, Any]:
     if hasattr(node_class, "API_NODE"):
         info["api_node"] = node_class.API_NODE
     return info
-
-
-def _output_count(mappings: Mapping[str, Any], class_type: str) -> int | None:
-    """How many outputs a node type has (what ComfyUI indexes a link into), if known."""
-    node_class = mappings.get(class_type)
-    try:
-        return None if node_class is None else len(node_class.RETURN_TYPES)
-    except Exception:  # a V3 node's schema that fails to build: validation will say so
-        return None
-
-
-async def _validate_nodes(comfy: Comfy, prompt_id: str, prompt: dict[str, Any]) -> dict[str, Any]:
-    """ComfyUI's own checks of each node of ``prompt``, as ``validate_prompt``'s node_errors.
-
-    ``validate_prompt`` checks only what its output nodes reach and refuses the whole
-    graph at its first unknown type; its ``validate_inputs`` checks one node (and what
-    it links to) and records every verdict in ``validated``, from which ``validate_prompt``
-    builds node_errors the same way: nodes with reasons of their own.
-    """
-    validated: dict[str, Any] = {}
-    for node_id in shapes.sort_node_ids(list(prompt)):
-        try:
-            await comfy.execution.validate_inputs(prompt_id, prompt, node_id, validated)
-        except Exception as exc:
-            reason = {
-                "type": "exception_during_validation",
-                "message": "Exception when validating node",
-                "details": str(exc),
-                "extra_info": {"exception_type": comfy.execution.full_type_name(type(exc))},
-            }
-            validated[node_id] = (False, [reason], node_id)
-    return {
-        node_id: {
-            "errors": result[1],
-            "dependent_outputs": [],
-            "class_type": prompt[node_id]["class_type"],
-        }
-        for node_id, result in validated.items()
-        if result[0] is not True and result[1] and node_id in prompt
-    }
 
 
 def _last_failure(

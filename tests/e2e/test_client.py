@@ -175,7 +175,7 @@ def test_handler_py_runs_the_shipped_test_input_json(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
     env |= {
         "PYTHONPATH": str(REPO),
-        "WORKER_RUNTIME": "tests.e2e.example_runtime:ExampleRuntime",
+        "WORKER_RUNTIME": "tests.fake_runtime:FakeRuntime",
         "WORKER_DIR": str(tmp_path / "work"),
         "COMFY_LOG_LEVEL": "INFO",
     }
