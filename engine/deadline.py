@@ -218,6 +218,10 @@ class JobThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    def is_current(self) -> bool:
+        """Whether the caller is running on this thread (inside a call it was given)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Queue ``fn``; its future gets its result or whatever it raised."""
         future: Future[T] = Future()

@@ -17,17 +17,18 @@ folder and renamed into place: a name of the full 255 bytes still fits.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
+import hashlib
 import io
 import logging
+import os
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from PIL import Image, UnidentifiedImageError
@@ -55,6 +56,7 @@ _ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+_WHITESPACE = " \n\r\t\v\f"  # what str.split() removes from ASCII text
 _MB = 1024 * 1024
 
 
@@ -84,13 +86,14 @@ def safe_input_path(input_dir: Path, name: str) -> Path:
         )
     if any(len(part.encode()) > 255 for part in parts):
         raise ItemError(name, "a segment of the name is longer than 255 bytes")
-    base = input_dir.resolve()
-    # resolve() follows symlinks that already exist, so a linked sub-folder that
-    # points elsewhere is caught here, not after the write.
-    target = base.joinpath(*PurePosixPath(posix).parts).resolve()
-    if not target.is_relative_to(base) or target == base:
+    # realpath follows symlinks that already exist, so a linked sub-folder that points
+    # elsewhere is caught here, not after the write. Strings, not Path.resolve and
+    # is_relative_to: the same answer at a tenth of the cost.
+    base = os.path.realpath(input_dir)
+    target = os.path.realpath(os.path.join(base, *parts))  # noqa: PTH118  # see above
+    if not target.startswith(base.rstrip(os.sep) + os.sep):
         raise ItemError(name, "the name resolves outside the input directory (a symlink?)")
-    return target
+    return Path(target)
 
 
 def store_images(
@@ -167,9 +170,13 @@ def _check_names(images: Sequence[InputImage], input_dir: Path) -> dict[str, Pat
 def _make_parents(targets: Iterable[Path], base: Path, created: list[Path]) -> None:
     """Create the targets' missing sub-folders, appending each to ``created``, outermost first."""
     for target in targets:
-        for folder in reversed(target.parents):
-            if folder == base or not folder.is_relative_to(base) or folder.is_dir():
-                continue
+        # Targets lie under ``base`` (safe_input_path): walk up to it, then create down.
+        missing: list[Path] = []
+        folder = target.parent
+        while folder != base and folder != folder.parent and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
             try:
                 folder.mkdir()
             except OSError as exc:  # most often a file of that name is in the way
@@ -249,9 +256,11 @@ def _stage(
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
         raise ItemError(image.name, f"could not be written ({exc.strerror or exc})") from exc
-    # Decoded once: ComfyUI's LoadImage takes these pixels instead of decoding the file
-    # again (engine/runtime/decoded_inputs.py). The file's identity survives the renames.
-    if decoded is not None and not decoded_inputs.HANDOFF.offer(temp, decoded):
+    # Decoded and hashed once: ComfyUI's LoadImage takes these pixels and this digest
+    # instead of reading the file again, as does the naming of the job's input folder
+    # (engine/runtime/decoded_inputs.py). The file's identity survives the renames.
+    sha256 = hashlib.sha256(data).hexdigest()
+    if not decoded_inputs.HANDOFF.offer(temp, decoded, sha256) and decoded is not None:
         decoded.close()
     return temp, target
 
@@ -315,9 +324,15 @@ def _decode_data_uri(name: str, uri: str, max_bytes: int) -> bytes:
 
 def _decode_base64(name: str, text: str, max_bytes: int) -> bytes:
     # Tolerated: line breaks and spaces (MIME wraps at 76 columns), missing '=' padding
-    # and the URL-safe alphabet ('-', '_').
+    # and the URL-safe alphabet ('-', '_'). Each rewrite copies the payload, so it runs
+    # only when needed: a search is ~0.1 ms per MB, the split and join ~1.2 ms.
     # str.replace, not translate: ~20x faster on a multi-MB payload.
-    compact = "".join(text.split()).replace("-", "+").replace("_", "/").rstrip("=")
+    compact = text
+    if not compact.isascii() or any(space in compact for space in _WHITESPACE):
+        compact = "".join(compact.split())
+    if "-" in compact or "_" in compact:
+        compact = compact.replace("-", "+").replace("_", "/")
+    compact = compact.rstrip("=")
     if not compact:
         raise ItemError(name, f"the {_noun(name)} data is empty")
     if len(compact) % 4 == 1 and not _NOT_BASE64.search(compact):
@@ -333,7 +348,7 @@ def _decode_base64(name: str, text: str, max_bytes: int) -> bytes:
         )
     try:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a character that is not ASCII
         # Only now is the payload scanned, to name the offending character: the
         # decoder already checks the alphabet, and a scan costs ~2 ms per MB.
         bad = _NOT_BASE64.search(compact)

@@ -71,18 +71,23 @@ def redact(text: str, extra: Iterable[str] = (), *, registered: bool = True) -> 
 
 
 def redact_obj(value: Any, secrets: Iterable[str]) -> Any:
-    """A copy of a JSON-like value with exactly ``secrets`` redacted in every string.
+    """A JSON-like value with exactly ``secrets`` redacted in every string.
 
     Only the values given: a response must keep an S3 access key *id*, which every
-    presigned URL carries by design, while the log hides it with the other keys.
+    presigned URL carries by design, while the log hides it with the other keys. With
+    no secret long enough to redact (most jobs), ``value`` itself, unwalked; else a copy.
     """
-    secrets = tuple(s for s in secrets if s)
+    usable = tuple(s for s in secrets if len(s) >= _MIN_SECRET_LEN)
+    return _redacted(value, usable) if usable else value
+
+
+def _redacted(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, str):
         return redact(value, secrets, registered=False)
     if isinstance(value, dict):
-        return {k: redact_obj(v, secrets) for k, v in value.items()}
+        return {k: _redacted(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact_obj(v, secrets) for v in value]
+        return [_redacted(v, secrets) for v in value]
     return value
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ from PIL import Image
 
 from engine import logs
 from engine.convert import convert_outputs
-from engine.deadline import Deadline, JobDeadlines, JobThread
+from engine.deadline import Deadline, JobDeadlines
 from engine.delivery import Uploader, deliver
 from engine.errors import (
     OutputDeliveryError,
@@ -38,7 +37,14 @@ from engine.errors import (
 )
 from engine.graph_checks import check_values
 from engine.inputs import Fetcher, HttpFetcher, store_images
-from engine.job_files import job_folder, scratch_root, settle_inputs, sweep_leftovers
+from engine.job_files import (
+    SpareFolders,
+    job_folder,
+    remove_job_folder,
+    scratch_root,
+    settle_inputs,
+    sweep_leftovers,
+)
 from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
 from engine.request import JobRequest, parse_request
@@ -113,10 +119,13 @@ class Worker:
         # Set when a job's thread would not stop after its deadline: every later job gets
         # this error (and RunPod a request for a fresh worker) instead of waiting on it.
         self._stuck: WorkerStuckError | None = None
+        # Emptied job folders, renamed into the next job's instead of made anew.
+        self._spares = SpareFolders()
         # The deadline of every job in handle(), waiting or running: what cancel() flips.
         self._deadlines = JobDeadlines()
-        # Where jobs run, one at a time, while handle() waits for them by their deadline.
-        self._job_thread = JobThread("job")
+        # Where jobs run, one at a time, while handle() waits for them by their deadline:
+        # the runtime's own thread, so that the run needs no second hand-over.
+        self._job_thread = runtime.job_thread
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -278,6 +287,8 @@ class Worker:
             phase.enter("downloading inputs", deadline)
             # The job's own input folder: only this job's workflow names it (scope_inputs).
             inputs_dir = self.runtime.directories.input
+            if request.images:
+                self._spares.make(inputs_dir / folder)
             stored = store_images(
                 request.images,
                 inputs_dir / folder,
@@ -394,16 +405,16 @@ class Worker:
         if scratch:
             files.scratch.mkdir(parents=True, exist_ok=True)
         try:
+            # Made here, from a spare, rather than by ComfyUI's first save (its makedirs
+            # then finds it); a job that saves nothing hands it back empty.
+            self._spares.make(dirs.output / folder)
             yield files
         finally:
-            for leftover in (
-                dirs.input / folder,
-                *([dirs.input / files.input_folder] if files.input_folder else []),
-                files.scratch,
-                dirs.output / folder,
-                dirs.temp / folder,
-            ):
-                shutil.rmtree(leftover, ignore_errors=True)
+            if files.input_folder:
+                self._spares.remove(dirs.input / files.input_folder)
+            self._spares.remove(dirs.output / folder)
+            for leftover in (dirs.input / folder, files.scratch, dirs.temp / folder):
+                remove_job_folder(leftover)
             self.runtime.after_job()
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from engine.deadline import Deadline
+from engine.deadline import Deadline, JobThread
 from engine.graph_checks import find_problems
 from engine.runtime import (
     Directories,
@@ -126,6 +126,12 @@ class FakeRuntime:
         self.models_dir = root / "models"
         self.forgotten: list[str] = []
         """Model folders whose file list the worker asked to forget (a file was added)."""
+        self._job_thread = JobThread("job")
+
+    @property
+    def job_thread(self) -> JobThread:
+        """A thread of its own for the worker's jobs (the fake runs anywhere)."""
+        return self._job_thread
 
     @property
     def directories(self) -> Directories:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.deadline import Deadline
+from engine.deadline import Deadline, JobThread
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -113,6 +113,16 @@ class Runtime(Protocol):
     @property
     def directories(self) -> Directories:
         """ComfyUI's input, output and temp folders."""
+        ...
+
+    @property
+    def job_thread(self) -> JobThread:
+        """The thread the worker runs each whole job on, one after another.
+
+        ComfyUI's runtime gives its engine thread: :meth:`run` called there runs the
+        workflow in place, with no hand-over between threads (~0.3 ms a job), and the
+        worker's watchdog, on the thread that waits for the job, enforces its limit.
+        """
         ...
 
     def boot(self) -> None:

@@ -14,8 +14,11 @@ which takes the booted handles and imports nothing of ComfyUI.
 Threads: every job runs on one engine thread, in an event loop kept on that thread for
 the worker's life (``PromptExecutor.execute`` would make one per job with
 ``asyncio.run``, which refuses to run where a loop already runs, and the runpod SDK
-calls a synchronous handler from inside its own loop). The thread that hands the job
-over enforces its limit through ComfyUI's interrupt flag while it waits for the job.
+calls a synchronous handler from inside its own loop). The worker runs its whole jobs
+on that thread (:attr:`ComfyRuntime.job_thread`), where :meth:`ComfyRuntime.run` runs
+the workflow in place and the worker's watchdog enforces the limit. Any other caller
+(the warm-up, a test) hands the job over, and enforces its limit through ComfyUI's
+interrupt flag while it waits for it.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.deadline import Deadline
+from engine.deadline import Deadline, JobThread
 from engine.errors import RuntimeBootError, WorkerError
 from engine.runtime import (
     Directories,
@@ -95,7 +98,7 @@ class ComfyRuntime:
         self._settings = settings
         root = Path(settings.work_dir).expanduser().resolve()
         self._dirs = Directories(input=root / "input", output=root / "output", temp=root / "temp")
-        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comfy-engine")
+        self._engine = JobThread("comfy-engine")
         self._job_lock = threading.Lock()
         self._comfy: Comfy | None = None
         self._current: _JobState | None = None
@@ -111,6 +114,11 @@ class ComfyRuntime:
         self.node_count = 0
         self.warmup_s: float | None = None
         """Seconds the warm-up workflow took; ``None`` when none ran or it failed."""
+
+    @property
+    def job_thread(self) -> JobThread:
+        """The engine thread: every workflow runs there; see ``Runtime.job_thread``."""
+        return self._engine
 
     @property
     def directories(self) -> Directories:
@@ -305,7 +313,12 @@ class ComfyRuntime:
             )
             self._current = state
             try:
-                running = self._engine.submit(self._run_job, comfy, state)
+                if self._engine.is_current():
+                    # A whole job on the engine thread (the worker's): run it here. The
+                    # caller's watchdog interrupts at the limit; the deadline is also
+                    # checked at every node and step (_deadline_passed).
+                    return self._run_job(comfy, state)
+                running = self._engine.submit(lambda: self._run_job(comfy, state))
                 # The limit is enforced from here, where this thread waits anyway: no timer
                 # thread per job (~1 ms each on a busy machine). The engine thread also
                 # checks the deadline at every node and step (_deadline_passed).

@@ -14,6 +14,11 @@ not take is dropped when it ends (:meth:`DecodedImages.clear`).
 Only still images of the formats whose opened file LoadImage walks the same way loaded
 or not (PNG, JPEG, WebP with one frame) are offered; everything else is opened from
 disk, as before.
+
+The input step also hashed each file's bytes while it held them: the SHA-256 is kept
+for the job by the same key, and read by the worker (the job's input folder is named by
+it, ``engine.job_files``) and by LoadImage's ``IS_CHANGED``, which would otherwise read
+the file back and hash it again (its cache key: the same hex digest either way).
 """
 
 from __future__ import annotations
@@ -48,20 +53,27 @@ class DecodedImages:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._images: dict[_Key, Any] = {}
+        self._digests: dict[_Key, str] = {}
         self._pixels = 0
         self.enabled = False
         """Set by :func:`install`: without a LoadImage to take them, nothing is held."""
 
-    def offer(self, path: Path, image: Any) -> bool:
-        """Hold ``image`` (loaded, from the bytes now in ``path``) for one open of ``path``."""
+    def offer(self, path: Path, image: Any | None, sha256: str) -> bool:
+        """Note what the input step knows of the file now at ``path``, written from bytes
+        whose SHA-256 is ``sha256`` (hex); hold ``image``, those bytes decoded, for one
+        open of ``path``. Whether the image is held (else the caller closes it)."""
         if not self.enabled:
+            return False
+        key = _key(path)
+        if key is None:
+            return False
+        with self._lock:
+            self._digests[key] = sha256
+        if image is None:
             return False
         if image.format not in _STILL_FORMATS or getattr(image, "n_frames", 1) != 1:
             return False
         pixels = image.width * image.height
-        key = _key(path)
-        if key is None:
-            return False
         with self._lock:
             if self._pixels + pixels > _MAX_HELD_PIXELS:
                 return False
@@ -84,10 +96,21 @@ class DecodedImages:
                 self._pixels -= image.width * image.height
         return image
 
+    def digest(self, path: str | os.PathLike[str]) -> str | None:
+        """The SHA-256 (hex) of the file at ``path`` as the input step wrote it, if it
+        wrote it this job and it has not changed since; None otherwise."""
+        with self._lock:
+            if not self._digests:
+                return None
+        key = _key(path)
+        with self._lock:
+            return self._digests.get(key) if key is not None else None
+
     def clear(self) -> None:
-        """Drop every held image (a job ended)."""
+        """Drop every held image and digest (a job ended)."""
         with self._lock:
             self._images.clear()
+            self._digests.clear()
             self._pixels = 0
 
     def __len__(self) -> int:
@@ -133,6 +156,10 @@ def install(nodes: Any, handoff: DecodedImages = HANDOFF) -> bool:
     if getattr(getattr(nodes, "Image", None), "open", None) is None:
         return False
     load_image_class.load_image = _taking(nodes, original, handoff)
+    is_changed = getattr(load_image_class, "IS_CHANGED", None)
+    folder_paths = getattr(nodes, "folder_paths", None)
+    if is_changed is not None and hasattr(folder_paths, "get_annotated_filepath"):
+        load_image_class.IS_CHANGED = classmethod(_hashed(folder_paths, is_changed, handoff))
     handoff.enabled = True
     return True
 
@@ -152,3 +179,24 @@ def _taking(nodes: Any, original: Callable[..., Any], handoff: DecodedImages) ->
 
     load_image._decoded_inputs = True  # type: ignore[attr-defined]
     return load_image
+
+
+def _hashed(
+    folder_paths: Any, original: Callable[..., Any], handoff: DecodedImages
+) -> Callable[..., Any]:
+    """LoadImage's ``IS_CHANGED``, answered from the input step's digest when it has one.
+
+    ComfyUI's reads the file and returns the hex SHA-256 of its bytes: the same string.
+    ``original`` is the bound classmethod; anything unusual goes to it.
+    """
+
+    @functools.wraps(original)
+    def is_changed(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        image = kwargs.get("image", args[0] if len(args) == 1 and not kwargs else None)
+        if isinstance(image, str):
+            found = handoff.digest(folder_paths.get_annotated_filepath(image))
+            if found is not None:
+                return found
+        return original(*args, **kwargs)
+
+    return is_changed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def test_load_image_gives_the_same_tensors_from_the_handoff_as_from_disk(
     try:
         assert decoded_inputs.HANDOFF.enabled  # the runtime's boot installed it
         assert len(decoded_inputs.HANDOFF) == 1
+        # ComfyUI's IS_CHANGED (the cache key) reads and hashes the file: same answer.
+        is_changed = nodes.LoadImage.IS_CHANGED
+        from_digest = is_changed(image=f"handoff-test/{name}")
+        assert from_digest == is_changed.__wrapped__(image=f"handoff-test/{name}")
+        assert from_digest == hashlib.sha256(buf.getvalue()).hexdigest()
         handed = nodes.LoadImage().load_image(f"handoff-test/{name}")
         assert len(decoded_inputs.HANDOFF) == 0  # taken
         from_disk = nodes.LoadImage().load_image(f"handoff-test/{name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,38 @@ def test_the_reference_convert_output_example(worker: Worker) -> None:
     with Image.open(io.BytesIO(raw)) as image:
         assert (image.format, image.size) == ("JPEG", (512, 512))
     assert set(body["stats"]["nodes"]) <= {"1", "2"}
+
+
+def test_a_job_runs_on_the_engine_thread_with_no_hand_over(
+    worker: Worker, runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker runs each whole job on the runtime's engine thread, so ComfyUI runs the
+    workflow in place; a caller on another thread (the warm-up, this test) hands it over."""
+    threads: dict[str, int] = {}
+    run_job = runtime._run_job
+
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        threads.setdefault("comfyui", threading.get_ident())
+        return run_job(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "_run_job", noting)
+    original_run = worker.run
+
+    def noting_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        threads["job"] = threading.get_ident()
+        return original_run(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "run", noting_run)
+    image = base64.b64encode(png((10, 20, 30))).decode()
+    body = worker.handle(
+        {
+            "id": "in-place",
+            "input": {
+                "workflow": workflows.invert("t.png", "in-place"),
+                "images": [{"name": "t.png", "image": image}],
+            },
+        }
+    )
+    assert body.get("errors") == [], body
+    assert threads["comfyui"] == threads["job"] != threading.get_ident()
+    assert runtime.job_thread.is_current() is False  # this thread is not the engine's

@@ -9,6 +9,7 @@ file as ComfyUI's does (``ImageSequence``, ``exif_transpose``, ``convert``).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import types
 from collections.abc import Iterator
@@ -19,16 +20,33 @@ import pytest
 from PIL import Image
 
 from engine.inputs import store_images
+from engine.job_files import settle_inputs
 from engine.request import InputImage
 from engine.runtime import decoded_inputs
 from engine.settings import Settings
 
 _NODES_SOURCE = """
+import hashlib
+import os
+import types
+
 from PIL import Image, ImageOps, ImageSequence
+
+# ComfyUI's folder_paths, as far as LoadImage.IS_CHANGED uses it: names are relative
+# to the input folder (the test sets it), and read back from there.
+folder_paths = types.SimpleNamespace(input_dir="")
+folder_paths.get_annotated_filepath = lambda name: os.path.join(folder_paths.input_dir, name)
 
 
 class LoadImage:
     opened_from_disk = 0
+    hashed_from_disk = 0
+
+    @classmethod
+    def IS_CHANGED(s, image):
+        LoadImage.hashed_from_disk += 1
+        with open(folder_paths.get_annotated_filepath(image), "rb") as f:
+            return hashlib.sha256(f.read()).digest().hex()
 
     def load_image(self, path):
         img = Image.open(path)
@@ -122,6 +140,41 @@ def test_clear_drops_what_a_job_did_not_take(nodes: Any, tmp_path: Path) -> None
     decoded_inputs.HANDOFF.clear()
     nodes.LoadImage().load_image(str(path))
     assert nodes.LoadImage.opened_from_disk == 1
+
+
+def test_is_changed_answers_from_the_stored_digest_without_reading_the_file(
+    nodes: Any, tmp_path: Path
+) -> None:
+    nodes.folder_paths.input_dir = str(tmp_path)
+    data = _encoded("PNG")
+    _store(tmp_path, "a.png", data)
+    # As ComfyUI calls it (keywords) and positionally: ComfyUI's own answer, no read.
+    assert nodes.LoadImage.IS_CHANGED(image="a.png") == hashlib.sha256(data).hexdigest()
+    assert nodes.LoadImage.IS_CHANGED("a.png") == hashlib.sha256(data).hexdigest()
+    assert nodes.LoadImage.hashed_from_disk == 0
+    other = _encoded("PNG", size=(20, 10))
+    (tmp_path / "a.png").write_bytes(other)  # changed since: hashed from the file again
+    assert nodes.LoadImage.IS_CHANGED(image="a.png") == hashlib.sha256(other).hexdigest()
+    assert nodes.LoadImage.hashed_from_disk == 1
+    decoded_inputs.HANDOFF.clear()  # the job ended: every file is hashed from disk
+    _store(tmp_path, "b.png", data)
+    decoded_inputs.HANDOFF.clear()
+    assert nodes.LoadImage.IS_CHANGED(image="b.png") == hashlib.sha256(data).hexdigest()
+    assert nodes.LoadImage.hashed_from_disk == 2
+
+
+def test_the_input_folder_name_is_the_same_from_the_digest_as_from_the_files(
+    nodes: Any, tmp_path: Path
+) -> None:
+    names = []
+    for run in range(2):
+        staged = tmp_path / f"staged-{run}"
+        paths = [_store(staged, n, _encoded("PNG", size=(9 + i, 7))) for i, n in enumerate("ab")]
+        if run == 1:
+            decoded_inputs.HANDOFF.clear()  # no digests: the files are read and hashed
+        (tmp_path / f"input-{run}").mkdir()
+        names.append(settle_inputs(tmp_path / f"input-{run}", staged, paths))
+    assert names[0] == names[1]
 
 
 def test_install_leaves_an_unfamiliar_nodes_module_alone() -> None:

@@ -72,6 +72,8 @@ def test_logs_redact_registered_and_job_secrets(caplog: pytest.LogCaptureFixture
 def test_redact_obj_walks_nested_values() -> None:
     value = {"a": ["x secret-value-9 y", {"b": "secret-value-9"}], "n": 3}
     assert logs.redact_obj(value, ["secret-value-9"]) == {"a": ["x *** y", {"b": "***"}], "n": 3}
+    # Nothing long enough to be a secret: nothing to walk, the value as it was.
+    assert logs.redact_obj(value, ["", "abc"]) is value
 
 
 def test_a_detail_equal_to_the_message_is_not_repeated() -> None:

@@ -201,6 +201,11 @@ class TestSources:
         [path] = store([("a.png", f"  {spaced}\t\r\n")], input_dir)
         assert path.read_bytes() == data
 
+    def test_unicode_spaces_around_base64_are_tolerated(self, input_dir: Path) -> None:
+        data = png_bytes()
+        [path] = store([("a.png", f"\u00a0{b64(data)}\u2028")], input_dir)
+        assert path.read_bytes() == data
+
     def test_url_safe_base64_is_decoded(self, input_dir: Path) -> None:
         data = png_bytes(size=(33, 17))
         [path] = store([("a.png", base64.urlsafe_b64encode(data).decode())], input_dir)
@@ -225,6 +230,8 @@ class TestSources:
             ("====", "empty"),
             ("data:image/png,rawbytes", "not base64-encoded"),
             ("data:image/png;base64", "no ','"),
+            # Not ASCII: the decoder's own ValueError is not a binascii.Error.
+            ("iVBOR\u00e9w0KGgo", "not valid base64 (found '\u00e9')"),
         ],
     )
     def test_bad_base64_is_refused_with_a_reason(

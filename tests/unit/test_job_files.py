@@ -1,0 +1,102 @@
+"""A job's folders: made from a spare when there is one, removed (or kept empty) at the end."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from engine.job_files import SpareFolders, is_job_folder, remove_job_folder, sweep_leftovers
+from engine.runtime import Directories
+
+SPARE = re.compile(r"job-spare-[0-9a-f]{8}")
+
+
+def entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_emptied_folder_becomes_the_next_folders_in_the_same_place(tmp_path: Path) -> None:
+    spares = SpareFolders()
+    first = tmp_path / "job-a-0123abcd"
+    spares.make(first)
+    (first / "out.png").write_bytes(b"png")
+    inode = first.stat().st_ino
+    spares.remove(first)
+    [spare] = entries(tmp_path)
+    assert SPARE.fullmatch(spare) and not any((tmp_path / spare).iterdir())
+    second = tmp_path / "job-b-4567cdef"
+    spares.make(second)
+    assert entries(tmp_path) == [second.name]
+    assert second.stat().st_ino == inode  # renamed, not made anew
+
+
+def test_one_spare_per_parent_the_rest_are_removed(tmp_path: Path) -> None:
+    spares = SpareFolders()
+    for parent in ("input", "output"):
+        (tmp_path / parent).mkdir()
+    folders = [tmp_path / p / f"job-{n}-0123abcd" for p in ("input", "output") for n in "ab"]
+    for folder in folders:
+        spares.make(folder)
+        (folder / "f.bin").write_bytes(b"x")
+    for folder in folders:
+        spares.remove(folder)
+    for parent in ("input", "output"):
+        [left] = entries(tmp_path / parent)
+        assert SPARE.fullmatch(left)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_folder_holding_sub_folders_goes_whole_and_is_not_kept(tmp_path: Path) -> None:
+    spares = SpareFolders()
+    folder = tmp_path / "job-a-0123abcd"
+    spares.make(folder)
+    (folder / "videos" / "clips").mkdir(parents=True)
+    (folder / "videos" / "clips" / "c.mp4").write_bytes(b"mp4")
+    (folder / "a.png").write_bytes(b"png")
+    spares.remove(folder)
+    assert entries(tmp_path) == []
+    spares.make(tmp_path / "job-b-4567cdef")  # no spare: made anew
+    assert entries(tmp_path) == ["job-b-4567cdef"]
+
+
+def test_a_link_in_a_job_folder_is_removed_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"keep")
+    work = tmp_path / "work"
+    work.mkdir()
+    for remove in (SpareFolders().remove, remove_job_folder):
+        folder = work / "job-a-0123abcd"
+        folder.mkdir()
+        (folder / "link").symlink_to(outside, target_is_directory=True)
+        remove(folder)
+        assert not folder.exists()
+        assert (outside / "keep.txt").read_bytes() == b"keep"
+
+
+def test_removing_a_folder_that_is_not_there_does_nothing(tmp_path: Path) -> None:
+    spares = SpareFolders()
+    spares.remove(tmp_path / "job-gone-0123abcd")
+    remove_job_folder(tmp_path / "job-gone-0123abcd")
+    assert entries(tmp_path) == []
+
+
+def test_a_spare_that_vanished_is_replaced_by_a_new_folder(tmp_path: Path) -> None:
+    spares = SpareFolders()
+    folder = tmp_path / "job-a-0123abcd"
+    spares.make(folder)
+    spares.remove(folder)
+    [spare] = entries(tmp_path)
+    (tmp_path / spare).rmdir()  # someone else removed it
+    spares.make(tmp_path / "job-b-4567cdef")
+    assert entries(tmp_path) == ["job-b-4567cdef"]
+
+
+def test_spares_a_killed_worker_left_are_swept_at_boot(tmp_path: Path) -> None:
+    name = "job-spare-0123abcd"
+    assert is_job_folder(name)
+    dirs = Directories(input=tmp_path / "input", output=tmp_path / "output", temp=tmp_path / "t")
+    for parent in (dirs.input, dirs.output):
+        (parent / name).mkdir(parents=True)
+    sweep_leftovers(dirs, tmp_path)
+    assert entries(dirs.input) == [] and entries(dirs.output) == []
