@@ -14,9 +14,11 @@ are the editor's previews and stay out.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -70,6 +72,10 @@ _DEFAULT_MIME = "application/octet-stream"
 
 # Formats that may hold several frames; Pillow says whether this file does.
 _MAYBE_ANIMATED = frozenset({"image/png", "image/apng", "image/webp", "image/gif"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks read before giving the file to Pillow: text chunks (the workflow's metadata) and
+# the rest come before the image data, a handful in any PNG ComfyUI writes.
+_PNG_MAX_HEADER_CHUNKS = 64
 
 # ComfyUI names files <prefix>_<5-digit counter>_.<ext>; the joined video keeps the prefix.
 _COUNTER_SUFFIX = re.compile(r"_?\d+_?$")
@@ -243,8 +249,11 @@ def _kind(file: BinaryIO, path: Path, mime: str, flagged_animated: bool) -> Outp
     if mime not in _MAYBE_ANIMATED:
         return "image"
     try:
-        with Image.open(file) as image:
-            frames = int(getattr(image, "n_frames", 1))
+        frames = _png_frames(file)
+        if frames is None:  # not a PNG, or an unusual one: Pillow tells
+            file.seek(0)
+            with Image.open(file) as image:
+                frames = int(getattr(image, "n_frames", 1))
     except (OSError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
         # Still delivered as bytes; the node's own ``animated`` flag is the best guess.
         log.warning("Pillow cannot read %s; typing it from the node's animated flag", path.name)
@@ -252,6 +261,29 @@ def _kind(file: BinaryIO, path: Path, mime: str, flagged_animated: bool) -> Outp
     # The node's flag counts too: encoders merge identical frames, so SaveAnimatedWEBP of
     # a batch of equal images writes one frame, and it is still the node's animation.
     return "animation" if frames > 1 or flagged_animated else "image"
+
+
+def _png_frames(file: BinaryIO) -> int | None:
+    """A PNG's frame count from its chunk headers, as Pillow's ``n_frames`` reads it.
+
+    An APNG says how many frames it holds in an ``acTL`` chunk before its first ``IDAT``;
+    a still PNG has none. A few reads, without Pillow's format detection and header
+    parsing (most outputs are PNGs). None when the file does not read as a PNG.
+    """
+    if file.read(8) != _PNG_SIGNATURE:
+        return None
+    for _ in range(_PNG_MAX_HEADER_CHUNKS):
+        header = file.read(8)
+        if len(header) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", header)
+        if kind == b"acTL":
+            body = file.read(4)
+            return struct.unpack(">I", body)[0] if len(body) == 4 else None
+        if kind == b"IDAT":
+            return 1
+        file.seek(length + 4, io.SEEK_CUR)  # the chunk's data and its CRC
+    return None
 
 
 def _animated_flag(value: Any) -> bool:

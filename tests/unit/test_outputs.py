@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 from engine import video
-from engine.outputs import OutputFile, collect_outputs, mime_type_for
+from engine.outputs import OutputFile, _png_frames, collect_outputs, mime_type_for
 from engine.request import FramesToVideo
 from engine.runtime import Directories
 from engine.video import VideoInfo
@@ -438,3 +439,21 @@ class TestFramesToVideo:
         """Asking for a video without saying where to write it is a programming error."""
         with pytest.raises(ValueError, match="scratch_dir"):
             collect_outputs({}, dirs, frames_to_video=FramesToVideo())
+
+
+def test_a_png_frame_count_is_read_from_its_chunks_as_pillow_reads_it(tmp_path: Path) -> None:
+    """The chunk walk that types PNG outputs agrees with Pillow's ``n_frames``: stills
+    (with ComfyUI's text metadata before the pixels), APNGs, and a file that only starts
+    like a PNG, which is left to Pillow."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", "x" * 50_000)  # a big workflow, as SaveImage writes it
+    still = tmp_path / "still.png"
+    Image.new("RGB", (8, 8)).save(still, pnginfo=info)
+    cases = [still, make_apng(tmp_path / "three.png", frames=3)]
+    for path in cases:
+        with path.open("rb") as file, Image.open(path) as image:
+            assert _png_frames(file) == getattr(image, "n_frames", 1), path.name
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(still.read_bytes()[:20])
+    with cut.open("rb") as file:
+        assert _png_frames(file) is None
