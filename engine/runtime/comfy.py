@@ -6,10 +6,11 @@ workflow to one ``execution.PromptExecutor`` kept for the worker's lifetime, so
 loaded models and cached node outputs carry over between jobs.
 
 With :mod:`engine.runtime.comfy_boot` (the boot itself), the only code that imports
-ComfyUI or torch, and only inside ``boot()`` (and ``node_definitions()``, which needs
-the V3 node base class); ComfyUI's modules are untyped, so they stay ``Any`` here. The
-graph checks before ComfyUI's own validation live in :mod:`engine.runtime.comfy_checks`,
-which takes the booted handles and imports nothing of ComfyUI.
+ComfyUI or torch, and only inside ``boot()``; ComfyUI's modules are untyped, so they
+stay ``Any`` here. Two modules take the booted handles and import nothing of ComfyUI:
+the graph checks before ComfyUI's own validation (:mod:`engine.runtime.comfy_checks`)
+and what the booted engine knows, its node types and model folders
+(:mod:`engine.runtime.comfy_catalog`, which the ``Runtime`` methods on those delegate to).
 
 Threads: every job runs on one engine thread, in an event loop kept on that thread for
 the worker's life (``PromptExecutor.execute`` would make one per job with
@@ -52,7 +53,7 @@ from engine.runtime import (
     shapes,
 )
 from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, import_comfy
-from engine.runtime.comfy_folders import combo_options, folder_names_backing_input
+from engine.runtime.comfy_catalog import Catalog
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,8 @@ class ComfyRuntime:
         self._current: _JobState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         """The engine thread's event loop, made by the first job (0.15 ms a job saved)."""
-        self._file_inputs: dict[str, frozenset[str]] = {}
-        self._model_folder_names: dict[tuple[str, str], str] = {}
-        self._node_definitions: dict[str, Any] | None = None
+        self._catalog: Catalog | None = None
+        """What the booted engine knows (node types, model folders); built by :meth:`boot`."""
         self._last_collect = 0.0
         self._collect_due = False
         self.boot_timings: dict[str, float] = {}
@@ -149,6 +149,10 @@ class ComfyRuntime:
                 f"ComfyUI at {checkout} failed to start: {type(exc).__name__}: {exc}",
                 ["Install ComfyUI's requirements: scripts/setup.sh --with-comfyui"],
             ) from exc
+        # ComfyUI's V3 node base class: its nodes.py imported it, so no import happens here.
+        from comfy_api.internal import _ComfyNodeInternal
+
+        self._catalog = Catalog(self._comfy, v3_base=_ComfyNodeInternal)
         self.node_count = self._comfy.node_count
         # LoadImage takes the pixels the input step decoded (decoded_inputs.py).
         decoded_inputs.install(self._comfy.nodes)
@@ -197,111 +201,29 @@ class ComfyRuntime:
         log.info("warm-up workflow %s ran in %.2f s", workflow_path, seconds)
         return seconds
 
-    # -- per job ----------------------------------------------------------------------
+    # -- what the booted engine knows (comfy_catalog.py) ------------------------------
 
     def file_inputs(self, class_type: str) -> frozenset[str]:
-        """Inputs of ``class_type`` whose allowed values are a list of strings.
-
-        Files and models, and plain enums (sampler names) too: callers use this to
-        find values that may be paths. Unknown types have none.
-        """
-        cached = self._file_inputs.get(class_type)
-        if cached is not None:
-            return cached
-        comfy = self._require_boot()
-        node_class = comfy.nodes.NODE_CLASS_MAPPINGS.get(class_type)
-        if node_class is None:
-            return frozenset()
-        try:
-            spec = node_class.INPUT_TYPES()
-        except Exception:
-            # Validation will report this node properly; here it only has no file inputs.
-            log.warning("INPUT_TYPES() of %s failed", class_type, exc_info=True)
-            return frozenset()
-        names = frozenset(
-            name
-            for section in ("required", "optional")
-            for name, config in (spec.get(section) or {}).items()
-            if combo_options(config) is not None
-        )
-        self._file_inputs[class_type] = names
-        return names
+        """Inputs of ``class_type`` listing allowed values: :meth:`Catalog.file_inputs`."""
+        return self._require_catalog().file_inputs(class_type)
 
     def node_definitions(self) -> dict[str, Any]:
-        """Every node type's definition, as ComfyUI's ``/object_info`` lists it.
-
-        Built once, on first use after boot, the way the server's ``node_info`` builds
-        it (V3 nodes through their own ``GET_NODE_INFO_V1``). A type whose definition
-        raises is left out with a log line, as the server does; the converter then
-        keeps it as an unknown type and validation names it. It reads every node type,
-        so node modules loaded on demand are all imported here: 0.84 s for 774 types
-        after an 8 s boot with the five packs (image environment, 2 CPU cores).
-        """
-        if self._node_definitions is None:
-            comfy = self._require_boot()
-            from comfy_api.internal import _ComfyNodeInternal  # ComfyUI's; present once booted
-
-            definitions: dict[str, Any] = {}
-            with comfy.folder_paths.cache_helper:  # one directory scan per model folder
-                for name in list(comfy.nodes.NODE_CLASS_MAPPINGS):
-                    try:
-                        info = _object_info_entry(comfy.nodes, _ComfyNodeInternal, name)
-                        # JSON's shapes, as /object_info sends them (tuples become lists);
-                        # a default no JSON can hold becomes its text, as it would there.
-                        definitions[name] = json.loads(json.dumps(info, default=str))
-                    except Exception:
-                        log.warning("the definition of node type %s failed", name, exc_info=True)
-            self._node_definitions = definitions
-        return self._node_definitions
+        """Every node type's ``/object_info`` entry: :meth:`Catalog.node_definitions`."""
+        return self._require_catalog().node_definitions()
 
     def model_folder_of(self, class_type: str, input_name: str) -> ModelFolder | None:
-        """The model folder behind a loader's file input (``ckpt_name``: ``checkpoints``).
-
-        Found the way a missing file's folders are: by recording which file lists the
-        node's ``INPUT_TYPES()`` asks ComfyUI for. None for an input that lists no
-        model folder (LoadImage's ``image``, an enum) or several.
-        """
-        key = (class_type, input_name)
-        name = self._model_folder_names.get(key)
-        if name is None:
-            comfy = self._require_boot()
-            node_class = comfy.nodes.NODE_CLASS_MAPPINGS.get(class_type)
-            if node_class is None or input_name not in self.file_inputs(class_type):
-                return None
-            # A file-like value, so an empty folder still counts as the input's.
-            names = folder_names_backing_input(
-                comfy.folder_paths, node_class, input_name, "model.safetensors"
-            )
-            if len(names) > 1:
-                # Empty folders fit any input: VAELoader lists vae and vae_approx, and
-                # with both empty only the name tells (vae_name: vae).
-                names = [n for n in names if n.rstrip("s") in input_name] or names
-            if len(names) != 1:
-                return None
-            name = self._model_folder_names[key] = names[0]
-        return self._model_folder(name)
+        """The model folder behind a file input: :meth:`Catalog.model_folder_of`."""
+        return self._require_catalog().model_folder_of(class_type, input_name)
 
     def model_folders(self) -> list[ModelFolder]:
-        """Every model folder ComfyUI registered (custom node folders aside)."""
-        comfy = self._require_boot()
-        names = sorted(comfy.folder_paths.folder_names_and_paths)
-        return [self._model_folder(name) for name in names if name != "custom_nodes"]
+        """Every model folder ComfyUI registered: :meth:`Catalog.model_folders`."""
+        return self._require_catalog().model_folders()
 
     def forget_model_files(self, folder_name: str) -> None:
-        """Drop ComfyUI's cached file list of ``folder_name``.
+        """Drop ComfyUI's cached file list of a folder: :meth:`Catalog.forget_model_files`."""
+        self._require_catalog().forget_model_files(folder_name)
 
-        ComfyUI re-lists a folder when a directory's mtime changes; a file added to an
-        existing sub-folder on a network volume may not change one it checks in time.
-        """
-        self._require_boot().folder_paths.filename_list_cache.pop(folder_name, None)
-
-    def _model_folder(self, name: str) -> ModelFolder:
-        paths, extensions = self._require_boot().folder_paths.folder_names_and_paths[name]
-        return ModelFolder(
-            name=name,
-            paths=tuple(Path(p) for p in paths),
-            extensions=frozenset(str(e).lower() for e in extensions),
-        )
+    # -- per job ----------------------------------------------------------------------
 
     def run(self, job: JobSpec) -> RunResult:
         """Validate and execute ``job.workflow`` on the engine thread; see ``Runtime.run``."""
@@ -361,6 +283,12 @@ class ComfyRuntime:
         if self._comfy is None:
             raise RuntimeError("ComfyRuntime.boot() must be called before jobs run")
         return self._comfy
+
+    def _require_catalog(self) -> Catalog:
+        """The booted engine's catalog; before boot, :meth:`_require_boot`'s error."""
+        self._require_boot()
+        assert self._catalog is not None  # boot() builds it as soon as ComfyUI is imported
+        return self._catalog
 
     def _run_job(self, comfy: Comfy, state: _JobState) -> RunResult:
         job = state.job
@@ -611,36 +539,6 @@ def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
     for task in pending:
         task.cancel()
     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-
-
-def _object_info_entry(nodes: Any, v3_base: type, name: str) -> dict[str, Any]:
-    """One entry of ``/object_info``, as ComfyUI 0.3.64's ``server.node_info`` makes it."""
-    node_class = nodes.NODE_CLASS_MAPPINGS[name]
-    if issubclass(node_class, v3_base):
-        v3_info: dict[str, Any] = node_class.GET_NODE_INFO_V1()
-        return v3_info
-    input_types = node_class.INPUT_TYPES()
-    outputs = node_class.RETURN_TYPES
-    info: dict[str, Any] = {
-        "input": input_types,
-        "input_order": {section: list(inputs) for section, inputs in input_types.items()},
-        "output": outputs,
-        "output_is_list": getattr(node_class, "OUTPUT_IS_LIST", [False] * len(outputs)),
-        "output_name": getattr(node_class, "RETURN_NAMES", outputs),
-        "name": name,
-        "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
-        "description": getattr(node_class, "DESCRIPTION", ""),
-        "python_module": getattr(node_class, "RELATIVE_PYTHON_MODULE", "nodes"),
-        "category": getattr(node_class, "CATEGORY", "sd"),
-        "output_node": getattr(node_class, "OUTPUT_NODE", False) is True,
-    }
-    if getattr(node_class, "DEPRECATED", False):
-        info["deprecated"] = True
-    if getattr(node_class, "EXPERIMENTAL", False):
-        info["experimental"] = True
-    if hasattr(node_class, "API_NODE"):
-        info["api_node"] = node_class.API_NODE
-    return info
 
 
 def _last_failure(
