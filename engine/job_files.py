@@ -18,6 +18,7 @@ output folders; anything else there (``input/example.png``, ``input/masks/``) is
 touched. The temp and scratch folders belong to the worker alone and are emptied whole,
 as ComfyUI's own ``main.py`` empties its temp folder at start.
 """
+
 from __future__ import annotations
 
 import contextlib
