@@ -199,6 +199,38 @@ class Deadline:
         raise self.exceeded(where)
 
 
+class JobTurns:
+    """One job at a time. A job waits for its turn only while its deadline holds: it
+    stops waiting the moment the limit passes or it is cancelled, whatever the running
+    job does.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._busy = False
+
+    def take(self, deadline: Deadline) -> bool:
+        """Wait for the turn and take it (True); False when the job must stop first."""
+
+        def wake() -> None:
+            with self._changed:
+                self._changed.notify_all()
+
+        with deadline.on_cancel(wake), self._changed:
+            while self._busy:
+                if deadline.expired():
+                    return False
+                self._changed.wait(deadline.remaining())
+            self._busy = True
+            return True
+
+    def give_back(self) -> None:
+        """End the turn; the next waiting job takes it."""
+        with self._changed:
+            self._busy = False
+            self._changed.notify_all()
+
+
 class JobThread:
     """One long-lived daemon thread that runs the calls it is given, one after another.
 

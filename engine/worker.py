@@ -27,7 +27,7 @@ from PIL import Image
 
 from engine import logs
 from engine.convert import convert_outputs
-from engine.deadline import Deadline, JobDeadlines
+from engine.deadline import Deadline, JobDeadlines, JobTurns
 from engine.delivery import Uploader, deliver
 from engine.errors import (
     OutputDeliveryError,
@@ -114,8 +114,8 @@ class Worker:
         self.uploader = uploader
         self.progress = progress
         # One job at a time: a cancelled job's thread finishes (promptly, interrupted)
-        # before the next job touches ComfyUI's folders. Held by the job's own thread.
-        self._one_job = threading.Lock()
+        # before the next job touches ComfyUI's folders. Given back by the job's own thread.
+        self._turns = JobTurns()
         # Set when a job's thread would not stop after its deadline: every later job gets
         # this error (and RunPod a request for a fresh worker) instead of waiting on it.
         self._stuck: WorkerStuckError | None = None
@@ -213,7 +213,7 @@ class Worker:
         if self._stuck is not None:
             # A new exception each time: one raised again would grow its traceback per job.
             raise WorkerStuckError(self._stuck.message, self._stuck.details)
-        if not self._one_job.acquire(timeout=_lock_timeout(deadline.remaining())):
+        if not self._turns.take(deadline):  # a cancel or the limit ends the wait at once
             raise deadline.exceeded("while the job waited for the previous one to finish")
         phase = Phase("start")
 
@@ -221,7 +221,7 @@ class Worker:
             try:
                 return self.run(job_id, job_input, progress, deadline, phase)
             finally:
-                self._one_job.release()
+                self._turns.give_back()
 
         outcome = self._job_thread.submit(job)
         # wait_for(), then result(): a JobTimeoutError is also a TimeoutError, the very
@@ -416,11 +416,6 @@ class Worker:
             for leftover in (dirs.input / folder, files.scratch, dirs.temp / folder):
                 remove_job_folder(leftover)
             self.runtime.after_job()
-
-
-def _lock_timeout(remaining: float | None) -> float:
-    """``Lock.acquire``'s timeout: -1 waits for ever (no limit)."""
-    return -1 if remaining is None else remaining
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from engine.deadline import Deadline, JobDeadlines
+from engine.deadline import Deadline, JobDeadlines, JobTurns
 from engine.errors import JobInterruptedError, JobTimeoutError
 
 
@@ -157,3 +157,19 @@ def test_job_deadlines_cancel_by_id_and_forget_jobs_that_ended() -> None:
         assert not a.cancelled
         assert held.cancel(None) == 3 and a.cancelled
     assert held.cancel(None) == 0  # every job ended: nothing held
+
+
+def test_a_turn_is_taken_one_job_at_a_time_and_waiting_ends_with_the_deadline() -> None:
+    turns = JobTurns()
+    assert turns.take(Deadline.start(None))  # free: taken at once
+    assert not turns.take(Deadline.start(0.05))  # busy until its limit passed: not taken
+    cancelled = Deadline.start(None)
+    cancelled.cancel()
+    assert not turns.take(cancelled)  # busy, and no reason left to wait
+    waiting = Deadline.start(None)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(turns.take(waiting)))
+    waiter.start()
+    turns.give_back()  # the next job takes it
+    waiter.join(10)
+    assert got == [True]

@@ -685,6 +685,37 @@ def test_a_cancel_during_the_run_interrupts_the_node(settings: Settings) -> None
     assert_next_job_runs_and_nothing_is_left(worker, settings)
 
 
+def test_a_job_cancelled_while_it_waits_for_the_previous_one_stops_waiting(
+    settings: Settings,
+) -> None:
+    """Job A holds the engine (a node deaf to interrupts, released only by the test); job
+    B, sent meanwhile, waits for its turn. Cancelling B answers it at once, while A still
+    runs; A then ends normally and the next job runs."""
+    worker = make_worker(settings)
+    runtime = worker.runtime
+    assert isinstance(runtime, FakeRuntime)
+    first, first_answer = handle_in_thread(
+        worker, {"id": "a", "input": {"workflow": workflows.hangs()}}
+    )
+    try:
+        assert runtime.hanging.wait(10)
+        second, second_answer = handle_in_thread(
+            worker, {"id": "b", "input": {"workflow": workflows.batch(1)}}
+        )
+        while not worker.cancel("b"):  # B is not in handle() yet: ask again
+            assert second.is_alive()
+            time.sleep(0.01)
+        second.join(10)
+        assert not second.is_alive() and first.is_alive()  # B answered; A is still held
+        assert_cancelled(second_answer, "while the job waited for the previous one to finish")
+    finally:
+        runtime.release.set()
+    first.join(10)
+    (body,) = first_answer
+    assert body["errors"] == [] and len(body["images"]) == 1, body
+    assert_next_job_runs_and_nothing_is_left(worker, settings)
+
+
 def test_a_cancel_before_the_run_is_not_lost_when_the_engine_starts(settings: Settings) -> None:
     """A cancel that lands between phases (here: as the inputs finish) stops the job at the
     next check, although the engine clears its own interrupt flag when a run starts."""
