@@ -3,6 +3,7 @@
 
     scripts/lock_image.py            # compile comfyui/image.lock from comfyui/image.in
     scripts/lock_image.py --inputs   # first rewrite comfyui/image.in from its sources
+    scripts/lock_image.py --upgrade  # resolve afresh, as of EXCLUDE_NEWER (after moving it)
     scripts/lock_image.py --check    # fail (exit 1) when image.in or image.lock is stale
 
 The lock is what the Dockerfile and ``scripts/setup.sh --image-env`` install, with
@@ -17,12 +18,15 @@ Its inputs, in comfyui/image.in, one section each:
 ``--inputs`` rewrites that file from a ComfyUI checkout (``COMFYUI_PATH``, else
 comfyui/ComfyUI) and its ``custom_nodes/`` folder (or ``--packs DIR``): run it after a
 pin moves. comfyui/image-constraints.txt holds the versions chosen on purpose, each with
-its reason; uv resolves the rest as of ``EXCLUDE_NEWER``, so the same inputs always give
-the same lock, and a fresh resolve is a decision (move the date).
+its reason; uv resolves the rest as of ``EXCLUDE_NEWER``, keeping the versions the lock
+already holds wherever they still fit the inputs: the same inputs always give the same
+lock, also when the package index later lists an old release it did not list before
+(this happened: uvicorn 0.55.0, released before the date, listed after the lock was
+made). A fresh resolve is a decision: move the date and run ``--upgrade``.
 
 ``--check`` (CI) needs PyPI but no checkout: the worker and torch sections must match
-pyproject.toml and this script, the sections' commits must match the pins, and a fresh
-compile must equal the committed lock. With a ComfyUI checkout and its packs present, it
+pyproject.toml and this script, the sections' commits must match the pins, and compiling
+again (what the plain command does) must give the committed lock unchanged. With a ComfyUI checkout and its packs present, it
 also compares the sections with their requirements files.
 
 Exit status: 0 up to date / written, 1 stale, 2 usage or a missing tool.
@@ -35,6 +39,7 @@ import difflib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -229,8 +234,12 @@ def lock_header() -> str:
     return "\n".join(lines) + "\n#\n"
 
 
-def compile_lock(dest: Path) -> None:
-    """Resolve image.in under the constraints into ``dest`` (network: PyPI)."""
+def compile_lock(dest: Path, *, upgrade: bool = False) -> None:
+    """Resolve image.in under the constraints into ``dest`` (network: PyPI).
+
+    uv keeps the versions ``dest`` already pins where they still fit; ``upgrade`` drops
+    them, for a resolve as of ``EXCLUDE_NEWER`` alone.
+    """
     cmd = [
         *uv(),
         "pip",
@@ -253,6 +262,7 @@ def compile_lock(dest: Path) -> None:
         str(INPUTS.relative_to(ROOT)),
         "--output-file",
         str(dest),
+        *(["--upgrade"] if upgrade else []),
     ]
     # Relative paths and no user config: the lock's "# via" lines and resolution must not
     # depend on who runs it, or on a machine's pip/uv settings.
@@ -298,16 +308,19 @@ def check(packs_dir: Path | None) -> int:
         folder = None
     problems += stale_inputs(committed, expected_sections(comfyui, folder))
     with tempfile.TemporaryDirectory() as tmp:
+        # Compiled as the plain command compiles it, over the committed lock: the check
+        # fails exactly when running that command would change the lock.
         fresh = Path(tmp) / "image.lock"
+        shutil.copyfile(LOCK, fresh)
         compile_lock(fresh)
         new, old = fresh.read_text(encoding="utf-8"), LOCK.read_text(encoding="utf-8")
     if new != old:
         diff = difflib.unified_diff(
-            old.splitlines(), new.splitlines(), "image.lock", "fresh compile", lineterm="", n=0
+            old.splitlines(), new.splitlines(), "image.lock", "compiled", lineterm="", n=0
         )
         shown = [line for line in diff if not line.lstrip("+-").lstrip().startswith("--hash")]
         problems.append(
-            "comfyui/image.lock differs from a fresh compile:\n" + "\n".join(shown[:40])
+            "comfyui/image.lock differs from a compile of image.in:\n" + "\n".join(shown[:40])
         )
     if problems:
         print("The image lock is stale:", file=sys.stderr)
@@ -327,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--inputs", action="store_true", help="rewrite image.in, then compile")
     mode.add_argument("--check", action="store_true", help="exit 1 when anything is stale")
+    mode.add_argument(
+        "--upgrade", action="store_true", help="resolve afresh, ignoring the lock's versions"
+    )
     parser.add_argument(
         "--packs", type=Path, help="folder of pack checkouts (default: <ComfyUI>/custom_nodes)"
     )
@@ -336,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check(args.packs)
         if args.inputs:
             write_inputs(args.packs)
-        compile_lock(LOCK)
+        compile_lock(LOCK, upgrade=args.upgrade)
     except LockError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
