@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -271,8 +270,7 @@ def _stage(
     # Decoded and hashed once: ComfyUI's LoadImage takes these pixels and this digest
     # instead of reading the file again, as does the naming of the job's input folder
     # (engine/runtime/decoded_inputs.py). The file's identity survives the renames.
-    sha256 = hashlib.sha256(data).hexdigest()
-    if not decoded_inputs.HANDOFF.offer(temp, decoded, sha256) and decoded is not None:
+    if not decoded_inputs.HANDOFF.offer(temp, decoded, data) and decoded is not None:
         decoded.close()
     return temp, target
 

@@ -24,6 +24,7 @@ the file back and hash it again (its cache key: the same hex digest either way).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -58,15 +59,18 @@ class DecodedImages:
         self.enabled = False
         """Set by :func:`install`: without a LoadImage to take them, nothing is held."""
 
-    def offer(self, path: Path, image: Any | None, sha256: str) -> bool:
-        """Note what the input step knows of the file now at ``path``, written from bytes
-        whose SHA-256 is ``sha256`` (hex); hold ``image``, those bytes decoded, for one
-        open of ``path``. Whether the image is held (else the caller closes it)."""
+    def offer(self, path: Path, image: Any | None, content: bytes) -> bool:
+        """Note the SHA-256 of ``content``, the bytes just written to ``path``, and hold
+        ``image``, those bytes decoded, for one open of ``path``. Whether the image is
+        held (else the caller closes it). Without a LoadImage to take them (not
+        installed), nothing is hashed or held: the job's input folder is named from the
+        files then, as before."""
         if not self.enabled:
             return False
         key = _key(path)
         if key is None:
             return False
+        sha256 = hashlib.sha256(content).hexdigest()
         with self._lock:
             self._digests[key] = sha256
         if image is None:
