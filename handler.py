@@ -30,7 +30,7 @@ import runpod  # noqa: E402  (after the patch above, on purpose)
 from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
 
 from engine import logs  # noqa: E402
-from engine.errors import RuntimeBootError, WorkerError  # noqa: E402
+from engine.errors import RuntimeBootError, WorkerError, new_incident, without_paths  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from engine.worker import Worker  # noqa: E402
 
@@ -56,10 +56,11 @@ def _start() -> None:
     except WorkerError as exc:
         _boot_error = exc
     except Exception as exc:  # ComfyUI itself failed to import or initialise
-        log.exception("the ComfyUI runtime failed to start")
+        incident = new_incident()
+        log.exception("the ComfyUI runtime failed to start (%s)", incident)
         _boot_error = RuntimeBootError(
-            "ComfyUI failed to start on this worker; see the worker's logs",
-            [f"{type(exc).__name__}: {exc}"],
+            f"ComfyUI failed to start on this worker; see the worker's logs ({incident})",
+            [without_paths(f"{type(exc).__name__}: {exc}")],
         )
     if _boot_error is not None:
         logs.configure()

@@ -15,7 +15,8 @@ The tree::
     ├── ResponseTooLargeError        base64 outputs would exceed RunPod's payload cap
     ├── OutputDeliveryError          not one output reached the bucket (refused, denied, timed out)
     ├── ConfigError                  an environment variable has an unusable value (also a ValueError)
-    └── RuntimeBootError             the ComfyUI runtime could not start
+    ├── RuntimeBootError             the ComfyUI runtime could not start
+    └── InternalError                an unexpected exception (a bug): an id that finds it in the log
 
 Per-item problems that do not fail the job on their own (one image that failed to
 download, one output that could not be uploaded) are ``ItemError``; they are
@@ -23,12 +24,15 @@ gathered into the job-level error or into ``errors[]``.
 
 Only ``engine.runtime`` translates ComfyUI's own failures into these; everything
 else raises them directly. ``handler.py`` turns a ``WorkerError`` into the
-contract's ``{"error": ..., "details": [...]}``; anything else is a bug and
-propagates so RunPod records its type and traceback.
+contract's ``{"error": ..., "details": [...]}``; anything else is a bug: the worker
+logs its traceback under a fresh id and answers :class:`InternalError` with that id
+(never the traceback, its message or a file path of the machine).
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 # RunPod's job status keeps only the handler's ``error`` string (the SDK moves other
@@ -215,3 +219,41 @@ class RuntimeBootError(WorkerError, RuntimeError):
     """The ComfyUI runtime failed to start."""
 
     code = "runtime_boot_failed"
+
+
+class InternalError(WorkerError):
+    """An unexpected exception: a bug. The answer names only an id; the log has the rest.
+
+    The exception's text and traceback stay out of the answer (they show the machine's
+    file paths and code); the log line that carries the same id holds both, so an
+    operator finds the failure from what the user reports.
+    """
+
+    code = "internal_error"
+
+    def __init__(self, incident: str, exception_type: str) -> None:
+        super().__init__(
+            f"The worker failed unexpectedly (internal error {incident})",
+            [
+                f"{exception_type} (a bug in the worker, not in the request); the worker's log "
+                f"holds the details under {incident}: send the job again, and report that id "
+                "to the endpoint's operator if it fails again"
+            ],
+            extra={"incident": incident},
+        )
+        self.incident = incident
+
+
+def new_incident() -> str:
+    """A short id that ties an answer to the log line holding its traceback."""
+    return f"err-{uuid.uuid4().hex[:12]}"
+
+
+# An absolute path of this machine in a foreign message (``/opt/ComfyUI/nodes.py``,
+# ``C:\\x``): not after a letter, digit, ``:`` or ``/`` (URLs keep theirs).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.+@-]+)+/?")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with each absolute file path cut to its last part (``.../nodes.py``)."""
+    return _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)

@@ -6,8 +6,8 @@ each node ComfyUI ran, rounded to the millisecond.
 :class:`Worker` owns the outside systems (the ComfyUI runtime, the image
 fetcher, the S3 uploader), all passed in so tests can replace each one. Its
 :meth:`Worker.handle` is RunPod's handler body: expected failures become the
-contract's ``{"error", "details"}`` shape; anything else is a bug and
-propagates, so RunPod records its type and traceback.
+contract's ``{"error", "details"}`` shape; anything else is a bug, logged with its
+traceback under an id that the answer (``internal_error``) names.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from engine.convert import convert_outputs
 from engine.deadline import Deadline, JobDeadlines, JobTurns
 from engine.delivery import Uploader, deliver
 from engine.errors import (
+    InternalError,
     OutputDeliveryError,
     WorkerError,
     WorkerStuckError,
     WorkflowValidationError,
+    new_incident,
 )
 from engine.graph_checks import check_values
 from engine.inputs import Fetcher, HttpFetcher, store_images
@@ -171,6 +173,15 @@ class Worker:
                 )
                 response: dict[str, Any] = logs.redact_obj(exc.to_response(), secrets)
                 return response
+            except Exception as exc:  # a bug: its traceback goes to the log, under an id
+                incident = new_incident()
+                log.error(
+                    "job failed in %.2f s: internal error %s",
+                    time.perf_counter() - started,
+                    incident,
+                    exc_info=exc,
+                )
+                return InternalError(incident, type(exc).__name__).to_response()
             log.info(
                 "job done in %.2f s: %d output(s), %d error(s); %s",
                 time.perf_counter() - started,

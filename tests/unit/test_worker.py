@@ -234,6 +234,65 @@ def test_handler_reports_a_boot_failure_on_every_job(
         assert body["refresh_worker"] is True
 
 
+class _BrokenRuntime(FakeRuntime):
+    """A runtime whose boot or run hits a bug that names a file of the machine."""
+
+    fail_boot = False
+
+    def boot(self) -> None:
+        if self.fail_boot:
+            raise OSError(f"cannot read {Path(__file__).resolve()}")
+        super().boot()
+
+    def run(self, job: Any) -> Any:
+        raise KeyError(f"missing {Path(__file__).resolve()}")
+
+
+class _BootBroken(_BrokenRuntime):
+    fail_boot = True
+
+
+def test_a_bug_answers_internal_error_with_an_id_that_finds_its_traceback_in_the_log(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No traceback and no path of the machine in the answer; the log line has both."""
+    worker = Worker(settings, _BrokenRuntime(settings), fetcher=NoNetwork())
+    worker.boot()
+    caplog.set_level("INFO", logger="engine.worker")
+    body = worker.handle({"id": "bug", "input": {"workflow": workflows.batch(1)}})
+    assert body["code"] == "internal_error"
+    incident = body["incident"]
+    assert re.fullmatch(r"err-[0-9a-f]{12}", incident)
+    assert incident in body["error"] and "KeyError" in body["error"]
+    text = json.dumps(body)
+    assert "Traceback" not in text and str(Path(__file__).parent) not in text
+    (record,) = [r for r in caplog.records if incident in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    assert "test_worker.py" in caplog.text and "Traceback" in caplog.text
+    # The worker serves the next job.
+    worker.runtime = FakeRuntime(settings)
+    worker.runtime.boot()
+    following = worker.handle({"id": "next", "input": {"workflow": workflows.batch(1)}})
+    assert len(following["images"]) == 1
+
+
+def test_a_boot_failure_names_an_id_and_no_path_of_the_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh_handler(
+        monkeypatch, WORKER_RUNTIME="tests.unit.test_worker:_BootBroken", WORKER_DIR=str(tmp_path)
+    )
+    caplog.set_level("INFO", logger="handler")
+    body = asyncio.run(
+        handler_module.handler({"id": "x", "input": {"workflow": workflows.batch(1)}})
+    )
+    assert body["code"] == "runtime_boot_failed" and body["refresh_worker"] is True
+    assert "OSError: cannot read .../test_worker.py" in body["error"]
+    assert str(Path(__file__).parent) not in json.dumps(body)
+    incident = re.search(r"err-[0-9a-f]{12}", body["error"])
+    assert incident and incident.group(0) in caplog.text and "Traceback" in caplog.text
+
+
 def test_bad_configuration_fails_jobs_with_the_variable_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
