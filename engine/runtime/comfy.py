@@ -7,10 +7,12 @@ loaded models and cached node outputs carry over between jobs.
 
 With :mod:`engine.runtime.comfy_boot` (the boot itself), the only code that imports
 ComfyUI or torch, and only inside ``boot()``; ComfyUI's modules are untyped, so they
-stay ``Any`` here. Two modules take the booted handles and import nothing of ComfyUI:
-the graph checks before ComfyUI's own validation (:mod:`engine.runtime.comfy_checks`)
-and what the booted engine knows, its node types and model folders
-(:mod:`engine.runtime.comfy_catalog`, which the ``Runtime`` methods on those delegate to).
+stay ``Any`` here. Three modules take the booted handles and import nothing of ComfyUI:
+the graph checks before ComfyUI's own validation (:mod:`engine.runtime.comfy_checks`),
+what the booted engine knows, its node types and model folders
+(:mod:`engine.runtime.comfy_catalog`, which the ``Runtime`` methods on those delegate to),
+and ComfyUI's callbacks during a job: progress, node times, the deadline's interrupt
+(:mod:`engine.runtime.comfy_events`).
 
 Threads: every job runs on one engine thread, in an event loop kept on that thread for
 the worker's life (``PromptExecutor.execute`` would make one per job with
@@ -33,9 +35,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from concurrent.futures import wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ from engine.runtime import (
     Directories,
     JobSpec,
     ModelFolder,
-    ProgressEvent,
     RunResult,
     UiOutputs,
     comfy_checks,
@@ -54,42 +53,13 @@ from engine.runtime import (
 )
 from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, import_comfy
 from engine.runtime.comfy_catalog import Catalog
+from engine.runtime.comfy_events import EngineEvents, JobState, raise_failure
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # ComfyUI's main.py collects garbage at most this often between prompts.
 _COLLECT_INTERVAL_S = 10.0
-# Events after which no node runs: the last node's time ends there.
-_RUN_ENDED = frozenset({"execution_success", "execution_error", "execution_interrupted"})
-# After an interrupt, a node that never checks the flag (a long VAE decode) runs
-# on; say so in the log every this many seconds while the job waits for it.
-_STUCK_WARNING_S = 30.0
-
-
-@dataclass
-class _JobState:
-    """What the engine thread's callbacks need to know about the running job."""
-
-    job: JobSpec
-    prompt: dict[str, Any]
-    deadline_hit: threading.Event
-    progress_failed: bool = False
-    node_seconds: dict[str, float] = field(default_factory=dict)
-    running: tuple[str, float] | None = None
-    """The node that last started (its display id) and when, by ``perf_counter``."""
-
-    def node_started(self, node_id: str | None) -> None:
-        """A node's ``executing`` event, or the run's end (``None``): the node before it ended.
-
-        ComfyUI sends no "node finished" event; a node runs until the next one starts.
-        A node that waited on async or lazy inputs starts again later: its spans add up.
-        """
-        now = time.perf_counter()
-        if self.running is not None:
-            previous, since = self.running
-            self.node_seconds[previous] = self.node_seconds.get(previous, 0.0) + now - since
-        self.running = None if node_id is None else (node_id, now)
 
 
 class ComfyRuntime:
@@ -102,7 +72,8 @@ class ComfyRuntime:
         self._engine = JobThread("comfy-engine")
         self._job_lock = threading.Lock()
         self._comfy: Comfy | None = None
-        self._current: _JobState | None = None
+        self._events = EngineEvents(lambda: self._comfy)
+        """ComfyUI's hooks for the running job (comfy_events.py): progress, node times."""
         self._loop: asyncio.AbstractEventLoop | None = None
         """The engine thread's event loop, made by the first job (0.15 ms a job saved)."""
         self._catalog: Catalog | None = None
@@ -140,7 +111,7 @@ class ComfyRuntime:
         try:
             with collection_paused():
                 self._comfy = import_comfy(
-                    checkout, self._settings, self._dirs, self._on_step, self.boot_timings
+                    checkout, self._settings, self._dirs, self._events.on_step, self.boot_timings
                 )
         except WorkerError:
             raise
@@ -230,23 +201,23 @@ class ComfyRuntime:
         comfy = self._require_boot()
         with self._job_lock:
             # validate_prompt casts values in place; the caller's workflow stays as sent.
-            state = _JobState(
+            state = JobState(
                 job=job, prompt=copy.deepcopy(job.workflow), deadline_hit=threading.Event()
             )
-            self._current = state
+            self._events.current = state
             try:
                 if self._engine.is_current():
                     # A whole job on the engine thread (the worker's): run it here. The
                     # caller's watchdog interrupts at the limit; the deadline is also
-                    # checked at every node and step (_deadline_passed).
+                    # checked at every node and step (comfy_events.deadline_passed).
                     return self._run_job(comfy, state)
                 running = self._engine.submit(lambda: self._run_job(comfy, state))
                 # The limit is enforced from here, where this thread waits anyway: no timer
                 # thread per job (~1 ms each on a busy machine). The engine thread also
-                # checks the deadline at every node and step (_deadline_passed).
+                # checks the deadline at every node and step (comfy_events.deadline_passed).
                 remaining = job.deadline.remaining()
                 if remaining is not None and not wait([running], timeout=remaining).done:
-                    self._on_deadline(comfy, state)
+                    self._events.on_deadline(state)
                 return running.result()
             except BaseException:
                 # A failed job (an OOM above all) may hold tensors in its traceback:
@@ -254,7 +225,7 @@ class ComfyRuntime:
                 self._collect_due = True
                 raise
             finally:
-                self._current = None  # also when the engine thread never took the job
+                self._events.current = None  # also when the engine thread never took the job
 
     def after_job(self) -> None:
         """Empty the temp folder and free what the job left; loaded models stay."""
@@ -276,8 +247,7 @@ class ComfyRuntime:
 
     def interrupt(self) -> None:
         """Stop the running job at the next step or node (ComfyUI's interrupt)."""
-        if self._comfy is not None:
-            self._comfy.model_management.interrupt_current_processing(True)
+        self._events.interrupt()
 
     def _require_boot(self) -> Comfy:
         if self._comfy is None:
@@ -290,10 +260,10 @@ class ComfyRuntime:
         assert self._catalog is not None  # boot() builds it as soon as ComfyUI is imported
         return self._catalog
 
-    def _run_job(self, comfy: Comfy, state: _JobState) -> RunResult:
+    def _run_job(self, comfy: Comfy, state: JobState) -> RunResult:
         job = state.job
         timings: dict[str, float] = {}
-        comfy.server.set_listener(self._on_event)
+        comfy.server.set_listener(self._events.on_event)
         comfy.server.last_prompt_id = job.prompt_id
         failed = True
         loop = self._event_loop()
@@ -319,7 +289,7 @@ class ComfyRuntime:
                 _cancel_leftover_tasks(loop)
             comfy.model_management.interrupt_current_processing(False)
             comfy.server.set_listener(None)
-            self._current = None
+            self._events.current = None
             if failed:
                 # What ComfyUI's own worker loop does between prompts: after an
                 # out-of-memory error or an interrupt, tensors of the failed node linger.
@@ -347,7 +317,7 @@ class ComfyRuntime:
             self._loop = None
 
     async def _run_async(
-        self, comfy: Comfy, state: _JobState, timings: dict[str, float]
+        self, comfy: Comfy, state: JobState, timings: dict[str, float]
     ) -> UiOutputs:
         job, prompt = state.job, state.prompt
         started = time.perf_counter()
@@ -392,142 +362,8 @@ class ComfyRuntime:
         timings["execute_s"] = time.perf_counter() - started
         failure = shapes.execution_failure(executor.status_messages)
         if failure is not None:
-            self._raise_failure(job, failure, executor.status_messages, state)
-        return _outputs_of(executor.history_result, prompt)
-
-    def _raise_failure(
-        self,
-        job: JobSpec,
-        failure: WorkerError,
-        messages: list[tuple[str, Mapping[str, Any]]],
-        state: _JobState,
-    ) -> None:
-        event, data = _last_failure(messages)
-        node = data.get("node_id")
-        if event == "execution_interrupted" and self._deadline_passed(state):
-            where = f"at node {node} ({data.get('node_type')})" if node else "while it ran"
-            raise job.deadline.exceeded(where, node_id=str(node) if node else None) from failure
-        if event == "execution_error":
-            log.error(
-                "job %s: node %s (%s) raised %s: %s\n%s",
-                job.prompt_id,
-                node,
-                data.get("node_type"),
-                data.get("exception_type"),
-                str(data.get("exception_message", "")).strip(),
-                "".join(data.get("traceback") or []),
-            )
-        raise failure
-
-    # -- callbacks from ComfyUI, on the engine thread ----------------------------------
-
-    def _on_event(self, event: str, data: Any) -> None:
-        state = self._current
-        if state is None or not isinstance(data, dict):
-            return
-        if event in _RUN_ENDED:
-            state.node_started(None)
-            return
-        if event != "executing":
-            return
-        # Nodes a node expanded into (a subgraph, a loop) report the expanding node as
-        # their display node: the user's id, so their time counts there.
-        node_id = data.get("display_node") or data.get("node")
-        state.node_started(None if node_id is None else str(node_id))
-        if node_id is None:
-            return
-        if self._deadline_passed(state):
-            # The job start clears ComfyUI's interrupt flag; a deadline that passed
-            # during validation is re-asserted here, before the next node runs.
-            self.interrupt()
-        self._emit(state, ProgressEvent(node_id=str(node_id), class_type=_class_of(state, node_id)))
-
-    def _on_step(
-        self,
-        value: int,
-        total: int,
-        preview: Any,
-        prompt_id: str | None = None,
-        node_id: str | None = None,
-    ) -> None:
-        """ComfyUI's global progress-bar hook: one call per sampler step."""
-        del preview, prompt_id
-        comfy, state = self._comfy, self._current
-        if comfy is None:
-            return
-        if state is not None and self._deadline_passed(state):
-            self.interrupt()
-        # Raising here stops a long node between two steps rather than after it;
-        # ComfyUI's server installs the same check in its hook (a 40-step node: 9 ran).
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        if state is None:
-            return
-        context = comfy.executing_context.get_executing_context()
-        if node_id is None and context is not None:
-            node_id = context.node_id
-        if node_id is None:
-            node_id = comfy.server.last_node_id
-        self._emit(
-            state,
-            ProgressEvent(
-                node_id=None if node_id is None else str(node_id),
-                class_type=_class_of(state, node_id),
-                value=int(value),
-                total=int(total),
-            ),
-        )
-
-    def _emit(self, state: _JobState, event: ProgressEvent) -> None:
-        try:
-            state.job.on_progress(event)
-        except Exception:
-            # A progress report that fails (RunPod's API unreachable) must not fail
-            # the job; say it once per job.
-            if not state.progress_failed:
-                state.progress_failed = True
-                log.warning("job %s: progress callback failed", state.job.prompt_id, exc_info=True)
-
-    @staticmethod
-    def _deadline_passed(state: _JobState) -> bool:
-        """Whether the job must stop: its deadline passed (by its timer or by the deadline
-        itself) or it was cancelled (``Deadline.expired`` covers both).
-
-        Checked at every node and sampler step, so a late timer thread (a busy machine)
-        cannot let a job run on past its deadline, and a cancel that came before the run
-        (ComfyUI clears its interrupt flag when a prompt starts) still stops it.
-        """
-        if not state.deadline_hit.is_set() and state.job.deadline.expired():
-            state.deadline_hit.set()
-        return state.deadline_hit.is_set()
-
-    def _on_deadline(self, comfy: Comfy, state: _JobState) -> None:
-        if self._current is not state:
-            return  # the job ended as the timer fired
-        state.deadline_hit.set()
-        log.warning(
-            "job %s passed its %g s limit (JOB_TIMEOUT_S); interrupting ComfyUI",
-            state.job.prompt_id,
-            state.job.deadline.limit_s or 0.0,
-        )
-        comfy.model_management.interrupt_current_processing(True)
-        self._schedule_stuck_warning(state, time.monotonic())
-
-    def _schedule_stuck_warning(self, state: _JobState, since: float) -> None:
-        timer = threading.Timer(_STUCK_WARNING_S, self._warn_if_stuck, args=(state, since))
-        timer.daemon = True
-        timer.start()
-
-    def _warn_if_stuck(self, state: _JobState, since: float) -> None:
-        if self._current is not state:
-            return
-        log.warning(
-            "job %s still running %.0f s after its interrupt: node %s does not check for "
-            "interrupts, so the job ends when that node does",
-            state.job.prompt_id,
-            time.monotonic() - since,
-            self._comfy.server.last_node_id if self._comfy else "?",
-        )
-        self._schedule_stuck_warning(state, since)
+            raise_failure(state, failure, executor.status_messages)
+        return shapes.prompt_outputs(executor.history_result, prompt)
 
 
 def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
@@ -539,37 +375,6 @@ def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
     for task in pending:
         task.cancel()
     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-
-
-def _last_failure(
-    messages: list[tuple[str, Mapping[str, Any]]],
-) -> tuple[str, Mapping[str, Any]]:
-    for event, data in reversed(messages):
-        if event in {"execution_error", "execution_interrupted"}:
-            return event, data
-    return "", {}
-
-
-def _class_of(state: _JobState, node_id: object) -> str | None:
-    node = state.prompt.get(str(node_id)) if node_id is not None else None
-    return node.get("class_type") if isinstance(node, dict) else None
-
-
-def _outputs_of(history: Mapping[str, Any], prompt: Mapping[str, Any]) -> UiOutputs:
-    """The ui outputs of this prompt's nodes, in ComfyUI's own shape.
-
-    ComfyUI 0.3.64's ui cache lists only the current prompt's nodes; the check keeps
-    it so whatever the cache type or version. Nodes a node expanded into (ids not in
-    the prompt) count by their display node.
-    """
-    ui: Mapping[str, Any] = history.get("outputs") or {}
-    meta: Mapping[str, Any] = history.get("meta") or {}
-    outputs: UiOutputs = {}
-    for node_id, output in ui.items():
-        display = (meta.get(node_id) or {}).get("display_node")
-        if node_id in prompt or display in prompt:
-            outputs[str(node_id)] = output
-    return outputs
 
 
 def _files_in(outputs: UiOutputs, dirs: Directories) -> list[Path]:

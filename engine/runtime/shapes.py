@@ -1,4 +1,4 @@
-"""Turn ComfyUI's own result shapes into the worker's typed errors.
+"""Read ComfyUI's own result shapes: failures as typed errors, a run's ui outputs.
 
 Pure functions over plain dicts, so the real runtime and the test runtime share
 them and CI checks them against shapes recorded from the real engine
@@ -209,3 +209,22 @@ def execution_failure(
 def sort_node_ids(node_ids: list[str]) -> list[str]:
     """Node ids in the order a person reads them: 2 before 10, then named ids."""
     return sorted(node_ids, key=_node_sort_key)
+
+
+def prompt_outputs(
+    history: Mapping[str, Any], prompt: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The ui outputs of this prompt's nodes, in ComfyUI's own shape.
+
+    ComfyUI 0.3.64's ui cache lists only the current prompt's nodes; the check keeps
+    it so whatever the cache type or version. Nodes a node expanded into (ids not in
+    the prompt) count by their display node.
+    """
+    ui: Mapping[str, Any] = history.get("outputs") or {}
+    meta: Mapping[str, Any] = history.get("meta") or {}
+    outputs: dict[str, dict[str, Any]] = {}
+    for node_id, output in ui.items():
+        display = (meta.get(node_id) or {}).get("display_node")
+        if node_id in prompt or display in prompt:
+            outputs[str(node_id)] = output
+    return outputs
