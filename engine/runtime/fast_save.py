@@ -13,13 +13,16 @@ Nothing of ComfyUI's logic is redone: its own ``save_images`` runs unchanged (fi
 names, counter, metadata, ``compress_level``, the ui result), with the ``Image`` name
 it looks up in ``nodes`` pointing, for that call only, at a stand-in whose images
 hand ``save`` to the pool. The call returns once every file is written; an encoder
-error is raised from it as before. When an encoder process cannot be started or
-dies, that image is saved in this process instead (logged once): slower, same bytes.
+error is raised from it as before. When an encoder process cannot be started, dies,
+or answers something that is not an answer, that image is saved in this process instead
+(logged): slower, same bytes, and never a failed job. A dead or broken process is ended
+and left out of the pool, which starts a fresh one for the next image that needs one.
 A real-engine test compares the files with ComfyUI's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -58,24 +61,48 @@ class _Encoder:
             close_fds=True,
         )
 
+    def alive(self) -> bool:
+        """Whether the process still runs (one killed while idle is found here)."""
+        return self.process.poll() is None
+
     def save(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         try:
             _send(stdin, (image, args, kwargs))
             error = _receive(stdout)
-        except (OSError, EOFError, pickle.PickleError) as exc:
-            raise _TransportError(str(exc)) from exc
-        if error is not None:
-            raise error
+        except Exception as exc:
+            # A dead process (BrokenPipeError, EOF) or a broken one (bytes that do not
+            # unpickle, or unpickle to anything at all): not the image's fault.
+            raise _TransportError(f"{type(exc).__name__}: {exc}") from exc
+        if error is None:
+            return
+        if not isinstance(error, BaseException):
+            raise _TransportError(f"the encoder process answered {type(error).__name__}")
+        raise error
 
     def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+        """End the process: let it finish its loop, or kill it after 5 s."""
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        except OSError:  # its end of the pipe is gone (BrokenPipeError on the flush)
+            pass
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """End a process that is dead or broken at once; never raises."""
+        with contextlib.suppress(OSError):
             self.process.kill()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
 
 
 class EncoderPool:
@@ -102,7 +129,8 @@ class EncoderPool:
         try:
             encoder.save(image, args, kwargs)
         except _TransportError as exc:
-            encoder.close()
+            # Left out of the pool: the next image that needs a process gets a new one.
+            encoder.kill()
             self._fallback(exc)
             image.save(*args, **kwargs)
             return
@@ -112,9 +140,20 @@ class EncoderPool:
         self._give_back(encoder)
 
     def _take(self) -> _Encoder:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        """An idle encoder that still runs, or a new one; dead ones are dropped here."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                encoder = self._idle.pop()
+            if encoder.alive():
+                return encoder
+            log.warning(
+                "PNG encoder process %d ended (exit code %s); starting a new one",
+                encoder.process.pid,
+                encoder.process.returncode,
+            )
+            encoder.kill()
         return _Encoder()
 
     def _give_back(self, encoder: _Encoder) -> None:
@@ -122,9 +161,11 @@ class EncoderPool:
             self._idle.append(encoder)
 
     def _fallback(self, exc: BaseException) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning("PNG encoder process unavailable (%s); saving in the worker itself", exc)
+        # Said once at WARNING (a host that cannot start processes would say it per
+        # image), then at DEBUG.
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        log.log(level, "PNG encoder process unavailable (%s); saving in the worker itself", exc)
 
     def close(self) -> None:
         """End every encoder process (they also end on their own when the worker exits)."""

@@ -8,8 +8,12 @@ ComfyUI's ``nodes`` module is replaced by a small module with the same shape: a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import pickle
 import random
+import signal
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +144,79 @@ def test_install_twice_patches_once(nodes: types.ModuleType) -> None:
     assert fast_save.install(nodes)
     assert not fast_save.install(nodes)
     assert nodes.SaveImage.save_images.__wrapped__.__name__ == "save_images"
+
+
+def _encoder_pids() -> list[int]:
+    pool = fast_save._pool
+    assert pool is not None
+    return [encoder.process.pid for encoder in pool._idle]
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for pid in pids:  # reaped by the test, so the pool finds them dead, not exiting
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def test_killed_encoders_make_the_batch_save_in_process_and_the_pool_is_rebuilt(
+    nodes: types.ModuleType, tmp_path: Path
+) -> None:
+    """Helpers killed between two jobs: the next batch is written whole (no BrokenPipeError),
+    and the batch after it runs on fresh encoder processes again."""
+    serial = tmp_path / "serial"
+    serial.mkdir()
+    images = _batch(4, seed=3)
+    expected = nodes.SaveImage(serial).save_images(images, "k")
+    names = expected["ui"]["images"]
+    assert fast_save.install(nodes)
+    nodes.SaveImage(tmp_path).save_images(images, "first")
+    killed = _encoder_pids()
+    assert killed, "the first batch started encoder processes"
+    _kill(killed)
+
+    after = tmp_path / "after"
+    after.mkdir()
+    assert nodes.SaveImage(after).save_images(images, "k") == expected
+    assert _digests(after, names) == _digests(serial, names)
+
+    again = tmp_path / "again"
+    again.mkdir()
+    nodes.SaveImage(again).save_images(images, "k")
+    assert _digests(again, names) == _digests(serial, names)
+    alive = _encoder_pids()
+    assert alive and not set(alive) & set(killed), "the pool started new encoder processes"
+    pool = fast_save._pool
+    assert pool is not None
+    assert all(encoder.process.poll() is None for encoder in pool._idle)
+
+
+def test_an_encoder_that_answers_garbage_is_replaced(
+    nodes: types.ModuleType, tmp_path: Path
+) -> None:
+    """A helper that writes something that is not an answer: the image is saved here, that
+    helper is ended, and no job fails."""
+    images = _batch(2, seed=4)
+    assert fast_save.install(nodes)
+    nodes.SaveImage(tmp_path).save_images(images, "warm")
+    pool = fast_save._pool
+    assert pool is not None
+    broken = pool._idle[-1]  # the first one taken
+    # Stop its reading loop, so it never answers, and make its pipe hold a bad answer.
+    os.kill(broken.process.pid, signal.SIGSTOP)
+    assert broken.process.stdout is not None
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        fake = os.pipe()
+        answer = pickle.dumps("not an answer")  # neither None nor an exception
+        os.write(fake[1], fast_save._HEADER.pack(len(answer)) + answer)
+        os.close(fake[1])
+        broken.process.stdout = os.fdopen(fake[0], "rb")
+        nodes.SaveImage(out).save_images(images, "g")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # ended by the pool, as it should be
+            os.kill(broken.process.pid, signal.SIGCONT)
+    assert sorted(p.name for p in out.iterdir()) == ["g_00000_.png", "g_00001_.png"]
+    assert broken not in pool._idle
