@@ -10,7 +10,9 @@ JPEG has no alpha channel: a transparent image is composited on white, which is 
 a browser or an image viewer shows it on a page, rather than dropping the alpha and
 revealing whatever colour the transparent pixels happen to hold.
 
-A file that cannot be converted is delivered unchanged, with a line in ``errors[]``.
+A file that cannot be converted is delivered unchanged, with a line in ``errors[]``;
+so is one over the output pixel limit (``OUTPUT_MAX_PIXELS``), which bounds the memory
+a decode takes. Inputs have their own limit; it does not apply here.
 """
 
 from __future__ import annotations
@@ -47,9 +49,16 @@ _WHITE = (255, 255, 255)
 
 
 def convert_outputs(
-    files: Sequence[OutputFile], request: ConvertOutput, scratch_dir: Path
+    files: Sequence[OutputFile],
+    request: ConvertOutput,
+    scratch_dir: Path,
+    *,
+    max_pixels: int | None = None,
 ) -> tuple[list[OutputFile], list[str]]:
-    """``files`` in the same order, still images re-encoded; a line per file left as it was."""
+    """``files`` in the same order, still images re-encoded; a line per file left as it was.
+
+    ``max_pixels`` (``OUTPUT_MAX_PIXELS``): a larger image is left as it was, unread.
+    """
     todo = [i for i, file in enumerate(files) if _wants_conversion(file, request.format)]
     result = list(files)
     errors: list[str] = []
@@ -60,7 +69,9 @@ def convert_outputs(
         # Each file gets a folder of its own: two outputs named alike (a.png, a.webp)
         # may become the same a.jpg.
         futures = {
-            i: pool.submit(_encode, files[i], request, scratch_dir / "converted" / str(i))
+            i: pool.submit(
+                _encode, files[i], request, scratch_dir / "converted" / str(i), max_pixels
+            )
             for i in todo
         }
         for i, future in futures.items():
@@ -83,18 +94,29 @@ def _wants_conversion(file: OutputFile, target: str) -> bool:
     return file.mime_type != mime_type_for(f"x.{_EXTENSIONS[target]}")
 
 
-def _encode(file: OutputFile, request: ConvertOutput, folder: Path) -> OutputFile:
+def _encode(
+    file: OutputFile, request: ConvertOutput, folder: Path, max_pixels: int | None
+) -> OutputFile:
     """Re-encode one still image into ``folder``; ``ItemError`` saying why it could not."""
     name = f"{PurePosixPath(file.filename).stem}.{_EXTENSIONS[request.format]}"
     target = folder / name
     try:
         with Image.open(file.path) as opened:
+            width, height = opened.size  # from the header: nothing decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise ItemError(
+                    file.filename,
+                    f"the image is {width}x{height} = {width * height} pixels, over the "
+                    f"{max_pixels}-pixel limit (OUTPUT_MAX_PIXELS)",
+                )
             opened.load()
             image, options = _prepared(opened, request)
         folder.mkdir(parents=True, exist_ok=True)
         image.save(target, format=request.format.upper(), **options)
     except Image.DecompressionBombError as exc:
-        raise ItemError(file.filename, f"too large to re-encode: {exc}") from exc
+        raise ItemError(
+            file.filename, f"too large to re-encode: {exc} (OUTPUT_MAX_PIXELS, INPUT_MAX_PIXELS)"
+        ) from exc
     except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         target.unlink(missing_ok=True)
         raise ItemError(file.filename, f"{type(exc).__name__}: {exc}") from exc

@@ -105,6 +105,7 @@ def collect_outputs(
     *,
     frames_to_video: FramesToVideo | None = None,
     scratch_dir: Path | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[list[OutputFile], list[str]]:
     """Every file the output nodes reported, in a stable order, and the errors.
 
@@ -112,7 +113,8 @@ def collect_outputs(
     Order: node ids as a person reads them (2 before 10), then the node's keys in the
     order it reported them, then list order. A file reported twice is returned once.
     With ``frames_to_video``, a node's two or more still images become one video,
-    written into ``scratch_dir``.
+    written into ``scratch_dir``; a frame over ``max_pixels`` (``OUTPUT_MAX_PIXELS``)
+    leaves the frames as they are, with a line in the errors.
     """
     if frames_to_video is not None and scratch_dir is None:
         raise ValueError("collect_outputs needs a scratch_dir to write joined videos into")
@@ -133,7 +135,9 @@ def collect_outputs(
             continue
         node_files = _node_files(node_id, node_ui, dirs, seen, errors, previews=previews)
         if frames_to_video is not None and scratch_dir is not None:
-            node_files = _join_stills(node_files, frames_to_video, scratch_dir, video_names, errors)
+            node_files = _join_stills(
+                node_files, frames_to_video, scratch_dir, video_names, errors, max_pixels
+            )
         files.extend(node_files)
     for line in errors:
         log.warning("output not collected as reported: %s", line)
@@ -299,6 +303,7 @@ def _join_stills(
     scratch_dir: Path,
     used_names: set[str],
     errors: list[str],
+    max_pixels: int | None = None,
 ) -> list[OutputFile]:
     """Replace a node's still images by one video made of them (the stills kept if asked)."""
     stills = [f for f in files if f.kind == "image"]
@@ -312,7 +317,11 @@ def _join_stills(
     used_names.add(filename)
     try:
         path = video.frames_to_video(
-            [f.path for f in stills], scratch_dir / filename, request.fps, request.format
+            [f.path for f in stills],
+            scratch_dir / filename,
+            request.fps,
+            request.format,
+            max_pixels=max_pixels,
         )
         info = video.probe(path)
     except ItemError as exc:

@@ -124,6 +124,9 @@ class Settings:
     input_max_redirects: int = 5
     input_max_images: int = 64
     input_max_pixels: int = 8192 * 8192
+    # Outputs the worker itself decodes (convert_output, frames_to_video): a 4x upscale
+    # of a 4096x4096 image is 16384x16384, 1 GiB as RGBA once decoded.
+    output_max_pixels: int = 16384 * 16384
     input_allow_private_urls: bool = False
     # RunPod refuses /runsync results over 20 MB (/run inputs over 10 MB); users see a
     # bare "Failed to return job results" at 19.5 MB, so refuse 10% below the cap.
@@ -162,6 +165,17 @@ class Settings:
     """``HF_TOKEN``: sent to huggingface.co and hf.co over https, nowhere else."""
     civitai_token: str | None = field(default=None, repr=False)
     """``CIVITAI_TOKEN``: sent to civitai.com over https, nowhere else."""
+
+    @property
+    def pillow_max_pixels(self) -> int:
+        """Pillow's process-wide guard (``Image.MAX_IMAGE_PIXELS``): the larger limit.
+
+        It guards every decode in the process, inputs and outputs alike; each of the
+        worker's own checks compares with its own limit (``INPUT_MAX_PIXELS`` for what a
+        request sends, ``OUTPUT_MAX_PIXELS`` for what a workflow made), so neither limit
+        refuses what the other allows.
+        """
+        return max(self.input_max_pixels, self.output_max_pixels)
 
     @property
     def response_budget_bytes(self) -> int:
@@ -229,6 +243,7 @@ class Settings:
             input_max_redirects=number(int, "INPUT_MAX_REDIRECTS", 5, 0),
             input_max_images=number(int, "INPUT_MAX_IMAGES", 64, 1),
             input_max_pixels=number(int, "INPUT_MAX_PIXELS", 8192 * 8192, 1),
+            output_max_pixels=number(int, "OUTPUT_MAX_PIXELS", cls.output_max_pixels, 1),
             input_allow_private_urls=boolean("INPUT_ALLOW_PRIVATE_URLS", False),
             response_limit_bytes=int(number(float, "RESPONSE_LIMIT_MB", 20.0, 0.001) * mb),
             job_timeout_s=job_timeout or None,

@@ -157,11 +157,13 @@ def frames_to_video(
     fmt: VideoFormat,
     *,
     timeout_s: float | None = None,
+    max_pixels: int | None = None,
 ) -> Path:
     """Join still images, in order, into one MP4 (H.264) or WebM (VP9) at ``dest``.
 
     Every frame is scaled to the first frame's size. Raises ``ItemError`` naming
-    the frame or the video when something cannot be read or encoded.
+    the frame or the video when something cannot be read or encoded, or when a frame
+    is over ``max_pixels`` (``OUTPUT_MAX_PIXELS``), before it is decoded.
     """
     if len(frames) < 1:
         raise ValueError("frames_to_video needs at least one frame")
@@ -169,7 +171,7 @@ def frames_to_video(
         encoder = encoder_for(fmt)
     except ItemError as exc:
         raise ItemError(dest.name, exc.reason) from exc
-    width, height = _image_size(frames[0])
+    width, height = _image_size(frames[0], max_pixels)
     rate = Fraction(fps).limit_denominator(1001)
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(),
@@ -186,7 +188,7 @@ def frames_to_video(
     limit = timeout_s or _ENCODE_BASE_S + _ENCODE_S_PER_FRAME * len(frames)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _encode(cmd, _rgb_frames(frames, (width, height)), dest, limit)
+        _encode(cmd, _rgb_frames(frames, (width, height), max_pixels), dest, limit)
     except BaseException:
         if dest.is_file():  # a half-written video must not be delivered
             dest.unlink()
@@ -240,11 +242,14 @@ def _encode(cmd: list[str], frames: Iterator[bytes], dest: Path, timeout_s: floa
             raise ItemError(dest.name, f"ffmpeg failed to encode it: {reason}")
 
 
-def _rgb_frames(frames: Sequence[Path], size: tuple[int, int]) -> Iterator[bytes]:
+def _rgb_frames(
+    frames: Sequence[Path], size: tuple[int, int], max_pixels: int | None
+) -> Iterator[bytes]:
     """Each frame as raw RGB bytes at ``size``, read one at a time to bound memory."""
     for path in frames:
         try:
             with Image.open(path) as image:
+                _check_pixels(path, image.size, max_pixels)
                 rgb = image.convert("RGB")
         except (OSError, Image.DecompressionBombError) as exc:
             raise _unreadable_image(path, exc) from exc
@@ -259,12 +264,25 @@ def _rgb_frames(frames: Sequence[Path], size: tuple[int, int]) -> Iterator[bytes
         yield rgb.tobytes()
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path, max_pixels: int | None) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
-            return image.size
+            size: tuple[int, int] = image.size
     except (OSError, Image.DecompressionBombError) as exc:
         raise _unreadable_image(path, exc) from exc
+    _check_pixels(path, size, max_pixels)
+    return size
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:
+    """Refuse a frame over the output pixel limit, from its header, before decoding it."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ItemError(
+            path.name,
+            f"the frame is {width}x{height} = {width * height} pixels, over the "
+            f"{max_pixels}-pixel limit (OUTPUT_MAX_PIXELS)",
+        )
 
 
 def _unreadable_image(path: Path, exc: Exception) -> ItemError:

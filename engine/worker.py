@@ -140,8 +140,8 @@ class Worker:
         started = time.perf_counter()
         for warning in self.settings.boot_warnings():  # WEBSOCKET_*: accepted, no effect
             log.warning(warning)
-        # One pixel limit for the worker's checks and for ComfyUI's own image loaders.
-        Image.MAX_IMAGE_PIXELS = self.settings.input_max_pixels
+        # Pillow's guard for every decode; inputs and outputs each have their own check.
+        Image.MAX_IMAGE_PIXELS = self.settings.pillow_max_pixels
         # Before the runtime starts, while no job of this process can run: what a killed
         # worker's jobs left in the input, output, temp and scratch folders goes.
         sweep_leftovers(self.runtime.directories, self.settings.work_dir)
@@ -332,12 +332,16 @@ class Worker:
                 self.runtime.directories,
                 frames_to_video=request.frames_to_video,
                 scratch_dir=files_of_job.scratch if request.frames_to_video else None,
+                max_pixels=self.settings.output_max_pixels,
             )
             files = [_unscope(f, folder) for f in files]
             if request.convert_output is not None:
                 phase.enter("converting outputs", deadline)
                 files, convert_errors = convert_outputs(
-                    files, request.convert_output, files_of_job.scratch
+                    files,
+                    request.convert_output,
+                    files_of_job.scratch,
+                    max_pixels=self.settings.output_max_pixels,
                 )
                 errors += convert_errors
             phase.enter("delivering outputs", deadline)

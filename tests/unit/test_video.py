@@ -147,6 +147,20 @@ class TestFramesToVideo:
         assert str(tmp_path) not in str(caught.value)
         assert not dest.exists()
 
+    def test_a_frame_over_the_output_limit_is_refused_before_it_is_decoded(
+        self, tmp_path: Path
+    ) -> None:
+        """OUTPUT_MAX_PIXELS bounds the frames, the first or a later one; no video is left."""
+        small = make_png(tmp_path / "a.png", (16, 16), frame_color(0))
+        big = make_png(tmp_path / "b.png", (64, 48), frame_color(1))
+        for frames in ([big, small], [small, big]):
+            dest = tmp_path / "out.mp4"
+            with pytest.raises(ItemError) as caught:
+                frames_to_video(frames, dest, 8.0, "mp4", max_pixels=16 * 16)
+            assert caught.value.name == "b.png"
+            assert "64x48" in caught.value.reason and "OUTPUT_MAX_PIXELS" in caught.value.reason
+            assert not dest.exists()
+
     def test_ffmpeg_failure_is_an_item_error_with_its_reason(self, tmp_path: Path) -> None:
         """ffmpeg's exit status is checked: an unwritable destination is reported, not ignored."""
         frames = make_frames(tmp_path / "frames", 2)

@@ -872,3 +872,24 @@ def test_jobs_share_one_job_thread(settings: Settings) -> None:
         body = worker.handle({"id": f"t{n}", "input": {"workflow": workflows.batch(1)}})
         assert body["errors"] == [], body
     assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
+
+
+def test_convert_output_is_bounded_by_the_output_limit_not_the_input_limit(
+    settings: Settings,
+) -> None:
+    """A tiny INPUT_MAX_PIXELS (inputs only) leaves a 128x128 output's conversion alone;
+    OUTPUT_MAX_PIXELS below its size returns it as it was, saying which limit."""
+    request = {
+        "workflow": workflows.batch(1, size=128),
+        "convert_output": {"format": "jpeg"},
+    }
+    small_inputs = dataclasses.replace(settings, input_max_pixels=100)
+    body = make_worker(small_inputs).handle({"id": "o1", "input": request})
+    assert body["errors"] == []
+    assert [i["filename"] for i in body["images"]] == ["batch_00001_.jpg"]
+
+    small_outputs = dataclasses.replace(settings, output_max_pixels=128 * 128 - 1)
+    body = make_worker(small_outputs).handle({"id": "o2", "input": request})
+    assert [i["filename"] for i in body["images"]] == ["batch_00001_.png"]
+    (line,) = body["errors"]
+    assert "128x128" in line and "OUTPUT_MAX_PIXELS" in line, line
