@@ -8,6 +8,7 @@ error names the variable and the value it expected.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,13 @@ IGNORED_VARIABLES = (
 """runpod-workers/worker-comfyui's WebSocket settings: that worker talks to a ComfyUI
 server over a socket; this one has none. Accepted with any value, so deployments made
 for it start unchanged, and never parsed: a value there fails no job."""
+
+
+def _split_args(name: str, raw: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as exc:  # an unclosed quote
+        raise ConfigError(f"{name} could not be split into flags ({exc}): got {raw!r}") from None
 
 
 def _parse_number(kind: Callable[[str], T], name: str, raw: str, *, minimum: float) -> T:
@@ -141,7 +149,12 @@ class Settings:
     job_stop_grace_s: float = 60.0
     warmup_workflow: Path | None = None
     runtime_factory: str = "engine.runtime.comfy:ComfyRuntime"
-    cache_type: str = "classic"
+    cache_type: str | None = None
+    """``COMFY_CACHE_TYPE``: classic, lru or none; ``None`` when unset (classic, unless
+    ``COMFY_ARGS`` names one of ComfyUI's cache flags)."""
+    comfy_args: tuple[str, ...] = ()
+    """``COMFY_ARGS``, split as a shell would: ComfyUI's own flags, parsed at boot by the
+    pinned ComfyUI's parser (engine/runtime/comfy_args.py)."""
     workflow_max_string_bytes: int = 1024 * 1024
     """``WORKFLOW_MAX_STRING_BYTES``: the longest text value a workflow may hold. ComfyUI
     copies the prompt into every output's metadata: a 50 MB string became a 66 MB PNG."""
@@ -220,10 +233,12 @@ class Settings:
         log_level = checked(
             lambda: _log_level("COMFY_LOG_LEVEL", get("COMFY_LOG_LEVEL") or "DEBUG"), "DEBUG"
         )
-        cache_type = (get("COMFY_CACHE_TYPE") or "classic").lower()
-        if cache_type not in {"classic", "lru", "none"}:
+        cache_type = (get("COMFY_CACHE_TYPE") or "").lower() or None
+        if cache_type not in {None, "classic", "lru", "none"}:
             problems.append(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
-            cache_type = "classic"
+            cache_type = None
+        no_args: tuple[str, ...] = ()
+        comfy_args = checked(lambda: _split_args("COMFY_ARGS", get("COMFY_ARGS") or ""), no_args)
 
         job_timeout = number(float, "JOB_TIMEOUT_S", cls.job_timeout_s or 0.0, 0)
         # Read even without a bucket, so a bad value is caught before S3 is switched on.
@@ -251,6 +266,7 @@ class Settings:
             warmup_workflow=path("WARMUP_WORKFLOW"),
             runtime_factory=get("WORKER_RUNTIME") or cls.runtime_factory,
             cache_type=cache_type,
+            comfy_args=comfy_args,
             workflow_max_string_bytes=number(
                 int, "WORKFLOW_MAX_STRING_BYTES", cls.workflow_max_string_bytes, 1
             ),

@@ -15,6 +15,10 @@ runs small model-free workflows and writes, into ``tests/fixtures/comfyui/``:
   a value of the wrong type, a missing required input, a type mismatch between
   linked nodes, a failed custom validation, an exception inside validation (a link
   to a missing node), a cycle, and several at once;
+- ``cli_args.json``: the shape of ComfyUI's argument parser (``comfy.cli_args.parser``):
+  each option's flags, destination, action, nargs, type, choices, default and
+  mutually exclusive group, for the ``COMFY_ARGS`` tests (``--parser-only`` records
+  only this, without booting);
 - ``status_*.json``: the executor's ``status_messages`` for an execution error, an
   interrupted run and a success; ``events_executing.json``: the messages the
   executor sent to its server object during a small run.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import json
 import logging
 import re
@@ -231,7 +236,9 @@ def chain_workflow(length: int) -> Workflow:
 class Recorder:
     """Runs workflows through a booted runtime and writes fixtures."""
 
-    def __init__(self, runtime: ComfyRuntime, out: Path, placeholders: dict[str, str]) -> None:
+    def __init__(
+        self, runtime: ComfyRuntime | None, out: Path, placeholders: dict[str, str]
+    ) -> None:
         self.runtime = runtime
         self.out = out
         self.placeholders = sorted(placeholders.items(), key=lambda kv: -len(kv[0]))
@@ -252,7 +259,11 @@ class Recorder:
         (self.out / f"{name}.json").write_text(text + "\n", encoding="utf-8")
         log.info("wrote %s", name)
 
+    def parser(self) -> None:
+        self.write("cli_args", {}, parser=parser_shape())
+
     def ui(self, name: str, workflow: Workflow) -> None:
+        assert self.runtime is not None
         result = self.runtime.run(JobSpec(prompt_id=name, workflow=workflow))
         self.write(name, workflow, outputs=result.outputs)
         self.runtime.after_job()
@@ -308,6 +319,52 @@ class Recorder:
         self.write(name, workflow, events=[{"event": e, "data": d} for e, d in seen])
 
 
+def parser_shape() -> dict[str, Any]:
+    """``comfy.cli_args.parser`` as data: enough to rebuild an equivalent parser."""
+    import comfy.cli_args
+
+    parser = comfy.cli_args.parser
+    groups = {
+        id(action): index
+        for index, group in enumerate(parser._mutually_exclusive_groups)
+        for action in group._group_actions
+    }
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    actions = []
+    for action in parser._actions:
+        kind = action.type
+        choices = plain(list(action.choices)) if action.choices is not None else None
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            type_name: str | None = "enum"
+            choices = [member.value for member in kind]
+        elif kind is None:
+            type_name = None
+        else:
+            type_name = getattr(kind, "__name__", repr(kind))
+        actions.append(
+            {
+                "option_strings": action.option_strings,
+                "dest": action.dest,
+                "action": type(action).__name__,
+                "nargs": action.nargs,
+                "const": plain(action.const),
+                "default": plain(action.default),
+                "type": type_name,
+                "choices": choices,
+                "group": groups.get(id(action)),
+                "help": action.help,
+            }
+        )
+    return {"actions": actions}
+
+
 def comfyui_commit() -> dict[str, str]:
     """The checkout's commit from git, else the pin it was installed from."""
     import folder_paths
@@ -337,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--custom-nodes", type=Path, help="a folder of custom node packs (for VHS_VideoCombine)"
     )
+    parser.add_argument(
+        "--parser-only",
+        action="store_true",
+        help="record only cli_args.json (ComfyUI's argument parser), without booting",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
@@ -346,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     if comfyui is None:
         parser.error("set COMFYUI_PATH or pass --comfyui")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.parser_only:
+        sys.path.insert(0, str(Path(comfyui).resolve()))
+        Recorder(None, args.out, {str(Path(comfyui).resolve()): "<COMFYUI>"}).parser()
+        return 0
     with tempfile.TemporaryDirectory(prefix="record-comfy-") as tmp:
         work = Path(tmp) / "work"
         extra = None
@@ -390,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             recorder.ui("ui_vhs_video_combine", VHS_WORKFLOW(frames))
         else:
             log.warning("VHS_VideoCombine is not loaded: pass --custom-nodes to record it")
+        recorder.parser()
         for name, workflow in VALIDATION_WORKFLOWS.items():
             recorder.validation(name, workflow)
 

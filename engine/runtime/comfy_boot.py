@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import RuntimeBootError
-from engine.runtime import Directories, fast_save, pack_fixes, pack_imports
+from engine.runtime import Directories, comfy_args, fast_save, pack_fixes, pack_imports
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_key, index_path
@@ -109,7 +109,20 @@ def import_comfy(
     # comfy/cli_args.py parses its arguments at import, from sys.argv only when
     # comfy.options.enable_args_parsing() was called: it is not, so the host's argv
     # stays the worker's and every field starts at ComfyUI's default.
-    cli_args = importlib.import_module("comfy.cli_args").args
+    cli_module = importlib.import_module("comfy.cli_args")
+    cli_args = cli_module.args
+    # COMFY_ARGS: ComfyUI's own flags, by its own parser; refused and unknown flags stop
+    # the boot here, before torch, and become the answer of every job.
+    flags = comfy_args.parse(cli_module.parser, settings.comfy_args)
+    cache = comfy_args.cache_choice(flags, settings.cache_type)
+    comfy_args.apply(flags, cli_args)
+    if flags.flags:
+        log.info("ComfyUI flags from COMFY_ARGS: %s", " ".join(settings.comfy_args))
+        if "comfy.model_management" in sys.modules:
+            log.warning("comfy.model_management was imported before boot: COMFY_ARGS may not apply")
+    if cli_args.deterministic:
+        # As main.py: cuBLAS refuses deterministic algorithms without this workspace setting.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cli_args.verbose = settings.comfy_log_level
     # OUTPUT_METADATA=false: save nodes leave the workflow out of PNG/WEBP/video metadata.
     cli_args.disable_metadata = not settings.output_metadata
@@ -190,11 +203,12 @@ def import_comfy(
     )
     log_model_folders(folder_paths)
 
+    kind, size = cache or (settings.cache_type or "classic", _LRU_CACHE_SIZE)
     cache_type = {
         "lru": execution.CacheType.LRU,
         "none": execution.CacheType.DEPENDENCY_AWARE,
-    }.get(settings.cache_type, execution.CacheType.CLASSIC)
-    executor = execution.PromptExecutor(server, cache_type=cache_type, cache_size=_LRU_CACHE_SIZE)
+    }.get(kind, execution.CacheType.CLASSIC)
+    executor = execution.PromptExecutor(server, cache_type=cache_type, cache_size=size)
     # Everything imported so far lives as long as the process: frozen, the per-job
     # gc.collect() only walks what jobs allocate. No full collection first: with the
     # five packs it walks ~690k objects for 0.6 s on 2 CPU cores to free ~19k (8 MiB of
