@@ -105,6 +105,10 @@ def import_comfy(
     # (no preexec_fn: CPython's vfork path), for any pack that reads or writes video
     # through it. The worker itself no longer forks through imageio-ffmpeg (engine/video.py).
     os.environ.setdefault(_IMAGEIO_NO_PREEXEC, "1")
+    # Nothing is pip-installed at run time (docs/custom-nodes.md): packs that start pip
+    # to fetch what they miss (at import, or in a job) fail at once instead of reaching
+    # out to PyPI from every cold worker, and the import error names the module.
+    os.environ.setdefault("PIP_NO_INDEX", "1")
 
     # comfy/cli_args.py parses its arguments at import, from sys.argv only when
     # comfy.options.enable_args_parsing() was called: it is not, so the host's argv

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from engine.runtime.pack_imports import skip_reason
+
 log = logging.getLogger(__name__)
 
 
@@ -132,15 +134,20 @@ def run_prestartup_scripts(custom_node_dirs: Sequence[str]) -> None:
     """Run each custom node pack's ``prestartup_script.py``, as ComfyUI's main.py does.
 
     They run before torch is imported (some set environment variables torch
-    reads). A failing script is logged and skipped, as ComfyUI does.
+    reads). A failing script is logged and skipped, as ComfyUI does. The packs the
+    boot will not load (:func:`engine.runtime.pack_imports.skip_reason`: ComfyUI-Manager,
+    a second folder of a name already seen) run none.
     """
+    seen: dict[str, Path] = {}
     for base in map(Path, custom_node_dirs):
         if not base.is_dir():
             continue
         for package in sorted(base.iterdir()):
             entry = package.name
             script = package / "prestartup_script.py"
-            if entry.endswith(".disabled") or not script.is_file():
+            if entry.endswith(".disabled") or not package.is_dir():
+                continue
+            if skip_reason(package, seen) is not None or not script.is_file():
                 continue
             started = time.perf_counter()
             try:

@@ -13,6 +13,15 @@ When a job names a node type the engine does not know, :meth:`PackImports.descri
 says which failed packs may hold it (the type's name, or its name without the
 ``(pack)`` suffix many packs add, appears as a string literal in the pack's Python
 files), with their import errors, and otherwise that the type is not installed.
+A pack that failed on a missing module is named with that module, the line of its
+``requirements.txt`` that would install it, and the one command that bakes the pack
+into the image (its git origin and commit, read from its checkout): nothing is
+pip-installed at run time (docs/custom-nodes.md says why).
+
+The same wrapper keeps two kinds of folder from loading at all, each with one log line:
+a pack whose folder name was already loaded from an earlier custom-nodes folder (the
+image's copy, at its locked commit, wins over a network volume's), and ComfyUI-Manager,
+a server-side tool that defines no nodes and installs packages when it starts.
 """
 
 from __future__ import annotations
@@ -27,6 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.pack_sources import (
+    ADD_COMMAND_HINT,
+    PackOrigin,
+    not_installed,
+    read_origin,
+    requirement_for_module,
+    requirement_lines,
+)
+
 log = logging.getLogger(__name__)
 
 # Bounds on what is read from a failed pack to match node types: a pack's own code is
@@ -34,6 +52,8 @@ log = logging.getLogger(__name__)
 _MAX_FILES = 2000
 _MAX_FILE_BYTES = 2 * 1024 * 1024
 _MAX_LISTED_PACKS = 5
+# ComfyUI-Manager's folder names (its repository, and the registry's lower-case id).
+_MANAGER_FOLDERS = frozenset({"comfyui-manager"})
 
 # "SDXL Empty Latent Image (rgthree)": rgthree builds the name from its base and a
 # namespace constant, so only the base is a literal in its code.
@@ -53,11 +73,39 @@ class FailedPack:
     """ComfyUI's ``module_parent``: ``custom_nodes``, ``comfy_extras``, ``comfy_api_nodes``."""
     error: str
     """The exception's last line, e.g. ``ModuleNotFoundError: No module named 'cv2'``."""
+    missing_module: str | None = None
+    """The module a ``ModuleNotFoundError`` named (``rembg``), else None."""
+    requirement: str | None = None
+    """The pack's ``requirements.txt`` line that installs ``missing_module``, if it has one."""
+    origin: PackOrigin | None = None
+    """The pack checkout's git origin and commit, if it has them."""
 
     def describe(self) -> str:
         """``<folder> (<error>)`` for a detail line."""
         where = self.path.name if self.group == "custom_nodes" else f"{self.group}/{self.path.name}"
         return f"{where} ({self.error})"
+
+    def remedy(self) -> str:
+        """What bakes this pack into the image, for a custom node pack; else ``""``."""
+        if self.group != "custom_nodes":
+            return ""
+        if self.missing_module is not None:
+            source = (
+                f"its requirement '{self.requirement}' installs it"
+                if self.requirement
+                else f"its requirements.txt does not list a distribution for '{self.missing_module}'"
+            )
+            why = f"module '{self.missing_module}' is missing from the image ({source})"
+        else:
+            why = "it needs more than the image holds"
+        if self.origin is not None:
+            how = f"bake it into the image with its requirements: {self.origin.add_command()}"
+        else:
+            how = (
+                f"bake it into the image with {ADD_COMMAND_HINT} (its folder has no git "
+                "origin: add the pack by its repository URL and commit)"
+            )
+        return f"{self.path.name}: {why}; {how}"
 
 
 class PackImports:
@@ -72,9 +120,29 @@ class PackImports:
         """Every failure recorded so far."""
         return tuple(self._failed)
 
-    def record(self, path: str | Path, group: str, error: str) -> None:
+    def record(
+        self, path: str | Path, group: str, error: str, exc: BaseException | None = None
+    ) -> FailedPack:
         """Write down one failed import (called by the wrapper :func:`watch` installs)."""
-        self._failed.append(FailedPack(path=Path(path), group=group, error=error))
+        folder = Path(path)
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        pack_dir = folder if folder.is_dir() else None
+        failed = FailedPack(
+            path=folder,
+            group=group,
+            error=error,
+            missing_module=missing,
+            requirement=(
+                requirement_for_module(missing, requirement_lines(pack_dir))
+                if missing and pack_dir is not None
+                else None
+            ),
+            origin=read_origin(pack_dir)
+            if pack_dir is not None and group == "custom_nodes"
+            else None,
+        )
+        self._failed.append(failed)
+        return failed
 
     def providers(self, class_type: str) -> list[FailedPack]:
         """Failed packs whose Python files hold ``class_type`` (or its base) as a literal."""
@@ -92,15 +160,17 @@ class PackImports:
         providers = self.providers(class_type)
         if providers:
             packs = "; ".join(p.describe() for p in providers)
+            remedies = [r for r in (p.remedy() for p in providers) if r]
+            fix = (
+                ". " + "; ".join(remedies)
+                if remedies
+                else ". Install what the pack needs (its requirements.txt) in the image"
+            )
             return (
                 f"Node type '{class_type}' is not available (used by {used_by}): the node pack "
-                f"that provides it failed to import at boot: {packs}. Install what the pack "
-                "needs (its requirements.txt) in the image, or fix class_type"
+                f"that provides it failed to import at boot: {packs}{fix}, or fix class_type"
             )
-        line = (
-            f"Node type '{class_type}' is not installed (used by {used_by}): install the "
-            "custom node pack that provides it, or fix class_type"
-        )
+        line = not_installed(class_type, node_ids)
         failed = [p for p in self._failed if p.group == "custom_nodes"]
         if failed:
             shown = "; ".join(p.describe() for p in failed[:_MAX_LISTED_PACKS])
@@ -122,6 +192,26 @@ class PackImports:
                     continue
             text = self._sources[path] = "\n".join(parts)
         return text
+
+
+def skip_reason(module_path: str | Path, loaded: dict[str, Path]) -> str | None:
+    """Why a custom node folder is not loaded at all, or None to load it.
+
+    ``loaded`` maps folder names already loaded to their paths; a folder that loads
+    is added to it.
+    """
+    path = Path(module_path)
+    name = path.name[:-3] if path.name.endswith(".py") else path.name
+    if name.lower() in _MANAGER_FOLDERS:
+        return (
+            "ComfyUI-Manager is a tool for a ComfyUI server: it defines no nodes and installs "
+            "packages when it starts; a worker's packs come from the image's lock"
+        )
+    earlier = loaded.get(name)
+    if earlier is not None and earlier != path:
+        return f"a pack of that name was already loaded from {earlier} (the first one wins)"
+    loaded[name] = path
+    return None
 
 
 RECORD = PackImports()
@@ -165,12 +255,20 @@ def watch(nodes: Any, record: PackImports = RECORD) -> PackImports:
     if getattr(nodes.load_custom_node, "_records_failures", False):
         return record
     original = nodes.load_custom_node
+    seen: dict[str, Path] = {}
     if not isinstance(getattr(nodes, "traceback", None), _TracebackShim):
         nodes.traceback = _TracebackShim(nodes.traceback)
 
     async def load_custom_node(
         module_path: str, ignore: Any = frozenset(), module_parent: str = "custom_nodes"
     ) -> bool:
+        if module_parent == "custom_nodes":
+            reason = skip_reason(module_path, seen)
+            if reason is not None:
+                log.warning("custom node folder %s not loaded: %s", module_path, reason)
+                # True: ComfyUI's import summary would call a folder skipped on purpose
+                # "IMPORT FAILED"; the line above says what happened.
+                return True
         sink: list[BaseException] = []
         token = _capture.set(sink)
         try:
@@ -184,8 +282,14 @@ def watch(nodes: Any, record: PackImports = RECORD) -> PackImports:
                 else "it defines no NODE_CLASS_MAPPINGS, or its entry point failed; "
                 "see the boot log"
             )
-            record.record(module_path, module_parent, error)
-            log.warning("node pack %s failed to import: %s", module_path, error)
+            failed = record.record(module_path, module_parent, error, sink[-1] if sink else None)
+            remedy = failed.remedy()
+            log.warning(
+                "node pack %s failed to import: %s%s",
+                module_path,
+                error,
+                f"; {remedy}" if remedy else "",
+            )
         return loaded
 
     load_custom_node._records_failures = True  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engine.errors import JobInterruptedError, NodeExecutionError, WorkflowValidationError
+from engine.pack_sources import not_installed
 
 # Allowed values are listed in a detail line only when the list is short enough to
 # read; a checkpoint folder with 300 files is summarised by where the worker looked.
@@ -144,11 +145,7 @@ def validation_error(
         if describe_unknown is not None:
             details.append(describe_unknown(class_type, node_ids))
             continue
-        used_by = ("nodes " if len(node_ids) > 1 else "node ") + ", ".join(node_ids)
-        details.append(
-            f"Node type '{class_type}' is not installed (used by {used_by}): "
-            "install the custom node pack that provides it, or fix class_type"
-        )
+        details.append(not_installed(class_type, node_ids))
     details.extend(graph_problems)
     for node_id, entry in sorted((node_errors or {}).items(), key=lambda kv: _node_sort_key(kv[0])):
         class_type = str(entry.get("class_type", "?"))

@@ -26,6 +26,7 @@ from tests.engine.support import (
     TEST_NODES_DIR,
     empty_image,
     extra_custom_nodes,
+    make_volume_packs,
     node,
 )
 
@@ -76,6 +77,8 @@ def engine_setup(tmp_path_factory: pytest.TempPathFactory) -> EngineSetup:
         (volume / relative).parent.mkdir(parents=True, exist_ok=True)
         (volume / relative).write_bytes(b"not a model")
     (volume / "facerestore_models").mkdir()
+    # Packs a pod left on the volume (ComfyUI/custom_nodes/): test_volume_packs.py.
+    custom_nodes.append(make_volume_packs(volume / "ComfyUI" / "custom_nodes"))
     config = {
         "worker_tests": {"base_path": str(models), "checkpoints": "checkpoints", "loras": "loras"},
         "worker_test_volume": {

@@ -168,3 +168,67 @@ def count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:
         stream = container.streams.video[0]
         frames = sum(1 for _ in container.decode(stream))
         return frames, (stream.codec_context.width, stream.codec_context.height)
+
+
+# -- packs on a network volume -----------------------------------------------------------
+
+VOLUME_PACK_ORIGIN = "https://github.com/example/volume-pack-missing.git"
+VOLUME_MISSING_MODULE = "worker_test_absent_module"
+
+
+def make_volume_packs(folder: Path) -> Path:
+    """A pod's ``custom_nodes/`` on a volume: one pack the image satisfies, one it does not.
+
+    ``volume-pack-ok`` imports only what the image has (torch) and provides
+    ``VolumePackInvert``; ``volume-pack-missing`` is a git checkout whose import needs a
+    module its requirements.txt lists and the image lacks; ``worker_test_nodes`` has the
+    name of this suite's own pack and must never be imported (the first one wins).
+    """
+    import subprocess
+    import textwrap
+
+    ok = folder / "volume-pack-ok"
+    ok.mkdir(parents=True)
+    (ok / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+
+            class VolumePackInvert:
+                RETURN_TYPES = ("IMAGE",)
+                FUNCTION = "invert"
+                CATEGORY = "worker tests"
+
+                @classmethod
+                def INPUT_TYPES(cls):
+                    return {"required": {"image": ("IMAGE",)}}
+
+                def invert(self, image):
+                    return (torch.ones_like(image) - image,)
+
+            NODE_CLASS_MAPPINGS = {"VolumePackInvert": VolumePackInvert}
+            """
+        )
+    )
+    missing = folder / "volume-pack-missing"
+    missing.mkdir()
+    (missing / "__init__.py").write_text(
+        f"import {VOLUME_MISSING_MODULE}\nNODE_CLASS_MAPPINGS = {{'VolumeMissingNode': None}}\n"
+    )
+    (missing / "requirements.txt").write_text("numpy\nworker-test-absent-module>=1.2\n")
+    for args in (
+        ["init", "--quiet"],
+        ["add", "."],
+        ["commit", "--quiet", "-m", "pack"],
+        ["remote", "add", "origin", VOLUME_PACK_ORIGIN],
+    ):
+        subprocess.run(
+            ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+            cwd=missing,
+            check=True,
+            capture_output=True,
+        )
+    shadow = folder / TEST_NODES_DIR.joinpath("worker_test_nodes").name
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise RuntimeError('a second copy must not load')\n")
+    return folder

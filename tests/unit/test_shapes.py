@@ -84,9 +84,11 @@ def test_unknown_types_found_by_the_runtime_are_all_named() -> None:
     )
     assert error.details == [
         "Node type 'AlsoNotReal' is not installed (used by nodes 2, 7): install the custom "
-        "node pack that provides it, or fix class_type",
+        "node pack that provides it (scripts/add_custom_nodes.py <repository URL>@<commit>; "
+        "scripts/workflow_needs.py names the packs a workflow needs), or fix class_type",
         "Node type 'NotARealNode' is not installed (used by node 1): install the custom "
-        "node pack that provides it, or fix class_type",
+        "node pack that provides it (scripts/add_custom_nodes.py <repository URL>@<commit>; "
+        "scripts/workflow_needs.py names the packs a workflow needs), or fix class_type",
     ]
 
 
