@@ -26,13 +26,26 @@ import cpuinfo  # noqa: E402
 # SDK's --rp_debugger output shows. The platform's own answer is enough there.
 cpuinfo.get_cpu_info = lambda: {"brand_raw": platform.processor() or platform.machine()}
 
-import runpod  # noqa: E402  (after the patch above, on purpose)
+from engine.settings import Settings, sdk_log_level, secrets_in_env  # noqa: E402
+
+# The environment as the worker was started: what Settings reads. The runpod SDK reads
+# RUNPOD_LOG_LEVEL once, when imported: DEBUG without it (a local test job printed whole,
+# its keys included) and a traceback for a name it does not know. So it gets a valid
+# level first, before anything can fail; a bad value is still named to every job.
+_ENV = dict(os.environ)
+os.environ["RUNPOD_LOG_LEVEL"] = sdk_log_level(_ENV)
+
+import runpod  # noqa: E402  (after the patch and the level above, on purpose)
 from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
 
 from engine import logs  # noqa: E402
 from engine.errors import RuntimeBootError, WorkerError, new_incident, without_paths  # noqa: E402
-from engine.settings import Settings  # noqa: E402
 from engine.worker import Worker  # noqa: E402
+
+# The SDK prints with print(), past logging's filters: its lines are redacted on their own,
+# with the environment's secrets known from here on, whatever the settings make of them.
+logs.add_secrets(secrets_in_env(_ENV))
+logs.guard_sdk_logger(RunPodLogger())
 
 gc.enable()
 
@@ -46,9 +59,8 @@ def _start() -> None:
     """Build and boot the worker once; a failure is kept and reported by every job."""
     global _worker, _boot_error
     try:
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_env(_ENV)
         logs.configure(settings.comfy_log_level, settings.secrets())
-        RunPodLogger().set_level(settings.sdk_log_level)
         progress = runpod.serverless.progress_update if settings.on_runpod else None
         worker = Worker.from_settings(settings, progress=progress)
         worker.boot()

@@ -61,13 +61,69 @@ _FILE_LIST_PREFIX = "recursive file list on directory "
 _FOUND_FILES = re.compile(r"found \d+ files")
 
 
+# A request's Comfy.org key where a whole request is printed: a dict's repr or JSON, also
+# JSON inside a string (an ``input`` sent as a JSON string), so quotes may be escaped.
+_KEY_FIELD = re.compile(
+    r"""(?P<q>\\*['"])(?P<name>comfy_org_api_key|api_key_comfy_org)(?P=q)(?P<sep>\s*:\s*)"""
+    r"""(?P<vq>\\*['"])(?P<value>.*?)(?P=vq)"""
+)
+# User info, query and fragment of a URL: where presigned links and tokens travel.
+_URL_SECRETS = re.compile(
+    r"""(?P<scheme>https?://)(?:[^\s/'"\\@]*@)?(?P<rest>[^\s?#'"\\]*)[?#][^\s'"\\]*"""
+)
+
+
 def redact(text: str, extra: Iterable[str] = (), *, registered: bool = True) -> str:
-    """``text`` with ``extra`` (and, if ``registered``, every registered secret) as ``***``."""
+    """``text`` with ``extra`` (and, if ``registered``, every registered secret) as ``***``;
+    so is the value of a Comfy.org key field of a printed request, wherever it appears."""
     known = (*_secrets, *_current["secrets"]) if registered else ()
     for secret in (*known, *extra):
         if len(secret) >= _MIN_SECRET_LEN and secret in text:
             text = text.replace(secret, "***")
+    if "api_key" in text:  # a plain search first: most lines, and 20 MB results, skip the regex
+        # The key's value goes wherever it appears in the line, not only in its field.
+        for key in {m["value"] for m in _KEY_FIELD.finditer(text)}:
+            if len(key) >= _MIN_SECRET_LEN:
+                text = text.replace(key, "***")
     return text
+
+
+def redact_sdk_line(message: str) -> str:
+    """A line of the runpod SDK's own logger, made safe to print.
+
+    The SDK prints whole jobs and results (``Retrieved local job: {...}`` at DEBUG in
+    test_input.json mode, ``Handler output`` and ``Job result`` lines) before the worker
+    knows the job: so besides every known secret, a request's key fields and the query
+    strings and user info of URLs (presigned links, tokens) are cut out.
+    """
+    text = redact(message)
+    if "://" in text:
+        text = _URL_SECRETS.sub(lambda m: f"{m['scheme']}{m['rest']}?***", text)
+    return text
+
+
+def guard_sdk_logger(logger: Any) -> None:
+    """Make the runpod SDK's logger (its ``RunPodLogger`` singleton) print every line
+    through :func:`redact_sdk_line`.
+
+    Its ``debug``/``info``/``warn``/``error`` all call ``self.log(message, level, job_id)``
+    (runpod 1.12, ``serverless/modules/rp_logger.py``) and then ``print``, bypassing
+    :mod:`logging` and its filters; the instance's ``log`` is wrapped once. Where that
+    method is gone, the SDK prints as it would, and the worker says so once.
+    """
+    original = getattr(logger, "log", None)
+    if original is None or getattr(original, "_comfy_worker_guard", False):
+        if original is None:
+            logging.getLogger(__name__).warning(
+                "the runpod SDK's logger has no log() method: its lines are not redacted"
+            )
+        return
+
+    def log(message: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(redact_sdk_line(str(message)), *args, **kwargs)
+
+    log._comfy_worker_guard = True  # type: ignore[attr-defined]
+    logger.log = log
 
 
 def redact_obj(value: Any, secrets: Iterable[str]) -> Any:
@@ -96,8 +152,8 @@ class _JobFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.job_id = _current["job_id"]
-        if _secrets or _current["secrets"]:
-            message = record.getMessage()
+        message = record.getMessage()
+        if _secrets or _current["secrets"] or "api_key" in message:
             cleaned = redact(message)
             if cleaned != message:
                 record.msg, record.args = cleaned, None

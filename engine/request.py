@@ -3,14 +3,25 @@
 A request that does not match raises :class:`RequestError` with one detail line
 per problem, each naming the field to fix (``input.images[2].name: ...``).
 Unknown extra fields are ignored so that clients written for other ComfyUI
-workers keep working.
+workers keep working, and so are three shapes worker-comfyui accepts (its
+``validate_input``): ``input`` as a JSON string holding the request,
+``"images": null``, and a workflow sent as ComfyUI's ``/prompt`` body.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.errors import RequestError
 from engine.ui_workflow import is_ui_format
@@ -65,6 +76,25 @@ class JobRequest(BaseModel):
     frames_to_video: FramesToVideo | None = None
     convert_output: ConvertOutput | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _worker_comfyui_shapes(cls, data: Any) -> Any:
+        """What worker-comfyui accepts and strict parsing would refuse, as it means it."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "images" in data and data["images"] is None:
+            del data["images"]  # worker-comfyui: "images": null is "no images"
+        body = data.get("workflow")
+        if is_prompt_body(body):
+            # ComfyUI's POST /prompt body: the graph is its "prompt"; the rest (client_id,
+            # extra_data) concerns a ComfyUI server, which this worker has none of.
+            data["workflow"] = body["prompt"]
+            key = _extra_data_key(body)
+            if key is not None and not any(data.get(k) for k in _KEY_FIELDS):
+                data["comfy_org_api_key"] = key
+        return data
+
     @field_validator("workflow")
     @classmethod
     def _workflow_is_api_format(cls, workflow: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +127,60 @@ class JobRequest(BaseModel):
         return workflow
 
 
+_KEY_FIELDS = ("comfy_org_api_key", "api_key_comfy_org")
+"""The request's Comfy.org key: the field and its alias."""
+
+# The keys of ComfyUI's POST /prompt body (server.py, ComfyUI 0.3.64) besides "prompt".
+_PROMPT_BODY_KEYS = frozenset(
+    {"client_id", "extra_data", "prompt_id", "number", "front", "partial_execution_targets"}
+)
+
+
+def is_prompt_body(workflow: Any) -> bool:
+    """True when ``workflow`` is ComfyUI's ``/prompt`` body around a graph, not a graph.
+
+    A graph may name a node ``prompt``; a node holds a ``class_type``, a body's
+    ``prompt`` does not, and a body holds no keys but the server's own.
+    """
+    if not isinstance(workflow, dict):
+        return False
+    inner = workflow.get("prompt")
+    return (
+        isinstance(inner, dict)
+        and "class_type" not in inner
+        and set(workflow) - {"prompt"} <= _PROMPT_BODY_KEYS
+    )
+
+
+def _extra_data_key(body: dict[str, Any]) -> str | None:
+    extra = body.get("extra_data")
+    key = extra.get("api_key_comfy_org") if isinstance(extra, dict) else None
+    return key if isinstance(key, str) and key else None
+
+
+def as_object(job_input: Any) -> Any:
+    """``input`` itself, or the object a JSON-string ``input`` holds (worker-comfyui's
+    ``validate_input`` parses one); anything else is returned unchanged."""
+    if isinstance(job_input, str):
+        try:
+            return json.loads(job_input)
+        except ValueError:
+            return job_input
+    return job_input
+
+
+def request_secrets(job_input: Any) -> list[str]:
+    """The Comfy.org keys a request carries, wherever it carries them: the field, its
+    alias, and a ``/prompt`` body's ``extra_data`` (also inside a JSON-string ``input``)."""
+    request = as_object(job_input)
+    if not isinstance(request, dict):
+        return []
+    found = [request.get(k) for k in _KEY_FIELDS]
+    if is_prompt_body(request.get("workflow")):
+        found.append(_extra_data_key(request["workflow"]))
+    return [key for key in found if isinstance(key, str) and key]
+
+
 def _is_ui_node(node: Any) -> bool:
     return isinstance(node, dict) and "id" in node and isinstance(node.get("type"), str)
 
@@ -110,6 +194,17 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def parse_request(job_input: Any) -> JobRequest:
     """Parse a job's ``input`` or raise :class:`RequestError` naming each bad field."""
+    if isinstance(job_input, str):
+        try:
+            job_input = json.loads(job_input)
+        except ValueError as exc:
+            raise RequestError(
+                "Invalid request",
+                [
+                    f"input is a string but not JSON ({exc}): send the request as an object "
+                    '({"workflow": {...}}), or as a string holding that object\'s JSON'
+                ],
+            ) from None
     if not isinstance(job_input, dict):
         raise RequestError(
             "Invalid request",
@@ -123,5 +218,7 @@ def parse_request(job_input: Any) -> JobRequest:
             message = str(problem["msg"]).removeprefix("Value error, ")
             if problem["type"] == "missing":
                 message = "is required"
+                if problem["loc"] == ("workflow",) and "prompt" in job_input:
+                    message += " (input.prompt is not read: send the graph as input.workflow)"
             details.append(f"{_location(tuple(problem['loc']))}: {message}")
         raise RequestError("Invalid request", details) from None

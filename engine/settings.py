@@ -42,14 +42,68 @@ def _log_level(name: str, raw: str, allowed: frozenset[str] = _LOG_LEVELS) -> st
     return level
 
 
-IGNORED_VARIABLES = (
-    "WEBSOCKET_RECONNECT_ATTEMPTS",
-    "WEBSOCKET_RECONNECT_DELAY_S",
-    "WEBSOCKET_TRACE",
+_NO_SOCKET = (
+    "they configure the WebSocket of workers that drive a ComfyUI server; this worker runs "
+    "ComfyUI in-process, with no socket"
 )
-"""runpod-workers/worker-comfyui's WebSocket settings: that worker talks to a ComfyUI
-server over a socket; this one has none. Accepted with any value, so deployments made
-for it start unchanged, and never parsed: a value there fails no job."""
+OTHER_WORKERS_VARIABLES: dict[tuple[str, ...], str] = {
+    ("WEBSOCKET_RECONNECT_ATTEMPTS", "WEBSOCKET_RECONNECT_DELAY_S", "WEBSOCKET_TRACE"): (
+        _NO_SOCKET
+    ),
+    ("SERVE_API_LOCALLY",): (
+        "this worker serves the runpod SDK's local API when started with "
+        "`python handler.py --rp_serve_api --rp_api_host 0.0.0.0 --rp_api_port 8000`"
+    ),
+    ("NETWORK_VOLUME_DEBUG",): (
+        "COMFY_LOG_LEVEL=DEBUG logs every model folder searched, per kind, and a missing "
+        "model's error names the folders it was looked for in"
+    ),
+    ("COMFY_API_AVAILABLE_INTERVAL_MS", "COMFY_API_AVAILABLE_MAX_RETRIES"): (
+        "there is no ComfyUI server to wait for: ComfyUI boots in-process before the "
+        "worker takes its first job"
+    ),
+}
+"""runpod-workers/worker-comfyui's variables that mean nothing here, each group with what
+this worker does instead. Accepted with any value, so deployments made for it start
+unchanged, and never parsed: a value there fails no job; one boot line per group says so."""
+
+
+def _sdk_log_level(raw: str | None) -> str:
+    return _log_level("RUNPOD_LOG_LEVEL", raw or "INFO", _SDK_LOG_LEVELS)
+
+
+def sdk_log_level(env: Mapping[str, str]) -> str:
+    """``RUNPOD_LOG_LEVEL`` as the runpod SDK names levels; ``INFO`` when unset or unusable.
+
+    ``handler.py`` gives the SDK this level before importing it, before anything else can
+    fail: the SDK reads the variable at import, logs at DEBUG without it (a local test
+    job whole, its keys included) and raises on a name it does not know. A bad value is
+    still named, by :meth:`Settings.from_env`, in the error every job then gets.
+    """
+    try:
+        return _sdk_log_level((env.get("RUNPOD_LOG_LEVEL") or "").strip() or None)
+    except ConfigError:
+        return "INFO"
+
+
+SECRET_VARIABLES = (
+    "COMFY_ORG_API_KEY",
+    "BUCKET_ACCESS_KEY_ID",
+    "BUCKET_SECRET_ACCESS_KEY",
+    "HF_TOKEN",
+    "CIVITAI_TOKEN",
+)
+"""The variables whose values never reach a log line (:meth:`Settings.secrets`)."""
+
+
+def secrets_in_env(env: Mapping[str, str]) -> list[str]:
+    """The secret variables' values, read without parsing anything else: registered for
+    redaction before the settings are built, so that even a worker whose settings are
+    unusable never logs one."""
+    return [value.strip() for name in SECRET_VARIABLES if (value := env.get(name, "")).strip()]
+
+
+IGNORED_VARIABLES = tuple(name for group in OTHER_WORKERS_VARIABLES for name in group)
 
 
 def _split_args(name: str, raw: str) -> tuple[str, ...]:
@@ -162,8 +216,10 @@ class Settings:
     """``OUTPUT_METADATA``: false leaves the workflow out of output files' metadata
     (ComfyUI's ``--disable-metadata``)."""
     ignored_variables: tuple[str, ...] = ()
-    """Variables of HTTP-based workers that are set here and have no effect
-    (:data:`IGNORED_VARIABLES`); the worker warns once at boot."""
+    """Variables of worker-comfyui that are set here and have no effect
+    (:data:`OTHER_WORKERS_VARIABLES`); the worker says what instead, once at boot."""
+    refresh_worker: bool = False
+    """``REFRESH_WORKER`` (worker-comfyui's): every answer asks RunPod for a fresh worker."""
     sdk_log_level: str = "INFO"
     """The runpod SDK's own log level. Its DEBUG default prints every handler result
     whole: up to 20 MB of base64, and the S3 URLs, per job."""
@@ -272,12 +328,8 @@ class Settings:
             ),
             output_metadata=boolean("OUTPUT_METADATA", True),
             ignored_variables=tuple(n for n in IGNORED_VARIABLES if env.get(n) is not None),
-            sdk_log_level=checked(
-                lambda: _log_level(
-                    "RUNPOD_LOG_LEVEL", get("RUNPOD_LOG_LEVEL") or "INFO", _SDK_LOG_LEVELS
-                ),
-                "INFO",
-            ),
+            refresh_worker=boolean("REFRESH_WORKER", False),
+            sdk_log_level=checked(lambda: _sdk_log_level(get("RUNPOD_LOG_LEVEL")), "INFO"),
             # RunPod sets this on its workers; progress goes to it as an HTTP POST.
             on_runpod=get("RUNPOD_WEBHOOK_POST_OUTPUT") is not None,
             model_cache_max_bytes=int(number(float, "MODEL_CACHE_MAX_GB", 100.0, 0.001) * gb),
@@ -294,15 +346,15 @@ class Settings:
         return settings
 
     def boot_warnings(self) -> list[str]:
-        """Lines to log once at boot: settings that are accepted but do nothing here."""
-        if not self.ignored_variables:
-            return []
-        return [
-            f"{', '.join(self.ignored_variables)} "
-            + ("is set but has" if len(self.ignored_variables) == 1 else "are set but have")
-            + " no effect here: they configure the WebSocket of workers that drive a ComfyUI "
-            "server, and this worker runs ComfyUI in-process, with no socket"
-        ]
+        """Lines to log once at boot: settings that are accepted but do nothing here, each
+        with what this worker does instead."""
+        lines = []
+        for group, instead in OTHER_WORKERS_VARIABLES.items():
+            named = [n for n in group if n in self.ignored_variables]
+            if named:
+                verb = "is set but has" if len(named) == 1 else "are set but have"
+                lines.append(f"{', '.join(named)} {verb} no effect here: {instead}")
+        return lines
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line."""

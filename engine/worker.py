@@ -49,7 +49,7 @@ from engine.job_files import (
 )
 from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
-from engine.request import JobRequest, parse_request
+from engine.request import JobRequest, parse_request, request_secrets
 from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
 from engine.s3 import S3Uploader
 from engine.settings import Settings
@@ -138,7 +138,7 @@ class Worker:
     def boot(self) -> None:
         """Start the runtime; once per worker process, before the first job."""
         started = time.perf_counter()
-        for warning in self.settings.boot_warnings():  # WEBSOCKET_*: accepted, no effect
+        for warning in self.settings.boot_warnings():  # other workers' variables: what instead
             log.warning(warning)
         # Pillow's guard for every decode; inputs and outputs each have their own check.
         Image.MAX_IMAGE_PIXELS = self.settings.pillow_max_pixels
@@ -156,9 +156,7 @@ class Worker:
         """RunPod's handler: the response for one job, or the contract's error shape."""
         job_id = str(job.get("id") or f"local-{uuid.uuid4()}")
         job_input = job.get("input")
-        keys = ("comfy_org_api_key", "api_key_comfy_org")  # the field and its alias
-        sent = [job_input.get(k) for k in keys] if isinstance(job_input, dict) else []
-        job_secrets = [key for key in sent if isinstance(key, str)]
+        job_secrets = request_secrets(job_input)
         secrets = [*job_secrets, *self.settings.response_secrets()]
         deadline = Deadline.start(self.settings.job_timeout_s)
         with self._deadlines.holding(job_id, deadline), logs.job_context(job_id, job_secrets):
@@ -172,7 +170,7 @@ class Worker:
                     "job failed in %.2f s: %s", time.perf_counter() - started, exc.summary()
                 )
                 response: dict[str, Any] = logs.redact_obj(exc.to_response(), secrets)
-                return response
+                return self._refresh(response)
             except Exception as exc:  # a bug: its traceback goes to the log, under an id
                 incident = new_incident()
                 log.error(
@@ -181,7 +179,7 @@ class Worker:
                     incident,
                     exc_info=exc,
                 )
-                return InternalError(incident, type(exc).__name__).to_response()
+                return self._refresh(InternalError(incident, type(exc).__name__).to_response())
             log.info(
                 "job done in %.2f s: %d output(s), %d error(s); %s",
                 time.perf_counter() - started,
@@ -190,7 +188,14 @@ class Worker:
                 describe_stats(result["stats"]),
             )
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
-            return redacted
+            return self._refresh(redacted)
+
+    def _refresh(self, response: dict[str, Any]) -> dict[str, Any]:
+        """``REFRESH_WORKER=true`` (worker-comfyui's variable): every answer asks RunPod to
+        replace this worker once the job is done (the SDK turns it into ``stopPod``)."""
+        if self.settings.refresh_worker:
+            response["refresh_worker"] = True
+        return response
 
     def cancel(self, job_id: str | None = None) -> bool:
         """Cancel job ``job_id`` (every job in :meth:`handle` when None): RunPod stopped it.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from engine.errors import RequestError
-from engine.request import parse_request
+from engine.request import is_prompt_body, parse_request, request_secrets
 
 WF = {"9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}}}
 
@@ -31,7 +32,11 @@ def test_a_full_request_parses() -> None:
     ("job_input", "expected"),
     [
         (None, "input must be an object"),
-        ("workflow", "input must be an object"),
+        ("workflow", "input is a string but not JSON"),
+        ("[1, 2]", "input must be an object"),
+        ('{"images": []}', "input.workflow: is required"),
+        ({"prompt": WF}, "send the graph as input.workflow"),
+        ({"workflow": {"prompt": "x", "client_id": "c"}}, "input.workflow"),
         ({}, "input.workflow: is required"),
         ({"workflow": "{}"}, "input.workflow: Input should be a valid dictionary"),
         ({"workflow": {}}, "the workflow is empty"),
@@ -95,3 +100,38 @@ def test_convert_output_parses_with_a_default_quality() -> None:
     png = parse_request({"workflow": WF, "convert_output": {"format": "png", "quality": 5}})
     assert png.convert_output is not None and png.convert_output.quality == 5
     assert parse_request({"workflow": WF}).convert_output is None
+
+
+def test_worker_comfyui_shapes_are_accepted() -> None:
+    """What worker-comfyui's validate_input takes: input as a JSON string, images null."""
+    as_string = parse_request(json.dumps({"workflow": WF, "images": None}))
+    assert as_string.workflow == WF and as_string.images == []
+    assert parse_request({"workflow": WF, "images": None}).images == []
+
+
+def test_a_prompt_body_is_unwrapped_and_its_key_used() -> None:
+    """ComfyUI's POST /prompt body around the graph: the graph is used, the key kept secret."""
+    body = {
+        "prompt": WF,
+        "client_id": "abc",
+        "extra_data": {"api_key_comfy_org": "body-key-123456"},
+    }
+    req = parse_request({"workflow": body})
+    assert req.workflow == WF
+    assert req.comfy_org_api_key == "body-key-123456"
+    # The request's own key wins over the body's.
+    own = parse_request({"workflow": body, "api_key_comfy_org": "own-key-123456"})
+    assert own.comfy_org_api_key == "own-key-123456"
+    assert request_secrets({"workflow": body}) == ["body-key-123456"]
+    assert request_secrets(json.dumps({"workflow": body, "comfy_org_api_key": "k-123456"})) == [
+        "k-123456",
+        "body-key-123456",
+    ]
+
+
+def test_a_node_named_prompt_is_a_node() -> None:
+    """A graph may call a node "prompt": it holds a class_type, and stays a graph."""
+    graph = {"prompt": {"class_type": "SaveImage", "inputs": {}}, "client_id": {"class_type": "X"}}
+    assert parse_request({"workflow": graph}).workflow == graph
+    assert not is_prompt_body(graph)
+    assert not is_prompt_body({"prompt": WF, "9": {"class_type": "SaveImage"}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import ConfigError
-from engine.settings import Settings
+from engine.settings import Settings, sdk_log_level, secrets_in_env
 
 
 def test_defaults_from_an_empty_environment() -> None:
@@ -101,6 +101,46 @@ def test_websocket_settings_never_fail_and_warn_once(env: dict[str, str]) -> Non
 
 def test_no_warning_without_websocket_settings() -> None:
     assert Settings.from_env({}).boot_warnings() == []
+
+
+def test_worker_comfyui_variables_each_say_what_instead() -> None:
+    """Its other variables start the worker too, one line per kind saying what to use."""
+    env = {
+        "SERVE_API_LOCALLY": "true",
+        "NETWORK_VOLUME_DEBUG": "yes please",
+        "COMFY_API_AVAILABLE_INTERVAL_MS": "50",
+        "COMFY_API_AVAILABLE_MAX_RETRIES": "x",
+    }
+    serve, volume, api = Settings.from_env(env).boot_warnings()
+    assert "SERVE_API_LOCALLY" in serve and "--rp_serve_api" in serve
+    assert "NETWORK_VOLUME_DEBUG" in volume and "COMFY_LOG_LEVEL=DEBUG" in volume
+    assert "COMFY_API_AVAILABLE_INTERVAL_MS, COMFY_API_AVAILABLE_MAX_RETRIES" in api
+    assert "in-process" in api
+
+
+def test_refresh_worker_is_a_boolean() -> None:
+    assert Settings.from_env({"REFRESH_WORKER": "true"}).refresh_worker is True
+    assert Settings.from_env({}).refresh_worker is False
+    with pytest.raises(ConfigError, match="REFRESH_WORKER must be true or false"):
+        Settings.from_env({"REFRESH_WORKER": "sometimes"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"),
+    [(None, "INFO"), ("", "INFO"), ("debug", "DEBUG"), ("WARNING", "INFO"), ("loud", "INFO")],
+)
+def test_the_sdk_level_is_always_one_it_knows(raw: str | None, level: str) -> None:
+    """handler.py hands this to the SDK before importing it: never a name it refuses."""
+    assert sdk_log_level({} if raw is None else {"RUNPOD_LOG_LEVEL": raw}) == level
+
+
+def test_secrets_in_env_need_no_valid_settings() -> None:
+    env = {
+        "HF_TOKEN": " hf-token-1 ",
+        "BUCKET_SECRET_ACCESS_KEY": "s3-secret",
+        "JOB_TIMEOUT_S": "x",
+    }
+    assert sorted(secrets_in_env(env)) == ["hf-token-1", "s3-secret"]
 
 
 def test_workflow_limits_and_metadata_switch() -> None:

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import os
 import re
 import threading
 import time
@@ -56,6 +57,8 @@ def fresh_handler(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(handler_module, "_worker", None)
     monkeypatch.setattr(handler_module, "_boot_error", None)
+    # What handler.py read from the environment at import, as a new process would.
+    monkeypatch.setattr(handler_module, "_ENV", dict(os.environ))
 
 
 def make_worker(settings: Settings, **kwargs: Any) -> Worker:
@@ -64,10 +67,31 @@ def make_worker(settings: Settings, **kwargs: Any) -> Worker:
     return worker
 
 
-@pytest.mark.parametrize("job_input", [None, "text", [1, 2], 5])
+@pytest.mark.parametrize("job_input", [None, "[1]", [1, 2], 5])
 def test_input_that_is_not_an_object(settings: Settings, job_input: Any) -> None:
     body = make_worker(settings).handle({"id": "j1", "input": job_input})
     assert body["error"].startswith("Invalid request: input must be an object")
+
+
+def test_input_as_a_json_string_runs_and_its_key_stays_secret(settings: Settings) -> None:
+    """worker-comfyui parses a string input as JSON; so does this worker, keys redacted."""
+    key = "string-input-key-4d1"
+    job_input = json.dumps({"workflow": workflows.raises(f"saw {key}"), "comfy_org_api_key": key})
+    body = make_worker(settings).handle({"id": "s", "input": job_input})
+    assert "saw ***" in body["error"] and key not in json.dumps(body)
+    ok = make_worker(settings).handle(
+        {"id": "t", "input": json.dumps({"workflow": workflows.batch(1)})}
+    )
+    assert len(ok["images"]) == 1 and "refresh_worker" not in ok
+
+
+def test_refresh_worker_marks_every_answer(settings: Settings) -> None:
+    """REFRESH_WORKER=true: success and failure alike ask RunPod for a fresh worker."""
+    worker = make_worker(dataclasses.replace(settings, refresh_worker=True))
+    done = worker.handle({"id": "a", "input": {"workflow": workflows.batch(1)}})
+    failed = worker.handle({"id": "b", "input": {"workflow": {}}})
+    assert done["refresh_worker"] is True and len(done["images"]) == 1
+    assert failed["refresh_worker"] is True and failed["error"].startswith("Invalid request")
 
 
 def test_success_shape(settings: Settings) -> None:
