@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 # Exactly what job_folder() makes (the sanitised id, 1-64 chars, and 8 hex digits) and
 # what settle_inputs() makes (16 hex digits of the inputs' digest).
+_SPARE = re.compile(r"job-spare-[0-9a-f]{8}")
 _JOB_FOLDER = re.compile(r"job-[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}|job-in-[0-9a-f]{16}")
 
 
@@ -188,8 +189,15 @@ def sweep_leftovers(dirs: Directories, work_dir: Path) -> list[Path]:
     removed: list[Path] = []
     for folder in (dirs.input, dirs.output):
         for entry in _entries(folder):
-            if is_job_folder(entry.name) and entry.is_dir() and not entry.is_symlink():
-                _remove(entry, removed)
+            if not (is_job_folder(entry.name) and entry.is_dir() and not entry.is_symlink()):
+                continue
+            if _SPARE.fullmatch(entry.name) and _is_empty(entry):
+                # An emptied folder kept for the next job (SpareFolders): every worker that
+                # ran a job leaves one behind, killed or not. Not a killed job's files.
+                with contextlib.suppress(OSError):
+                    entry.rmdir()
+                continue
+            _remove(entry, removed)
     for folder in (dirs.temp, scratch_root(work_dir)):
         for entry in _entries(folder):
             _remove(entry, removed)
@@ -200,6 +208,14 @@ def sweep_leftovers(dirs: Directories, work_dir: Path) -> list[Path]:
             ", ".join(str(path) for path in removed[:10]) + (" ..." if len(removed) > 10 else ""),
         )
     return removed
+
+
+def _is_empty(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
 
 
 def _entries(folder: Path) -> list[Path]:

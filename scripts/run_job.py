@@ -38,12 +38,14 @@ from engine.client import (
     read_request,
     save_outputs,
 )
+from engine.errors import WorkerError
 from engine.settings import Settings
 from engine.worker import Worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the workflow; exit 0 on success, 1 if the job failed, 3 if outputs are missing."""
+    """Run the workflow; exit 0 on success, 1 if the job failed, 2 if the worker cannot
+    start (or the arguments are wrong), 3 if outputs are missing."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -70,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         parser.error(exc.message)
 
-    settings = Settings.from_env(os.environ)
-    logs.configure("DEBUG" if args.verbose else settings.comfy_log_level, settings.secrets())
-    worker = Worker.from_settings(settings)
     started = time.perf_counter()
-    worker.boot()
+    try:
+        settings = Settings.from_env(os.environ)
+        logs.configure("DEBUG" if args.verbose else settings.comfy_log_level, settings.secrets())
+        worker = Worker.from_settings(settings)
+        worker.boot()
+    except WorkerError as exc:
+        # What handler.py tells every job: an unusable variable, no ComfyUI checkout (with
+        # the command that installs one). Not a traceback: nothing here is a bug.
+        print(f"error: {exc.summary()}", file=sys.stderr)
+        return 2
     booted = time.perf_counter()
     job_id = f"local-{int(time.time())}"
     result = worker.handle({"id": job_id, "input": job_input})

@@ -288,9 +288,8 @@ def test_a_worker_killed_mid_job_leaves_nothing_a_later_job_can_read(tmp_path: P
         baked = second.runsync({"workflow": workflows.invert("baked.png")})
         assert baked["status"] == "COMPLETED", baked
         assert first_pixel(baked["output"]["images"][0]) == (255, 255, 55)
-        assert (
-            "removed 2 file(s) or folder(s) that killed jobs left behind"
-        )  # input, output in second.log()
+        # The killed job's input and output folders.
+        assert "removed 2 file(s) or folder(s) that killed jobs left behind" in second.log()
     finally:
         second.close()
 

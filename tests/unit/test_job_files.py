@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
+
+import pytest
 
 from engine.job_files import SpareFolders, is_job_folder, remove_job_folder, sweep_leftovers
 from engine.runtime import Directories
@@ -100,3 +103,19 @@ def test_spares_a_killed_worker_left_are_swept_at_boot(tmp_path: Path) -> None:
         (parent / name).mkdir(parents=True)
     sweep_leftovers(dirs, tmp_path)
     assert entries(dirs.input) == [] and entries(dirs.output) == []
+
+
+def test_an_empty_spare_is_tidied_without_blaming_a_killed_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every worker that ran a job leaves an empty spare: removed, and not reported as
+    what killed jobs left behind; a spare holding a file is."""
+    dirs = Directories(input=tmp_path / "input", output=tmp_path / "output", temp=tmp_path / "t")
+    (dirs.input / "job-spare-0123abcd").mkdir(parents=True)
+    (dirs.output / "job-spare-4567cdef").mkdir(parents=True)
+    (dirs.output / "job-spare-4567cdef" / "ComfyUI_00001_.png").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        removed = sweep_leftovers(dirs, tmp_path)
+    assert removed == [dirs.output / "job-spare-4567cdef"]
+    assert entries(dirs.input) == [] and entries(dirs.output) == []
+    assert "removed 1 file(s) or folder(s) that killed jobs left behind" in caplog.text
