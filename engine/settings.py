@@ -215,6 +215,9 @@ class Settings:
     output_metadata: bool = True
     """``OUTPUT_METADATA``: false leaves the workflow out of output files' metadata
     (ComfyUI's ``--disable-metadata``)."""
+    comfy_patches_off: frozenset[str] = frozenset()
+    """``COMFY_PATCHES_OFF``: names of the worker's patches to ComfyUI not to apply
+    (``engine.runtime.patches``; boot refuses a name it does not know)."""
     ignored_variables: tuple[str, ...] = ()
     """Variables of worker-comfyui that are set here and have no effect
     (:data:`OTHER_WORKERS_VARIABLES`); the worker says what instead, once at boot."""
@@ -327,6 +330,9 @@ class Settings:
                 int, "WORKFLOW_MAX_STRING_BYTES", cls.workflow_max_string_bytes, 1
             ),
             output_metadata=boolean("OUTPUT_METADATA", True),
+            comfy_patches_off=frozenset(
+                n.strip().lower() for n in (get("COMFY_PATCHES_OFF") or "").split(",") if n.strip()
+            ),
             ignored_variables=tuple(n for n in IGNORED_VARIABLES if env.get(n) is not None),
             refresh_worker=boolean("REFRESH_WORKER", False),
             sdk_log_level=checked(lambda: _sdk_log_level(get("RUNPOD_LOG_LEVEL")), "INFO"),

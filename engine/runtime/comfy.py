@@ -54,6 +54,7 @@ from engine.runtime import (
 from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, import_comfy
 from engine.runtime.comfy_catalog import Catalog
 from engine.runtime.comfy_events import EngineEvents, JobState, raise_failure
+from engine.runtime.patches import Patches
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,11 @@ class ComfyRuntime:
         return self._engine
 
     @property
+    def patches(self) -> Patches | None:
+        """The worker's patches to ComfyUI and packs as boot left them; ``None`` before."""
+        return self._comfy.patches if self._comfy is not None else None
+
+    @property
     def directories(self) -> Directories:
         """ComfyUI's input, output and temp folders, under ``settings.work_dir``."""
         return self._dirs
@@ -125,8 +131,6 @@ class ComfyRuntime:
 
         self._catalog = Catalog(self._comfy, v3_base=_ComfyNodeInternal)
         self.node_count = self._comfy.node_count
-        # LoadImage takes the pixels the input step decoded (decoded_inputs.py).
-        decoded_inputs.install(self._comfy.nodes)
         self.boot_timings["total"] = time.perf_counter() - started
         log.info(
             "ComfyUI booted in %.2f s "

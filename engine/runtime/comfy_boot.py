@@ -16,16 +16,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import RuntimeBootError
-from engine.runtime import Directories, comfy_args, fast_save, pack_fixes, pack_imports
+from engine.runtime import Directories, comfy_args
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_key, index_path
+from engine.runtime.model_paths import read_model_paths
+from engine.runtime.patches import Patches, Target
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class Comfy:
     node_count: int
     lazy_nodes: LazyNodes
     """ComfyUI's own node files deferred to the job that first names one of their types."""
+    patches: Patches
+    """The worker's changes to ComfyUI and packs: in force, off, skipped (patches.py)."""
 
 
 def find_checkout(settings: Settings) -> Path:
@@ -137,9 +141,13 @@ def import_comfy(
     _check_utils_module(checkout)
     folder_paths = importlib.import_module("folder_paths")
     _configure_paths(folder_paths, extra_config, settings, dirs)
-    model_paths = pack_fixes.before_custom_nodes(
-        folder_paths, [BUNDLED_MODEL_PATHS, settings.extra_model_paths]
+    # Every change to ComfyUI and the packs, each checked before it applies (patches.py).
+    patches = Patches(off=settings.comfy_patches_off)
+    target = Target(
+        folder_paths=folder_paths,
+        model_paths=read_model_paths([BUNDLED_MODEL_PATHS, settings.extra_model_paths]),
     )
+    patches.apply_phase("before_packs", target)
     run_prestartup_scripts(folder_paths.get_folder_paths("custom_nodes"))
 
     started = time.perf_counter()
@@ -158,37 +166,39 @@ def import_comfy(
     execution = importlib.import_module("execution")
     server_module = importlib.import_module("server")
     nodes = importlib.import_module("nodes")
-    pack_imports.watch(nodes)  # failed pack imports are named in job errors
     model_management = importlib.import_module("comfy.model_management")
     hook_breaker = importlib.import_module("hook_breaker_ac10a0")
     executing_context = importlib.import_module("comfy_execution.utils")
     timings["comfy_import"] = time.perf_counter() - started
 
-    server = HeadlessPromptServer(execution)
-    server_module.PromptServer.instance = server
+    lazy = _lazy_nodes(nodes, checkout, settings, dirs, folder_paths)
+    target.nodes, target.execution, target.server_module = nodes, execution, server_module
+    target.lazy_nodes = lazy
+    patches.apply_phase("before_node_init", target)
+    server = target.server
+    assert server is not None  # headless_server cannot be skipped: its check raised
     # Per-step progress reaches RunPod through the hook; tqdm's bars would only
     # add a line per sampler step to the worker's log.
     comfy_utils.set_progress_bar_enabled(False)
     comfy_utils.set_progress_bar_global_hook(step_hook)
 
     started = time.perf_counter()
-    lazy = _lazy_nodes(nodes, checkout, settings, dirs, folder_paths)
+    lazy_on = patches.is_applied("lazy_nodes")
     # As main.py: custom nodes may not replace model_management.cast_to for good.
     hook_breaker.save_functions()
     try:
         init = nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=True)
-        with lazy.booting():
+        with lazy.booting() if lazy_on else nullcontext():
             _outside_any_loop(server.run_until_complete, init)
     finally:
         hook_breaker.restore_functions()
     server.start_loop()
     timings["node_init"] = time.perf_counter() - started
-    written = lazy.save(_node_index_dirs(checkout, dirs)[0])
+    written = lazy.save(_node_index_dirs(checkout, dirs)[0]) if lazy_on else None
     if written is not None:
         log.info("node index written to %s", written)
-    pack_fixes.after_custom_nodes(folder_paths, nodes.NODE_CLASS_MAPPINGS, model_paths)
-    # A batch's PNGs encoded side by side, same bytes (engine/runtime/fast_save.py).
-    fast_save.install(nodes)
+    patches.apply_phase("after_node_init", target)
+    log.info("patches to ComfyUI and packs (engine/runtime/patches.py): %s", patches.summary())
     # Counted and checked by name: a walk of the mapping would import every deferred file.
     node_count = lazy.count()
     missing = [n for n in _SENTINEL_NODES if not lazy.known(n)]
@@ -228,6 +238,7 @@ def import_comfy(
         executor=executor,
         node_count=node_count,
         lazy_nodes=lazy,
+        patches=patches,
     )
 
 

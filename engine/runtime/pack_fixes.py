@@ -4,14 +4,15 @@ The worker runs offline, with models in more places than ``<ComfyUI>/models``
 (``comfyui/extra_model_paths.yaml``: the image, then a RunPod network volume). The
 packs of ``comfyui/custom_nodes.json`` read some folders straight from
 ``folder_paths.models_dir``, replace the yaml's entries at import, or download
-models while a workflow is validated. :mod:`engine.runtime.comfy_boot` calls two
-entry points, so that nothing here imports ComfyUI itself:
+models while a workflow is validated. Three fixes, each a patch of
+:mod:`engine.runtime.patches` (which applies them at boot, checks their shape first,
+and lets ``COMFY_PATCHES_OFF`` switch them off); nothing here imports ComfyUI itself:
 
-- :func:`before_custom_nodes`, once the yaml is loaded and before any pack imports:
-  links volume entries into the folders packs hard-wire (:func:`link_hardwired_folders`).
-- :func:`after_custom_nodes`, once the packs have loaded: puts the yaml's folders back
-  (:func:`reconcile_folder_paths`) and stops ReActor's downloads
-  (:func:`patch_reactor_restorers`).
+- ``pack_folder_links`` (:func:`link_model_folders`), before any pack imports: links
+  volume entries into the folders packs hard-wire (:func:`link_hardwired_folders`).
+- ``folder_paths_restore`` (:func:`restore_folder_paths`), once the packs have loaded:
+  puts the yaml's folders back (:func:`reconcile_folder_paths`).
+- ``reactor_restorers`` (:func:`patch_reactor_restorers`): stops ReActor's downloads.
 
 Each fix names the pack and the commit it was written against. A fix whose hook is
 gone (the pack changed) logs a warning and leaves the pack as it is.
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.runtime.model_paths import ModelPaths, read_model_paths
+from engine.runtime.model_paths import ModelPaths
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ _RESTORER_SUFFIXES = (".pth", ".onnx")
 """What ReActor d93450bd's ``get_restorers()`` keeps of ``facerestore_models/*``."""
 
 _RESTORERS = "facerestore_models"
-_REACTOR_NODE = "ReActorFaceSwap"
-_REACTOR_HOOK = "get_restorers"
+REACTOR_NODE = "ReActorFaceSwap"
+REACTOR_HOOK = "get_restorers"
 _NAMES_LOGGED = 8
 """Entries named in the summary line; more are counted."""
 
@@ -275,17 +276,17 @@ def patch_reactor_restorers(node_class_mappings: Mapping[str, Any], folder_paths
     file was looked for, and an empty restorer listing recorded inside ReActorFaceSwap's
     ``INPUT_TYPES`` would be reported as where its swap model was looked for.
     """
-    node_class = node_class_mappings.get(_REACTOR_NODE)
+    node_class = node_class_mappings.get(REACTOR_NODE)
     if node_class is None:
         log.debug("ComfyUI-ReActor is not loaded; its restorer fix does not apply")
         return False
     namespace = _module_namespace(node_class)
-    if namespace is None or not callable(namespace.get(_REACTOR_HOOK)):
+    if namespace is None or not callable(namespace.get(REACTOR_HOOK)):
         log.warning(
             "ComfyUI-ReActor is loaded but its module has no %s(): the pack changed since "
             "d93450bd, and its nodes may download face restorers while validating. Check "
             "engine/runtime/pack_fixes.py against the pinned commit",
-            _REACTOR_HOOK,
+            REACTOR_HOOK,
         )
         return False
 
@@ -296,7 +297,7 @@ def patch_reactor_restorers(node_class_mappings: Mapping[str, Any], folder_paths
             folders = []
         return list_restorers(folders)
 
-    namespace[_REACTOR_HOOK] = get_restorers
+    namespace[REACTOR_HOOK] = get_restorers
     log.info(
         "ComfyUI-ReActor: face restorers are listed from every facerestore_models folder, "
         "never downloaded"
@@ -362,22 +363,21 @@ def hardwired_input_folders(
     return [f if Path(f).is_dir() else f"{f} (missing)" for f in folders]
 
 
-# -- the entry points comfy_boot calls -------------------------------------------------
+# -- what the patch registry applies (engine/runtime/patches.py) ----------------------
 
 
-def before_custom_nodes(folder_paths: Any, files: Sequence[Path | None]) -> ModelPaths:
-    """Boot, after the model path ``files`` are loaded and before any pack imports."""
-    model_paths = read_model_paths(files)
+def link_model_folders(folder_paths: Any, model_paths: ModelPaths) -> LinkReport:
+    """Boot, once the model path files are loaded and before any pack imports: the
+    volume's entries linked into the folders packs hard-wire (``pack_folder_links``)."""
     models_dir = Path(folder_paths.models_dir)
     report = link_hardwired_folders(models_dir, model_paths.bases)
     log.info("pack folders in %s: %s", models_dir, report.summary())
-    return model_paths
+    return report
 
 
-def after_custom_nodes(
-    folder_paths: Any, node_class_mappings: Mapping[str, Any], model_paths: ModelPaths
-) -> None:
-    """Boot, once the custom node packs have loaded."""
+def restore_folder_paths(folder_paths: Any, model_paths: ModelPaths) -> dict[str, str]:
+    """Boot, once the packs have loaded: the model path files' folders put back where a
+    pack replaced them (``folder_paths_restore``). What changed, by folder name."""
     changed = reconcile_folder_paths(
         folder_paths.folder_names_and_paths, folder_paths.models_dir, model_paths
     )
@@ -390,7 +390,13 @@ def after_custom_nodes(
             "model paths after custom nodes: %s",
             "; ".join(f"{name}: {what}" for name, what in sorted(changed.items())),
         )
-    patch_reactor_restorers(node_class_mappings, folder_paths)
+    return changed
+
+
+def reactor_hook_present(node_class: Any) -> bool:
+    """Whether ReActor's node module still has the ``get_restorers()`` it was written for."""
+    namespace = _module_namespace(node_class)
+    return namespace is not None and callable(namespace.get(REACTOR_HOOK))
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 
 from engine.runtime import pack_fixes
-from engine.runtime.model_paths import ModelPaths
+from engine.runtime.model_paths import ModelPaths, read_model_paths
 from engine.runtime.pack_fixes import (
-    after_custom_nodes,
-    before_custom_nodes,
     link_hardwired_folders,
+    link_model_folders,
     list_restorers,
     patch_reactor_restorers,
     reconcile_folder_paths,
+    restore_folder_paths,
 )
 
 
@@ -362,7 +362,7 @@ def test_reactor_absent_is_quiet_and_a_changed_pack_warns(caplog: pytest.LogCapt
     assert record.levelno == logging.WARNING and "get_restorers" in record.getMessage()
 
 
-# -- the entry points --------------------------------------------------------------------
+# -- the three fixes at boot, in order --------------------------------------------------------------------
 
 
 def test_boot_entry_points_link_reconcile_and_patch(
@@ -378,13 +378,15 @@ def test_boot_entry_points_link_reconcile_and_patch(
     folder_paths = FakeFolderPaths({}, models_dir=str(models))
 
     with caplog.at_level(logging.INFO, logger=pack_fixes.__name__):
-        model_paths = before_custom_nodes(folder_paths, [config, None])
+        model_paths = read_model_paths([config, None])
+        link_model_folders(folder_paths, model_paths)
         assert (models / "insightface" / "inswapper_128.onnx").is_file()
         # PuLID at import, after the yaml registered "pulid": keeps only the yaml's.
         folder_paths.folder_names_and_paths["pulid"] = ([str(volume / "pulid")], {".pth"})
         folder_paths.filename_list_cache["pulid"] = (["stale"], {}, 0.0)
         module = _reactor_module()
-        after_custom_nodes(folder_paths, {"ReActorFaceSwap": module.reactor}, model_paths)
+        restore_folder_paths(folder_paths, model_paths)
+        patch_reactor_restorers({"ReActorFaceSwap": module.reactor}, folder_paths)
 
     assert folder_paths.get_folder_paths("pulid") == [str(models / "pulid"), str(volume / "pulid")]
     assert "pulid" not in folder_paths.filename_list_cache

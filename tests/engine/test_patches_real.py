@@ -1,0 +1,58 @@
+"""The worker's patches against the real engine: each applies to the pinned ComfyUI, and
+with every one that can be off switched off the worker still runs a job, as plain ComfyUI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.runtime.comfy import ComfyRuntime
+from engine.runtime.patches import NAMES, REGISTRY
+from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS, extra_custom_nodes
+
+pytestmark = ENGINE_MARKS
+
+REPO = Path(__file__).resolve().parents[2]
+_WORKER_PREFIXES = ("BUCKET_", "COMFY", "INPUT_", "JOB_", "RESPONSE_", "WORKER_", "RUNPOD_")
+
+
+def test_every_patch_finds_its_shape_in_the_pinned_comfyui(runtime: ComfyRuntime) -> None:
+    patches = runtime.patches
+    assert patches is not None
+    assert patches.skipped == {}
+    assert set(patches.applied) | set(patches.not_in_use) == set(NAMES)
+    packs = extra_custom_nodes()
+    if packs is not None and (packs / "ComfyUI-ReActor").is_dir():
+        assert patches.is_applied("reactor_restorers")
+
+
+def test_with_every_patch_off_the_worker_runs_the_test_job_as_plain_comfyui(
+    tmp_path: Path,
+) -> None:
+    """``python handler.py`` (test_input.json: LoadImage, SaveImage, a video) with
+    COMFY_PATCHES_OFF naming every patch that can be off."""
+    off = [p.name for p in REGISTRY if p.can_skip]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "COMFYUI_PATH": str(COMFYUI_PATH),
+        "WORKER_DIR": str(tmp_path / "work"),
+        "COMFY_LOG_LEVEL": "INFO",
+        "COMFY_PATCHES_OFF": ",".join(off),
+    }
+    done = subprocess.run(
+        [sys.executable, "handler.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-5000:]
+    assert "Job local_test completed successfully." in log
+    assert f"in force: headless_server; off: {', '.join(off)}" in log
+    assert "skipped" not in log.split("patches to ComfyUI and packs", 1)[1].splitlines()[0]

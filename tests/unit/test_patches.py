@@ -1,0 +1,385 @@
+"""The registry of the worker's patches to ComfyUI and packs, without ComfyUI.
+
+For each patch, two stand-ins: one with the shape of ComfyUI 0.3.64 (or of the pack)
+the patch expects, where it applies, and one where that shape has moved, where it is
+skipped with one warning naming it and the stand-in is left as it was.
+``tests/engine/test_patches_real.py`` checks every patch against the real engine and
+runs a job with them all off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import RuntimeBootError
+from engine.runtime import decoded_inputs, fast_save, pack_imports, patches
+from engine.runtime.headless_server import HeadlessPromptServer
+from engine.runtime.lazy_nodes import LazyMapping, LazyNodes
+from engine.runtime.model_paths import ModelPaths
+from engine.runtime.patches import NAMES, REGISTRY, Patches, Target, patch_named
+from engine.settings import Settings
+
+
+def _module(source: str, name: str = "stand_in") -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(source, name, "exec"), module.__dict__)  # noqa: S102  # this file's own source
+    return module
+
+
+def _apply(name: str, target: Target) -> Patches:
+    applied = Patches()
+    applied.apply(patch_named(name), target)
+    return applied
+
+
+def _skipped_once(name: str, applied: Patches, caplog: pytest.LogCaptureFixture) -> None:
+    """The patch is recorded as skipped, with exactly one warning that names it."""
+    assert name in applied.skipped and name not in applied.applied
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert f"patch {name} skipped" in warnings[0].getMessage()
+
+
+# -- the registry itself -----------------------------------------------------------------
+
+
+def test_each_patch_says_what_it_replaces_why_without_it_and_what_it_expects() -> None:
+    assert len(set(NAMES)) == len(NAMES)
+    for patch in REGISTRY:
+        assert patch.replaces and patch.why and patch.without and patch.expects, patch.name
+        assert patch.phase in patches.PHASES
+    # The boot applies them phase by phase: the registry lists them in that order.
+    assert [patches.PHASES.index(p.phase) for p in REGISTRY] == sorted(
+        patches.PHASES.index(p.phase) for p in REGISTRY
+    )
+
+
+def test_comfy_patches_off_switches_patches_off_by_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings.from_env({"COMFY_PATCHES_OFF": " parallel_png, Lazy_Nodes ,"})
+    assert settings.comfy_patches_off == {"parallel_png", "lazy_nodes"}
+    applied = Patches(off=settings.comfy_patches_off)
+    nodes = _module(_SAVE_IMAGE)
+    original = nodes.SaveImage.save_images
+    with caplog.at_level(logging.INFO, logger=patches.__name__):
+        assert not applied.apply(patch_named("parallel_png"), Target(nodes=nodes))
+    assert nodes.SaveImage.save_images is original
+    assert "patch parallel_png is off (COMFY_PATCHES_OFF)" in caplog.text
+    assert applied.summary() == "in force: none; off: lazy_nodes, parallel_png"
+
+
+def test_an_unknown_name_or_the_server_in_comfy_patches_off_stops_the_boot() -> None:
+    with pytest.raises(RuntimeBootError, match="COMFY_PATCHES_OFF names no_such, which is no"):
+        Patches(off=frozenset({"no_such"}))
+    with pytest.raises(RuntimeBootError, match="headless_server, which cannot be switched off"):
+        Patches(off=frozenset({"headless_server"}))
+
+
+def test_a_phase_applies_its_patches_in_order_and_the_summary_lists_them(
+    tmp_path: Path,
+) -> None:
+    nodes = _module(_SAVE_IMAGE + _LOAD_IMAGE)
+    applied = Patches(off=frozenset({"decoded_inputs"}))
+    folder_paths = types.SimpleNamespace(
+        models_dir=str(tmp_path), folder_names_and_paths={}, filename_list_cache={}
+    )
+    nodes.NODE_CLASS_MAPPINGS = {}
+    target = Target(folder_paths=folder_paths, model_paths=ModelPaths(), nodes=nodes)
+    applied.apply_phase("after_node_init", target)
+    assert applied.applied == ["folder_paths_restore", "parallel_png"]
+    assert applied.summary() == (
+        "in force: folder_paths_restore, parallel_png; off: decoded_inputs; "
+        "not needed: reactor_restorers"
+    )
+
+
+# -- pack_folder_links -----------------------------------------------------------------------
+
+
+def _volume(tmp_path: Path) -> ModelPaths:
+    volume = tmp_path / "volume"
+    (volume / "insightface").mkdir(parents=True)
+    (volume / "insightface" / "inswapper_128.onnx").write_bytes(b"x")
+    return ModelPaths(bases=(volume,))
+
+
+def test_pack_folder_links_applied(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    target = Target(folder_paths=types.SimpleNamespace(models_dir=str(models)))
+    target.model_paths = _volume(tmp_path)
+    assert _apply("pack_folder_links", target).is_applied("pack_folder_links")
+    assert (models / "insightface" / "inswapper_128.onnx").is_symlink()
+
+
+def test_pack_folder_links_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = Target(folder_paths=types.SimpleNamespace(), model_paths=_volume(tmp_path))
+    _skipped_once("pack_folder_links", _apply("pack_folder_links", target), caplog)
+    assert "models_dir" in caplog.text
+
+
+# -- pack_imports ----------------------------------------------------------------------------
+
+_LOAD_CUSTOM_NODE = """
+import traceback
+
+async def load_custom_node(module_path, ignore=set(), module_parent="custom_nodes"):
+    try:
+        raise ImportError("No module named 'cv2'")
+    except Exception:
+        traceback.format_exc()
+        return False
+"""
+
+
+def test_pack_imports_applied() -> None:
+    nodes = _module(_LOAD_CUSTOM_NODE)
+    assert _apply("pack_imports", Target(nodes=nodes)).is_applied("pack_imports")
+    before = len(pack_imports.RECORD.failed)
+    assert asyncio.run(nodes.load_custom_node("/packs/needs-cv2")) is False
+    try:
+        (failed,) = pack_imports.RECORD.failed[before:]
+        assert failed.error == "ImportError: No module named 'cv2'"
+    finally:
+        del pack_imports.RECORD._failed[before:]
+
+
+def test_pack_imports_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    # An older shape: a synchronous loader.
+    nodes = _module("def load_custom_node(module_path, ignore=set(), module_parent=''):\n  pass")
+    original = nodes.load_custom_node
+    _skipped_once("pack_imports", _apply("pack_imports", Target(nodes=nodes)), caplog)
+    assert nodes.load_custom_node is original and "traceback" not in vars(nodes)
+
+
+# -- headless_server -------------------------------------------------------------------------
+
+
+class _PromptQueue:
+    def __init__(self, server: object) -> None:
+        self.server = server
+
+
+def test_headless_server_applied() -> None:
+    server_module = _module("class PromptServer:\n  pass")
+    target = Target(
+        server_module=server_module, execution=types.SimpleNamespace(PromptQueue=_PromptQueue)
+    )
+    assert _apply("headless_server", target).is_applied("headless_server")
+    assert isinstance(target.server, HeadlessPromptServer)
+    assert server_module.PromptServer.instance is target.server
+    target.server.loop.close()
+
+
+def test_headless_server_cannot_be_skipped() -> None:
+    """Its shape gone, the boot stops and says why, rather than run without a server."""
+    target = Target(
+        server_module=_module("class Server:\n  pass"),
+        execution=types.SimpleNamespace(PromptQueue=_PromptQueue),
+    )
+    with pytest.raises(RuntimeBootError, match="no PromptServer, which the worker's "):
+        _apply("headless_server", target)
+    assert target.server is None
+
+
+# -- lazy_nodes ------------------------------------------------------------------------------
+
+_NODES_WITH_LOADER = (
+    _LOAD_CUSTOM_NODE
+    + """
+NODE_CLASS_MAPPINGS = {"SaveImage": object}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+
+async def init_extra_nodes(init_custom_nodes=True, init_api_nodes=True):
+    return []
+"""
+)
+
+
+def test_lazy_nodes_applied() -> None:
+    nodes = _module(_NODES_WITH_LOADER)
+    target = Target(nodes=nodes, lazy_nodes=LazyNodes(nodes, None, "key"))
+    assert _apply("lazy_nodes", target).is_applied("lazy_nodes")
+    assert isinstance(nodes.NODE_CLASS_MAPPINGS, LazyMapping)
+    assert isinstance(nodes.NODE_DISPLAY_NAME_MAPPINGS, LazyMapping)
+    assert dict(nodes.NODE_CLASS_MAPPINGS) == {"SaveImage": object}
+
+
+def test_lazy_nodes_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    nodes = _module(_NODES_WITH_LOADER.replace("async def init_extra_nodes", "async def init"))
+    target = Target(nodes=nodes, lazy_nodes=LazyNodes(nodes, None, "key"))
+    _skipped_once("lazy_nodes", _apply("lazy_nodes", target), caplog)
+    assert type(nodes.NODE_CLASS_MAPPINGS) is dict
+    assert "nodes.init_extra_nodes" in caplog.text
+
+
+# -- folder_paths_restore --------------------------------------------------------------------
+
+
+def _folder_paths(models: Path) -> types.SimpleNamespace:
+    # A pack replaced the yaml's "pulid" list with its own folder at import.
+    return types.SimpleNamespace(
+        models_dir=str(models),
+        folder_names_and_paths={"pulid": ([str(models / "pulid")], {".pth"})},
+        filename_list_cache={"pulid": (["stale"], {}, 0.0)},
+    )
+
+
+def test_folder_paths_restore_applied(tmp_path: Path) -> None:
+    folder_paths = _folder_paths(tmp_path / "models")
+    wanted = ModelPaths(folders={"pulid": (str(tmp_path / "volume" / "pulid"),)})
+    target = Target(folder_paths=folder_paths, model_paths=wanted)
+    assert _apply("folder_paths_restore", target).is_applied("folder_paths_restore")
+    assert folder_paths.folder_names_and_paths["pulid"][0] == [
+        str(tmp_path / "models" / "pulid"),
+        str(tmp_path / "volume" / "pulid"),
+    ]
+    assert "pulid" not in folder_paths.filename_list_cache
+
+
+def test_folder_paths_restore_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder_paths = types.SimpleNamespace(models_dir=str(tmp_path), folder_names_and_paths=[])
+    target = Target(folder_paths=folder_paths, model_paths=ModelPaths(folders={"pulid": ("v",)}))
+    _skipped_once("folder_paths_restore", _apply("folder_paths_restore", target), caplog)
+    assert folder_paths.folder_names_and_paths == []
+
+
+# -- reactor_restorers -----------------------------------------------------------------------
+
+_REACTOR = """
+def get_restorers():
+    raise OSError("would download from huggingface")
+
+class ReActorFaceSwap:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"face_restore_model": (["none", *get_restorers()],)}}
+"""
+
+
+def _reactor_target(source: str) -> tuple[types.ModuleType, Target]:
+    module = _module(source, "reactor_nodes_stand_in")
+    nodes = types.SimpleNamespace(NODE_CLASS_MAPPINGS={"ReActorFaceSwap": module.ReActorFaceSwap})
+    folder_paths = types.SimpleNamespace(get_folder_paths=lambda name: [])
+    return module, Target(nodes=nodes, folder_paths=folder_paths)
+
+
+def test_reactor_restorers_applied() -> None:
+    module, target = _reactor_target(_REACTOR)
+    assert _apply("reactor_restorers", target).is_applied("reactor_restorers")
+    assert module.ReActorFaceSwap.INPUT_TYPES()["required"]["face_restore_model"] == (["none"],)
+
+
+def test_reactor_restorers_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    module, target = _reactor_target(_REACTOR.replace("get_restorers", "list_restorers"))
+    original = module.list_restorers
+    _skipped_once("reactor_restorers", _apply("reactor_restorers", target), caplog)
+    assert module.list_restorers is original and "get_restorers" not in vars(module)
+
+
+def test_reactor_restorers_is_not_needed_without_reactor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    applied = _apply(
+        "reactor_restorers", Target(nodes=types.SimpleNamespace(NODE_CLASS_MAPPINGS={}))
+    )
+    assert applied.not_in_use == ["reactor_restorers"] and applied.skipped == {}
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# -- parallel_png ----------------------------------------------------------------------------
+
+_SAVE_IMAGE = """
+import os
+from PIL import Image
+
+class SaveImage:
+    def save_images(self, images, folder):
+        for number, image in enumerate(images):
+            img = Image.fromarray(image)
+            img.save(os.path.join(folder, f"{number}.png"))
+"""
+
+
+def test_parallel_png_applied() -> None:
+    nodes = _module(_SAVE_IMAGE)
+    original = nodes.SaveImage.save_images
+    assert _apply("parallel_png", Target(nodes=nodes)).is_applied("parallel_png")
+    assert nodes.SaveImage.save_images is not original
+    assert nodes.SaveImage.save_images.__wrapped__ is original
+    pool, fast_save._pool = fast_save._pool, None
+    assert pool is None  # started on the first batch, which this test does not save
+
+
+def test_parallel_png_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    # A SaveImage that encodes through a helper: nodes.Image is no longer its hook.
+    nodes = _module(_SAVE_IMAGE.replace("Image.fromarray(image)", "encode(image)"))
+    original = nodes.SaveImage.save_images
+    _skipped_once("parallel_png", _apply("parallel_png", Target(nodes=nodes)), caplog)
+    assert nodes.SaveImage.save_images is original
+    assert "fromarray" in caplog.text
+
+
+# -- decoded_inputs --------------------------------------------------------------------------
+
+_LOAD_IMAGE = """
+import hashlib
+import types
+from PIL import Image
+
+folder_paths = types.SimpleNamespace(get_annotated_filepath=lambda name: name)
+
+class LoadImage:
+    @classmethod
+    def IS_CHANGED(s, image):
+        with open(folder_paths.get_annotated_filepath(image), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def load_image(self, image):
+        return Image.open(folder_paths.get_annotated_filepath(image))
+"""
+
+
+@pytest.fixture
+def handoff_reset() -> Any:
+    yield decoded_inputs.HANDOFF
+    decoded_inputs.HANDOFF.clear()
+    decoded_inputs.HANDOFF.enabled = False
+
+
+def test_decoded_inputs_applied(handoff_reset: decoded_inputs.DecodedImages) -> None:
+    nodes = _module(_LOAD_IMAGE)
+    original = nodes.LoadImage.load_image
+    assert _apply("decoded_inputs", Target(nodes=nodes)).is_applied("decoded_inputs")
+    assert nodes.LoadImage.load_image.__wrapped__ is original
+    assert handoff_reset.enabled
+
+
+def test_decoded_inputs_skipped(
+    handoff_reset: decoded_inputs.DecodedImages, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = _module(_LOAD_IMAGE.replace("Image.open(", "read_image("))
+    original = nodes.LoadImage.load_image
+    _skipped_once("decoded_inputs", _apply("decoded_inputs", Target(nodes=nodes)), caplog)
+    assert nodes.LoadImage.load_image is original
+    assert not handoff_reset.enabled  # the input step neither holds nor hashes images then
+
+
+def test_every_patch_has_an_applied_and_a_skipped_test() -> None:
+    """A patch added to the registry needs test_<name>_applied and test_<name>_skipped
+    (or test_<name>_cannot_be_skipped) here."""
+    tests = {n for n, f in globals().items() if n.startswith("test_") and callable(f)}
+    missing = [
+        name
+        for name in NAMES
+        if f"test_{name}_applied" not in tests
+        or not {f"test_{name}_skipped", f"test_{name}_cannot_be_skipped"} & tests
+    ]
+    assert missing == []
