@@ -1,11 +1,19 @@
-"""Shared by the benchmark scripts: the jobs, ComfyUI as a server, its handler, stats.
+"""Shared by the benchmark scripts: the jobs, ComfyUI as a server, the peer's handler, stats.
 
 Nothing here imports the worker, torch or ComfyUI: ``bench_cold_start.py`` times
 those imports in a child process and must not pay for them in the parent.
 
-The server side is what runpod-workers/worker-comfyui runs (read at its commit
-d2a5572, 2026-03-20; this is our own code written to behave the same way, none of
-theirs is copied): its ``start.sh`` starts ``main.py --disable-auto-launch
+Two ways to stand for runpod-workers/worker-comfyui:
+
+**The real peer** (``--peer DIR``, a checkout of worker-comfyui the user fetched;
+measured against d2a5572): its own ``handler.py``, unchanged, behind the runpod SDK's
+local API server, beside ComfyUI's ``main.py`` started with its ``src/start.sh``'s
+flags (:class:`PeerSide`). Our worker runs the same way: ``handler.py --rp_serve_api``.
+One HTTP client sends both the same ``POST /runsync``.
+
+**The emulation** (``--emulate``, how rounds 1-2 measured): our own code written to
+behave as worker-comfyui does (read at its commit d2a5572, 2026-03-20; none of theirs
+is copied), while the worker runs in the benchmark's own process: its ``start.sh`` starts ``main.py --disable-auto-launch
 --disable-metadata --listen`` in the background and its ``handler.py`` beside it;
 per job the handler polls ``GET /`` every 50 ms until the server answers, uploads
 each input image with ``POST /upload/image``, opens a WebSocket
@@ -16,7 +24,10 @@ new connection per request), as theirs does; the WebSocket through the
 ``websockets`` package (theirs uses ``websocket-client``, which the image's
 environment does not hold). It takes the same job input as the in-process worker
 (a workflow and base64 images) and returns the same thing (each output as a base64
-data URI), so both sides do the same work.
+data URI), so both sides do the same work. It differs from the real handler: a
+different WebSocket client, no runpod SDK in the job's path, and the worker timed
+without HTTP; in round 3 the real handler took 24.5 ms for a 64x64 job where the
+emulation took 46 ms, so emulation ratios overstate the worker's lead.
 """
 
 from __future__ import annotations
@@ -206,7 +217,12 @@ def command_line() -> str:
     """How this script was started, with the checkout and the packs folder as placeholders."""
     args = list(sys.argv[1:])
     for i, arg in enumerate(args):
-        for option, placeholder in (("--comfyui", "<checkout>"), ("--packs", "<packs>")):
+        for option, placeholder in (
+            ("--comfyui", "<checkout>"),
+            ("--packs", "<packs>"),
+            ("--peer", "<worker-comfyui>"),
+            ("--peer-site", "<peer-site>"),
+        ):
             if i > 0 and args[i - 1] == option:
                 args[i] = placeholder
             elif arg.startswith(f"{option}="):
@@ -297,9 +313,10 @@ def check_outputs(kind: JobKind, response: dict[str, Any]) -> list[bytes]:
     if "error" in response:
         raise RuntimeError(f"{kind.label} job failed: {json.dumps(response)[:2000]}")
     items = response.get("images") or []
-    if len(items) != kind.batch or response.get("errors"):
+    if len(items) != kind.batch or response.get("errors") or "error" in response:
         raise RuntimeError(f"{kind.label} job returned {len(items)} output(s): {response}")
-    return [base64.b64decode(item["data"].partition(",")[2]) for item in items]
+    # Ours sends data URIs, worker-comfyui bare base64.
+    return [base64.b64decode(item["data"].rpartition(",")[2]) for item in items]
 
 
 def same_pixels(first: bytes, second: bytes) -> bool:
@@ -336,23 +353,34 @@ class ComfyServer:
         """``http://127.0.0.1:<port>``."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, cpu: bool, extra_model_paths: Path | None = None) -> None:
+    def start(
+        self,
+        cpu: bool,
+        extra_model_paths: Path | None = None,
+        *,
+        peer: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """Spawn ``main.py`` as worker-comfyui's start.sh does; returns at once.
 
         Its flags: ``--disable-auto-launch --disable-metadata --listen``, here on
         127.0.0.1 and a free port, with the folders and database in ``root``.
         ``extra_model_paths`` (a yaml that may list ``custom_nodes`` folders) gives it
         the same packs as the worker. ``cpu``: ``--cpu``, without which ComfyUI 0.3.64
-        does not start on a machine with no GPU.
+        does not start on a machine with no GPU. ``peer``: start.sh's RunPod line as it
+        is (``python -u main.py --disable-auto-launch --disable-metadata --verbose LEVEL
+        --log-stdout``, no ``--listen``: 127.0.0.1), plus the port and folders.
         """
         dirs = {name: self.root / name for name in ("input", "output", "temp", "user")}
         for folder in dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        listen = [] if peer else ["--listen", "127.0.0.1"]
         argv = [
             self.python,
+            *(["-u"] if peer else []),
             str(self.checkout / "main.py"),
-            "--listen", "127.0.0.1",
+            *listen,
             "--port", str(self.port),
             "--disable-auto-launch",
             "--disable-metadata",
@@ -369,7 +397,7 @@ class ComfyServer:
             argv.append("--cpu")
         if extra_model_paths is not None:
             argv += ["--extra-model-paths-config", str(extra_model_paths)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         self.started_at = time.time()
         self.process = subprocess.Popen(
             argv,
@@ -595,6 +623,300 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = self.laps.get(name, 0.0) + (now - self.last) * 1000
         self.last = now
+
+
+# -- the real peer: worker-comfyui's own handler, and ours, behind the SDK's API server ----
+
+PEER_COMMIT = "d2a5572"
+"""The worker-comfyui commit the round-3 figures were measured against."""
+REPO = Path(__file__).resolve().parents[1]
+_PEER_LAUNCHER = Path(__file__).resolve().parent / "_peer_handler.py"
+# One job of the benchmarks takes seconds; a cold start a minute on a loaded 2-core machine.
+API_START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class PeerCheckout:
+    """A worker-comfyui checkout: its handler.py and src/ (start.sh, network_volume.py)."""
+
+    root: Path
+    site: Path | None
+    """Prepended to the peer handler's PYTHONPATH: websocket-client, which its
+    requirements.txt lists and the image's environment does not hold."""
+
+    def describe(self) -> str:
+        """Which peer: its git commit when the checkout has one, and handler.py's sha256."""
+        import hashlib
+
+        digest = hashlib.sha256((self.root / "handler.py").read_bytes()).hexdigest()[:12]
+        commit = "unknown commit"
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            commit = subprocess.run(
+                ["git", "-C", str(self.root), "rev-parse", "--short", "HEAD"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip() or commit  # fmt: skip
+        return f"worker-comfyui at {commit} (handler.py sha256 {digest}...)"
+
+
+def peer_checkout(value: Path, site: Path | None, python: str) -> PeerCheckout:
+    """Check ``--peer`` and ``--peer-site``; exits with what to do when they do not fit."""
+    root = value.expanduser().resolve()
+    needed = ["handler.py", "src/start.sh", "src/network_volume.py"]
+    missing = [name for name in needed if not (root / name).is_file()]
+    if missing:
+        sys.exit(
+            f"error: --peer {root} is not a worker-comfyui checkout (no {', '.join(missing)}): "
+            f"git clone https://github.com/runpod-workers/worker-comfyui DIR && "
+            f"git -C DIR checkout {PEER_COMMIT}"
+        )
+    peer = PeerCheckout(root, site.expanduser().resolve() if site else None)
+    probe = subprocess.run(
+        [python, "-c", "import websocket, requests, runpod"],
+        env=peer_env(peer, dict(os.environ)), capture_output=True, text=True,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        sys.exit(
+            "error: worker-comfyui's handler cannot import its requirements here "
+            f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'unknown'}): "
+            f"install websocket-client beside this environment, e.g. `{python} -m pip install "
+            "--target DIR websocket-client`, and pass --peer-site DIR"
+        )
+    return peer
+
+
+def peer_env(peer: PeerCheckout, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for the peer's handler: its src/ and ``--peer-site`` on the path."""
+    paths = [str(peer.root / "src"), *([str(peer.site)] if peer.site else [])]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def tcmalloc_preload() -> str | None:
+    """start.sh's ``LD_PRELOAD``: the first ``libtcmalloc.so.N`` ldconfig knows, else None."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        listing = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+        match = re.search(r"libtcmalloc\.so\.\d", listing)
+        if match:
+            return match.group(0)
+    return None
+
+
+class ApiProcess:
+    """A handler behind the runpod SDK's local API server (``--rp_serve_api``), in a child.
+
+    Either ours (``handler.py`` of this repo) or worker-comfyui's (through
+    ``_peer_handler.py``); both are sent ``POST /runsync`` by the same client.
+    """
+
+    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path):
+        self.argv, self.cwd, self.env, self.log_path = list(argv), cwd, env, log_path
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.spawned_at = 0.0
+        self._client: Any = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> float:
+        """Spawn it; the ``time.time()`` just before."""
+        argv = [*self.argv, "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+                "--rp_api_port", str(self.port)]  # fmt: skip
+        self.spawned_at = time.time()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self.spawned_at
+
+    def wait_listening(self, timeout_s: float = API_START_TIMEOUT_S) -> float:
+        """Poll a TCP connect every 10 ms until the API server accepts; the ``time.time()``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"{self.argv[1]} exited during start:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return time.time()
+            time.sleep(POLL_INTERVAL_S)
+        raise RuntimeError(f"{self.argv[1]} did not listen in {timeout_s:.0f} s")
+
+    def runsync(self, job_input: JobInput, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+        """``POST /runsync``; the handler's output, or ``{"error": ...}`` when it failed."""
+        import httpx
+
+        if self._client is None:  # one kept-alive connection, as for both sides alike
+            self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        answer = self._client.post("/runsync", json={"input": job_input})
+        answer.raise_for_status()
+        body: dict[str, Any] = answer.json()
+        if body.get("status") != "COMPLETED":
+            return {"error": f"{body.get('status')}: {json.dumps(body)[:2000]}"}
+        output: dict[str, Any] = body.get("output") or {}
+        return output
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of what it printed."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        return ""
+
+    def stop(self) -> None:
+        """End it and its process group (SIGTERM, then SIGKILL after 10 s)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def our_side(
+    python: str, checkout: Path, root: Path, env: dict[str, str], packs_yaml: Path | None
+) -> ApiProcess:
+    """This repo's ``handler.py --rp_serve_api``, base64 delivery, metadata off, INFO logs."""
+    root.mkdir(parents=True, exist_ok=True)
+    ours = {
+        **env,
+        "COMFYUI_PATH": str(checkout),
+        "WORKER_DIR": str(root / "work"),
+        "COMFY_LOG_LEVEL": "INFO",
+        "OUTPUT_METADATA": "false",  # as the peer's --disable-metadata
+        "PYTHONUNBUFFERED": "1",
+    }
+    if packs_yaml is not None:
+        ours["EXTRA_MODEL_PATHS"] = str(packs_yaml)
+    return ApiProcess([python, "handler.py"], REPO, ours, root / "worker.log")
+
+
+class PeerSide:
+    """worker-comfyui as its ``src/start.sh`` starts it, on 127.0.0.1, folders in ``root``.
+
+    start.sh: the GPU pre-flight (``torch.cuda.init()``; it exits without a GPU, so it
+    runs only where CUDA is), ``LD_PRELOAD`` of tcmalloc when ldconfig knows one, then
+    ``python -u main.py --disable-auto-launch --disable-metadata --verbose LEVEL
+    --log-stdout &`` with its pid in a file, then ``python -u handler.py`` (here with
+    ``--rp_serve_api``, start.sh's local-API line, on 127.0.0.1). What differs, each
+    because this is a shared machine or has no GPU: ComfyUI gets a free ``--port``, its
+    folders and database in ``root``, ``--cpu`` without a GPU and the packs through
+    ``--extra-model-paths-config``; the handler's module constants ``COMFY_HOST`` and
+    ``COMFY_PID_FILE`` point at that port and pid file (``_peer_handler.py``);
+    ComfyUI-Manager's offline switch is skipped (not installed).
+    """
+
+    def __init__(
+        self,
+        python: str,
+        checkout: Path,
+        peer: PeerCheckout,
+        root: Path,
+        env: dict[str, str],
+        packs_yaml: Path | None,
+    ) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.python, self.checkout, self.peer, self.root = python, checkout, peer, root
+        self.packs_yaml = packs_yaml
+        self.env = {**env, "COMFY_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+        preload = tcmalloc_preload()
+        if preload:
+            self.env["LD_PRELOAD"] = preload
+        self.server = ComfyServer(python, checkout, root / "comfyui")
+        self.pid_file = root / "comfyui.pid"
+        self.api: ApiProcess | None = None
+        self.started_at = 0.0
+
+    def start(self, cuda: bool) -> float:
+        """Run start.sh's steps; the ``time.time()`` just before the first."""
+        self.started_at = time.time()
+        if cuda:  # start.sh's GPU pre-flight, before anything else starts
+            subprocess.run(
+                [self.python, "-c", "import torch; torch.cuda.init(); torch.cuda.get_device_name(0)"],
+                env=self.env, check=True, capture_output=True,
+            )  # fmt: skip
+        self.server.root.mkdir(parents=True, exist_ok=True)
+        self.server.start(cpu=not cuda, extra_model_paths=self.packs_yaml, peer=True, env=self.env)
+        assert self.server.process is not None
+        self.pid_file.write_text(f"{self.server.process.pid}\n", encoding="utf-8")
+        argv = [self.python, "-u", str(_PEER_LAUNCHER), str(self.peer.root),
+                f"127.0.0.1:{self.server.port}", str(self.pid_file)]  # fmt: skip
+        self.api = ApiProcess(
+            argv, self.peer.root, peer_env(self.peer, self.env), self.root / "handler.log"
+        )
+        self.api.start()
+        return self.started_at
+
+    def stop(self) -> None:
+        """End the handler and ComfyUI."""
+        if self.api is not None:
+            self.api.stop()
+        self.server.stop()
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without RunPod's, the bucket's or a warm-up workflow's variables."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BUCKET_", "RUNPOD_", "COMFY_ORG_"))
+        and key not in {"WARMUP_WORKFLOW", "EXTRA_MODEL_PATHS", "COMFY_ARGS"}
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def probe_torch(python: str = sys.executable) -> tuple[str, bool, str]:
+    """torch's version, whether CUDA works, the GPU's name: asked of a child process.
+
+    Also reads torch's files into the page cache before anything is timed.
+    """
+    code = (
+        "import json, torch; c = torch.cuda.is_available(); "
+        "print(json.dumps([torch.__version__, c, torch.cuda.get_device_name(0) if c else '']))"
+    )
+    out = subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    version, cuda, name = json.loads(out.strip().splitlines()[-1])
+    return str(version), bool(cuda), str(name)
+
+
+def runpod_version(python: str = sys.executable) -> str:
+    """The runpod SDK's version in ``python``'s environment."""
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        return subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('runpod'))"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+    return "unknown"
+
+
+def peer_lines(peer: PeerCheckout) -> list[str]:
+    """How the real peer was run, for the report."""
+    return [
+        f"Peer: {peer.describe()}; its handler.py unchanged behind the runpod SDK "
+        f"{runpod_version()} local API server (its requirements pin runpod~=1.7.12), "
+        "ComfyUI's main.py with its start.sh flags. Ours: this checkout's handler.py, "
+        "also with --rp_serve_api. One HTTP client sends both the same POST /runsync.",
+        "",
+        "Differences from start.sh, each for a shared machine or one without a GPU: "
+        "ComfyUI on a free --port with its folders in a temporary directory (and --cpu "
+        "and no GPU pre-flight when there is no GPU), the packs through "
+        "--extra-model-paths-config; the handler's COMFY_HOST and COMFY_PID_FILE pointed "
+        "at them (scripts/_peer_handler.py); tcmalloc preloaded only where ldconfig "
+        f"knows it ({tcmalloc_preload() or 'not here'}).",
+    ]
 
 
 def packs_config(root: Path, packs: Path | None) -> Path | None:

@@ -1,6 +1,17 @@
 #!/usr/bin/env python3
 """Cold start to the first job done: the worker against a ComfyUI server and its handler.
 
+``--peer DIR`` (a worker-comfyui checkout; the figures to quote): each side starts as
+its container does and the same client sends its first job, ``POST /runsync``, as soon
+as its API server listens. Ours: ``python handler.py --rp_serve_api`` (it boots, then
+listens). worker-comfyui: its ``src/start.sh``'s steps (``_bench_common.PeerSide``):
+ComfyUI's ``main.py`` in the background and its unchanged ``handler.py`` beside it,
+whose job waits, polling ``GET /`` every 50 ms, until ComfyUI answers. Times run from
+just before a side's first process is spawned to its ``/runsync`` answer.
+
+``--emulate`` (how rounds 1-2 measured; its ratios overstate the worker's lead, see
+``_bench_common``): the sides below.
+
 Worker: one child process does what ``handler.py`` does before RunPod's loop starts
 (``import handler``: the runpod SDK and the engine; ``Worker.boot()``: torch, ComfyUI,
 every node), then runs one 64x64 job (LoadImage -> ImageInvert -> SaveImage, base64 in
@@ -21,12 +32,15 @@ worker). One untimed start of each comes first: the files are in the page cache,
 the worker's node index (engine/runtime/lazy_nodes.py, made at image build in the
 image) is written. This is a process cold start, not a disk one.
 
-    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_cold_start.py --packs DIR
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_cold_start.py --packs DIR \
+        --peer WORKER_COMFYUI_DIR --peer-site DIR_WITH_WEBSOCKET_CLIENT
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_cold_start.py --packs DIR --emulate
 
 ``--without LEVER`` (repeatable) switches one of the worker's boot levers off in its
 child, to measure what it brings: ``lazy-nodes`` (every ComfyUI node file imported at
 boot, no index), ``gc-pause`` (garbage collection left on while it imports and boots),
-``freeze-only`` (a full ``gc.collect()`` before the boot's ``gc.freeze()``).
+``freeze-only`` (a full ``gc.collect()`` before the boot's ``gc.freeze()``);
+emulation only.
 """
 
 from __future__ import annotations
@@ -177,18 +191,6 @@ SERVER_ROWS = (
 )
 
 
-def _clean_env(root: Path) -> dict[str, str]:
-    """This environment without RunPod's, the bucket's or a warm-up workflow's variables."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("BUCKET_", "RUNPOD_", "COMFY_ORG_"))
-        and key not in {"WARMUP_WORKFLOW", "EXTRA_MODEL_PATHS"}
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def run_worker(
     checkout: Path,
     root: Path,
@@ -197,7 +199,7 @@ def run_worker(
     without: list[str],
 ) -> dict[str, float]:
     """Start one worker process, let it boot and run the job; its times in seconds."""
-    from _bench_common import run_child
+    from _bench_common import clean_env, run_child
 
     root.mkdir(parents=True)
     spec = root / "spec.json"
@@ -206,7 +208,7 @@ def run_worker(
         json.dumps({"repo": str(repo), "job_input": job_input, "without": without}),
         encoding="utf-8",
     )
-    env = _clean_env(root)
+    env = clean_env()
     env.update(
         COMFYUI_PATH=str(checkout),
         WORKER_DIR=str(root / "work"),
@@ -246,11 +248,11 @@ def run_server(
     checkout: Path, root: Path, job_input: dict[str, Any], cpu: bool, packs_yaml: Path | None
 ) -> dict[str, float]:
     """Start ComfyUI's server and the handler process together; times in seconds."""
-    from _bench_common import ComfyServer, run_child
+    from _bench_common import ComfyServer, clean_env, run_child
 
     root.mkdir(parents=True)
     server = ComfyServer(sys.executable, checkout, root)
-    env = _clean_env(root)
+    env = clean_env()
     try:
         server.start(cpu=cpu, extra_model_paths=packs_yaml)
         spec = root / "spec.json"
@@ -287,22 +289,127 @@ def run_server(
         server.stop()
 
 
-def probe_torch() -> tuple[str, bool, str]:
-    """torch's version, whether CUDA works, the GPU's name: asked of a child process.
+def run_ours_api(
+    checkout: Path, root: Path, job_input: dict[str, Any], packs_yaml: Path | None
+) -> dict[str, float]:
+    """Peer mode, our side: ``handler.py --rp_serve_api`` from spawn to its first answer."""
+    from _bench_common import JOB_KINDS, check_outputs, clean_env, our_side
 
-    Also reads torch's files into the page cache before anything is timed.
-    """
-    import subprocess
+    api = our_side(sys.executable, checkout, root, clean_env(), packs_yaml)
+    try:
+        start = api.start()
+        listening = api.wait_listening()
+        output = api.runsync(job_input)
+        done = time.time()
+        check_outputs(JOB_KINDS["64"], output)
+    except Exception:
+        print(f"our handler's log, last lines:\n{api.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        api.stop()
+    stats = output.get("stats") or {}
+    return {
+        "listening": listening - start,
+        "first_job": done - listening,
+        "job_total_s": float(stats.get("total_s", math.nan)),
+        "done": done - start,
+    }
 
-    code = (
-        "import json, torch; c = torch.cuda.is_available(); "
-        "print(json.dumps([torch.__version__, c, torch.cuda.get_device_name(0) if c else '']))"
+
+def run_peer(
+    checkout: Path,
+    peer: Any,
+    root: Path,
+    job_input: dict[str, Any],
+    cuda: bool,
+    packs_yaml: Path | None,
+) -> dict[str, float]:
+    """Peer mode, worker-comfyui's side: start.sh's steps, to its handler's first answer."""
+    from _bench_common import JOB_KINDS, PeerSide, check_outputs, clean_env
+
+    side = PeerSide(sys.executable, checkout, peer, root, clean_env(), packs_yaml)
+    try:
+        start = side.start(cuda)
+        assert side.api is not None
+        listening = side.api.wait_listening()
+        output = side.api.runsync(job_input)
+        done = time.time()
+        check_outputs(JOB_KINDS["64"], output)
+    except Exception:
+        api_log = side.api.log_tail() if side.api else ""
+        print(
+            f"peer handler log:\n{api_log}\nComfyUI log:\n{side.server.log_tail()}", file=sys.stderr
+        )
+        raise
+    finally:
+        side.stop()
+    phases = {"handler_listening": listening - start, "done": done - start}
+    for _, needle in SERVER_MARKS:
+        stamp = side.server.log_time(needle)
+        phases[needle] = math.nan if stamp is None else stamp - start
+    return phases
+
+
+PEER_OUR_ROWS = (
+    ("API server listening (booted: torch, ComfyUI, nodes)", "listening"),
+    ("first 64x64 job, POST /runsync round trip", "first_job"),
+    ("of which the worker's own stats.total_s", "job_total_s"),
+    ("**first job done**", "done"),
+)
+PEER_ROWS = (
+    ("handler's API server listening", "handler_listening"),
+    *SERVER_MARKS,
+    ("**first job done** (its /runsync answer)", "done"),
+)
+
+
+def peer_report(
+    ours: list[dict[str, float]],
+    theirs: list[dict[str, float]],
+    machine: list[str],
+    warmup: int,
+    packs: list[str],
+    peer: Any,
+) -> str:
+    """The Markdown report of a ``--peer`` run."""
+    from _bench_common import markdown_table, peer_lines, ratio_cell, report_footer
+
+    def cell(runs: list[dict[str, float]], key: str) -> str:
+        values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
+        if not values:
+            return "n/a"
+        return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
+
+    ratios = [t["done"] / o["done"] for o, t in zip(ours, theirs, strict=True)]
+    headline = markdown_table(
+        ["first 64x64 job done, from spawn", "this worker, s", "worker-comfyui, s",
+         "worker-comfyui ÷ this worker, per pair: min / **median** / max"],
+        [["min / **median** / max", cell(ours, "done"), cell(theirs, "done"), ratio_cell(ratios)]],
+    )  # fmt: skip
+    return "\n".join(
+        [
+            "### Cold start: this worker against worker-comfyui's own handler",
+            "",
+            headline,
+            "",
+            f"{len(ratios)} pairs, the sides taking turns (A B A B), after {warmup} untimed "
+            f"start(s) of each. Packs on both sides: {', '.join(packs) or 'none'}.",
+            "",
+            *peer_lines(peer),
+            "",
+            markdown_table(
+                ["this worker, from spawn", "s: min / **median** / max"],
+                [[label, cell(ours, key)] for label, key in PEER_OUR_ROWS],
+            ),
+            "",
+            markdown_table(
+                ["worker-comfyui, from spawn", "s: min / **median** / max"],
+                [[label, cell(theirs, key)] for label, key in PEER_ROWS],
+            ),
+            "",
+            *report_footer(machine),
+        ]
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    ).stdout
-    version, cuda, name = json.loads(out.strip().splitlines()[-1])
-    return str(version), bool(cuda), str(name)
 
 
 def report(
@@ -351,7 +458,11 @@ def report(
         [[key.removeprefix("job "), cell_ms(server_runs, key)] for key in job_keys],
     )
     lines = [
-        "### Cold start: worker in-process vs ComfyUI server + its handler",
+        "### Cold start: worker in-process vs ComfyUI server + its handler, emulated",
+        "",
+        "Our own stand-in for worker-comfyui's server and handler (`--emulate`): slower than "
+        "the real handler, so these ratios overstate the worker's lead; `--peer DIR` runs "
+        "the real one.",
         "",
         headline,
         "",
@@ -395,6 +506,24 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="switch one of the worker's boot levers off (repeatable)",
     )
+    side = parser.add_mutually_exclusive_group()
+    side.add_argument(
+        "--peer",
+        type=Path,
+        help="a worker-comfyui checkout (at d2a5572 for the round-3 figures): run its own "
+        "handler.py and start.sh's ComfyUI against ours",
+    )
+    side.add_argument(
+        "--emulate",
+        action="store_true",
+        help="our emulation of worker-comfyui's server and handler, against the worker's "
+        "boot in a child process (rounds 1-2; overstates the worker's lead)",
+    )
+    parser.add_argument(
+        "--peer-site",
+        type=Path,
+        help="a folder holding websocket-client (pip install --target), for the peer's handler",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--handler", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -406,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be at least 1, --warmup at least 0")
     if args.packs is not None and not args.packs.is_dir():
         parser.error(f"--packs {args.packs} is not a folder")
+    if args.peer is None and not args.emulate:
+        parser.error("pass --peer DIR (a worker-comfyui checkout) or --emulate")
+    if args.peer is not None and args.without:
+        parser.error("--without applies to --emulate only (its worker child)")
 
     from _bench_common import (
         JOB_KINDS,
@@ -414,10 +547,13 @@ def main(argv: list[str] | None = None) -> int:
         machine_lines,
         pack_names,
         packs_config,
+        peer_checkout,
+        probe_torch,
         temp_root,
     )
 
     checkout = comfyui_checkout(args.comfyui)
+    peer = peer_checkout(args.peer, args.peer_site, sys.executable) if args.peer else None
     load_before = load_average()
     kind = JOB_KINDS["64"]
     started = time.perf_counter()
@@ -432,7 +568,11 @@ def main(argv: list[str] | None = None) -> int:
                 job_input = kind.job_input(i, prefix="cold/bench")
                 folder = root / f"{side}-{i}"
                 print(f"{'start' if timed else 'warm-up start'} {i + 1}: {side}", file=sys.stderr)
-                if side == "worker":
+                if peer is not None and side == "worker":
+                    run = run_ours_api(checkout, folder, job_input, packs_yaml)
+                elif peer is not None:
+                    run = run_peer(checkout, peer, folder, job_input, cuda, packs_yaml)
+                elif side == "worker":
                     run = run_worker(checkout, folder, job_input, packs_yaml, args.without)
                 else:
                     run = run_server(checkout, folder, job_input, not cuda, packs_yaml)
@@ -442,7 +582,10 @@ def main(argv: list[str] | None = None) -> int:
         device = gpu if cuda else "CPU only, no GPU"
         machine = machine_lines(checkout, torch_version, device, load_before)
         packs = pack_names(args.packs)
-        print(report(worker_runs, server_runs, machine, args.warmup, packs, args.without))
+        if peer is not None:
+            print(peer_report(worker_runs, server_runs, machine, args.warmup, packs, peer))
+        else:
+            print(report(worker_runs, server_runs, machine, args.warmup, packs, args.without))
     print(f"\n(total {time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
 

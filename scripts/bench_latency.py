@@ -1,6 +1,17 @@
 #!/usr/bin/env python3
 """Per-job latency: the worker with ComfyUI in-process against ComfyUI's own server.
 
+``--peer DIR`` (a worker-comfyui checkout; the figures to quote): both sides run as
+their containers run them, each behind the runpod SDK's local API server, and one
+client sends each the same ``POST /runsync``, the sides taking turns. Ours:
+``python handler.py --rp_serve_api``. worker-comfyui: its unchanged ``handler.py``
+beside ComfyUI's ``main.py`` with its ``src/start.sh``'s flags
+(``_bench_common.PeerSide`` says what differs). The time is the ``/runsync`` round
+trip as the client sees it.
+
+``--emulate`` (how rounds 1-2 measured; its ratios overstate the worker's lead: the real
+handler took 24.5 ms at 64x64 in round 3, the emulation 46 ms): as below.
+
 Both paths run on the same ComfyUI checkout, on this machine, with the same job
 input (a workflow and a base64 PNG) and the same result (every output as a
 base64 data URI):
@@ -27,7 +38,9 @@ pair gives a ratio (server / worker), reported as min / median / max. ``--memory
 then runs N more worker jobs (the three kinds in turn) and prints the worker's resident
 memory as it goes.
 
-    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_latency.py
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_latency.py --packs DIR \
+        --peer WORKER_COMFYUI_DIR --peer-site DIR_WITH_WEBSOCKET_CLIENT
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_latency.py --packs DIR --emulate
 """
 
 from __future__ import annotations
@@ -49,18 +62,26 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from _bench_common import (
     JOB_KINDS,
+    ApiProcess,
     ComfyServer,
     HandlerClient,
     JobKind,
+    PeerCheckout,
+    PeerSide,
     check_outputs,
+    clean_env,
     comfyui_checkout,
     fmt_ms,
     load_average,
     machine_lines,
     markdown_table,
+    our_side,
     pack_names,
     packs_config,
+    peer_checkout,
+    peer_lines,
     preload_client_modules,
+    probe_torch,
     ratio_cell,
     report_footer,
     rss_mib,
@@ -333,6 +354,139 @@ def _encoders_rss_mib() -> float:
     return total
 
 
+@dataclass
+class PeerKind:
+    """Both sides' ``/runsync`` round trips for one job (ms), and our own ``total_s``."""
+
+    kind: JobKind
+    ours: list[float] = field(default_factory=list)
+    theirs: list[float] = field(default_factory=list)
+    ours_total: list[float] = field(default_factory=list)
+    output_bytes: int = 0
+    same_pixels: bool = False
+
+
+def peer_bench_kind(ours: ApiProcess, theirs: ApiProcess, kind: JobKind, plan: Plan) -> PeerKind:
+    """Warm-up, then ``plan.repeat`` timed pairs, ours then theirs (A B A B)."""
+    result = PeerKind(kind)
+
+    def one(api: ApiProcess, seed: int) -> tuple[dict[str, Any], float]:
+        # A folder of its own per run, as each job of ours gets (_bench_common.JobKind).
+        job_input = kind.job_input(seed, prefix=f"run-{uuid.uuid4().hex[:12]}/bench")
+        return timed(lambda: api.runsync(job_input))
+
+    for i in range(plan.warmup):
+        for api in (ours, theirs):
+            check_outputs(kind, one(api, plan.seed_base + i)[0])
+    for i in range(plan.repeat):
+        seed = plan.seed_base + plan.warmup + i
+        time.sleep(plan.pause_s)
+        mine, mine_ms = one(ours, seed)
+        time.sleep(plan.pause_s)
+        peer, peer_ms = one(theirs, seed)
+        outputs = [check_outputs(kind, mine), check_outputs(kind, peer)]
+        result.ours.append(mine_ms)
+        result.theirs.append(peer_ms)
+        result.ours_total.append(float((mine.get("stats") or {}).get("total_s", math.nan)) * 1000)
+        if i == 0:
+            result.output_bytes = sum(len(o) for o in outputs[0])
+            result.same_pixels = all(
+                same_pixels(a, b) for a, b in zip(outputs[0], outputs[1], strict=True)
+            )
+    return result
+
+
+def peer_main(args: argparse.Namespace, checkout: Path, peer: PeerCheckout) -> int:
+    """``--peer``: both handlers behind the SDK's API server, jobs alternated pair by pair."""
+    load_before = load_average()
+    started = time.perf_counter()
+    with temp_root("bench-latency-") as root:
+        packs_yaml = packs_config(root, args.packs.resolve() if args.packs else None)
+        torch_version, cuda, gpu = probe_torch()
+        ours = our_side(sys.executable, checkout, root / "ours", clean_env(), packs_yaml)
+        side = PeerSide(sys.executable, checkout, peer, root / "peer", clean_env(), packs_yaml)
+        try:
+            print("starting this worker and worker-comfyui ...", file=sys.stderr)
+            ours.start()
+            side.start(cuda)
+            assert side.api is not None
+            ours.wait_listening()
+            side.api.wait_listening()
+            results = []
+            for number, key in enumerate(args.jobs, start=1):
+                kind = JOB_KINDS[key]
+                repeat = args.repeat_large if kind.batch > 1 else args.repeat
+                print(f"{kind.label}: {args.warmup} warm-up + {repeat} timed", file=sys.stderr)
+                plan = Plan(args.warmup, repeat, 1000 * number, args.pause)
+                results.append(peer_bench_kind(ours, side.api, kind, plan))
+        except Exception:
+            print(f"our log:\n{ours.log_tail()}", file=sys.stderr)
+            print(f"peer handler log:\n{side.api.log_tail() if side.api else ''}", file=sys.stderr)
+            print(f"peer ComfyUI log:\n{side.server.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            ours.stop()
+            side.stop()
+        device = gpu if cuda else "CPU only, no GPU"
+        machine = machine_lines(checkout, torch_version, device, load_before)
+        print(peer_report(results, machine, args, pack_names(args.packs), peer))
+    print(f"\n(total {time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def peer_report(
+    results: list[PeerKind],
+    machine: list[str],
+    args: argparse.Namespace,
+    packs: list[str],
+    peer: PeerCheckout,
+) -> str:
+    """The Markdown report of a ``--peer`` run."""
+    rows = []
+    for r in results:
+        pair_ratios = [t / o for o, t in zip(r.ours, r.theirs, strict=True)]
+        rows.append(
+            [
+                r.kind.label,
+                str(len(r.ours)),
+                f"{r.output_bytes / 1024:.0f} KiB",
+                spread(r.ours),
+                fmt_ms(statistics.median(r.ours_total)),
+                spread(r.theirs),
+                ratio_cell(pair_ratios),
+            ]
+        )
+    table = markdown_table(
+        [
+            "job (output)",
+            "pairs",
+            "output PNGs",
+            "this worker, /runsync ms: min / **median** / p90 / max",
+            "of which its stats.total_s, median ms",
+            "worker-comfyui, /runsync ms: min / **median** / p90 / max",
+            "worker-comfyui ÷ this worker per pair: min / **median** / max",
+        ],
+        rows,
+    )
+    checks = ", ".join(
+        f"{r.kind.label}: {'same pixels' if r.same_pixels else 'PIXELS DIFFER'}" for r in results
+    )
+    return "\n".join(
+        [
+            "### Per-job latency: this worker against worker-comfyui's own handler",
+            "",
+            table,
+            "",
+            f"Warm-up: {args.warmup} job(s) of each side per kind, not counted. Outputs of the "
+            f"first timed pair compared: {checks}. Packs on both sides: {', '.join(packs) or 'none'}.",
+            "",
+            *peer_lines(peer),
+            "",
+            *report_footer(machine),
+        ]
+    )
+
+
 def report(
     results: list[KindResult],
     machine: list[str],
@@ -386,7 +540,11 @@ def report(
         f"{r.kind.label}: {'same pixels' if r.same_pixels else 'PIXELS DIFFER'}" for r in results
     )
     lines = [
-        "### Per-job latency: worker in-process vs ComfyUI server (HTTP + WebSocket)",
+        "### Per-job latency: worker in-process vs ComfyUI server (HTTP + WebSocket), emulated",
+        "",
+        "Our own stand-in for worker-comfyui's server and handler (`--emulate`): slower than "
+        "the real handler, so these ratios overstate the worker's lead; `--peer DIR` runs "
+        "the real one.",
         "",
         latency,
         "",
@@ -442,10 +600,34 @@ def main(argv: list[str] | None = None) -> int:
         default=list(JOB_KINDS),
         help="which jobs (default: all)",
     )
+    side = parser.add_mutually_exclusive_group()
+    side.add_argument(
+        "--peer",
+        type=Path,
+        help="a worker-comfyui checkout (at d2a5572 for the round-3 figures): its own "
+        "handler.py and start.sh's ComfyUI against ours, both behind the SDK's API server",
+    )
+    side.add_argument(
+        "--emulate",
+        action="store_true",
+        help="our emulation of worker-comfyui's server and handler, against Worker.handle "
+        "in this process (rounds 1-2; overstates the worker's lead)",
+    )
+    parser.add_argument(
+        "--peer-site",
+        type=Path,
+        help="a folder holding websocket-client (pip install --target), for the peer's handler",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.repeat_large < 1 or args.warmup < 0 or args.pause < 0:
         parser.error("--repeat and --repeat-large must be at least 1, --warmup and --pause >= 0")
+    if args.peer is None and not args.emulate:
+        parser.error("pass --peer DIR (a worker-comfyui checkout) or --emulate")
+    if args.peer is not None and args.memory_jobs:
+        parser.error("--memory-jobs applies to --emulate only (the worker in this process)")
     checkout = comfyui_checkout(args.comfyui)
+    if args.peer is not None:
+        return peer_main(args, checkout, peer_checkout(args.peer, args.peer_site, sys.executable))
     load_before = load_average()
 
     with (
