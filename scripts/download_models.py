@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Download the worker's models from ``comfyui/models.json``: parallel, resumable, verified.
 
-    python scripts/download_models.py --set sdxl --set wan22 --dest /runpod-volume/models
-    python scripts/download_models.py --set pulid,reactor --dest /runpod-volume/models
-    python scripts/download_models.py --all --dest /runpod-volume/models --jobs 6
-    python scripts/download_models.py --list
-    python scripts/download_models.py --set wan22 --dest /runpod-volume/models --dry-run
+    python3 scripts/download_models.py --list
+    python3 scripts/download_models.py --set sdxl --set wan22
+    python3 scripts/download_models.py --set pulid,reactor --allow-unverified
+    python3 scripts/download_models.py --all --jobs 6
+    python3 scripts/download_models.py --set wan22 --dry-run
+    python3 scripts/download_models.py --set sdxl --dest /some/ComfyUI/models
 
 Each file goes to ``<dest>/<folder>/<name>`` (``<dest>`` is a ComfyUI ``models`` folder).
+Without ``--dest``, the network volume's ``models`` folder: ``/workspace/models`` on a pod
+(where RunPod mounts the volume), ``/runpod-volume/models`` on a serverless worker. A
+``--dest`` under ``/workspace`` or ``/runpod-volume`` is refused when that folder does not
+exist: it would fill the container disk, which goes with the pod, not the volume.
 Bytes land in ``<name>.part`` first; an interrupted download resumes from there with an
 HTTP ``Range`` request (a server that answers 200 instead of 206 is followed from byte 0).
 A finished ``.part`` becomes the real file only when its size and sha256 match the manifest,
@@ -630,6 +635,40 @@ def read_token(env: Mapping[str, str]) -> str | None:
     return None
 
 
+VOLUME_ROOTS = (Path("/workspace"), Path("/runpod-volume"))
+"""Where RunPod mounts a network volume: on pods, and on serverless workers."""
+
+
+def volume_dest(dest: Path | None, roots: Sequence[Path] = VOLUME_ROOTS) -> Path:
+    """``dest``, or the volume's ``models`` folder; never a volume path with no volume.
+
+    On a pod the volume is at ``/workspace``; ``/runpod-volume`` is where serverless
+    workers see it. Writing to either where it is not mounted would create the folder on
+    the container disk, and the models would vanish with the pod.
+    """
+    if dest is None:
+        for root in roots:
+            if root.is_dir():
+                print(f"--dest not given: writing to {root / 'models'} (the volume)")
+                return root / "models"
+        raise ManifestError(
+            "--dest is required here: no network volume at "
+            + " or ".join(str(r) for r in roots)
+            + " (give a ComfyUI models folder)"
+        )
+    absolute = Path(os.path.normpath(dest if dest.is_absolute() else Path.cwd() / dest))
+    for root in roots:
+        if absolute.is_relative_to(root) and not root.is_dir():
+            mounted = [str(r) for r in roots if r.is_dir()]
+            where = f"; the volume here is at {mounted[0]}" if mounted else ""
+            raise ManifestError(
+                f"--dest {dest}: {root} does not exist on this machine{where} (on a pod "
+                "the volume is at /workspace, on a serverless worker at /runpod-volume); "
+                "writing there would fill the container disk"
+            )
+    return dest
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Download, resume and verify the models listed in comfyui/models.json.",
@@ -640,7 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest", type=Path, default=DEFAULT_MANIFEST, help="models.json to read"
     )
     parser.add_argument(
-        "--dest", type=Path, help="a ComfyUI models folder, e.g. /runpod-volume/models"
+        "--dest",
+        type=Path,
+        help="a ComfyUI models folder (default: the network volume's, /workspace/models on "
+        "a pod, /runpod-volume/models on a serverless worker)",
     )
     parser.add_argument(
         "--set",
@@ -726,8 +768,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return EXIT_OK
         if not args.sets and not args.all:
             raise ManifestError("choose what to fetch: --set NAME (repeatable) or --all")
-        if args.dest is None:
-            raise ManifestError("--dest is required (a ComfyUI models folder)")
+        try:
+            args.dest = volume_dest(args.dest)
+        except ManifestError as exc:
+            if not args.dry_run:
+                raise
+            # A dry run writes nothing: say what a real run would refuse, then show the plan.
+            print(f"note: {exc}; a real run would stop here")
+            args.dest = args.dest or VOLUME_ROOTS[0] / "models"
         if args.jobs < 1 or args.attempts < 1:
             raise ManifestError("--jobs and --attempts must be at least 1")
         chosen = select(entries, args.sets, args.all)

@@ -371,3 +371,22 @@ def test_installer_links_packs_from_a_folder_of_checkouts(tmp_path: Path) -> Non
     )
     with pytest.raises(installer.InstallError, match="is not a link"):
         installer.link_from(other, source, custom_nodes)
+
+
+def test_models_go_to_the_volume_never_to_a_missing_mount(tmp_path: Path) -> None:
+    """Without --dest: the volume's models folder (a pod's /workspace first). A --dest
+    under a volume root that does not exist here is refused: it would fill the container
+    disk, and the models would go with the pod."""
+    pod, serverless = tmp_path / "workspace", tmp_path / "runpod-volume"
+    roots = (pod, serverless)
+    with pytest.raises(downloader.ManifestError, match="--dest is required here"):
+        downloader.volume_dest(None, roots)
+    serverless.mkdir()
+    assert downloader.volume_dest(None, roots) == serverless / "models"
+    with pytest.raises(downloader.ManifestError, match=r"the volume here is at .*runpod-volume"):
+        downloader.volume_dest(pod / "models", roots)
+    pod.mkdir()
+    assert downloader.volume_dest(None, roots) == pod / "models"
+    assert downloader.volume_dest(pod / "models", roots) == pod / "models"
+    elsewhere = tmp_path / "ComfyUI" / "models"
+    assert downloader.volume_dest(elsewhere, roots) == elsewhere
