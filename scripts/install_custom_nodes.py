@@ -40,6 +40,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Both wheels install the same `onnxruntime` package; with both present the CPU build's
 # files can win and ReActor / PuLID silently lose the CUDA provider.
 ORT_CPU, ORT_GPU = "onnxruntime", "onnxruntime-gpu"
+PYPROJECT = "pyproject.toml"
 
 
 class InstallError(Exception):
@@ -70,7 +73,8 @@ class NodePack:
     name: str
     repo: str
     commit: str
-    requirements: bool
+    requirements: bool | str
+    """true: requirements.txt; "pyproject.toml": its [project] dependencies; false: none."""
     purpose: str
 
 
@@ -89,8 +93,8 @@ def parse_pack(raw: object, index: int) -> NodePack:
         raise ManifestError(f"{label}: repo must be an https:// git URL, got {repo!r}")
     if not isinstance(commit, str) or not COMMIT_RE.match(commit):
         raise ManifestError(f"{label}: commit must be a full 40-hex commit id, got {commit!r}")
-    if not isinstance(raw["requirements"], bool):
-        raise ManifestError(f"{label}: requirements must be true or false")
+    if not isinstance(raw["requirements"], bool) and raw["requirements"] != PYPROJECT:
+        raise ManifestError(f"{label}: requirements must be true, false or {PYPROJECT!r}")
     if not isinstance(raw["purpose"], str) or not raw["purpose"].strip():
         raise ManifestError(f"{label}: purpose must say why the pack is here")
     return NodePack(name, repo, commit, raw["requirements"], raw["purpose"])
@@ -220,16 +224,24 @@ def link_from(pack: NodePack, source_dir: Path, custom_nodes: Path) -> str:
     return f"linked from {source}"
 
 
-def requirement_files(packs: Sequence[NodePack], custom_nodes: Path) -> list[Path]:
+def requirement_files(packs: Sequence[NodePack], custom_nodes: Path, work: Path) -> list[Path]:
+    """One requirements file per pack that has requirements (pyproject's written to ``work``)."""
     files = []
     for pack in packs:
         if not pack.requirements:
             continue
-        path = custom_nodes / pack.name / "requirements.txt"
+        name = PYPROJECT if pack.requirements == PYPROJECT else "requirements.txt"
+        path = custom_nodes / pack.name / name
         if not path.is_file():
             raise InstallError(
-                f"{pack.name}: the manifest says requirements: true but {path} does not exist"
+                f"{pack.name}: the manifest says its requirements are in {path}, which does not exist"
             )
+        if name == PYPROJECT:
+            # pip cannot read a pyproject's dependencies as a requirements file.
+            project = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
+            listed = work / f"{pack.name}-requirements.txt"
+            listed.write_text("".join(f"{d}\n" for d in project.get("dependencies", [])))
+            path = listed
         files.append(path)
     return files
 
@@ -317,10 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"{pack.name}: {done} ({pack.commit[:12]})", flush=True)
         if not args.no_requirements:
-            files = requirement_files(packs, custom_nodes)
-            if files:
-                pip_install(args.python, files, args.constraint)
-                keep_one_onnxruntime(args.python)
+            with tempfile.TemporaryDirectory() as work:
+                files = requirement_files(packs, custom_nodes, Path(work))
+                if files:
+                    pip_install(args.python, files, args.constraint)
+                    keep_one_onnxruntime(args.python)
     except InstallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

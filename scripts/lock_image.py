@@ -13,7 +13,8 @@ for Python 3.12 on linux x86_64.
 Its inputs, in comfyui/image.in, one section each:
 - the torch set (the CUDA 12.8 builds contemporary with ComfyUI 0.3.64);
 - ComfyUI's requirements.txt at the commit in comfyui/pin.env;
-- each pack's requirements.txt at its commit in comfyui/custom_nodes.json;
+- each pack's requirements.txt (or pyproject.toml's dependencies, where the manifest says
+  so) at its commit in comfyui/custom_nodes.json;
 - the worker's own dependencies (pyproject.toml).
 ``--inputs`` rewrites that file from a ComfyUI checkout (``COMFYUI_PATH``, else
 comfyui/ComfyUI) and its ``custom_nodes/`` folder (or ``--packs DIR``): run it after a
@@ -29,6 +30,9 @@ pyproject.toml and this script, the sections' commits must match the pins, and c
 again (what the plain command does) must give the committed lock unchanged. With a ComfyUI checkout and its packs present, it
 also compares the sections with their requirements files.
 
+The sections, the compile and the lock's reading live in engine/packs/lock.py, which
+``scripts/add_custom_nodes.py`` (adding or removing packs in one step) shares.
+
 Exit status: 0 up to date / written, 1 stale, 2 usage or a missing tool.
 """
 
@@ -38,52 +42,45 @@ import argparse
 import difflib
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-INPUTS = ROOT / "comfyui" / "image.in"
-CONSTRAINTS = ROOT / "comfyui" / "image-constraints.txt"
-LOCK = ROOT / "comfyui" / "image.lock"
+sys.path.insert(0, str(ROOT))  # engine/packs holds the lock's logic; scripts/ is no package
+
+from engine.packs import PackError  # noqa: E402
+from engine.packs import lock as image_lock  # noqa: E402
+from engine.packs.lock import (  # noqa: E402,F401  (re-exported: tests and other scripts)
+    COMMIT_RE,
+    EXCLUDE_NEWER,
+    NO_EMIT,
+    PLATFORM,
+    PYTHON_VERSION,
+    TORCH,
+    Section,
+    lock_header,
+    locked_versions,
+    parse_inputs,
+    render_inputs,
+)
+from engine.packs.manifest import requirements_file  # noqa: E402
+
+INPUTS = ROOT / image_lock.INPUTS
+CONSTRAINTS = ROOT / image_lock.CONSTRAINTS
+LOCK = ROOT / image_lock.LOCK
 PIN = ROOT / "comfyui" / "pin.env"
 MANIFEST = ROOT / "comfyui" / "custom_nodes.json"
 PYPROJECT = ROOT / "pyproject.toml"
-
-PYTHON_VERSION = "3.12"  # Ubuntu 24.04's Python, which the image's venv is made with
-PLATFORM = "x86_64-manylinux_2_28"  # RunPod's GPUs are x86_64; glibc 2.39 in the image
-# Newest release date the resolver may take. Moving it is how the lock takes updates.
-EXCLUDE_NEWER = "2026-12-01T00:00:00Z"
-# The CPU wheel installs the same `onnxruntime` module as onnxruntime-gpu (see the
-# constraints file): left out so the GPU build's files are the only ones.
-NO_EMIT = ("onnxruntime",)
-# PyPI's torch 2.8.0 for linux x86_64 is the CUDA 12.8 build (its nvidia-* libraries
-# come from PyPI too), so one index serves the whole lock.
-TORCH = ("torch==2.8.0", "torchvision==0.23.0", "torchaudio==2.8.0")
-
-SECTION_RE = re.compile(r"^# == (?P<name>[^=]+?) == (?P<source>.*)$")
-COMMIT_RE = re.compile(r"\b[0-9a-f]{40}\b")
 
 EXIT_OK, EXIT_STALE, EXIT_USAGE = 0, 1, 2
 
 
 class LockError(Exception):
     """A source, a tool or a compile step failed; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Section:
-    """One block of image.in: where its requirements come from, and the lines."""
-
-    name: str
-    source: str
-    lines: tuple[str, ...]
 
 
 # -- sources --------------------------------------------------------------------------
@@ -110,15 +107,13 @@ def worker_requirements() -> tuple[str, ...]:
 
 
 def requirement_lines(path: Path) -> tuple[str, ...]:
-    """A requirements file's requirement lines, comments and blank lines dropped."""
+    """A requirements file's (or a pyproject.toml's) requirement lines, comments dropped."""
     if not path.is_file():
         raise LockError(f"{path} does not exist")
-    lines = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.split(" #", 1)[0].strip()
-        if line and not line.startswith("#"):
-            lines.append(line)
-    return tuple(lines)
+    text = path.read_text(encoding="utf-8")
+    if path.name == "pyproject.toml":
+        return image_lock.pyproject_dependencies(text)
+    return image_lock.requirement_lines(text)
 
 
 def comfyui_checkout() -> Path:
@@ -141,8 +136,11 @@ def expected_sections(comfyui: Path | None, packs_dir: Path | None) -> list[Sect
     sections.append(Section("ComfyUI", comfy_source, comfy_lines))
     for pack in packs():
         name, commit = str(pack["name"]), str(pack["commit"])
-        lines = requirement_lines(packs_dir / name / "requirements.txt") if packs_dir else ()
-        sections.append(Section(name, f"{commit} requirements.txt", lines))
+        # `requirements: true` is requirements.txt; a pack with only pyproject.toml's
+        # dependencies names that file (scripts/add_custom_nodes.py writes either).
+        file = requirements_file(pack["requirements"])
+        lines = requirement_lines(packs_dir / name / file) if packs_dir else ()
+        sections.append(Section(name, f"{commit} {file}", lines))
     sections.append(
         Section("worker", "pyproject.toml [project] dependencies", worker_requirements())
     )
@@ -150,37 +148,6 @@ def expected_sections(comfyui: Path | None, packs_dir: Path | None) -> list[Sect
 
 
 # -- image.in ---------------------------------------------------------------------------
-
-_INPUTS_HEADER = """\
-# Inputs of the image's Python environment, one section per source. Written by
-# `scripts/lock_image.py --inputs` (edit the sources, not this file); compiled with
-# comfyui/image-constraints.txt into comfyui/image.lock.
-"""
-
-
-def render_inputs(sections: Sequence[Section]) -> str:
-    out = [_INPUTS_HEADER]
-    for section in sections:
-        out.append(f"\n# == {section.name} == {section.source}\n")
-        out.extend(f"{line}\n" for line in section.lines)
-    return "".join(out)
-
-
-def parse_inputs(text: str) -> list[Section]:
-    sections: list[Section] = []
-    name = source = None
-    lines: list[str] = []
-    for raw in text.splitlines():
-        match = SECTION_RE.match(raw)
-        if match:
-            if name is not None:
-                sections.append(Section(name, str(source), tuple(lines)))
-            name, source, lines = match["name"], match["source"], []
-        elif raw.strip() and not raw.startswith("#") and name is not None:
-            lines.append(raw.strip())
-    if name is not None:
-        sections.append(Section(name, str(source), tuple(lines)))
-    return sections
 
 
 def stale_inputs(committed: Sequence[Section], expected: Sequence[Section]) -> list[str]:
@@ -206,84 +173,16 @@ def stale_inputs(committed: Sequence[Section], expected: Sequence[Section]) -> l
 # -- the lock ----------------------------------------------------------------------------
 
 
-def uv() -> list[str]:
-    """uv, from this interpreter (the dev tools install it) or from PATH."""
-    for cmd in ([sys.executable, "-m", "uv"], ["uv"]):
-        try:
-            subprocess.run([*cmd, "--version"], capture_output=True, check=True)
-        except (OSError, subprocess.CalledProcessError):
-            continue
-        return cmd
-    raise LockError("uv is not installed: run scripts/setup.sh (the dev tools include it)")
-
-
-def lock_header() -> str:
-    """The lock's own header: what it is, and the constraints file with every reason."""
-    lines = [
-        "# The image's Python environment: Python 3.12, linux x86_64, every distribution",
-        "# pinned with its hashes. Do not edit: scripts/lock_image.py writes it from",
-        "# comfyui/image.in (torch, ComfyUI's and the packs' requirements at their pins, the",
-        "# worker's dependencies) under the constraints below, resolved as of",
-        f"# {EXCLUDE_NEWER}. The Dockerfile and `scripts/setup.sh --image-env` install",
-        "# exactly this file (pip install --require-hashes --no-deps).",
-        "#",
-        "# comfyui/image-constraints.txt, the versions chosen on purpose and why:",
-    ]
-    for raw in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
-        lines.append(f"# | {raw}".rstrip())
-    return "\n".join(lines) + "\n#\n"
-
-
 def compile_lock(dest: Path, *, upgrade: bool = False) -> None:
     """Resolve image.in under the constraints into ``dest`` (network: PyPI).
 
     uv keeps the versions ``dest`` already pins where they still fit; ``upgrade`` drops
     them, for a resolve as of ``EXCLUDE_NEWER`` alone.
     """
-    cmd = [
-        *uv(),
-        "pip",
-        "compile",
-        "--quiet",
-        "--generate-hashes",
-        "--python-version",
-        PYTHON_VERSION,
-        "--python-platform",
-        PLATFORM,
-        "--exclude-newer",
-        EXCLUDE_NEWER,
-        "--index-url",
-        "https://pypi.org/simple",
-        "--custom-compile-command",
-        "scripts/lock_image.py",
-        *[arg for name in NO_EMIT for arg in ("--no-emit-package", name)],
-        "--constraint",
-        str(CONSTRAINTS.relative_to(ROOT)),
-        str(INPUTS.relative_to(ROOT)),
-        "--output-file",
-        str(dest),
-        *(["--upgrade"] if upgrade else []),
-    ]
-    # Relative paths and no user config: the lock's "# via" lines and resolution must not
-    # depend on who runs it, or on a machine's pip/uv settings.
-    env = {**os.environ, "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
-    for key in ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_CONSTRAINT"):
-        env.pop(key, None)
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise LockError(f"uv pip compile failed:\n{(result.stderr or result.stdout).strip()}")
-    body = dest.read_text(encoding="utf-8")
-    dest.write_text(lock_header() + body, encoding="utf-8")
-
-
-def locked_versions(text: str) -> dict[str, str]:
-    """name -> version of every distribution a lock pins."""
-    versions = {}
-    for line in text.splitlines():
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
-        if match:
-            versions[match[1].lower()] = match[2]
-    return versions
+    try:
+        image_lock.compile_lock(ROOT, dest, image_lock.UvCompiler(), upgrade=upgrade)
+    except PackError as exc:
+        raise LockError(f"uv pip compile failed:\n{chr(10).join(exc.details) or exc}") from exc
 
 
 # -- commands ---------------------------------------------------------------------------

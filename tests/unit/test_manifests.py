@@ -112,7 +112,7 @@ def test_the_guides_custom_nodes_are_all_there() -> None:
         ("commit", "main", "full 40-hex"),
         ("repo", "http://github.com/a/b.git", "https://"),
         ("name", "../escape", "folder name"),
-        ("requirements", "yes", "true or false"),
+        ("requirements", "yes", "true, false or"),
     ],
 )
 def test_installer_refuses_an_unpinned_or_malformed_pack(
