@@ -409,6 +409,7 @@ class Worker:
             workflow=workflow,
             api_key_comfy_org=request.comfy_org_api_key or self.settings.comfy_org_api_key,
             deadline=deadline,
+            output_folder=folder,
         )
         return dataclasses.replace(spec, on_progress=progress) if progress else spec
 

@@ -15,10 +15,16 @@ Each pure and returning a new graph (the request stays as sent):
   counter from listing an ever-growing folder on each save, and, because the
   prefix differs per job, makes ComfyUI's execution cache re-run output nodes
   on a repeated workflow instead of reporting files that were already deleted.
+  A prefix that climbs out of that folder (``../leak``) and a file name that reads
+  ComfyUI's output or temp folder (``x.png [output]``) are refused before anything
+  runs; values made while the graph runs are held to the same rule by the runtime
+  (``engine.runtime.job_scope``).
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -174,8 +180,11 @@ def unsent_files(
                 (" [output]", " [temp]")
             ):
                 continue
+            # An absolute path or a '..' that leaves the input folder counts as absent:
+            # the runtime refuses it (output_scope) wherever it points.
+            inside = os.path.normpath(input_dir / plain).startswith(f"{input_dir}{os.sep}")
             try:
-                present = (input_dir / plain).is_file()
+                present = inside and (input_dir / plain).is_file()
             except (OSError, ValueError):  # a name the file system cannot hold
                 present = False
             if not present:
@@ -209,19 +218,61 @@ def explain_unsent_files(
         )
 
 
+# ComfyUI's annotations that read its output and temp folders: where jobs write.
+_OUTPUT_ANNOTATIONS = (" [output]", " [temp]")
+
+
 def scope_outputs(workflow: Workflow, folder: str) -> Workflow:
     """Return a copy of ``workflow`` whose ``filename_prefix`` values live under ``folder``.
 
-    A prefix wired from another node (a link, not a string) is left alone: its
-    value is only known while the graph runs.
+    A leading ``/`` is read from the top of the job's folder (``/renders/x`` ->
+    ``<folder>/renders/x``). A prefix whose ``..`` climbs above it is refused, not
+    moved: the file could not land where it was asked to, and ComfyUI itself refuses
+    a prefix that leaves its output folder. A file input naming a file of ComfyUI's
+    output or temp folder (``leak_00001_.png [output]``) is refused as well: those hold
+    other jobs' files, and a job's own are written after its inputs are read. Every
+    such problem is one line of the ``WorkflowValidationError``.
+
+    A prefix wired from another node (a link, not a string) is left alone here: its
+    value is only known while the graph runs, where the runtime confines it.
     """
     result = dict(workflow)
+    problems: list[str] = []
     for node_id, node in workflow.items():
-        inputs = node.get("inputs")
-        if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
-            prefix = inputs["filename_prefix"].lstrip("/") or "ComfyUI"
-            _with_inputs(result, node_id, {"filename_prefix": f"{folder}/{prefix}"})
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        where = f"Node {node_id} ({node.get('class_type', '?')}) input"
+        for name, value in inputs.items():
+            if isinstance(value, str) and _reads_outputs(name, value):
+                problems.append(
+                    f"{where} '{name}': {value!r} names a file of the worker's "
+                    f"{value.rsplit('[', 1)[1].rstrip(']')} folder, which holds other jobs' "
+                    "files: a job reads only the files it sends (send it in input.images) "
+                    "and those baked into the image"
+                )
+        prefix = inputs.get("filename_prefix")
+        if not isinstance(prefix, str):
+            continue
+        if posixpath.normpath(prefix.lstrip("/") or ".").split("/")[0] == "..":
+            problems.append(
+                f"{where} 'filename_prefix': {prefix!r} climbs out of the job's output "
+                "folder ('..'); name a file or a folder inside it, such as 'renders/x'"
+            )
+            continue
+        scoped = prefix.lstrip("/") or "ComfyUI"
+        _with_inputs(result, node_id, {"filename_prefix": f"{folder}/{scoped}"})
+    if problems:
+        raise WorkflowValidationError(problems)
     return result
+
+
+def _reads_outputs(name: str, value: str) -> bool:
+    """Whether ``value`` of input ``name`` names a file of ComfyUI's output or temp folder."""
+    if not value.endswith(_OUTPUT_ANNOTATIONS) or "\n" in value:
+        return False
+    plain = value.rsplit(" [", 1)[0]
+    return name in MEDIA_INPUT_NAMES or _looks_like_file(plain)
 
 
 # An input ComfyUI's nodes never declare: it changes only the cache key of the node it is

@@ -93,6 +93,9 @@ class JobSpec:
     deadline: Deadline = field(default_factory=lambda: Deadline.start(None))
     """The whole job's deadline; the run is interrupted when it passes."""
     on_progress: ProgressCallback = _ignore_progress
+    output_folder: str | None = None
+    """The job's own folder under ComfyUI's output and temp folders: while it runs, no file
+    name leads its nodes out of it, nor into another job's (``output_scope``)."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from engine.runtime import (
     UiOutputs,
     comfy_checks,
     decoded_inputs,
+    output_scope,
     shapes,
 )
 from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, import_comfy
@@ -272,7 +273,10 @@ class ComfyRuntime:
         failed = True
         loop = self._event_loop()
         try:
-            outputs = loop.run_until_complete(self._run_async(comfy, state, timings))
+            with output_scope.scoped(
+                job.output_folder, str(self._dirs.output), str(self._dirs.temp)
+            ):
+                outputs = loop.run_until_complete(self._run_async(comfy, state, timings))
             failed = False
             return RunResult(outputs=outputs, timings=timings, node_seconds=state.node_seconds)
         except WorkerError:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.errors import RuntimeBootError
-from engine.runtime import decoded_inputs, fast_save, pack_fixes, pack_imports
+from engine.runtime import decoded_inputs, fast_save, output_scope, pack_fixes, pack_imports
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.model_paths import ModelPaths
 
@@ -131,6 +131,17 @@ def _check_pack_folder_links(target: Target) -> str | None:
 def _apply_pack_folder_links(target: Target) -> None:
     assert target.model_paths is not None
     pack_fixes.link_model_folders(target.folder_paths, target.model_paths)
+
+
+def _check_output_scope(target: Target) -> str | None:
+    for name in output_scope.WRAPS:
+        if not callable(getattr(target.folder_paths, name, None)):
+            return f"folder_paths.{name}"
+    return None
+
+
+def _apply_output_scope(target: Target) -> None:
+    output_scope.install(target.folder_paths)
 
 
 def _check_pack_imports(target: Target) -> str | None:
@@ -237,6 +248,22 @@ REGISTRY: tuple[Patch, ...] = (
         expects="folder_paths.models_dir, a real folder (a symlinked one is left alone)",
         check=_check_pack_folder_links,
         apply=_apply_pack_folder_links,
+    ),
+    Patch(
+        name="output_scope",
+        phase="before_packs",
+        replaces="folder_paths.get_save_image_path, folder_paths.get_annotated_filepath "
+        "and folder_paths.exists_annotated_filepath (wrapped while a job runs)",
+        why="a filename_prefix or a file name made while the graph runs (wired from "
+        "another node, a preview's) could write out of the job's folder or read another "
+        "job's files in the shared output and temp folders",
+        without="literal prefixes and [output]/[temp] names are still held to the job's "
+        "folder before the run; values wired while it runs are not",
+        expects="folder_paths.get_save_image_path(filename_prefix, output_dir, ...), "
+        "get_annotated_filepath(name, default_dir=None), exists_annotated_filepath(name), "
+        "called on the module by every save and load node",
+        check=_check_output_scope,
+        apply=_apply_output_scope,
     ),
     Patch(
         name="pack_imports",

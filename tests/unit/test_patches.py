@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from engine.errors import RuntimeBootError
-from engine.runtime import decoded_inputs, fast_save, pack_imports, patches
+from engine.runtime import decoded_inputs, fast_save, output_scope, pack_imports, patches
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyMapping, LazyNodes
 from engine.runtime.model_paths import ModelPaths
@@ -123,6 +123,35 @@ def test_pack_folder_links_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixt
     target = Target(folder_paths=types.SimpleNamespace(), model_paths=_volume(tmp_path))
     _skipped_once("pack_folder_links", _apply("pack_folder_links", target), caplog)
     assert "models_dir" in caplog.text
+
+
+# -- output_scope ----------------------------------------------------------------------------
+
+
+def _folder_paths_stand_in() -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        get_save_image_path=lambda prefix, output_dir, *a: (output_dir, prefix, 1, "", prefix),
+        get_annotated_filepath=lambda name, default_dir=None: name,
+        exists_annotated_filepath=lambda name: False,
+    )
+
+
+def test_output_scope_applied() -> None:
+    folder_paths = _folder_paths_stand_in()
+    original = folder_paths.get_save_image_path
+    target = Target(folder_paths=folder_paths)
+    assert _apply("output_scope", target).is_applied("output_scope")
+    assert folder_paths.get_save_image_path.__wrapped__ is original
+    assert not output_scope.install(folder_paths)  # once only
+
+
+def test_output_scope_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    folder_paths = _folder_paths_stand_in()
+    del folder_paths.exists_annotated_filepath
+    original = folder_paths.get_save_image_path
+    _skipped_once("output_scope", _apply("output_scope", Target(folder_paths=folder_paths)), caplog)
+    assert folder_paths.get_save_image_path is original
+    assert "folder_paths.exists_annotated_filepath" in caplog.text
 
 
 # -- pack_imports ----------------------------------------------------------------------------

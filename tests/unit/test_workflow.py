@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from engine.errors import WorkflowValidationError
 from engine.workflow import normalize_paths, scope_inputs, scope_outputs, unsent_files
 
 
@@ -85,6 +88,56 @@ def test_scope_outputs_prefixes_every_string_prefix() -> None:
     assert out["11"]["inputs"]["filename_prefix"] == ["20", 0]
     assert out["12"]["inputs"]["filename_prefix"] == "job-1/ComfyUI"
     assert wf["9"]["inputs"]["filename_prefix"] == "ComfyUI"
+
+
+@pytest.mark.parametrize(
+    "prefix", ["../leak", "a/../../leak", "..", "/../x", "renders/../../../tmp/x"]
+)
+def test_a_prefix_that_climbs_out_of_the_job_folder_is_refused(prefix: str) -> None:
+    """``..`` above the job's folder: refused (not moved), naming node, input and value."""
+    wf = {
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix}},
+        "10": {"class_type": "SaveImage", "inputs": {"filename_prefix": "fine"}},
+    }
+    with pytest.raises(WorkflowValidationError) as caught:
+        scope_outputs(wf, "job-1")
+    (line,) = caught.value.details
+    assert line.startswith(f"Node 9 (SaveImage) input 'filename_prefix': {prefix!r}"), line
+    assert "climbs out of the job's output folder" in line
+
+
+def test_a_prefix_with_dots_that_stays_inside_is_kept() -> None:
+    wf = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "a/../b..c/x"}}}
+    assert scope_outputs(wf, "job-1")["9"]["inputs"]["filename_prefix"] == "job-1/a/../b..c/x"
+
+
+@pytest.mark.parametrize(
+    ("node", "value"),
+    [
+        ("LoadImage", "leak_00001_.png [output]"),
+        ("LoadImage", "ComfyUI_temp_abcde_00001_.png [temp]"),
+        ("LoadImageOutput", "sub/x.png [output]"),
+        ("LoadVideo", "clip.mp4 [output]"),
+        ("SomePackLoader", "face.webp [output]"),
+    ],
+)
+def test_a_file_of_the_output_or_temp_folder_is_refused(node: str, value: str) -> None:
+    """Those folders hold other jobs' files: no job reads them by an annotated name."""
+    name = "file" if node == "LoadVideo" else "face" if node == "SomePackLoader" else "image"
+    wf = {"5": {"class_type": node, "inputs": {name: value}}}
+    with pytest.raises(WorkflowValidationError) as caught:
+        scope_outputs(wf, "job-1")
+    (line,) = caught.value.details
+    assert line.startswith(f"Node 5 ({node}) input '{name}': {value!r} names a file"), line
+    assert "input.images" in line
+
+
+def test_prompt_text_and_input_files_with_brackets_are_left_alone() -> None:
+    wf = {
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle [output]"}},
+        "7": {"class_type": "LoadImage", "inputs": {"image": "a.png [input]"}},
+    }
+    assert scope_outputs(wf, "job-1") == wf
 
 
 def _loaders(class_type: str) -> frozenset[str]:
