@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from engine import logs
-from engine.client import (
+from engine.errors import WorkerError
+from engine.settings import Settings
+from engine.worker import Worker
+
+# The checkout's client (client/src, its own package) saves the outputs: the one beside
+# this script, whether or not this environment has the client installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client" / "src"))
+from comfy_worker_client import (
     ClientError,
     UsageError,
     download_client,
@@ -38,9 +45,6 @@ from engine.client import (
     read_request,
     save_outputs,
 )
-from engine.errors import WorkerError
-from engine.settings import Settings
-from engine.worker import Worker
 
 
 def main(argv: list[str] | None = None) -> int:

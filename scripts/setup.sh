@@ -181,8 +181,8 @@ build_image_env() {
     # The worker and its test tools on top. The lock, hashes stripped, is their constraint:
     # nothing the image holds may move to make room for a test tool.
     grep -E '^[A-Za-z0-9]' "$LOCK" | sed 's/ *\\$//' >"$work/constraints.txt"
-    say "Installing the worker (editable) and its test tools, constrained to the lock"
-    "${vpip[@]}" install --no-input -c "$work/constraints.txt" -e '.[dev]'
+    say "Installing the worker and the client (editable) and the test tools, constrained to the lock"
+    "${vpip[@]}" install --no-input -c "$work/constraints.txt" -e '.[dev]' -e ./client
     "${vpip[@]}" check
 }
 
@@ -214,9 +214,9 @@ if [[ ! -x $VENV/bin/python ]]; then
     "$python" -m venv "$VENV"
 fi
 pip=("$VENV/bin/python" -m pip)
-say "Installing the worker and its dev tools into $VENV"
+say "Installing the worker, the client (client/, its own package) and the dev tools into $VENV"
 "${pip[@]}" install --upgrade pip
-"${pip[@]}" install -e '.[dev]'
+"${pip[@]}" install -e '.[dev]' -e ./client
 
 if ! $with_comfyui; then
     say "Done. Run the tests: scripts/test"

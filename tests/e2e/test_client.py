@@ -23,6 +23,8 @@ from tests import workflows
 from tests.e2e import conftest as e2e_conftest
 from tests.e2e.conftest import REPO, WorkerServer
 
+CLIENT_SRC = REPO / "client" / "src"
+
 KEY_ID = "AKIACLIENTE2E0000001"
 SECRET = "client/e2e+secret/key/0000000000000000000"
 
@@ -39,11 +41,11 @@ class Result:
 
 
 def run_client(cwd: Path, *args: str) -> Result:
-    """``python -m engine.client ...`` with a clean environment, as a user would run it."""
+    """``python -m comfy_worker_client ...`` with a clean environment, as a user would run it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "COMFY"))}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = str(CLIENT_SRC)  # the checkout's client, alone
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.client", *args],
+        [sys.executable, "-m", "comfy_worker_client", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -207,9 +209,9 @@ class Client:
 
     def __init__(self, cwd: Path, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "COMFY"))}
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = str(CLIENT_SRC)  # the checkout's client, alone
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.client", *args],
+            [sys.executable, "-m", "comfy_worker_client", *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import comfy_worker_client as client
 import httpx
 import pytest
+from comfy_worker_client import ClientConfig, ExitCode, ImageSpec
+from comfy_worker_client import api as client_api
 from PIL import Image
 
-from engine import client
-from engine.client import ClientConfig, ExitCode, ImageSpec
-from engine.client import api as client_api
 from tests import workflows
 
 KEY = "rp_test_key_3b9f0c71d2"
@@ -1089,11 +1089,11 @@ class TestPublicBucketHint:
 # -- the client as its own distribution -----------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-CLIENT_DIR = REPO / "engine" / "client"
+CLIENT_DIR = REPO / "client" / "src" / "comfy_worker_client"
 
 
 def test_the_client_imports_only_itself_the_stdlib_and_httpx() -> None:
-    """What lets ``client/pyproject.toml`` ship engine/client alone with httpx."""
+    """What lets ``client/pyproject.toml`` ship comfy_worker_client alone with httpx."""
     outside = []
     for path in sorted(CLIENT_DIR.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -1102,7 +1102,7 @@ def test_the_client_imports_only_itself_the_stdlib_and_httpx() -> None:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
             elif isinstance(node, ast.ImportFrom):
-                names = ["engine.client"]  # relative: inside the package
+                names = ["comfy_worker_client"]  # relative: inside the package
             else:
                 continue
             for name in names:
@@ -1110,36 +1110,68 @@ def test_the_client_imports_only_itself_the_stdlib_and_httpx() -> None:
                 allowed = (
                     root in sys.stdlib_module_names
                     or root == "httpx"
-                    or name == "engine.client"
-                    or name.startswith("engine.client.")
+                    or name == "comfy_worker_client"
+                    or name.startswith("comfy_worker_client.")
                 )
                 if not allowed:
                     outside.append(f"{path.name}: {name}")
     assert outside == []
 
 
-def test_importing_the_client_loads_no_other_engine_module() -> None:
+def test_importing_the_client_loads_no_engine_module() -> None:
     code = (
-        "import sys, engine.client.run; "
-        "print(sorted(m for m in sys.modules if m.startswith('engine') "
-        "and not m.startswith('engine.client')))"
+        "import sys, comfy_worker_client.run; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'engine'))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        cwd=CLIENT_DIR.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "", "PYTHONPATH": str(CLIENT_DIR.parent)},
     )
-    assert proc.stdout.strip() in {"[]", "['engine']"}
+    assert proc.stdout.strip() == "[]"
 
 
-def test_the_client_distribution_ships_engine_client_with_the_workers_httpx_pin() -> None:
+def test_the_client_and_the_worker_are_two_distributions_sharing_no_file() -> None:
+    """The client's package is comfy_worker_client from client/src; the worker ships engine*
+    and no console script of the client's, so both install into one environment."""
     worker = tomllib.loads((REPO / "pyproject.toml").read_text())
     dist = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())
     (httpx_pin,) = [d for d in worker["project"]["dependencies"] if d.startswith("httpx")]
     assert dist["project"]["dependencies"] == [httpx_pin]
     assert dist["project"]["version"] == worker["project"]["version"]
-    assert dist["project"]["scripts"] == worker["project"]["scripts"]
-    assert dist["tool"]["setuptools"]["packages"] == ["engine.client"]
-    source = dist["tool"]["setuptools"]["package-dir"]["engine.client"]
-    assert (REPO / "client" / source).resolve() == CLIENT_DIR
+    assert dist["project"]["scripts"] == {"comfy-worker-client": "comfy_worker_client:main"}
+    assert dist["tool"]["flit"]["module"]["name"] == CLIENT_DIR.name
+    assert dist["build-system"]["build-backend"] == "flit_core.buildapi"
+    assert "scripts" not in worker["project"]
+    assert worker["tool"]["setuptools"]["packages"]["find"]["include"] == ["engine*"]
+    assert not (REPO / "engine" / "client").exists()
+
+
+def test_pip_install_client_writes_nothing_into_the_checkout(tmp_path: Path) -> None:
+    """``pip install ./client`` (flit_core, no network: the build backend from this
+    environment) installs a client that runs, and leaves client/ as it was."""
+    pytest.importorskip("flit_core", reason="flit_core (the dev extra) builds the client")
+    before = sorted(p.relative_to(REPO) for p in (REPO / "client").rglob("*"))
+    target = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-index", "--no-build-isolation",
+         "--no-deps", "--no-compile", "--quiet", "--target", str(target), "./client"],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    after = sorted(p.relative_to(REPO) for p in (REPO / "client").rglob("*"))
+    assert after == before
+    assert (target / "comfy_worker_client" / "run.py").is_file()
+    assert (target / "bin" / "comfy-worker-client").is_file()
+    ran = subprocess.run(
+        [sys.executable, "-m", "comfy_worker_client", "--help"],
+        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=60,
+        env={"PATH": "", "PYTHONPATH": str(target)},
+    )  # fmt: skip
+    assert ran.returncode == 0 and "comfy-worker-client" in ran.stdout, ran.stderr
 
 
 def test_the_migration_pages_snippet_reads_both_workers_outputs() -> None:

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from engine.client.api import CONNECT_TIMEOUT_S
-from engine.client.errors import ApiError, ExitCode, SaveError
-from engine.client.text import clean, is_url, say, shown_url
+from comfy_worker_client.api import CONNECT_TIMEOUT_S
+from comfy_worker_client.errors import ApiError, ExitCode, SaveError
+from comfy_worker_client.text import clean, is_url, say, shown_url
 
 # A presigned S3 GET starts streaming at once; a minute without a byte is a dead link.
 _DOWNLOAD_READ_TIMEOUT_S = 60.0

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.client.cli import ClientConfig, ImageSpec
-from engine.client.errors import UsageError
-from engine.client.text import is_url
+from comfy_worker_client.cli import ClientConfig, ImageSpec
+from comfy_worker_client.errors import UsageError
+from comfy_worker_client.text import is_url
 
 
 def _read_json(path: Path, what: str) -> Any:

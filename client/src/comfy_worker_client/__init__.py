@@ -1,16 +1,17 @@
 """Command-line client: run a workflow on a RunPod endpoint or a local worker, save the outputs.
 
     comfy-worker-client workflow_api.json --image photo.png --endpoint abc123xyz
-    python -m engine.client test_input.json --url http://127.0.0.1:8000 --sync
+    python -m comfy_worker_client test_input.json --url http://127.0.0.1:8000 --sync
     comfy-worker-client --job <id> --endpoint abc123xyz --json
 
 It sends ``{"input": {"workflow": ..., "images": [...]}}`` (or a whole request file) with
 ``POST /run`` and polls ``/status/<id>`` (``--sync``: ``POST /runsync``), then writes every
 item of ``output.images`` into a folder: base64 data URIs decoded, S3 URLs downloaded.
 
-Only httpx and the standard library, and no other ``engine`` module: the client is
-also its own distribution (``client/pyproject.toml``, ``pip install ./client``) for a
-laptop that has none of the worker's dependencies (torch, ComfyUI, boto3, pydantic).
+Only httpx and the standard library, nothing of the worker: the client is its own
+distribution (``client/pyproject.toml``, ``pip install ./client``), for a laptop that has
+none of the worker's dependencies (torch, ComfyUI, boto3, pydantic), or installed beside
+the worker in one environment (``scripts/setup.sh`` does), where the two share no file.
 
 Modules: ``cli`` (arguments -> ClientConfig), ``request`` (the job's body), ``api``
 (RunPod's HTTP API), ``start`` (a local worker still booting), ``wait`` (polling,
@@ -20,8 +21,8 @@ progress), ``save`` (outputs to files), ``run`` (``execute`` and ``main``), ``er
 
 from __future__ import annotations
 
-from engine.client.api import RunPodApi
-from engine.client.cli import (
+from comfy_worker_client.api import RunPodApi
+from comfy_worker_client.cli import (
     RUNPOD_API,
     ClientConfig,
     ImageSpec,
@@ -29,7 +30,7 @@ from engine.client.cli import (
     parse_frames_to_video,
     parse_image_arg,
 )
-from engine.client.errors import (
+from comfy_worker_client.errors import (
     ApiError,
     ClientError,
     ExitCode,
@@ -41,9 +42,9 @@ from engine.client.errors import (
     UserInterrupt,
     WaitTimeoutError,
 )
-from engine.client.request import build_request, encode_image, load_workflow, read_request
-from engine.client.run import completed_summary, error_summary, execute, main
-from engine.client.save import (
+from comfy_worker_client.request import build_request, encode_image, load_workflow, read_request
+from comfy_worker_client.run import completed_summary, error_summary, execute, main
+from comfy_worker_client.save import (
     SavedFile,
     SaveReport,
     download_client,
@@ -53,8 +54,8 @@ from engine.client.save import (
     save_item,
     save_outputs,
 )
-from engine.client.start import when_up
-from engine.client.wait import Progress, describe_failure, followup_hint, wait_for_job
+from comfy_worker_client.start import when_up
+from comfy_worker_client.wait import Progress, describe_failure, followup_hint, wait_for_job
 
 __all__ = [
     "RUNPOD_API",

@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from engine.client.errors import UsageError
-from engine.client.text import is_url
+from comfy_worker_client.errors import UsageError
+from comfy_worker_client.text import is_url
 
 RUNPOD_API = "https://api.runpod.ai/v2"
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from engine.client.cli import ClientConfig
-from engine.client.errors import ServerDownError
-from engine.client.text import say
+from comfy_worker_client.cli import ClientConfig
+from comfy_worker_client.errors import ServerDownError
+from comfy_worker_client.text import say
 
 T = TypeVar("T")
 

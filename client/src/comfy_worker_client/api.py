@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import httpx
 
-from engine.client.cli import ClientConfig
-from engine.client.errors import ApiError, NoAnswerError, ServerDownError, UsageError
-from engine.client.text import clean
+from comfy_worker_client.cli import ClientConfig
+from comfy_worker_client.errors import ApiError, NoAnswerError, ServerDownError, UsageError
+from comfy_worker_client.text import clean
 
 # RunPod refuses a /run request over 10 MB and a /runsync one over 20 MB; checking
 # here fails in a second instead of after uploading the whole body.

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from engine.client.api import RunPodApi
-from engine.client.cli import ClientConfig
-from engine.client.errors import ApiError, NoAnswerError, WaitTimeoutError
-from engine.client.text import clean, say
+from comfy_worker_client.api import RunPodApi
+from comfy_worker_client.cli import ClientConfig
+from comfy_worker_client.errors import ApiError, NoAnswerError, WaitTimeoutError
+from comfy_worker_client.text import clean, say
 
 # Anything else (IN_QUEUE, IN_PROGRESS, a status RunPod adds later) is waited on.
 _TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})

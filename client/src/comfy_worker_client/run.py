@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from engine.client.api import RunPodApi
-from engine.client.cli import ClientConfig, parse_args
-from engine.client.errors import (
+from comfy_worker_client.api import RunPodApi
+from comfy_worker_client.cli import ClientConfig, parse_args
+from comfy_worker_client.errors import (
     ClientError,
     ExitCode,
     JobFailedError,
@@ -21,11 +21,11 @@ from engine.client.errors import (
     UserInterrupt,
     WaitTimeoutError,
 )
-from engine.client.request import build_request
-from engine.client.save import SaveReport, download_client, save_outputs
-from engine.client.start import when_up
-from engine.client.text import say
-from engine.client.wait import Progress, describe_failure, followup_hint, wait_for_job
+from comfy_worker_client.request import build_request
+from comfy_worker_client.save import SaveReport, download_client, save_outputs
+from comfy_worker_client.start import when_up
+from comfy_worker_client.text import say
+from comfy_worker_client.wait import Progress, describe_failure, followup_hint, wait_for_job
 
 
 def execute(
