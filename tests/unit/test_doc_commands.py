@@ -40,7 +40,7 @@ NOT_IN_CI: list[tuple[str, str]] = [
         "resolves against PyPI and writes the lock",
     ),
     (r"scripts/lock_image\.py --check", "CI runs it as its own step (.ci/run)"),
-    (r"^-m engine\.client |engine\.client ", "talks to a running worker"),
+    (r"comfy-worker-client .*--url ", "talks to a running worker"),
     (r"^comfy-worker-client ", "talks to a RunPod endpoint"),
     (r"^docker ", "builds and pushes the image"),
     (r"^git clone ", "clones over the network"),
@@ -81,10 +81,13 @@ def documented() -> list[tuple[str, str]]:
 def as_run_here(command: str) -> str:
     """The command with the dev environment's Python for ``.venv/bin/python`` (this test
     runs in that environment, wherever it lives), and the client's entry point run by
-    that Python (``pip install ./client`` puts it on PATH; the test does not install)."""
+    that Python from the checkout (``pip install ./client`` puts it on PATH; the test
+    does not install)."""
     python = shlex.quote(sys.executable)
     command = command.replace(".venv/bin/python", python)
-    return re.sub(r"^comfy-worker-client\b", f"{python} -m engine.client", command)
+    return re.sub(
+        r"^(\.venv/bin/)?comfy-worker-client\b", f"{python} -m comfy_worker_client", command
+    )
 
 
 def test_the_pages_print_commands() -> None:
@@ -131,9 +134,12 @@ _CI_COMMANDS = sorted({c for _, c in documented() if _RUNS_IN_CI.search(c)})
 
 @pytest.mark.parametrize("command", _CI_COMMANDS)
 def test_the_command_runs_as_printed(command: str) -> None:
+    # The checkout's client, as scripts/setup.sh installs it beside the worker.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "client" / "src")}
     done = subprocess.run(
         ["bash", "-c", as_run_here(command)],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
