@@ -173,3 +173,28 @@ def test_the_model_sets_sizes_are_what_the_downloader_lists() -> None:
     assert wrong == []
     files, total = re.fullmatch(r"(\d+) files, ([\d.]+ GiB)", listed()).groups()  # type: ignore[union-attr]
     assert f"{total} in {files} files" in page
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_docs_leads_somewhere() -> None:
+    """A link to a page or a section that is not there is a step a newcomer cannot take."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", link):
+                continue  # https:, mailto:
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path) if path else page
+            where = f"{page.relative_to(REPO)}: ({link})"
+            if not target.exists():
+                broken.append(f"{where} names no file")
+            elif anchor and target.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.*)$", target.read_text())
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{where} names no heading of {path or 'this page'}")
+    assert broken == [], "\n".join(broken)
