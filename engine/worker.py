@@ -54,9 +54,10 @@ from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
 from engine.s3 import S3Uploader
 from engine.settings import Settings
 from engine.stats import Phase, describe_stats, job_stats
-from engine.ui_workflow import as_api_format
+from engine.ui_workflow import as_api_format, is_ui_format
 from engine.workflow import (
     explain_unsent_files,
+    for_metadata,
     normalize_paths,
     rerun_previews,
     scope_inputs,
@@ -396,6 +397,12 @@ class Worker:
     ) -> JobSpec:
         # An editor (UI-format) workflow becomes the API format with the engine's nodes.
         workflow = as_api_format(request.workflow, self.runtime.node_definitions)
+        # What output files embed: the workflow as sent, before the per-job rewrites below.
+        sent_prompt, sent_graph = None, None
+        if self.settings.output_metadata:
+            sent_prompt = for_metadata(workflow)
+            if is_ui_format(request.workflow):
+                sent_graph = for_metadata(request.workflow)
         workflow = normalize_paths(workflow, self.runtime.file_inputs)
         # Model files named by URL (downloaded once, cached) or absolute path: listed names.
         workflow = self.model_urls.resolve(workflow, deadline, progress)
@@ -410,6 +417,8 @@ class Worker:
             api_key_comfy_org=request.comfy_org_api_key or self.settings.comfy_org_api_key,
             deadline=deadline,
             output_folder=folder,
+            sent_prompt=sent_prompt,
+            sent_graph=sent_graph,
         )
         return dataclasses.replace(spec, on_progress=progress) if progress else spec
 

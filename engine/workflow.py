@@ -10,6 +10,8 @@ Each pure and returning a new graph (the request stays as sent):
   job's own input folder (``a.png`` -> ``<job folder>/a.png``), where the worker stored
   it: a job reads only what it sent, plus the files baked into the image's input folder
   under their plain names, never a file another job sent (or left behind when killed).
+* :func:`for_metadata` is the workflow output files embed: as sent, with the user
+  info and query of any URL in it cut (a model URL's ``?token=``).
 * :func:`scope_outputs` puts every ``filename_prefix`` under a per-job folder.
   That keeps one job's files apart from the next, keeps ComfyUI's ``_00001_``
   counter from listing an ever-growing folder on each save, and, because the
@@ -29,6 +31,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.errors import WorkflowValidationError
 from engine.runtime import Workflow
@@ -305,3 +308,35 @@ def rerun_previews(workflow: Workflow, folder: str) -> Workflow:
             continue
         result[node_id] = {**node, "inputs": {**inputs, RUN_MARKER_INPUT: folder}}
     return result
+
+
+def for_metadata(value: Any) -> Any:
+    """``value`` (a workflow, API or UI format) for output files' metadata: as the user sent
+    it, with every ``http(s)://`` URL's user info and query cut (``?token=...`` would
+    otherwise travel in every PNG); the fragment (``#sha256=``) stays. A new object only
+    where something was cut; the rest is shared, never changed."""
+    if isinstance(value, str):
+        return _without_credentials(value)
+    if isinstance(value, dict):
+        items = {key: for_metadata(item) for key, item in value.items()}
+        changed = any(items[key] is not item for key, item in value.items())
+        return items if changed else value
+    if isinstance(value, list):
+        listed = [for_metadata(item) for item in value]
+        return listed if any(a is not b for a, b in zip(listed, value, strict=True)) else value
+    return value
+
+
+def _without_credentials(value: str) -> str:
+    if not value[:8].lower().startswith(("http://", "https://")) or not (
+        "?" in value or "@" in value
+    ):
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value.split("?", 1)[0]
+    if not parts.query and "@" not in parts.netloc:
+        return value
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", parts.fragment))

@@ -96,6 +96,12 @@ class JobSpec:
     output_folder: str | None = None
     """The job's own folder under ComfyUI's output and temp folders: while it runs, no file
     name leads its nodes out of it, nor into another job's (``output_scope``)."""
+    sent_prompt: Workflow | None = field(default=None, repr=False)
+    """The workflow in API format as the user sent it (before the worker's per-job
+    rewrites): what output files embed as ``prompt`` (``output_metadata``). None: the
+    prompt that runs, as ComfyUI would (or nothing, with ``OUTPUT_METADATA=false``)."""
+    sent_graph: dict[str, Any] | None = field(default=None, repr=False)
+    """The editor graph, when the user sent the UI format: embedded as ``workflow``."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from engine.runtime import (
     UiOutputs,
     comfy_checks,
     decoded_inputs,
+    output_metadata,
     output_scope,
     shapes,
 )
@@ -334,6 +335,11 @@ class ComfyRuntime:
         await comfy_checks.check_graph(comfy, job.prompt_id, prompt)
         client_id = f"worker-{job.prompt_id}"
         extra_data: dict[str, Any] = {"client_id": client_id}
+        # What output files embed: the user's workflow, as ComfyUI's editor sends it.
+        if job.sent_prompt is not None:
+            extra_data[output_metadata.SENT_PROMPT] = job.sent_prompt
+        if job.sent_graph is not None:
+            extra_data["extra_pnginfo"] = {"workflow": job.sent_graph}
         api_key = job.api_key_comfy_org or self._settings.comfy_org_api_key
         if api_key:
             extra_data["api_key_comfy_org"] = api_key

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.errors import RuntimeBootError
-from engine.runtime import decoded_inputs, fast_save, output_scope, pack_fixes, pack_imports
+from engine.runtime import (
+    decoded_inputs,
+    fast_save,
+    output_metadata,
+    output_scope,
+    pack_fixes,
+    pack_imports,
+)
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.model_paths import ModelPaths
 
@@ -142,6 +149,21 @@ def _check_output_scope(target: Target) -> str | None:
 
 def _apply_output_scope(target: Target) -> None:
     output_scope.install(target.folder_paths)
+
+
+def _check_output_metadata(target: Target) -> str | None:
+    function = getattr(target.execution, "get_input_data", None)
+    if function is None:
+        return "execution.get_input_data"
+    parameters = list(inspect.signature(function).parameters)
+    expected = ["inputs", "class_def", "unique_id", "outputs", "dynprompt", "extra_data"]
+    if parameters != expected:
+        return f"execution.get_input_data({', '.join(expected)})"
+    return _names_used(function, "get_original_prompt")
+
+
+def _apply_output_metadata(target: Target) -> None:
+    output_metadata.install(target.execution)
 
 
 def _check_pack_imports(target: Target) -> str | None:
@@ -264,6 +286,21 @@ REGISTRY: tuple[Patch, ...] = (
         "called on the module by every save and load node",
         check=_check_output_scope,
         apply=_apply_output_scope,
+    ),
+    Patch(
+        name="output_metadata",
+        phase="before_node_init",
+        replaces="execution.get_input_data (wrapped: an output node's hidden PROMPT is the "
+        "workflow as the user sent it)",
+        why="output files embedded the worker's rewrite of the prompt (per-job folders in "
+        "file names and prefixes, ComfyUI's is_changed hashes): dropped into ComfyUI they "
+        "restored a workflow naming files nobody has",
+        without="output files embed the prompt the worker ran, with its per-job names",
+        expects="execution.get_input_data(inputs, class_def, unique_id, outputs, dynprompt, "
+        "extra_data) returning (input_data_all, missing_keys, hidden_inputs_v3), filling "
+        "PROMPT from dynprompt.get_original_prompt()",
+        check=_check_output_metadata,
+        apply=_apply_output_metadata,
     ),
     Patch(
         name="pack_imports",

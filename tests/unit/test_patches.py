@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from engine.errors import RuntimeBootError
-from engine.runtime import decoded_inputs, fast_save, output_scope, pack_imports, patches
+from engine.runtime import (
+    decoded_inputs,
+    fast_save,
+    output_metadata,
+    output_scope,
+    pack_imports,
+    patches,
+)
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyMapping, LazyNodes
 from engine.runtime.model_paths import ModelPaths
@@ -152,6 +159,63 @@ def test_output_scope_skipped(caplog: pytest.LogCaptureFixture) -> None:
     _skipped_once("output_scope", _apply("output_scope", Target(folder_paths=folder_paths)), caplog)
     assert folder_paths.get_save_image_path is original
     assert "folder_paths.exists_annotated_filepath" in caplog.text
+
+
+# -- output_metadata -------------------------------------------------------------------------
+
+# ComfyUI 0.3.64's shape: hidden PROMPT filled from dynprompt.get_original_prompt().
+_EXECUTION = """
+class Hidden:
+    prompt = "prompt"
+
+def get_input_data(inputs, class_def, unique_id, outputs=None, dynprompt=None, extra_data={}):
+    data, hidden_v3 = dict(inputs), {}
+    if getattr(class_def, "V3", False):
+        hidden_v3[Hidden.prompt] = dynprompt.get_original_prompt() if dynprompt is not None else {}
+    else:
+        data["prompt"] = [dynprompt.get_original_prompt() if dynprompt is not None else {}]
+        data["extra_pnginfo"] = [extra_data.get("extra_pnginfo", None)]
+    return data, [], hidden_v3
+"""
+
+
+class _DynPrompt:
+    def __init__(self, prompt: dict[str, Any]) -> None:
+        self.prompt = prompt
+
+    def get_original_prompt(self) -> dict[str, Any]:
+        return self.prompt
+
+
+def test_output_metadata_applied() -> None:
+    """Output nodes (V1 and V3) get the prompt as sent; other nodes the one that runs."""
+    execution = _module(_EXECUTION)
+    original = execution.get_input_data
+    assert _apply("output_metadata", Target(execution=execution)).is_applied("output_metadata")
+    assert execution.get_input_data.__wrapped__ is original
+    running = {"1": {"inputs": {"image": "job-in-0/a.png"}, "is_changed": ["x"]}}
+    sent = {"1": {"inputs": {"image": "a.png"}}}
+    extra = {output_metadata.SENT_PROMPT: sent, "extra_pnginfo": {"workflow": {"nodes": []}}}
+    save = type("SaveImage", (), {"OUTPUT_NODE": True})
+    save_v3 = type("SaveVideo", (), {"OUTPUT_NODE": True, "V3": True})
+    reader = type("WidgetToString", (), {})
+    data, _, _ = execution.get_input_data({}, save, "9", None, _DynPrompt(running), extra)
+    assert data["prompt"] == [sent] and data["extra_pnginfo"] == [{"workflow": {"nodes": []}}]
+    _, _, hidden = execution.get_input_data({}, save_v3, "9", None, _DynPrompt(running), extra)
+    assert hidden["prompt"] is sent
+    data, _, _ = execution.get_input_data({}, reader, "5", None, _DynPrompt(running), extra)
+    assert data["prompt"] == [running]
+    # Without the worker's key (OUTPUT_METADATA=false, a warm-up): ComfyUI's own answer.
+    data, _, _ = execution.get_input_data({}, save, "9", None, _DynPrompt(running), {})
+    assert data["prompt"] == [running]
+    assert not output_metadata.install(execution)  # once only
+
+
+def test_output_metadata_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    execution = _module(_EXECUTION.replace("dynprompt=None, extra_data={}", "dynprompt=None"))
+    original = execution.get_input_data
+    _skipped_once("output_metadata", _apply("output_metadata", Target(execution=execution)), caplog)
+    assert execution.get_input_data is original
 
 
 # -- pack_imports ----------------------------------------------------------------------------

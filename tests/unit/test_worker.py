@@ -22,7 +22,7 @@ import handler as handler_module
 from engine.errors import ItemError
 from engine.settings import Settings
 from engine.worker import Worker, job_folder
-from tests import workflows
+from tests import ui_graphs, workflows
 from tests.fake_runtime import FakeRuntime
 
 
@@ -917,3 +917,31 @@ def test_convert_output_is_bounded_by_the_output_limit_not_the_input_limit(
     assert [i["filename"] for i in body["images"]] == ["batch_00001_.png"]
     (line,) = body["errors"]
     assert "128x128" in line and "OUTPUT_MAX_PIXELS" in line, line
+
+
+def test_the_runtime_gets_the_workflow_as_sent_for_output_metadata(settings: Settings) -> None:
+    """Output files embed the user's workflow (their names, not the per-job folders), and
+    the editor graph when they sent one; OUTPUT_METADATA=false passes neither."""
+    api = workflows.invert("a.png", "mine/inverted")
+    sent = json.loads(json.dumps(api))
+    worker = make_worker(settings)
+    job = {"workflow": api, "images": [{"name": "a.png", "image": png_b64()}]}
+    assert worker.handle({"id": "m1", "input": job})["errors"] == []
+    (spec,) = worker.runtime.jobs  # type: ignore[attr-defined]
+    assert spec.sent_prompt == sent and spec.sent_graph is None
+    assert spec.workflow["1"]["inputs"]["image"] != "a.png"  # what runs is scoped
+
+    graph = ui_graphs.UiGraph()
+    graph.node(1, "EmptyImage", [8, 8, 1, 0], outputs=["IMAGE"])
+    graph.node(2, "SaveImage", ["ui"], inputs=[("images", "IMAGE")])
+    graph.link(1, 0, 2, "images")
+    ui = graph.build()
+    assert worker.handle({"id": "m2", "input": {"workflow": ui}})["errors"] == []
+    spec = worker.runtime.jobs[-1]  # type: ignore[attr-defined]
+    assert spec.sent_graph == ui
+    assert spec.sent_prompt["2"]["inputs"]["filename_prefix"] == "ui"
+
+    quiet = make_worker(dataclasses.replace(settings, output_metadata=False))
+    assert quiet.handle({"id": "m3", "input": {"workflow": ui}})["errors"] == []
+    spec = quiet.runtime.jobs[-1]  # type: ignore[attr-defined]
+    assert spec.sent_prompt is None and spec.sent_graph is None

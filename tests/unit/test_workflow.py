@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from engine.errors import WorkflowValidationError
-from engine.workflow import normalize_paths, scope_inputs, scope_outputs, unsent_files
+from engine.workflow import (
+    for_metadata,
+    normalize_paths,
+    scope_inputs,
+    scope_outputs,
+    unsent_files,
+)
 
 
 def _listed(class_type: str) -> frozenset[str]:
@@ -201,4 +207,28 @@ def test_unsent_files_names_loaders_whose_file_is_neither_sent_nor_baked(tmp_pat
     assert unsent_files(wf, "job-in-x", tmp_path, _loaders) == {
         ("1", "image"): "killme.png",
         ("5", "file"): "missing",
+    }
+
+
+def test_for_metadata_cuts_url_credentials_and_shares_the_rest() -> None:
+    """What output files embed: the workflow as sent, less the secrets a URL can carry."""
+    wf = {
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {
+                "ckpt_name": "https://user:pw@host.example/m.safetensors?token=s3cr3t#sha256=ab"
+            },
+        },
+        "5": {
+            "class_type": "LoraLoader",
+            "inputs": {"lora_name": "https://host.example/l.safetensors"},
+        },
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "see https://x.example/?q=1 ok"}},
+    }
+    out = for_metadata(wf)
+    assert out["4"]["inputs"]["ckpt_name"] == "https://host.example/m.safetensors#sha256=ab"
+    assert out["5"] is wf["5"] and out["6"] is wf["6"]  # nothing to cut: shared
+    assert "s3cr3t" in json.dumps(wf) and "s3cr3t" not in json.dumps(out)
+    assert for_metadata({"nodes": [{"widgets_values": ["https://h.example/a?x=1"]}]}) == {
+        "nodes": [{"widgets_values": ["https://h.example/a"]}]
     }

@@ -1,0 +1,75 @@
+"""Output nodes embed the workflow as the user sent it, not the worker's rewrite of it.
+
+ComfyUI's save nodes (SaveImage's PNG text chunks, SaveAnimatedWEBP's EXIF, SaveVideo's
+and VideoHelperSuite's container metadata) embed two things: the prompt being run, which
+ComfyUI hands every node that declares the hidden ``PROMPT`` input (V3: ``Hidden.prompt``),
+and ``extra_data["extra_pnginfo"]``, where ComfyUI's editor puts its graph (``workflow``).
+The prompt the worker runs is its own rewrite: per-job folders in file names and prefixes
+(``job-in-<hash>/a.png``, ``job-<id>/ComfyUI``), a marker input on previews, and ComfyUI's
+cache writes ``is_changed`` hashes into it. Dropped into ComfyUI, such a file restores a
+workflow that names files nobody has.
+
+The runtime puts the user's prompt (the API format as sent, or converted from the editor
+graph they sent) into ``extra_data`` under :data:`SENT_PROMPT`, and the graph itself under
+``extra_pnginfo.workflow`` as the editor would. :func:`install` wraps ComfyUI's
+``execution.get_input_data`` so that an output node's hidden prompt is that one; every
+other node (a pack's node that reads other nodes' values from the prompt) still gets the
+prompt that runs. Without :data:`SENT_PROMPT` (``OUTPUT_METADATA=false``, a warm-up)
+nothing changes. ``OUTPUT_METADATA=false`` is ComfyUI's ``--disable-metadata``: nothing
+is embedded at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+SENT_PROMPT = "worker_sent_prompt"
+"""The key of ``extra_data`` holding the prompt as the user sent it."""
+
+_WRAPPED = "_output_metadata"
+
+
+def install(execution: Any) -> bool:
+    """Wrap ``execution.get_input_data``; whether it did (False when already wrapped)."""
+    original = execution.get_input_data
+    if getattr(original, _WRAPPED, False):
+        return False
+    wrapper = functools.wraps(original)(_sent_prompt_for_outputs(original))
+    setattr(wrapper, _WRAPPED, True)
+    execution.get_input_data = wrapper
+    return True
+
+
+def _sent_prompt_for_outputs(original: Callable[..., Any]) -> Callable[..., Any]:
+    def get_input_data(
+        inputs: Any,
+        class_def: Any,
+        unique_id: Any,
+        outputs: Any = None,
+        dynprompt: Any = None,
+        extra_data: Any = None,
+    ) -> Any:
+        extra = {} if extra_data is None else extra_data
+        result = original(inputs, class_def, unique_id, outputs, dynprompt, extra)
+        sent = extra.get(SENT_PROMPT) if isinstance(extra, dict) else None
+        if (
+            sent is None
+            or dynprompt is None
+            or getattr(class_def, "OUTPUT_NODE", False) is not True
+        ):
+            return result
+        running = dynprompt.get_original_prompt()
+        input_data_all, _missing, hidden_v3 = result
+        # ComfyUI handed this node the running prompt itself (the same object): swap it.
+        for name, values in input_data_all.items():
+            if isinstance(values, list) and len(values) == 1 and values[0] is running:
+                input_data_all[name] = [sent]
+        if isinstance(hidden_v3, dict):
+            for key, value in hidden_v3.items():
+                if value is running:
+                    hidden_v3[key] = sent
+        return result
+
+    return get_input_data
