@@ -198,3 +198,18 @@ def test_every_relative_link_of_the_docs_leads_somewhere() -> None:
                 if anchor not in {_anchor(h) for h in headings}:
                     broken.append(f"{where} names no heading of {path or 'this page'}")
     assert broken == [], "\n".join(broken)
+
+
+_FIGURE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|s|MiB|GiB|KiB|MB|GB|x|%)(?![\w])")
+
+
+def test_no_figure_is_one_measured_by_hand() -> None:
+    """Every figure comes with the command that made it: a paragraph that says it was
+    measured by hand, or that its script was not kept, gives no figure."""
+    offending = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        for paragraph in re.split(r"\n\s*\n|\n(?=- )", page.read_text()):
+            flat = " ".join(paragraph.split())
+            if re.search(r"by hand|not kept|no script", flat) and _FIGURE.search(flat):
+                offending.append(f"{page.relative_to(REPO)}: {flat[:160]}")
+    assert offending == [], "\n".join(offending)
