@@ -96,8 +96,9 @@ def explain(
     details += [f"  {line}" for line in output.strip().splitlines() if line.strip()]
     details.append(
         "What to do: pick a commit of the pack whose requirements fit, or leave the pack "
-        "out (--skip NAME); moving a pin in the constraints file is a decision for the whole "
-        "image (its reason is above) and needs the real-engine suite run again"
+        "out (drop its URL; --skip NAME for a snapshot or folder entry); moving a pin in "
+        "the constraints file is a decision for the whole image (its reason is above) and "
+        "needs the real-engine suite run again"
     )
     packs = ", ".join(new_packs) or "the image's inputs"
     return PackError(

@@ -104,7 +104,8 @@ def inspect(candidate: Candidate, image_apt: set[str]) -> Inspection:
     result = Inspection(_requirements(names, read))
     result.warnings += requirement_differences(candidate, result.requirements)
     fix = (
-        f"fork the pack with a fix, pick another commit, or leave it out (--skip {candidate.name})"
+        "fork the pack with a fix, pick another commit, or leave it out (drop its URL; "
+        f"--skip {candidate.name} for a snapshot or folder entry)"
     )
     for line in result.requirements.lines:
         if line.startswith("-"):

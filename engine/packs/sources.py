@@ -123,24 +123,45 @@ def remote_refs(url: str) -> tuple[dict[str, str], str | None]:
 
 
 def fetch(url: str, commit: str, git_dir: Path) -> None:
-    """Bring ``commit`` of ``url`` into the bare repository ``git_dir``."""
+    """Bring ``commit`` of ``url`` into the bare repository ``git_dir``, blobs on demand.
+
+    A partial fetch (``--filter=blob:none``) takes the commit and its trees only; the few
+    files read later (requirements, setup scripts) come on demand, so a pack with
+    hundreds of MB of sample images costs kilobytes. A server that does not filter
+    sends everything, which works too.
+    """
     if not git_dir.exists():
-        init = git("init", "--quiet", "--bare", str(git_dir))
-        if init.returncode != 0:
-            raise PackError(f"git init {git_dir} failed: {_last_line(init)}")
-    got = git("--git-dir", str(git_dir), "fetch", "--quiet", "--depth", "1", url, commit)
+        for args in (
+            ("init", "--quiet", "--bare", str(git_dir)),
+            ("--git-dir", str(git_dir), "remote", "add", "origin", url),
+            ("--git-dir", str(git_dir), "config", "core.repositoryformatversion", "1"),
+            ("--git-dir", str(git_dir), "config", "extensions.partialClone", "origin"),
+            ("--git-dir", str(git_dir), "config", "remote.origin.promisor", "true"),
+            ("--git-dir", str(git_dir), "config", "remote.origin.partialclonefilter", "blob:none"),
+        ):
+            made = git(*args)
+            if made.returncode != 0:
+                raise PackError(f"git {args[0]} for {url} failed: {_last_line(made)}")
+    base = ("--git-dir", str(git_dir), "fetch", "--quiet", "--filter=blob:none", "origin")
+    got = git(*base[:-1], "--depth", "1", "origin", commit)
     if got.returncode != 0:
         # A host that refuses fetching by commit id: take its branches and tags, look there.
-        git("--git-dir", str(git_dir), "fetch", "--quiet", url, "+refs/*:refs/remote/*")
+        got = git(*base, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
     found = git("--git-dir", str(git_dir), "cat-file", "-e", f"{commit}^{{commit}}")
-    if found.returncode != 0:
+    if found.returncode == 0:
+        return
+    if got.returncode != 0:
         raise PackError(
-            f"commit {commit} does not exist in {url}",
-            [
-                "give a commit of that repository (git log in a clone), a branch or tag "
-                "name, or no @... to pin its current HEAD"
-            ],
+            f"could not fetch {commit[:12]} from {url} ({_last_line(got)})",
+            ["check that the URL and the commit are right and the host can be reached"],
         )
+    raise PackError(
+        f"commit {commit} does not exist in {url}",
+        [
+            "give a commit of that repository (git log in a clone), a branch or tag "
+            "name, or no @... to pin its current HEAD"
+        ],
+    )
 
 
 # -- URLs ----------------------------------------------------------------------------------
@@ -304,6 +325,8 @@ def from_snapshot(path: Path, work: Path, skip: Sequence[str]) -> Found:
             )
         )
     for item in data.get("file_custom_nodes") or []:
+        if isinstance(item, dict) and item.get("filename") in _COMFY_OWN_FILES:
+            continue  # ComfyUI's own example files, listed by the manager like any other
         if isinstance(item, dict) and not item.get("disabled"):
             found.skipped.append(
                 f"{item.get('filename')}: a single-file node is no pack the image can pin; "

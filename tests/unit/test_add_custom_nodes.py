@@ -388,7 +388,10 @@ def _snapshot(tmp_path: Path, git_config: Path) -> dict[str, object]:
             "https://github.com/ltdrdata/ComfyUI-Manager": {"hash": "b" * 40, "disabled": False},
         },
         "cnr_custom_nodes": {"comfyui-kjnodes": "1.1.0"},
-        "file_custom_nodes": [{"filename": "my_node.py", "disabled": False}],
+        "file_custom_nodes": [
+            {"filename": "my_node.py", "disabled": False},
+            {"filename": "websocket_image_save.py", "disabled": False},  # ComfyUI's own
+        ],
         "pips": {"gguf==0.16.0": "", "torch==2.7.1": "", "cstr @ git+https://x/y": ""},
     }
 
@@ -427,6 +430,7 @@ def test_a_snapshot_adds_its_git_entries_at_their_hashes_with_pips_as_constraint
     assert "off-pack: skipped, disabled in the snapshot" in printed
     assert "ComfyUI-Manager: skipped, the worker installs nothing at run time" in printed
     assert "my_node.py: a single-file node is no pack the image can pin" in printed
+    assert "websocket_image_save.py" not in printed
     assert outcome.written
 
 
@@ -613,7 +617,7 @@ def test_a_git_requirement_has_no_wheel_the_lock_can_pin(
     repo.refuse(
         "'git+https://github.com/WASasquatch/cstr' is no PyPI release",
         "'--extra-index-url https://x/simple' is a pip option",
-        "--skip was-like",
+        "--skip was-like for a snapshot or folder entry",
         urls=(f"{HOST}/was-like",),
     )
 
