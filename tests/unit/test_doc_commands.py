@@ -20,6 +20,7 @@ PAGES = [
     "README.md",
     "docs/deployment.md",
     "docs/troubleshooting.md",
+    "docs/custom-nodes.md",
     *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs" / "zh-CN").glob("*.md")),
 ]
 
@@ -40,6 +41,10 @@ NOT_IN_CI: list[tuple[str, str]] = [
         "resolves against PyPI and writes the lock",
     ),
     (r"scripts/lock_image\.py --check", "CI runs it as its own step (.ci/run)"),
+    (
+        r"scripts/add_custom_nodes\.py (?!--help)",
+        "fetches packs with git and compiles the lock against PyPI",
+    ),
     (r"comfy-worker-client .*--url ", "talks to a running worker"),
     (r"^comfy-worker-client ", "talks to a RunPod endpoint"),
     (r"^docker ", "builds and pushes the image"),
