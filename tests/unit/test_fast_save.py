@@ -3,7 +3,7 @@
 ComfyUI's ``nodes`` module is replaced by a small module with the same shape: a
 ``SaveImage.save_images`` that looks ``Image`` up in its module and calls
 ``Image.fromarray(...).save(path, pnginfo=..., compress_level=...)`` per image.
-``tests/engine/test_fast_save_real.py`` compares the files with the real SaveImage's.
+``tests/engine/test_fast_save_real.py`` kills the helpers between two real SaveImage batch jobs.
 """
 
 from __future__ import annotations
