@@ -21,6 +21,7 @@ from PIL import Image
 from engine.runtime.comfy import ComfyRuntime
 from engine.settings import Settings
 from engine.worker import Worker
+from tests import workflows
 from tests.engine.support import ENGINE_MARKS
 from tests.ui_graphs import invert_png_mp4_ui
 
@@ -114,3 +115,25 @@ def test_ui_format_embeds_the_editor_graph_and_the_users_names(
     assert json.loads(tags["workflow"]) == sent_graph, sorted(tags)
     assert json.loads(tags["prompt"]) == prompt
     no_worker_names(tags["prompt"])
+
+
+def test_vhs_video_combine_embeds_the_prompt_as_sent(worker: Worker, tmp_path: Path) -> None:
+    """VideoHelperSuite's MP4 carries the prompt in its ``comment`` tag, as sent."""
+    import nodes
+
+    from tests.engine.support import require_packs
+
+    require_packs("ComfyUI-VideoHelperSuite")
+    assert "VHS_VideoCombine" in nodes.NODE_CLASS_MAPPINGS
+    workflow = workflows.vhs(3)
+    workflow["2"]["inputs"]["filename_prefix"] = "clips/anim"
+    sent = json.loads(json.dumps(workflow))
+    files = by_name(worker.handle({"id": "meta-vhs", "input": {"workflow": workflow}}))
+    (name,) = [n for n in files if n.endswith(".mp4")]
+    video = tmp_path / name
+    video.write_bytes(files[name])
+    with av.open(str(video)) as container:
+        tags = dict(container.metadata)
+    comment = json.loads(tags["comment"])
+    assert json.loads(comment["prompt"]) == sent, comment
+    no_worker_names(json.dumps(comment))
