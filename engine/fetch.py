@@ -15,7 +15,10 @@ a cloud network, so every hop (the URL and each redirect target) is checked:
   answer that changes between check and connect (DNS rebinding) cannot steer it;
 - the body is streamed and cut at ``INPUT_MAX_IMAGE_MB`` (refused up front when
   Content-Length says so), under one deadline of ``INPUT_DOWNLOAD_TIMEOUT_S`` for
-  all hops together.
+  all hops together (or the job's, when sooner), a stall limit and a minimum rate,
+  checked at every read (:mod:`engine.transfer`);
+- https is verified against the system's trust store (``SSL_CERT_FILE`` and
+  ``SSL_CERT_DIR`` name a corporate CA) as well as certifi's bundle.
 
 Failures raise :class:`~engine.errors.ItemError` named by the URL without its query
 string: presigned URLs carry their credentials there, so it never reaches a
@@ -29,17 +32,22 @@ hop by hop); :class:`HttpFetcher` reads an image into memory through it, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 
+import certifi
 import httpx
 
+from engine.deadline import Deadline
 from engine.errors import ItemError
 from engine.settings import Settings
+from engine.transfer import ReadLimits, bounded_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +145,23 @@ def _mb(size: int) -> str:
     return f"{size / _MB:.1f} MB"
 
 
+@functools.cache
+def trust_context() -> ssl.SSLContext:
+    """The TLS context every download verifies servers with: the system's trust store and
+    certifi's bundle together.
+
+    httpx alone trusts only certifi's bundle unless it reads the environment, which the
+    guard must not let it do (a proxy would be trusted in place of the host). OpenSSL's
+    default paths honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``, so a corporate CA (or
+    one a test made) is trusted the standard way; certifi keeps public hosts working on
+    an image without a system bundle. Built once, on first use: loading both takes
+    tens of milliseconds.
+    """
+    context = ssl.create_default_context()  # the system's store, SSL_CERT_FILE/DIR honoured
+    context.load_verify_locations(cafile=certifi.where())
+    return context
+
+
 class _RedactUrls(logging.Filter):
     """Strips query strings from the URLs httpx logs at INFO ("HTTP Request: GET ...")."""
 
@@ -181,6 +206,7 @@ class GuardedHttp:
             # No proxy or .netrc from the environment: through a proxy, the address
             # check would vouch for the proxy, not for the host the proxy reaches.
             trust_env=False,
+            verify=trust_context(),
             follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0),  # see "Connection: close"
         )
@@ -351,6 +377,7 @@ class HttpFetcher:
     ) -> None:
         self._timeout_s = settings.input_download_timeout_s
         self._max_bytes = settings.input_max_image_bytes
+        self._limits = ReadLimits.from_settings(settings)
         self._http = GuardedHttp(
             allow_private=settings.input_allow_private_urls,
             max_redirects=settings.input_max_redirects,
@@ -376,19 +403,33 @@ class HttpFetcher:
 
     def fetch(self, url: str) -> bytes:
         """The body at ``url``; raises :class:`ItemError` named by the redacted URL."""
+        return self.fetch_within(url, None)
+
+    def fetch_within(self, url: str, deadline: Deadline | None) -> bytes:
+        """As :meth:`fetch`, also bounded by the job's ``deadline``: its passing or its
+        cancel raises the job's own error (:meth:`Deadline.exceeded`) within a read."""
         shown = redact_url(url)
         started = time.monotonic()
-        deadline = started + self._timeout_s
+        until = started + self._timeout_s
+        remaining = deadline.remaining() if deadline is not None else None
+        if remaining is not None:
+            until = min(until, started + remaining)
         try:
-            with self._http.get(url, deadline, headers_for=_accept_images) as response:
-                body = self._read_body(response, deadline)
-        except httpx.TimeoutException as exc:
-            raise ItemError(shown, self._timeout_reason()) from exc
-        except httpx.InvalidURL as exc:
-            raise ItemError(shown, f"not a valid URL ({exc})") from exc
-        except httpx.ConnectError as exc:
-            raise ItemError(shown, f"could not connect ({exc})") from exc
+            with self._http.get(
+                url, until, headers_for=_accept_images, idle_timeout_s=self._limits.stall_s
+            ) as response:
+                body = self._read_body(response, until, deadline)
         except httpx.HTTPError as exc:
+            if deadline is not None and deadline.expired():
+                raise deadline.exceeded("while downloading inputs") from exc
+            if isinstance(exc, httpx.TimeoutException):
+                stalled = not isinstance(exc, DeadlinePassed) and time.monotonic() < until
+                reason = self._limits.stall_reason() if stalled else self._timeout_reason()
+                raise ItemError(shown, reason) from exc
+            if isinstance(exc, httpx.InvalidURL):
+                raise ItemError(shown, f"not a valid URL ({exc})") from exc
+            if isinstance(exc, httpx.ConnectError):
+                raise ItemError(shown, f"could not connect ({exc})") from exc
             # Protocol and read errors; their text names no URL.
             raise ItemError(shown, f"{type(exc).__name__}: {exc}") from exc
         except ItemError as exc:
@@ -403,7 +444,9 @@ class HttpFetcher:
             "the host is too slow or the file too large"
         )
 
-    def _read_body(self, response: httpx.Response, deadline: float) -> bytes:
+    def _read_body(
+        self, response: httpx.Response, until: float, deadline: Deadline | None
+    ) -> bytes:
         if not 200 <= response.status_code < 300:
             raise ItemError("", status_reason(response))
         if response.headers.get("content-type", "").lower().startswith("text/html"):
@@ -415,13 +458,18 @@ class HttpFetcher:
             # Refused before reading a byte of the body.
             raise ItemError("", f"the image is {_mb(int(declared))}, over the {limit}")
         body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > self._max_bytes:
-                raise ItemError("", f"the image is over the {limit}; the download was stopped")
-            # Read timeouts bound each wait; this bounds a server that drips bytes forever.
-            if time.monotonic() > deadline:
-                raise ItemError("", self._timeout_reason())
+        with bounded_chunks(
+            response,
+            limits=self._limits,
+            until=until,
+            deadline=deadline,
+            where="while downloading inputs",
+            timed_out=lambda: ItemError("", self._timeout_reason()),
+        ) as chunks:
+            for chunk in chunks:
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise ItemError("", f"the image is over the {limit}; the download was stopped")
         return bytes(body)
 
 

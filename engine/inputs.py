@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from PIL import Image, UnidentifiedImageError
 
+from engine.deadline import Deadline
 from engine.errors import InputImageError, ItemError
 from engine.fetch import HttpFetcher, redact_url
 from engine.media import media_kind, verify_media
@@ -42,7 +43,7 @@ from engine.settings import Settings
 T = TypeVar("T")
 
 # HttpFetcher is re-exported: callers wire the store and its default fetcher from here.
-__all__ = ["Fetcher", "HttpFetcher", "safe_input_path", "store_images"]
+__all__ = ["BoundedFetcher", "Fetcher", "HttpFetcher", "safe_input_path", "store_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ class Fetcher(Protocol):
     """Downloads one URL; raises :class:`ItemError` (its ``reason`` is shown to the user)."""
 
     def fetch(self, url: str) -> bytes: ...
+
+
+@runtime_checkable
+class BoundedFetcher(Fetcher, Protocol):
+    """A :class:`Fetcher` that also stops, within a read, when the job's deadline passes
+    or the job is cancelled (raising the deadline's own error)."""
+
+    def fetch_within(self, url: str, deadline: Deadline | None) -> bytes: ...
 
 
 def safe_input_path(input_dir: Path, name: str) -> Path:
@@ -111,8 +120,13 @@ def store_images(
     input_dir: Path,
     settings: Settings,
     fetcher: Fetcher | None = None,
+    deadline: Deadline | None = None,
 ) -> list[Path]:
-    """Fetch, verify and write every image; returns the written paths, or writes none."""
+    """Fetch, verify and write every image; returns the written paths, or writes none.
+
+    ``deadline`` bounds the checks of videos and audio (their downloads are the
+    fetcher's to bound): its passing or cancel raises its own error.
+    """
     if not images:
         return []
     if len(images) > settings.input_max_images:
@@ -136,7 +150,7 @@ def store_images(
     staged: dict[Path, Path] = {}
     try:
         _make_parents(targets.values(), Path(base), created)
-        _stage_all(images, targets, settings, owned or fetcher, staged)
+        _stage_all(images, targets, settings, owned or fetcher, staged, deadline)
         written = _commit(staged, {path: name for name, path in targets.items()})
     except BaseException:
         for temp in staged.values():
@@ -213,6 +227,7 @@ def _stage_all(
     settings: Settings,
     fetcher: Fetcher | None,
     staged: dict[Path, Path],
+    deadline: Deadline | None = None,
 ) -> None:
     """Stage every image concurrently into ``staged`` (target -> temp); raise on any failure."""
     failures: list[ItemError] = []
@@ -220,11 +235,12 @@ def _stage_all(
     if len(images) == 1:
         # The common request: one image. A thread pool would only add its start-up.
         (image,) = images
-        futures = [_done(_stage, image, targets[image.name], settings, fetcher)]
+        futures = [_done(_stage, image, targets[image.name], settings, fetcher, deadline)]
     else:
         with ThreadPoolExecutor(min(_MAX_PARALLEL, len(images)), "input-image") as pool:
             futures = [
-                pool.submit(_stage, im, targets[im.name], settings, fetcher) for im in images
+                pool.submit(_stage, im, targets[im.name], settings, fetcher, deadline)
+                for im in images
             ]
     # Every future is collected, even after a failure, so that each temporary file
     # is known and removed, and every bad image is reported at once.
@@ -244,7 +260,11 @@ def _stage_all(
 
 
 def _stage(
-    image: InputImage, target: Path, settings: Settings, fetcher: Fetcher | None
+    image: InputImage,
+    target: Path,
+    settings: Settings,
+    fetcher: Fetcher | None,
+    deadline: Deadline | None = None,
 ) -> tuple[Path, Path]:
     """Load and verify one image, then write it beside its target under a temporary name."""
     data = _load(image, settings, fetcher)
@@ -254,7 +274,15 @@ def _stage(
         decoded = _verify(image, data, settings)
     else:
         source = f" downloaded from {redact_url(image.image)}" if _is_url(image.image) else ""
-        verify_media(image.name, data, kind, settings.input_max_pixels, source)
+        verify_media(
+            image.name,
+            data,
+            kind,
+            settings.input_max_pixels,
+            source,
+            max_frames=settings.input_max_frames,
+            deadline=deadline,
+        )
     # A hidden temporary name in the same folder: the final rename is atomic and
     # ComfyUI never sees a half-written file. Short, and not built from the target's
     # name, so a 255-byte name (the file system's limit) still has a temporary one.

@@ -9,6 +9,10 @@ The check decodes with PyAV (ComfyUI's own video library) in this process: the
 container must open, hold a video or audio stream, and yield a first frame; every
 packet is then demuxed, which finds a file cut short without decoding all of it.
 A video's frame size is held to ``INPUT_MAX_PIXELS`` like an image's.
+
+The check is bounded: a file of millions of tiny frames (50 MB holds several million)
+is refused past ``INPUT_MAX_FRAMES`` packets, and the job's deadline and cancel are
+checked every few hundred packets, so the check never holds a job past its limit.
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ from typing import Any, Literal
 
 import av
 
-from engine.errors import ItemError
+from engine.deadline import Deadline
+from engine.errors import ItemError, WorkerError
 
 MediaKind = Literal["video", "audio"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".mkv"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".m4a"})
+# The job's deadline is read every this many packets: demuxing one takes about a
+# microsecond, so a cancel is seen within a millisecond or so.
+_DEADLINE_EVERY = 256
 
 
 def media_kind(name: str) -> MediaKind | None:
@@ -37,12 +45,23 @@ def media_kind(name: str) -> MediaKind | None:
     return None
 
 
-def verify_media(name: str, data: bytes, kind: MediaKind, max_pixels: int, source: str) -> None:
-    """Raise :class:`ItemError` unless ``data`` is a decodable ``kind`` within the pixel limit.
+def verify_media(
+    name: str,
+    data: bytes,
+    kind: MediaKind,
+    max_pixels: int,
+    source: str,
+    *,
+    max_frames: int,
+    deadline: Deadline | None = None,
+) -> None:
+    """Raise :class:`ItemError` unless ``data`` is a decodable ``kind`` within the pixel
+    and frame limits; the deadline's own error once the job must stop.
 
     A video suffix accepts a file with only an audio stream (``LoadAudio`` reads
     videos too); an audio suffix needs an audio stream. ``source`` says where the
-    bytes came from in messages (`` downloaded from <url>`` or empty).
+    bytes came from in messages (`` downloaded from <url>`` or empty). ``max_frames``
+    bounds the packets of every stream together (``INPUT_MAX_FRAMES``).
     """
     what = "video or audio" if kind == "video" else "audio"
     try:
@@ -58,13 +77,26 @@ def verify_media(name: str, data: bytes, kind: MediaKind, max_pixels: int, sourc
                         f"the video is {width}x{height} = {width * height} pixels a frame, over "
                         f"the {max_pixels}-pixel limit (INPUT_MAX_PIXELS)",
                     )
-            if next(iter(container.decode(stream)), None) is None:
+            decoded = False
+            # Every packet of every stream, one by one, so that the bounds are checked
+            # between any two (a demux of one stream skips the others' packets in C).
+            for count, packet in enumerate(container.demux(), 1):
+                if count % _DEADLINE_EVERY == 1 and deadline is not None and deadline.expired():
+                    raise deadline.exceeded("while checking input videos and audio")
+                if count > max_frames:
+                    raise ItemError(
+                        name,
+                        f"the file holds more than {max_frames} frames (INPUT_MAX_FRAMES); "
+                        f"send a shorter {kind}, or raise INPUT_MAX_FRAMES",
+                    )
+                if not decoded and packet.stream.index == stream.index:
+                    # Until the first frame comes out; flush packets at the end count too.
+                    decoded = next(iter(packet.decode()), None) is not None
+            if not decoded:
                 raise ItemError(
                     name, f"no {stream.type} frame could be decoded from the file{source}"
                 )
-            for _packet in container.demux():
-                pass
-    except ItemError:
+    except (ItemError, WorkerError):
         raise
     except MemoryError:
         raise

@@ -11,15 +11,25 @@ URL without its query), written after the file is in place; its modification tim
 when a job last used the file, which orders eviction (least recently used first).
 Access times are not used: volumes are often mounted ``noatime``.
 
-Eviction runs before a download, to make room for it: under ``MODEL_CACHE_MAX_GB``
-for all folders together, and enough free disk for the file. A file in use by the
-running job (one it resolved, or one being downloaded) is never evicted. Only files
-this cache downloaded are counted or removed; the folder's own files are never touched.
+Eviction runs before a download, to make room for it, and again as its bytes arrive
+past what was reserved (a body without ``Content-Length``): under
+``MODEL_CACHE_MAX_GB`` for all folders together, downloads in flight included, and
+enough free disk for the file. A file in use by the running job (one it resolved, or
+one being downloaded) is never evicted. Only files this cache downloaded are counted or
+removed; the folder's own files are never touched.
+
+A download in flight is a hidden ``.<key>.<8 hex>.part`` file, held under an exclusive
+``flock`` by the process writing it. A worker killed mid-download leaves it unlocked:
+the next worker to boot removes every unlocked part file (:meth:`ModelCache.sweep`),
+while a part that another live worker on the same volume holds is left alone. Where
+the file system has no locks, a part untouched for 10 minutes counts as dead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -42,9 +52,12 @@ _RECORD_SUFFIX = ".json"
 _PART_SUFFIX = ".part"
 # Left free on the disk after a download: ComfyUI still writes outputs and temp files.
 DISK_RESERVE_BYTES = 512 * 1024 * 1024
-# A download in progress writes its temporary file continually; one untouched this long
-# was left by a worker that died mid-download.
+# Where part files cannot be locked: a download in progress writes its part file
+# continually (at least every DOWNLOAD_STALL_S); one untouched this long is dead.
 _STALE_PART_S = 600.0
+# An unlocked part this young and still empty may be one a live worker has just made
+# and not locked yet (creating and locking are two calls): left for the next sweep.
+_NEWBORN_PART_S = 60.0
 _MAX_NAME_BYTES = 255  # a file name's limit on ext4, xfs, NTFS...
 _GB = 1024**3
 
@@ -110,6 +123,10 @@ class ModelCache:
         self.max_bytes = max_bytes
         self._folders = list(folders or [])
         self._swept: set[Path] = set()
+        # Room reserved by downloads in flight in this process, by part file: counted
+        # against the limit beside the finished files.
+        self._reserved: dict[Path, int] = {}
+        self._room = threading.Lock()
 
     def set_folders(self, folders: Iterable[ModelFolder]) -> None:
         """The model folders whose caches count towards the limit (all of ComfyUI's)."""
@@ -176,6 +193,21 @@ class ModelCache:
         """A short hidden temporary name in ``directory``: the final rename is atomic."""
         return directory / f".{key}.{uuid.uuid4().hex[:8]}{_PART_SUFFIX}"
 
+    @contextlib.contextmanager
+    def part(self, directory: Path, key: str) -> Iterator[Path]:
+        """A new, empty part file, locked while the block runs; removed when it ends
+        (unless it was renamed into place), its reservation released."""
+        path = self.temp_path(directory, key)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        try:
+            _lock(fd)
+            yield path
+        finally:
+            with self._room:
+                self._reserved.pop(path, None)
+            path.unlink(missing_ok=True)
+            os.close(fd)  # last: the lock holds until the file is gone or in place
+
     def add(
         self, temp: Path, directory: Path, key: str, name: str, sha256: str, shown_url: str
     ) -> CacheEntry:
@@ -187,10 +219,10 @@ class ModelCache:
         if old is not None and old.path != final:
             old.path.unlink(missing_ok=True)  # the URL now serves a file of another name
         record = {"file": final.name, "size": size, "sha256": sha256, "url": shown_url}
-        record_temp = self.temp_path(directory, key)
-        record_temp.write_text(json.dumps(record), encoding="utf-8")
         record_path = directory / f".{key}{_RECORD_SUFFIX}"
-        record_temp.replace(record_path)
+        with self.part(directory, key) as record_temp:
+            record_temp.write_text(json.dumps(record), encoding="utf-8")
+            record_temp.replace(record_path)
         return CacheEntry(key, final, size, sha256, record_path.stat().st_mtime)
 
     def remove(self, entry: CacheEntry) -> None:
@@ -204,19 +236,41 @@ class ModelCache:
         directory: Path,
         in_use: set[Path],
         extra: Iterable[ModelFolder] = (),
+        part: Path | None = None,
     ) -> None:
         """Evict least recently used files until ``incoming`` bytes fit; raise if they cannot.
 
         ``in_use`` files are never evicted. Two bounds: the cache limit for all folders
-        together, and the free space of the disk ``directory`` is on.
+        together (with what other downloads in flight reserved), and the free space of
+        the disk ``directory`` is on. ``part``, the download's part file, holds the
+        reservation, and what it already holds on disk is not asked for twice.
         """
+        with self._room:
+            self._make_room(incoming, directory, in_use, extra, part)
+            if part is not None:
+                self._reserved[part] = incoming
+
+    def _make_room(
+        self,
+        incoming: int,
+        directory: Path,
+        in_use: set[Path],
+        extra: Iterable[ModelFolder],
+        part: Path | None,
+    ) -> None:
         entries = self.entries(extra)
-        total = sum(e.size for e in entries)
+        in_flight = sum(size for path, size in self._reserved.items() if path != part)
+        total = sum(e.size for e in entries) + in_flight
+        written = 0
+        if part is not None:
+            with contextlib.suppress(OSError):
+                written = part.stat().st_size
+        needed_on_disk = max(incoming - written, 0)
         free = shutil.disk_usage(directory).free
         device = directory.stat().st_dev
         for entry in entries:
             over_limit = total + incoming > self.max_bytes
-            short_of_disk = free < incoming + DISK_RESERVE_BYTES
+            short_of_disk = free < needed_on_disk + DISK_RESERVE_BYTES
             if not over_limit and not short_of_disk:
                 break
             if entry.path in in_use:
@@ -237,13 +291,16 @@ class ModelCache:
             if same_disk:
                 free += entry.size
         if total + incoming > self.max_bytes:
+            held = f"files this job uses hold {_gb(total - in_flight)}"
+            if in_flight:
+                held += f" and downloads in progress {_gb(in_flight)}"
             raise ItemError(
                 "",
-                f"the file ({_gb(incoming)}) does not fit in the model cache: files this job "
-                f"uses hold {_gb(total)} of its {_gb(self.max_bytes)} (MODEL_CACHE_MAX_GB); "
-                "raise MODEL_CACHE_MAX_GB",
+                f"the file ({_gb(incoming)}{' so far' if part and written else ''}) does not "
+                f"fit in the model cache: {held} of its {_gb(self.max_bytes)} "
+                "(MODEL_CACHE_MAX_GB); raise MODEL_CACHE_MAX_GB",
             )
-        if free < incoming + DISK_RESERVE_BYTES:
+        if free < needed_on_disk + DISK_RESERVE_BYTES:
             raise ItemError(
                 "",
                 f"not enough disk space for the file ({_gb(incoming)}): {_gb(free)} free on "
@@ -251,17 +308,63 @@ class ModelCache:
                 "use a larger volume or fewer models",
             )
 
+    def sweep(self) -> int:
+        """Remove the part files killed workers left in every cache folder; how many.
+
+        At boot, before any job: a part no live process holds is a dead download.
+        """
+        removed = 0
+        for directory in self._dirs():
+            self._swept.add(directory)
+            removed += _sweep_parts(directory)
+        return removed
+
     def _sweep(self, directory: Path) -> None:
-        """Remove temporary files a dead worker left (once per folder and process)."""
+        """Remove part files a dead worker left (once per folder and process)."""
         if directory in self._swept:
             return
         self._swept.add(directory)
-        now = time.time()
-        for part in directory.glob(f".*{_PART_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                if now - part.stat().st_mtime > _STALE_PART_S:
-                    part.unlink()
-                    log.info("model cache: removed %s, left by an interrupted download", part)
+        _sweep_parts(directory)
+
+
+def _lock(fd: int) -> None:
+    """Take the part file's exclusive lock; where locks are not supported, go without
+    (the sweep then judges parts by age)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in {errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}:
+            raise
+
+
+def _sweep_parts(directory: Path) -> int:
+    """Remove the part files in ``directory`` that no live process holds; how many."""
+    removed = 0
+    now = time.time()
+    for part in directory.glob(f".*{_PART_SUFFIX}"):
+        try:
+            fd = os.open(part, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile: renamed into place, or swept by another worker
+        try:
+            stat = os.fstat(fd)
+            age = now - stat.st_mtime
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live download (this worker's or another's on the volume)
+            except OSError:
+                if age <= _STALE_PART_S:  # no locks here: only age tells
+                    continue
+            else:
+                if stat.st_size == 0 and age <= _NEWBORN_PART_S:
+                    continue
+            part.unlink(missing_ok=True)
+            removed += 1
+            log.info("model cache: removed %s, left by an interrupted download", part)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _can_create(path: Path) -> bool:

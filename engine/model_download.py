@@ -14,8 +14,14 @@ redirect to another host). Tokens are never logged: only the URL without its que
 is ever shown.
 
 Time: the job's :class:`~engine.deadline.Deadline` bounds the whole download and is
-checked between chunks; a server that sends nothing for ``idle_timeout_s`` fails the
-download, whatever time the job has left.
+checked at every read, its cancel included (:mod:`engine.transfer`); a server that
+sends nothing for ``DOWNLOAD_STALL_S``, or less than ``DOWNLOAD_MIN_KB_PER_S`` over a
+window, fails the download, whatever time the job has left.
+
+Size: the empty body is never a model file, and one shorter than its
+``Content-Length`` is refused. ``check_size`` reserves room in the cache before the
+body (the declared size) and again each time the bytes that arrived pass what was
+reserved, so a body without ``Content-Length`` is held to the cache's limit too.
 """
 
 from __future__ import annotations
@@ -35,18 +41,25 @@ from typing import Protocol
 import httpx
 
 from engine.deadline import Deadline
-from engine.errors import ItemError
-from engine.fetch import GuardedHttp, Resolver, redact_url, resolve_host, status_reason
+from engine.errors import ItemError, WorkerError
+from engine.fetch import (
+    DeadlinePassed,
+    GuardedHttp,
+    Resolver,
+    redact_url,
+    resolve_host,
+    status_reason,
+)
 from engine.settings import Settings
+from engine.transfer import ReadLimits, bounded_chunks
 
 log = logging.getLogger(__name__)
 
 HF_HOSTS = frozenset({"huggingface.co", "hf.co"})
 CIVITAI_HOSTS = frozenset({"civitai.com", "www.civitai.com"})
-_CHUNK_BYTES = 1024 * 1024
-# A CDN that stalls this long mid-file is not coming back; the job's own limit may be
-# an hour. 60 s rides out a slow TLS handshake or a brief network blip.
-IDLE_TIMEOUT_S = 60.0
+# Without a Content-Length, room in the cache is reserved this much at a time (and
+# doubling): a few cache scans per file, never more than this past the limit unseen.
+_RESERVE_STEP_BYTES = 64 * 1024 * 1024
 _HEAD_BYTES = 16  # kept from the start of the body to tell a format without a suffix
 _MB = 1024 * 1024
 _STATUS_HINTS = {
@@ -78,7 +91,8 @@ class Download:
 ProgressReport = Callable[[int, "int | None"], None]
 """``(bytes so far, total or None)``."""
 SizeCheck = Callable[["int | None"], None]
-"""Called with the declared size (or None) before the body is read; raises to refuse."""
+"""Called with the declared size (or None) before the body is read, then with a larger
+size each time the body outgrows what was reserved; raises to refuse."""
 
 
 class Downloader(Protocol):
@@ -123,7 +137,7 @@ class HttpDownloader:
         client: httpx.Client | None = None,
         *,
         resolver: Resolver = resolve_host,
-        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        limits: ReadLimits | None = None,
     ) -> None:
         self._http = GuardedHttp(
             allow_private=settings.input_allow_private_urls,
@@ -132,7 +146,7 @@ class HttpDownloader:
             resolver=resolver,
         )
         self._headers_for = token_headers(settings)
-        self._idle_timeout_s = idle_timeout_s
+        self._limits = limits or ReadLimits.from_settings(settings)
 
     def close(self) -> None:
         """Close the HTTP client if this downloader made it."""
@@ -154,23 +168,30 @@ class HttpDownloader:
         remaining = deadline.remaining()
         until = math.inf if remaining is None else time.monotonic() + remaining
         started = time.monotonic()
+        where = f"while downloading {shown}"
         try:
             with self._http.get(
-                url, until, headers_for=self._headers_for, idle_timeout_s=self._idle_timeout_s
+                url, until, headers_for=self._headers_for, idle_timeout_s=self._limits.stall_s
             ) as response:
                 result = self._save(
-                    response, temp, shown, max_bytes, limit_name, deadline, check_size, on_progress
+                    response,
+                    temp,
+                    until,
+                    max_bytes,
+                    limit_name,
+                    deadline,
+                    where,
+                    check_size,
+                    on_progress,
                 )
         except BaseException as exc:
             temp.unlink(missing_ok=True)
+            if isinstance(exc, httpx.HTTPError) and deadline.expired():
+                raise deadline.exceeded(where) from exc
+            if isinstance(exc, DeadlinePassed):
+                raise deadline.exceeded(where) from exc
             if isinstance(exc, httpx.TimeoutException):
-                if deadline.expired():
-                    raise deadline.exceeded(f"while downloading {shown}") from exc
-                raise ItemError(
-                    "",
-                    f"the server sent nothing for {self._idle_timeout_s:g} s; retry, or host "
-                    "the file elsewhere",
-                ) from exc
+                raise ItemError("", self._limits.stall_reason()) from exc
             if isinstance(exc, httpx.InvalidURL):
                 raise ItemError("", f"not a valid URL ({exc})") from exc
             if isinstance(exc, httpx.ConnectError):
@@ -192,10 +213,11 @@ class HttpDownloader:
         self,
         response: httpx.Response,
         temp: Path,
-        shown: str,
+        until: float,
         max_bytes: int,
         limit_name: str,
         deadline: Deadline,
+        where: str,
         check_size: SizeCheck,
         on_progress: ProgressReport,
     ) -> Download:
@@ -212,31 +234,52 @@ class HttpDownloader:
         limit = f"{max_bytes / _MB:.1f} MB limit ({limit_name})"
         if total is not None and total > max_bytes:
             raise ItemError("", f"the file is {total / _MB:.1f} MB, over the {limit}")
+        if total == 0:
+            raise ItemError("", _EMPTY)
         check_size(total)
+        reserved = total if total is not None else 0
         digest = hashlib.sha256()
         head = b""
         size = 0
         on_progress(0, total)
         try:
-            with temp.open("xb") as out:
-                for chunk in response.iter_bytes(_CHUNK_BYTES):
-                    deadline.check(f"downloading {shown}")
+            with (
+                temp.open("r+b" if temp.exists() else "xb") as out,
+                bounded_chunks(
+                    response,
+                    limits=self._limits,
+                    until=until,
+                    deadline=deadline,
+                    where=where,
+                    timed_out=lambda: ItemError("", "timed out"),  # until is the job's deadline
+                ) as chunks,
+            ):
+                for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
                         raise ItemError(
                             "", f"the file is over the {limit}; the download was stopped"
                         )
+                    if size > reserved:
+                        # No Content-Length (or a server sending more than it said): the
+                        # cache's limit holds for the bytes that really arrive.
+                        reserved = min(max_bytes, max(size, 2 * reserved, _RESERVE_STEP_BYTES))
+                        check_size(reserved)
                     if len(head) < _HEAD_BYTES:
                         head += chunk[: _HEAD_BYTES - len(head)]
                     digest.update(chunk)
                     out.write(chunk)
                     on_progress(size, total)
+        except WorkerError:
+            raise  # the job's deadline or cancel (a JobTimeoutError is also an OSError)
         except OSError as exc:
             raise ItemError(
                 "", f"could not be written to {temp.parent} ({exc.strerror or exc})"
             ) from exc
         if total is not None and size != total:
             raise ItemError("", f"the server sent {size} bytes of the {total} it announced; retry")
+        if size == 0:
+            raise ItemError("", _EMPTY)
         return Download(
             temp=temp,
             size=size,
@@ -244,6 +287,12 @@ class HttpDownloader:
             head=head,
             suggested_name=_disposition_name(response.headers.get("content-disposition")),
         )
+
+
+_EMPTY = (
+    "the server sent an empty file (0 bytes), which is no model; check the URL, or that "
+    "the file is still there"
+)
 
 
 def _disposition_name(header: str | None) -> str | None:

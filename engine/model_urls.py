@@ -276,27 +276,26 @@ class ModelUrls:
         call: int,
     ) -> CacheEntry:
         directory = self._cache.cache_dir(item.folder)
-        temp = self._cache.temp_path(directory, key)
         settings = self._settings
         if settings.model_max_file_bytes <= settings.model_cache_max_bytes:
             max_bytes, limit_name = settings.model_max_file_bytes, "MODEL_MAX_FILE_GB"
         else:
             max_bytes, limit_name = settings.model_cache_max_bytes, "MODEL_CACHE_MAX_GB"
-
-        def make_room(size: int | None) -> None:
-            self._cache.make_room(size or 0, directory, self._in_use())
-
         log.info("model %s: downloading into %s", item.shown, directory)
-        download = self._http().download(
-            item.url,
-            temp,
-            max_bytes=max_bytes,
-            limit_name=limit_name,
-            deadline=deadline,
-            check_size=make_room,
-            on_progress=_Reporter(item, progress),
-        )
-        try:
+        with self._cache.part(directory, key) as temp:
+
+            def make_room(size: int | None) -> None:
+                self._cache.make_room(size or 0, directory, self._in_use(), part=temp)
+
+            download = self._http().download(
+                item.url,
+                temp,
+                max_bytes=max_bytes,
+                limit_name=limit_name,
+                deadline=deadline,
+                check_size=make_room,
+                on_progress=_Reporter(item, progress),
+            )
             name = _file_name(item, download)
             if item.sha256 is not None and download.sha256 != item.sha256:
                 raise ItemError(
@@ -305,12 +304,22 @@ class ModelUrls:
                     f"{download.sha256}; the URL serves another file than the hash names "
                     "(or the hash is wrong)",
                 )
+            if download.size == 0:  # whatever the downloader: an empty file is no model
+                raise ItemError("", "the server sent an empty file (0 bytes), which is no model")
             entry = self._cache.add(temp, directory, key, name, download.sha256, item.shown)
-        finally:
-            temp.unlink(missing_ok=True)
         self._pin(call, entry.path)
         self._runtime.forget_model_files(item.folder.name)
         return entry
+
+    def sweep(self) -> None:
+        """Remove the partial downloads killed workers left in every model folder's cache.
+
+        Once at boot, after the runtime (which knows the model folders) has started.
+        """
+        self._cache.set_folders(self._runtime.model_folders())
+        removed = self._cache.sweep()
+        if removed:
+            log.info("model cache: removed %d partial download(s) left by a killed worker", removed)
 
     def _http(self) -> Downloader:
         if self._downloader is None:

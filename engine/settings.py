@@ -140,6 +140,13 @@ class BucketSettings:
     1 GB video over a 100 Mbit/s uplink (about 85 s) and still frees the worker in two
     minutes when the endpoint is dead or stuck (before this bound, one stuck endpoint
     held it 245 s: a 60 s read timeout, tried 3 times, plus connects)."""
+    upload_stall_s: float = 30.0
+    """``UPLOAD_STALL_S``: an upload request that moves no byte (sent or answered) for
+    this long has stalled: an endpoint that accepts connections and never answers. It
+    fails at once, without a retry, instead of holding the job for ``UPLOAD_TIMEOUT_S``;
+    an upload that keeps moving runs on to that limit. 30 s: S3 answers a stored part in
+    well under a second, and answers a long CompleteMultipartUpload with its headers
+    first."""
 
 
 def _split_bucket_url(url: str, bucket_override: str | None) -> tuple[str, str]:
@@ -190,6 +197,20 @@ class Settings:
     # of a 4096x4096 image is 16384x16384, 1 GiB as RGBA once decoded.
     output_max_pixels: int = 16384 * 16384
     input_allow_private_urls: bool = False
+    input_max_frames: int = 200_000
+    """``INPUT_MAX_FRAMES``: the most packets (video frames, audio blocks) an input video or
+    audio file may hold; the check reads each one, so this bounds its time: 200,000
+    frames is 55 minutes at 60 fps, read in a few seconds (docs/reference.md)."""
+    download_stall_s: float = 30.0
+    """``DOWNLOAD_STALL_S``: a download (input file or model file by URL) that receives no
+    byte for this long fails. Under ``JOB_STOP_GRACE_S``, so that a server that answers
+    nothing never keeps a job past its grace."""
+    download_min_kb_per_s: float = 32.0
+    """``DOWNLOAD_MIN_KB_PER_S``: a download slower than this over a whole
+    ``DOWNLOAD_RATE_WINDOW_S`` fails (0: no minimum). 32 KB/s takes a 10 MB image in 5
+    minutes: anything slower is a server dripping bytes, not a slow link."""
+    download_rate_window_s: float = 30.0
+    """``DOWNLOAD_RATE_WINDOW_S``: the window the minimum rate is measured over."""
     # RunPod refuses /runsync results over 20 MB (/run inputs over 10 MB); users see a
     # bare "Failed to return job results" at 19.5 MB, so refuse 10% below the cap.
     response_limit_bytes: int = 20 * 1024 * 1024
@@ -302,7 +323,8 @@ class Settings:
         job_timeout = number(float, "JOB_TIMEOUT_S", cls.job_timeout_s or 0.0, 0)
         # Read even without a bucket, so a bad value is caught before S3 is switched on.
         upload_timeout = number(float, "UPLOAD_TIMEOUT_S", BucketSettings.upload_timeout_s, 0.1)
-        bucket = checked(lambda: _bucket_from_env(get, upload_timeout), None)
+        upload_stall = number(float, "UPLOAD_STALL_S", BucketSettings.upload_stall_s, 0.1)
+        bucket = checked(lambda: _bucket_from_env(get, upload_timeout, upload_stall), None)
         mb = 1024 * 1024
         gb = 1024 * mb
         settings = cls(
@@ -319,6 +341,14 @@ class Settings:
             input_max_pixels=number(int, "INPUT_MAX_PIXELS", 8192 * 8192, 1),
             output_max_pixels=number(int, "OUTPUT_MAX_PIXELS", cls.output_max_pixels, 1),
             input_allow_private_urls=boolean("INPUT_ALLOW_PRIVATE_URLS", False),
+            input_max_frames=number(int, "INPUT_MAX_FRAMES", cls.input_max_frames, 1),
+            download_stall_s=number(float, "DOWNLOAD_STALL_S", cls.download_stall_s, 0.1),
+            download_min_kb_per_s=number(
+                float, "DOWNLOAD_MIN_KB_PER_S", cls.download_min_kb_per_s, 0
+            ),
+            download_rate_window_s=number(
+                float, "DOWNLOAD_RATE_WINDOW_S", cls.download_rate_window_s, 0.1
+            ),
             response_limit_bytes=int(number(float, "RESPONSE_LIMIT_MB", 20.0, 0.001) * mb),
             job_timeout_s=job_timeout or None,
             job_stop_grace_s=number(float, "JOB_STOP_GRACE_S", cls.job_stop_grace_s, 0),
@@ -382,7 +412,7 @@ class Settings:
 
 
 def _bucket_from_env(
-    get: Callable[[str], str | None], upload_timeout_s: float
+    get: Callable[[str], str | None], upload_timeout_s: float, upload_stall_s: float
 ) -> BucketSettings | None:
     endpoint = get("BUCKET_ENDPOINT_URL")
     if endpoint is None:
@@ -417,4 +447,5 @@ def _bucket_from_env(
         url_expiry_s=expiry,
         public_url=(get("BUCKET_PUBLIC_URL") or "").rstrip("/") or None,
         upload_timeout_s=upload_timeout_s,
+        upload_stall_s=upload_stall_s,
     )

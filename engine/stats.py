@@ -44,6 +44,7 @@ class Phase:
 def job_stats(total_s: float, phases: dict[str, float], result: RunResult) -> dict[str, Any]:
     """The response's ``stats``: seconds per phase and per node that ran, to the ms.
 
+    ``models_s`` is the model files named by URL (downloads, or finding them cached);
     ``outputs_s`` covers reading the files and any conversion; parsing the request and
     cleaning up count only in ``total_s``. Validation and execution are the runtime's own
     measures; a runtime that gives none has its whole run counted as execution.
@@ -54,6 +55,7 @@ def job_stats(total_s: float, phases: dict[str, float], result: RunResult) -> di
     seconds = {
         "total_s": total_s,
         "inputs_s": phases.get("downloading inputs", 0.0),
+        "models_s": phases.get("downloading models", 0.0),
         "validate_s": validate_s,
         "execute_s": execute_s,
         "outputs_s": phases.get("reading outputs", 0.0) + phases.get("converting outputs", 0.0),

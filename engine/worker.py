@@ -38,7 +38,7 @@ from engine.errors import (
     new_incident,
 )
 from engine.graph_checks import check_values
-from engine.inputs import Fetcher, HttpFetcher, store_images
+from engine.inputs import BoundedFetcher, Fetcher, HttpFetcher, store_images
 from engine.job_files import (
     SpareFolders,
     job_folder,
@@ -147,6 +147,8 @@ class Worker:
         # worker's jobs left in the input, output, temp and scratch folders goes.
         sweep_leftovers(self.runtime.directories, self.settings.work_dir)
         self.runtime.boot()
+        # Once the runtime knows its model folders: a killed worker's partial downloads.
+        self.model_urls.sweep()
         log.info(
             "worker ready in %.2f s (outputs: %s)",
             time.perf_counter() - started,
@@ -311,12 +313,13 @@ class Worker:
                 inputs_dir / folder,
                 self.settings,
                 _StoppableFetcher(self.fetcher, deadline),
+                deadline,
             )
             if stored:
                 files_of_job.input_folder = settle_inputs(inputs_dir, inputs_dir / folder, stored)
             phase.enter("running the workflow", deadline)
             spec = self._job_spec(
-                job_id, request, folder, progress, deadline, files_of_job.input_folder
+                job_id, request, folder, progress, deadline, phase, files_of_job.input_folder
             )
             # ComfyUI clears its interrupt flag when a prompt starts; the runtime also
             # checks the deadline (cancelled included) at every node and step.
@@ -393,6 +396,7 @@ class Worker:
         folder: str,
         progress: Callable[[ProgressEvent], None] | None,
         deadline: Deadline,
+        phase: Phase,
         input_folder: str | None = None,
     ) -> JobSpec:
         # An editor (UI-format) workflow becomes the API format with the engine's nodes.
@@ -405,7 +409,11 @@ class Worker:
                 sent_graph = for_metadata(request.workflow)
         workflow = normalize_paths(workflow, self.runtime.file_inputs)
         # Model files named by URL (downloaded once, cached) or absolute path: listed names.
+        # A phase of its own: its seconds are the stats' models_s, and a deadline that
+        # passes there is reported as passing while downloading models.
+        phase.enter("downloading models", deadline)
         workflow = self.model_urls.resolve(workflow, deadline, progress)
+        phase.enter("running the workflow", deadline)
         if input_folder is not None:
             sent = frozenset(image.name.replace("\\", "/") for image in request.images)
             workflow = scope_inputs(workflow, sent, input_folder, self.runtime.file_inputs)
@@ -465,10 +473,16 @@ def _unscope(file: OutputFile, folder: str) -> OutputFile:
 
 class _StoppableFetcher:
     """The worker's fetcher as one job sees it: a download stops waiting when the job is
-    cancelled (a server that holds the connection open cannot hold the job)."""
+    cancelled (a server that holds the connection open cannot hold the job), and a
+    fetcher that takes the job's deadline stops within a read of its limit or cancel."""
 
     def __init__(self, inner: Fetcher, deadline: Deadline) -> None:
         self._inner, self._deadline = inner, deadline
 
     def fetch(self, url: str) -> bytes:
-        return self._deadline.call(lambda: self._inner.fetch(url), "while downloading inputs")
+        inner, deadline = self._inner, self._deadline
+        if isinstance(inner, BoundedFetcher):
+            return deadline.call(
+                lambda: inner.fetch_within(url, deadline), "while downloading inputs"
+            )
+        return deadline.call(lambda: inner.fetch(url), "while downloading inputs")

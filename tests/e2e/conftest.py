@@ -35,6 +35,7 @@ _SCRUBBED_PREFIXES = (
     "MODEL_",
     "HF_",
     "CIVITAI_",
+    "DOWNLOAD_",
 )
 
 

@@ -34,6 +34,7 @@ from engine.fetch import IPAddress
 from engine.model_cache import CACHE_DIR_NAME, url_key
 from engine.model_download import HttpDownloader
 from engine.settings import Settings
+from engine.transfer import ReadLimits
 from engine.worker import Worker
 from tests.fake_runtime import FakeRuntime
 from tests.local_http import LoopbackServer
@@ -242,7 +243,9 @@ def download(
     """Download ``url`` with the real downloader; the file's bytes."""
     temp = tmp_path / ".part"
     reports = progress if progress is not None else []
-    downloader = HttpDownloader(settings, client, resolver=loopback, idle_timeout_s=idle_timeout_s)
+    downloader = HttpDownloader(
+        settings, client, resolver=loopback, limits=ReadLimits(stall_s=idle_timeout_s)
+    )
     try:
         result = downloader.download(
             url,

@@ -188,6 +188,7 @@ def test_stats_time_the_phases_and_the_nodes_that_ran(worker: Worker) -> None:
         assert set(phases) == {
             "total_s",
             "inputs_s",
+            "models_s",
             "validate_s",
             "execute_s",
             "outputs_s",

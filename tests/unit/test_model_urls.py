@@ -401,17 +401,24 @@ def test_the_cache_never_counts_or_evicts_the_folders_own_files(tmp_path: Path) 
     assert cache.entries() == []
 
 
-def test_a_temporary_file_left_by_a_dead_worker_is_swept(tmp_path: Path) -> None:
+def test_a_part_file_no_live_process_holds_is_swept_and_a_held_one_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A dead worker's part file is unlocked, however young; a live download (here this
+    process's, on another open file, as another worker on the volume would hold it) is
+    locked and stays."""
     folder = ModelFolder("loras", (tmp_path / "loras",))
-    stale = tmp_path / "loras" / CACHE_DIR_NAME / ".0123456789abcdef.deadbeef.part"
-    fresh = stale.with_name(".0123456789abcdef.cafebabe.part")
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"half")
-    fresh.write_bytes(b"half")
-    os.utime(stale, (1, 1))
-    ModelCache(10, [folder]).cache_dir(folder)
-    assert not stale.exists()
-    assert fresh.exists()  # may be another worker's download in progress
+    directory = tmp_path / "loras" / CACHE_DIR_NAME
+    directory.mkdir(parents=True)
+    dead = directory / ".0123456789abcdef.deadbeef.part"
+    dead.write_bytes(b"half")  # just written: age does not matter, the lock does
+    live_cache = ModelCache(10, [folder])
+    with live_cache.part(directory, "0123456789abcdef") as live:
+        live.write_bytes(b"half")
+        assert ModelCache(10, [folder]).sweep() == 1
+        assert not dead.exists()
+        assert live.exists()
+    assert not live.exists()  # the block's end removes what was not put in place
 
 
 def test_a_read_only_folder_falls_through_to_the_next_path(tmp_path: Path) -> None:

@@ -449,7 +449,7 @@ def test_a_cancelled_job_interrupts_the_engine_and_the_next_job_runs(
     assert worker is not None and [job.prompt_id for job in worker.runtime.jobs] == ["slow", "next"]  # type: ignore[attr-defined]
 
 
-_PHASES = {"total_s", "inputs_s", "validate_s", "execute_s", "outputs_s", "deliver_s"}
+_PHASES = {"total_s", "inputs_s", "models_s", "validate_s", "execute_s", "outputs_s", "deliver_s"}
 
 
 def test_stats_time_each_phase_and_only_the_nodes_that_ran(settings: Settings) -> None:
