@@ -50,11 +50,13 @@ _PARTS_PER_UPLOAD = 4
 _MAX_ATTEMPTS = 5
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 8.0
-# Per request, with time to spare: a connect takes milliseconds when the endpoint is up;
-# 60 s without a byte back means it is stuck, not slow. Near the deadline both shrink
-# to fit in what is left; never below 0.1 s (botocore refuses 0).
+# Per request: a connect takes milliseconds when the endpoint is up. The read timeout is
+# the stall limit (UPLOAD_STALL_S): botocore applies it to every socket operation, each
+# send of a block of the body and the wait for the answer, so an upload that keeps
+# moving is never cut by it, and an endpoint that accepts and then answers nothing is
+# found stalled after it. Near the deadline both shrink to fit in what is left; never
+# below 0.1 s (botocore refuses 0).
 _CONNECT_TIMEOUT_S = 10
-_READ_TIMEOUT_S = 60
 _MIN_TIMEOUT_S = 0.1
 # No new attempt with less than this left after its pause: it could hardly upload
 # anything, and the failure seen so far tells the user more than a timeout would.
@@ -82,6 +84,7 @@ class S3Uploader:
     def __init__(self, bucket: BucketSettings, client: Any | None = None) -> None:
         self._bucket = bucket
         self.timeout_s = bucket.upload_timeout_s
+        self._stall_s = bucket.upload_stall_s
         self.target = f"bucket {bucket.bucket!r} at {_origin(bucket.endpoint_url)}"
         # botocore's messages can quote the access key id (e.g. InvalidAccessKeyId).
         self._secrets = tuple(s for s in (bucket.access_key_id, bucket.secret_access_key) if s)
@@ -116,6 +119,16 @@ class S3Uploader:
                 break
             except (BotoCoreError, ClientError, Boto3Error) as exc:
                 failure = self._classify(exc, path)
+                if _is_read_timeout(exc) and time.monotonic() < deadline - _MIN_TIMEOUT_S:
+                    # The stall limit ran out, not the deadline: another attempt would
+                    # stall as long again, so the job hears now, not at UPLOAD_TIMEOUT_S.
+                    failure = _Failure(
+                        f"S3 did not answer for {self._stall_s:g} s (UPLOAD_STALL_S): it "
+                        "accepted the connection, then nothing moved",
+                        "check that the S3 service answers; raise UPLOAD_STALL_S only if it "
+                        "is known to be that slow",
+                        retryable=False,
+                    )
                 pause = _backoff_s(attempt)
                 if (
                     not failure.retryable
@@ -151,13 +164,13 @@ class S3Uploader:
         With time to spare it is the shared one (its pooled connections are reused);
         near the deadline a fresh one, so a stuck request ends when the deadline does.
         """
-        if self._fixed_client is not None or remaining >= _CONNECT_TIMEOUT_S + _READ_TIMEOUT_S:
+        if self._fixed_client is not None or remaining >= self._connect_s() + self._stall_s:
             return self._client
         return self._new_client(max(remaining, _MIN_TIMEOUT_S))
 
     def _new_client(self, within_s: float | None) -> Any:
         """A client with the bucket's own credentials, never the host's."""
-        connect, read = float(_CONNECT_TIMEOUT_S), float(_READ_TIMEOUT_S)
+        connect, read = self._connect_s(), self._stall_s
         if within_s is not None:
             # A connect is quick or the host is dead; the read waits for S3 to store the
             # file: it gets most of what is left, and the two together fit in it.
@@ -183,6 +196,9 @@ class S3Uploader:
                 region_name=self._bucket.region,
                 config=config,
             )
+
+    def _connect_s(self) -> float:
+        return min(float(_CONNECT_TIMEOUT_S), self._stall_s)
 
     def _reason(self, failure: _Failure, attempts: int) -> str:
         """One line without secrets, local paths or object keys; ends with what to do."""
@@ -266,6 +282,11 @@ def _connect_cause(exc: BotoCoreError) -> str:
             return "the S3 host name could not be resolved"
         error = error.__cause__ or error.__context__ or getattr(error, "kwargs", {}).get("error")
     return "could not connect to S3"
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """Whether a request stalled (its read timeout passed), boto3's wrapper unwrapped."""
+    return isinstance(exc, ReadTimeoutError) or isinstance(exc.__context__, ReadTimeoutError)
 
 
 def _backoff_s(attempt: int) -> float:

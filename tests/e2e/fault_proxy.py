@@ -9,7 +9,11 @@ Modes, switchable at any time (a test usually picks one):
   ``times`` is None) whose request line contains ``match`` get ``status`` with an S3
   error body, then the connection closes; the others pass through;
 - ``hang()``: connections are accepted and the request read, and nothing is ever
-  answered, until the proxy closes (at the test's teardown).
+  answered, until the proxy closes (at the test's teardown);
+- ``throttle(chunk, pause_s)``: pass-through, but the client's bytes go on ``chunk`` at
+  a time with ``pause_s`` between (a slow uplink that keeps moving). Its connections
+  take a small receive buffer, so the client's sends wait on the throttle instead of
+  filling the kernel's buffers at once; ``pauses`` counts the waits.
 
 Each fault answers the first request of a connection and closes it, so every request
 of a faulty mode is seen; a passed-through connection carries on untouched, keep-alive
@@ -22,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -49,7 +55,8 @@ class FaultProxy:
         parts = urlsplit(upstream)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._lock = threading.Lock()
-        self._mode: Literal["pass", "refuse", "answer", "hang"] = "pass"
+        self._mode: Literal["pass", "refuse", "answer", "hang", "throttle"] = "pass"
+        self._throttle = (65536, 0.0)
         self._fault: _Fault | None = None
         self._open: set[socket.socket] = set()
         self._closed = False
@@ -59,6 +66,8 @@ class FaultProxy:
         """Connections passed through to the real server."""
         self.hung = threading.Event()
         """Set once a request is being held without an answer."""
+        self.pauses = 0
+        """Waits of ``throttle`` so far, over all connections."""
         self._listener = self._listen(0)
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -74,13 +83,19 @@ class FaultProxy:
     def hang(self) -> None:
         self._set("hang")
 
+    def throttle(self, chunk: int, pause_s: float) -> None:
+        """Pass through, the client's bytes ``chunk`` at a time, ``pause_s`` apart."""
+        with self._lock:
+            self._throttle = (chunk, pause_s)
+        self._set("throttle")
+
     def answer(self, status: int, *, times: int | None = None, match: str | None = None) -> None:
         """Answer ``status`` to the first ``times`` requests containing ``match``."""
         with self._lock:
             self._fault = _Fault(status, times, match)
         self._set("answer")
 
-    def _set(self, mode: Literal["pass", "refuse", "answer", "hang"]) -> None:
+    def _set(self, mode: Literal["pass", "refuse", "answer", "hang", "throttle"]) -> None:
         with self._lock:
             previous, self._mode = self._mode, mode
             if (previous == "refuse") == (mode == "refuse"):
@@ -102,6 +117,9 @@ class FaultProxy:
 
     def _listen(self, port: int) -> socket.socket:
         sock = self._bind(port)
+        # Small, so that a throttled client waits on its sends (set before listen():
+        # accepted connections inherit it, and the window is agreed at the handshake).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         sock.listen(64)
         threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
         return sock
@@ -140,25 +158,30 @@ class FaultProxy:
                 _skip_body(conn, head, rest)
                 conn.sendall(_error_response(fault.status))
             else:
-                self._pipe(conn, head + rest)
+                self._pipe(conn, head + rest, throttled=mode == "throttle")
         except OSError:
             pass  # the client gave up, or the proxy closed: nothing to tell anyone
         finally:
             self._forget(conn)
 
-    def _pipe(self, conn: socket.socket, first: bytes) -> None:
+    def _pipe(self, conn: socket.socket, first: bytes, *, throttled: bool = False) -> None:
         upstream = socket.create_connection(self._upstream)
         with self._lock:
             self._open.add(upstream)
             self.passed += 1
+            chunk, pause_s = self._throttle if throttled else (65536, 0.0)
         try:
             upstream.sendall(first)
             back = threading.Thread(target=_copy, args=(upstream, conn), daemon=True)
             back.start()
-            _copy(conn, upstream)
+            _copy(conn, upstream, chunk, pause_s, self._paused if throttled else None)
             back.join()
         finally:
             self._forget(upstream)
+
+    def _paused(self) -> None:
+        with self._lock:
+            self.pauses += 1
 
     def _forget(self, sock: socket.socket) -> None:
         with self._lock:
@@ -230,11 +253,20 @@ def _error_response(status: int) -> bytes:
     return head + body
 
 
-def _copy(source: socket.socket, sink: socket.socket) -> None:
+def _copy(
+    source: socket.socket,
+    sink: socket.socket,
+    size: int = 65536,
+    pause_s: float = 0.0,
+    on_pause: Callable[[], None] | None = None,
+) -> None:
     """Bytes from ``source`` to ``sink`` until ``source`` ends; then end ``sink``'s side."""
     try:
-        while chunk := source.recv(65536):
+        while chunk := source.recv(size):
             sink.sendall(chunk)
+            if on_pause is not None:
+                on_pause()
+                time.sleep(pause_s)
     except OSError:
         pass
     with contextlib.suppress(OSError):

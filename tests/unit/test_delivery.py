@@ -336,15 +336,15 @@ class TestS3Uploader:
     def test_transient_failures_are_retried_with_backoff(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """5xx, throttling, refused connections and read timeouts are tried again, after a
-        doubling pause; the upload then succeeds."""
+        """5xx, throttling and refused connections are tried again, after a doubling
+        pause; the upload then succeeds."""
         pauses: list[float] = []
         monkeypatch.setattr(time, "sleep", pauses.append)
         client = StubS3Client(
             s3_answer(500, "InternalError"),
             s3_answer(503, "SlowDown"),
             EndpointConnectionError(endpoint_url="http://127.0.0.1:9000/outputs/job/a.png"),
-            ReadTimeoutError(endpoint_url="http://127.0.0.1:9000/outputs/job/a.png"),
+            s3_answer(503, "SlowDown"),
         )
         url = S3Uploader(bucket(), client).upload("job/a.png", Path("a.png"), "image/png")
         assert url == "https://signed.example/url"
@@ -352,6 +352,17 @@ class TestS3Uploader:
         assert len(pauses) == 4
         assert all(0.25 <= p <= 0.5 * 2**i for i, p in enumerate(pauses))
         assert pauses[3] > pauses[0]
+
+    def test_a_stall_is_not_retried(self) -> None:
+        """A read timeout well before the deadline is the stall limit: an endpoint that
+        took the request and answers nothing would stall as long again."""
+        client = StubS3Client(
+            ReadTimeoutError(endpoint_url="http://127.0.0.1:9000/outputs/job/a.png"),
+        )
+        with pytest.raises(ItemError) as caught:
+            S3Uploader(bucket(), client).upload("job/a.png", Path("a.png"), "image/png")
+        assert client.calls == 1
+        assert caught.value.reason.startswith("S3 did not answer for 30 s (UPLOAD_STALL_S)")
 
     @pytest.mark.parametrize(
         ("error", "hint"),
@@ -404,7 +415,8 @@ class TestS3Uploader:
         uploader = S3Uploader(bucket())
         assert uploader._client_for(600.0) is uploader._client_for(120.0)
         config = uploader._client_for(600.0).meta.config
-        assert (config.connect_timeout, config.read_timeout) == (10, 60)
+        # The read timeout is the stall limit (UPLOAD_STALL_S), not the whole upload's.
+        assert (config.connect_timeout, config.read_timeout) == (10, 30)
 
     @pytest.mark.parametrize(
         ("socket_error", "cause"),
