@@ -45,6 +45,7 @@ NOT_IN_CI: list[tuple[str, str]] = [
         r"scripts/add_custom_nodes\.py (?!--help)",
         "fetches packs with git and compiles the lock against PyPI",
     ),
+    (r"scripts/workflow_needs\.py (?!--help)", "boots ComfyUI with its packs"),
     (r"comfy-worker-client .*--url ", "talks to a running worker"),
     (r"^comfy-worker-client ", "talks to a RunPod endpoint"),
     (r"^docker ", "builds and pushes the image"),
