@@ -104,8 +104,21 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
+def concurrency(current: int) -> int:
+    """The runpod SDK's ``concurrency_modifier``: how many jobs this worker takes at once.
+
+    ``MAX_CONCURRENT_JOBS`` (default 2): one job's inputs and delivery overlap another's
+    run, and the worker runs their workflows one at a time, in arrival order
+    (engine/pipeline.py). A worker that failed to boot takes one at a time: each gets
+    the boot error. The SDK's local API server does not ask: it hands every request over
+    at once, and the worker holds the same number, the others waiting their turn.
+    """
+    del current
+    return _worker.settings.max_concurrent_jobs if _worker is not None else 1
+
+
 if __name__ == "__main__":
     # Boot before taking jobs, so FlashBoot snapshots a warm engine and the first
     # job does not pay for importing torch and ComfyUI.
     _start()
-    runpod.serverless.start({"handler": handler})
+    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency})

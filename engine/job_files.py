@@ -29,7 +29,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from engine.runtime import Directories, decoded_inputs
@@ -69,6 +69,13 @@ def settle_inputs(input_dir: Path, staged: Path, paths: Sequence[Path]) -> str:
     send them cannot name the folder without knowing their bytes, and the folder is
     removed when the job ends anyway.
     """
+    name = input_folder_name(staged, paths)
+    _move_into_place(staged, input_dir / name)
+    return name
+
+
+def input_folder_name(staged: Path, paths: Sequence[Path]) -> str:
+    """The name :func:`settle_inputs` gives the folder of ``paths`` (files under ``staged``)."""
     digest = hashlib.sha256()
     for path in sorted(paths):
         known = decoded_inputs.HANDOFF.digest(path)  # hashed as it was stored: no re-read
@@ -78,12 +85,57 @@ def settle_inputs(input_dir: Path, staged: Path, paths: Sequence[Path]) -> str:
             with path.open("rb") as file:
                 content = hashlib.file_digest(file, "sha256").digest()
         digest.update(path.relative_to(staged).as_posix().encode() + b"\0" + content)
-    name = f"job-in-{digest.hexdigest()[:16]}"
-    target = input_dir / name
+    return f"job-in-{digest.hexdigest()[:16]}"
+
+
+def _move_into_place(staged: Path, target: Path) -> None:
     if target.exists():  # a leftover the cleanup could not remove: this job's copy wins
         shutil.rmtree(target, ignore_errors=True)
     staged.replace(target)
-    return name
+
+
+class SharedInputs:
+    """The input folders of the jobs in flight, counted: two jobs that sent the same files
+    under the same names settle them in the same folder (:func:`settle_inputs`), and the
+    folder goes when the last of them ends, not when the first does."""
+
+    def __init__(self, spares: SpareFolders) -> None:
+        self._spares = spares
+        self._users: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def settle(self, input_dir: Path, staged: Path, paths: Sequence[Path]) -> str:
+        """:func:`settle_inputs`, or, when a job in flight holds the same folder, the
+        staged copy removed and that folder shared; the folder's name either way."""
+        name = input_folder_name(staged, paths)
+        with self._lock:
+            if name in self._users:
+                # Same names, same bytes: the folder there is this job's too. It stays
+                # until both jobs end; the staged copy goes.
+                self._users[name] += 1
+                shared = True
+            else:
+                self._users[name] = 1
+                shared = False
+                _move_into_place(staged, input_dir / name)
+        if shared:
+            decoded_inputs.HANDOFF.forget(paths)
+            self._spares.remove(staged)
+        return name
+
+    def release(self, input_dir: Path, name: str) -> None:
+        """A job that held folder ``name`` ended: remove it if no other job holds it."""
+        with self._lock:
+            left = self._users.get(name, 1) - 1
+            if left > 0:
+                self._users[name] = left
+                return
+            self._users.pop(name, None)
+            # Removed under the lock: a job settling the same name meanwhile must not
+            # find the folder half gone. What the handoff holds for its files goes too.
+            folder = input_dir / name
+            decoded_inputs.HANDOFF.forget(_files_in(folder))
+            self._spares.remove(folder)
 
 
 class SpareFolders:
@@ -133,6 +185,13 @@ class SpareFolders:
                 if keep and self._spares.get(folder.parent) == spare:
                     del self._spares[folder.parent]
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _files_in(folder: Path) -> Iterator[Path]:
+    """The files under ``folder``, listed only as they are asked for (none when it is
+    not there)."""
+    with contextlib.suppress(OSError):
+        yield from (path for path in folder.rglob("*") if path.is_file())
 
 
 def _empty_of_files(folder: Path) -> bool:

@@ -222,6 +222,9 @@ class Settings:
     # node that never checks the flag, a VAE decode, runs to its end) before the worker
     # gives up on it and asks RunPod for a fresh worker.
     job_stop_grace_s: float = 60.0
+    # Jobs held at once: one runs in ComfyUI while the other's inputs download and its
+    # outputs are encoded and delivered (engine/pipeline.py). 1: one job at a time.
+    max_concurrent_jobs: int = 2
     warmup_workflow: Path | None = None
     runtime_factory: str = "engine.runtime.comfy:ComfyRuntime"
     cache_type: str | None = None
@@ -352,6 +355,7 @@ class Settings:
             response_limit_bytes=int(number(float, "RESPONSE_LIMIT_MB", 20.0, 0.001) * mb),
             job_timeout_s=job_timeout or None,
             job_stop_grace_s=number(float, "JOB_STOP_GRACE_S", cls.job_stop_grace_s, 0),
+            max_concurrent_jobs=number(int, "MAX_CONCURRENT_JOBS", cls.max_concurrent_jobs, 1),
             warmup_workflow=path("WARMUP_WORKFLOW"),
             runtime_factory=get("WORKER_RUNTIME") or cls.runtime_factory,
             cache_type=cache_type,

@@ -45,7 +45,8 @@ def job_stats(total_s: float, phases: dict[str, float], result: RunResult) -> di
     """The response's ``stats``: seconds per phase and per node that ran, to the ms.
 
     ``models_s`` is the model files named by URL (downloads, or finding them cached);
-    ``outputs_s`` covers reading the files and any conversion; parsing the request and
+    ``wait_s`` the time the job, ready to run, waited while another job's run held
+    ComfyUI. ``outputs_s`` covers reading the files and any conversion; parsing the request and
     cleaning up count only in ``total_s``. Validation and execution are the runtime's own
     measures; a runtime that gives none has its whole run counted as execution.
     """
@@ -56,6 +57,7 @@ def job_stats(total_s: float, phases: dict[str, float], result: RunResult) -> di
         "total_s": total_s,
         "inputs_s": phases.get("downloading inputs", 0.0),
         "models_s": phases.get("downloading models", 0.0),
+        "wait_s": phases.get("waiting for the engine", 0.0),
         "validate_s": validate_s,
         "execute_s": execute_s,
         "outputs_s": phases.get("reading outputs", 0.0) + phases.get("converting outputs", 0.0),

@@ -27,7 +27,7 @@ from PIL import Image
 
 from engine import logs
 from engine.convert import convert_outputs
-from engine.deadline import Deadline, JobDeadlines, JobTurns
+from engine.deadline import Deadline, JobDeadlines
 from engine.delivery import Uploader, deliver
 from engine.errors import (
     InternalError,
@@ -40,17 +40,18 @@ from engine.errors import (
 from engine.graph_checks import check_values
 from engine.inputs import BoundedFetcher, Fetcher, HttpFetcher, store_images
 from engine.job_files import (
+    SharedInputs,
     SpareFolders,
     job_folder,
     remove_job_folder,
     scratch_root,
-    settle_inputs,
     sweep_leftovers,
 )
 from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
+from engine.pipeline import JobPipeline, Ticket
 from engine.request import JobRequest, parse_request, request_secrets
-from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
+from engine.runtime import Directories, JobSpec, ProgressEvent, Runtime, UiOutputs, load_runtime
 from engine.s3 import S3Uploader
 from engine.settings import Settings
 from engine.stats import Phase, describe_stats, job_stats
@@ -116,19 +117,19 @@ class Worker:
         self.model_urls = ModelUrls(settings, runtime)
         self.uploader = uploader
         self.progress = progress
-        # One job at a time: a cancelled job's thread finishes (promptly, interrupted)
-        # before the next job touches ComfyUI's folders. Given back by the job's own thread.
-        self._turns = JobTurns()
+        # Up to MAX_CONCURRENT_JOBS jobs in flight, each on a lane of its own; their runs
+        # take ComfyUI one at a time, in arrival order (engine/pipeline.py). A cancelled
+        # job's lane finishes (promptly, interrupted) before the lane takes another job.
+        self._pipeline = JobPipeline(settings.max_concurrent_jobs, runtime.job_thread)
         # Set when a job's thread would not stop after its deadline: every later job gets
         # this error (and RunPod a request for a fresh worker) instead of waiting on it.
         self._stuck: WorkerStuckError | None = None
         # Emptied job folders, renamed into the next job's instead of made anew.
         self._spares = SpareFolders()
+        # Input folders named by their content, shared by jobs in flight that sent the same.
+        self._inputs = SharedInputs(self._spares)
         # The deadline of every job in handle(), waiting or running: what cancel() flips.
         self._deadlines = JobDeadlines()
-        # Where jobs run, one at a time, while handle() waits for them by their deadline:
-        # the runtime's own thread, so that the run needs no second hand-over.
-        self._job_thread = runtime.job_thread
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -232,17 +233,21 @@ class Worker:
         if self._stuck is not None:
             # A new exception each time: one raised again would grow its traceback per job.
             raise WorkerStuckError(self._stuck.message, self._stuck.details)
-        if not self._turns.take(deadline):  # a cancel or the limit ends the wait at once
+        # Among the jobs in flight, in arrival order; a cancel or the limit ends the wait.
+        ticket = self._pipeline.admit(deadline, _log_wait)
+        if ticket is None:
+            if self._stuck is not None:
+                raise WorkerStuckError(self._stuck.message, self._stuck.details)
             raise deadline.exceeded("while the job waited for the previous one to finish")
         phase = Phase("start")
 
         def job() -> dict[str, Any]:
             try:
-                return self.run(job_id, job_input, progress, deadline, phase)
+                return self.run(job_id, job_input, progress, deadline, phase, ticket)
             finally:
-                self._turns.give_back()
+                self._pipeline.finish(ticket, self.runtime.after_job)
 
-        outcome = self._job_thread.submit(job)
+        outcome = ticket.lane.submit(job)
         # wait_for(), then result(): a JobTimeoutError is also a TimeoutError, the very
         # class Future.result() raises when it gives up, so the two must not share an except.
         if deadline.wait_for(outcome):
@@ -253,7 +258,8 @@ class Worker:
             log.warning(
                 "job passed its %g s limit while %s; interrupting it", deadline.limit_s, phase.name
             )
-        self.runtime.interrupt()
+        # Only while this job's run holds ComfyUI: its interrupt is global.
+        self._pipeline.interrupt(ticket, self.runtime.interrupt)
         if wait([outcome], timeout=self.settings.job_stop_grace_s).done:
             # Whatever the job makes of the interrupt (most often a JobTimeoutError that
             # names the node) is its answer.
@@ -265,6 +271,7 @@ class Worker:
             f"{phase.name} and did not stop within {self.settings.job_stop_grace_s:g} s",
             ["RunPod replaces this worker; send the job again and a fresh worker takes it"],
         )
+        self._pipeline.stop()  # the jobs waiting for a place or a turn stop waiting
         log.error(
             "job did not stop %g s after its %s (while %s): this worker takes no more "
             "jobs and asks RunPod for a fresh one",
@@ -288,11 +295,14 @@ class Worker:
         progress: Callable[[ProgressEvent], None] | None = None,
         deadline: Deadline | None = None,
         phase: Phase | None = None,
+        ticket: Ticket | None = None,
     ) -> dict[str, Any]:
         """Run one job; raises a ``WorkerError`` for anything the user can fix.
 
         Each phase starts only while the deadline holds; ``phase`` tells the watchdog in
-        :meth:`handle` where the job is, for its log line and error.
+        :meth:`handle` where the job is, for its log line and error. With ``ticket`` (a
+        place in the pipeline) the run waits for the engine's turn; without one the
+        caller sees to it that nothing else runs.
         """
         started = time.perf_counter()
         deadline = deadline or Deadline.start(self.settings.job_timeout_s)
@@ -316,25 +326,26 @@ class Worker:
                 deadline,
             )
             if stored:
-                files_of_job.input_folder = settle_inputs(inputs_dir, inputs_dir / folder, stored)
+                files_of_job.input_folder = self._inputs.settle(
+                    inputs_dir, inputs_dir / folder, stored
+                )
             phase.enter("running the workflow", deadline)
             spec = self._job_spec(
                 job_id, request, folder, progress, deadline, phase, files_of_job.input_folder
             )
-            # ComfyUI clears its interrupt flag when a prompt starts; the runtime also
-            # checks the deadline (cancelled included) at every node and step.
-            with deadline.on_cancel(self.runtime.interrupt):
-                try:
+            try:
+                with self._engine_turn(ticket, deadline, phase):
                     result = self.runtime.run(spec)
-                except WorkflowValidationError as exc:
-                    explain_unsent_files(
-                        exc,
-                        spec.workflow,
-                        files_of_job.input_folder,
-                        inputs_dir,
-                        self.runtime.file_inputs,
-                    )
-                    raise
+            except WorkflowValidationError as exc:
+                explain_unsent_files(
+                    exc,
+                    spec.workflow,
+                    files_of_job.input_folder,
+                    inputs_dir,
+                    self.runtime.file_inputs,
+                )
+                raise
+            files_of_job.temp_outputs = _temp_files(result.outputs, self.runtime.directories)
             phase.enter("reading outputs", deadline)
             files, errors = collect_outputs(
                 result.outputs,
@@ -363,6 +374,34 @@ class Worker:
         phase.enter("done", None)
         stats = job_stats(time.perf_counter() - started, phase.seconds, result)
         return {"images": items, "errors": errors + delivery_errors, "stats": stats}
+
+    @contextmanager
+    def _engine_turn(
+        self, ticket: Ticket | None, deadline: Deadline, phase: Phase
+    ) -> Iterator[None]:
+        """Hold ComfyUI for the block (the run): after the jobs that arrived before this
+        one, and interrupted on a cancel only while this job holds it."""
+        if ticket is None:  # the caller runs one job at a time
+            with deadline.on_cancel(self.runtime.interrupt):
+                yield
+            return
+        phase.enter("waiting for the engine", deadline)
+        if not self._pipeline.take_engine(ticket, deadline):
+            if self._stuck is not None:
+                raise WorkerStuckError(self._stuck.message, self._stuck.details)
+            raise deadline.exceeded("while the job waited for the run of the job before it")
+        try:
+            phase.enter("running the workflow", deadline)
+
+            # ComfyUI clears its interrupt flag when a prompt starts; the runtime also
+            # checks the deadline (cancelled included) at every node and step.
+            def interrupt() -> None:
+                self._pipeline.interrupt(ticket, self.runtime.interrupt)
+
+            with deadline.on_cancel(interrupt):
+                yield
+        finally:
+            self._pipeline.give_engine_back(ticket)
 
     def _deliver(
         self, files: Sequence[OutputFile], job_id: str, deadline: Deadline
@@ -449,11 +488,14 @@ class Worker:
             yield files
         finally:
             if files.input_folder:
-                self._spares.remove(dirs.input / files.input_folder)
+                self._inputs.release(dirs.input, files.input_folder)
             self._spares.remove(dirs.output / folder)
             for leftover in (dirs.input / folder, files.scratch, dirs.temp / folder):
                 remove_job_folder(leftover)
-            self.runtime.after_job()
+            # Its previews, named by the run: the temp folder as a whole is emptied only
+            # when no job is in flight (the runtime's after_job), as others' may be there.
+            for path in files.temp_outputs:
+                path.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -461,6 +503,26 @@ class _JobFiles:
     scratch: Path
     input_folder: str | None = None
     """The folder under ComfyUI's input folder holding the files the job sent."""
+    temp_outputs: list[Path] = dataclasses.field(default_factory=list)
+    """The files of ComfyUI's temp folder the run named as its outputs (previews)."""
+
+
+def _temp_files(outputs: UiOutputs, dirs: Directories) -> list[Path]:
+    """The temp-folder files (previews) that a run's ui outputs name."""
+    paths = []
+    for output in outputs.values():
+        for items in output.values():
+            for item in items if isinstance(items, list) else ():
+                if isinstance(item, dict) and item.get("type") == "temp" and item.get("filename"):
+                    path = dirs.temp / str(item.get("subfolder") or "") / str(item["filename"])
+                    # A node's own name must not lead the cleanup out of the temp folder.
+                    if path.resolve().is_relative_to(dirs.temp.resolve()):
+                        paths.append(path)
+    return paths
+
+
+def _log_wait(in_flight: int) -> None:
+    log.info("job waits for a place: %d job(s) in flight (MAX_CONCURRENT_JOBS)", in_flight)
 
 
 def _unscope(file: OutputFile, folder: str) -> OutputFile:

@@ -117,7 +117,7 @@ class RunResult:
 
 
 class Runtime(Protocol):
-    """A ComfyUI engine the worker drives, one job at a time."""
+    """A ComfyUI engine the worker drives, one run at a time."""
 
     @property
     def directories(self) -> Directories:
@@ -126,11 +126,13 @@ class Runtime(Protocol):
 
     @property
     def job_thread(self) -> JobThread:
-        """The thread the worker runs each whole job on, one after another.
+        """The thread the worker runs each whole job on when it holds one job at a time.
 
         ComfyUI's runtime gives its engine thread: :meth:`run` called there runs the
         workflow in place, with no hand-over between threads (~0.3 ms a job), and the
-        worker's watchdog, on the thread that waits for the job, enforces its limit.
+        worker's watchdog, on the thread that waits for the job, enforces its limit. With
+        jobs overlapping (``MAX_CONCURRENT_JOBS`` > 1) each job has a lane of its own and
+        :meth:`run` is called there, one run at a time (``engine.pipeline``).
         """
         ...
 

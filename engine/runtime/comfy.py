@@ -243,13 +243,18 @@ class ComfyRuntime:
             if any(self._dirs.temp.iterdir()):
                 shutil.rmtree(self._dirs.temp, ignore_errors=True)
                 self._dirs.temp.mkdir(parents=True, exist_ok=True)
-            # As ComfyUI's own prompt loop does (main.py): a full collection costs about
-            # 1 ms with a model loaded, so it runs at most every 10 s, or after a failure.
-            now = time.monotonic()
-            if self._collect_due or now - self._last_collect >= _COLLECT_INTERVAL_S:
-                gc.collect()
-                comfy.model_management.soft_empty_cache()
-                self._last_collect, self._collect_due = now, False
+            self._collect_if_due(comfy)
+
+    def _collect_if_due(self, comfy: Comfy) -> None:
+        """As ComfyUI's own prompt loop does between prompts (main.py): a full collection
+        costs about 1 ms with a model loaded, so it runs at most every 10 s, or after a
+        failure. Also at the end of each run, on the engine thread: with jobs overlapping
+        the worker may never be idle between them (``after_job``)."""
+        now = time.monotonic()
+        if self._collect_due or now - self._last_collect >= _COLLECT_INTERVAL_S:
+            gc.collect()
+            comfy.model_management.soft_empty_cache()
+            self._last_collect, self._collect_due = now, False
 
     def interrupt(self) -> None:
         """Stop the running job at the next step or node (ComfyUI's interrupt)."""
@@ -304,6 +309,9 @@ class ComfyRuntime:
                 # out-of-memory error or an interrupt, tensors of the failed node linger.
                 gc.collect()
                 comfy.model_management.soft_empty_cache()
+                self._last_collect = time.monotonic()
+            else:
+                self._collect_if_due(comfy)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """The engine thread's loop (this thread's current loop, as under asyncio.run)."""

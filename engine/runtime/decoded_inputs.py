@@ -27,7 +27,7 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,22 @@ class DecodedImages:
         key = _key(path)
         with self._lock:
             return self._digests.get(key) if key is not None else None
+
+    def forget(self, paths: Iterable[Path]) -> None:
+        """Drop what is held for ``paths`` (files about to be removed): one job's, while
+        other jobs' stay for their LoadImage."""
+        with self._lock:
+            if not self._images and not self._digests:
+                return
+        for path in paths:
+            key = _key(path)
+            if key is None:
+                continue
+            with self._lock:
+                image = self._images.pop(key, None)
+                if image is not None:
+                    self._pixels -= image.width * image.height
+                self._digests.pop(key, None)
 
     def clear(self) -> None:
         """Drop every held image and digest (a job ended)."""

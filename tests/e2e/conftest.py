@@ -36,6 +36,7 @@ _SCRUBBED_PREFIXES = (
     "HF_",
     "CIVITAI_",
     "DOWNLOAD_",
+    "MAX_CONCURRENT_JOBS",
 )
 
 

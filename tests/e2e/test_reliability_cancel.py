@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -61,7 +61,8 @@ class _ApiHandler(BaseHTTPRequestHandler):
         """Quiet."""
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        parts = urlsplit(self.path)
+        path = parts.path
         if path.startswith("/job-take/"):
             try:
                 job = self.api.jobs.get(timeout=_EMPTY_POLL_S)
@@ -69,6 +70,18 @@ class _ApiHandler(BaseHTTPRequestHandler):
                 self._send(204, b"")
                 return
             self._send(200, json.dumps(job).encode())
+        elif path.startswith("/job-take-batch/"):
+            # The SDK asks for as many jobs as it has room for (MAX_CONCURRENT_JOBS through
+            # its concurrency_modifier): a list of up to batch_size jobs.
+            size = int(parse_qs(parts.query).get("batch_size", ["1"])[0])
+            try:
+                jobs = [self.api.jobs.get(timeout=_EMPTY_POLL_S)]
+            except queue.Empty:
+                self._send(204, b"")
+                return
+            while len(jobs) < size and not self.api.jobs.empty():
+                jobs.append(self.api.jobs.get_nowait())
+            self._send(200, json.dumps(jobs).encode())
         elif path.startswith("/job-stop/"):
             try:
                 job_id = self.api.to_stop.get(timeout=_EMPTY_POLL_S)

@@ -189,6 +189,7 @@ def test_stats_time_the_phases_and_the_nodes_that_ran(worker: Worker) -> None:
             "total_s",
             "inputs_s",
             "models_s",
+            "wait_s",
             "validate_s",
             "execute_s",
             "outputs_s",

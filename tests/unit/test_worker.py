@@ -449,7 +449,16 @@ def test_a_cancelled_job_interrupts_the_engine_and_the_next_job_runs(
     assert worker is not None and [job.prompt_id for job in worker.runtime.jobs] == ["slow", "next"]  # type: ignore[attr-defined]
 
 
-_PHASES = {"total_s", "inputs_s", "models_s", "validate_s", "execute_s", "outputs_s", "deliver_s"}
+_PHASES = {
+    "total_s",
+    "inputs_s",
+    "models_s",
+    "wait_s",
+    "validate_s",
+    "execute_s",
+    "outputs_s",
+    "deliver_s",
+}
 
 
 def test_stats_time_each_phase_and_only_the_nodes_that_ran(settings: Settings) -> None:
@@ -771,10 +780,11 @@ def test_a_cancel_during_the_run_interrupts_the_node(settings: Settings) -> None
 def test_a_job_cancelled_while_it_waits_for_the_previous_one_stops_waiting(
     settings: Settings,
 ) -> None:
-    """Job A holds the engine (a node deaf to interrupts, released only by the test); job
-    B, sent meanwhile, waits for its turn. Cancelling B answers it at once, while A still
-    runs; A then ends normally and the next job runs."""
-    worker = make_worker(settings)
+    """One job at a time (MAX_CONCURRENT_JOBS=1): job A holds the engine (a node deaf to
+    interrupts, released only by the test); job B, sent meanwhile, waits for its turn.
+    Cancelling B answers it at once, while A still runs; A then ends normally and the next
+    job runs. (With jobs overlapping: tests/unit/test_worker_pipeline.py.)"""
+    worker = make_worker(dataclasses.replace(settings, max_concurrent_jobs=1))
     runtime = worker.runtime
     assert isinstance(runtime, FakeRuntime)
     first, first_answer = handle_in_thread(
