@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -75,6 +76,14 @@ class JobRequest(BaseModel):
     )
     frames_to_video: FramesToVideo | None = None
     convert_output: ConvertOutput | None = None
+    # Set by parse_request from a /prompt body, never from a field of the request.
+    _editor_graph: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def editor_graph(self) -> dict[str, Any] | None:
+        """The editor graph a ``/prompt`` body carried (``extra_data.extra_pnginfo.workflow``,
+        what ComfyUI's editor embeds in outputs beside the prompt), or None."""
+        return self._editor_graph
 
     @model_validator(mode="before")
     @classmethod
@@ -158,6 +167,16 @@ def _extra_data_key(body: dict[str, Any]) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def _prompt_body_graph(job_input: dict[str, Any]) -> dict[str, Any] | None:
+    body = job_input.get("workflow")
+    if not isinstance(body, dict) or not is_prompt_body(body):
+        return None
+    extra = body.get("extra_data")
+    pnginfo = extra.get("extra_pnginfo") if isinstance(extra, dict) else None
+    graph = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+    return graph if isinstance(graph, dict) and is_ui_format(graph) else None
+
+
 def as_object(job_input: Any) -> Any:
     """``input`` itself, or the object a JSON-string ``input`` holds (worker-comfyui's
     ``validate_input`` parses one); anything else is returned unchanged."""
@@ -211,7 +230,7 @@ def parse_request(job_input: Any) -> JobRequest:
             [f"input must be an object with a 'workflow', got {type(job_input).__name__}"],
         )
     try:
-        return JobRequest.model_validate(job_input)
+        request = JobRequest.model_validate(job_input)
     except ValidationError as exc:
         details = []
         for problem in exc.errors(include_url=False):
@@ -222,3 +241,5 @@ def parse_request(job_input: Any) -> JobRequest:
                     message += " (input.prompt is not read: send the graph as input.workflow)"
             details.append(f"{_location(tuple(problem['loc']))}: {message}")
         raise RequestError("Invalid request", details) from None
+    request._editor_graph = _prompt_body_graph(job_input)
+    return request

@@ -446,6 +446,8 @@ class Worker:
             sent_prompt = for_metadata(workflow)
             if is_ui_format(request.workflow):
                 sent_graph = for_metadata(request.workflow)
+            elif request.editor_graph is not None:  # a /prompt body's, as ComfyUI embeds it
+                sent_graph = for_metadata(request.editor_graph)
         workflow = normalize_paths(workflow, self.runtime.file_inputs)
         # Model files named by URL (downloaded once, cached) or absolute path: listed names.
         # A phase of its own: its seconds are the stats' models_s, and a deadline that

@@ -135,3 +135,15 @@ def test_a_node_named_prompt_is_a_node() -> None:
     assert parse_request({"workflow": graph}).workflow == graph
     assert not is_prompt_body(graph)
     assert not is_prompt_body({"prompt": WF, "9": {"class_type": "SaveImage"}})
+
+
+def test_the_editor_graph_comes_only_from_a_prompt_body() -> None:
+    """A /prompt body's extra_data.extra_pnginfo.workflow (the editor's graph) is kept for
+    the outputs' metadata; no field of the request can set it."""
+    ui = {"nodes": [{"id": 1, "type": "SaveImage"}], "links": []}
+    body = {"prompt": WF, "extra_data": {"extra_pnginfo": {"workflow": ui}}}
+    assert parse_request({"workflow": body}).editor_graph == ui
+    assert parse_request({"workflow": WF, "_editor_graph": ui}).editor_graph is None
+    assert parse_request({"workflow": WF, "editor_graph": ui}).editor_graph is None
+    not_ui = {"prompt": WF, "extra_data": {"extra_pnginfo": {"workflow": {"1": 2}}}}
+    assert parse_request({"workflow": not_ui}).editor_graph is None

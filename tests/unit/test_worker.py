@@ -951,6 +951,13 @@ def test_the_runtime_gets_the_workflow_as_sent_for_output_metadata(settings: Set
     assert spec.sent_graph == ui
     assert spec.sent_prompt["2"]["inputs"]["filename_prefix"] == "ui"
 
+    # ComfyUI's /prompt body: the prompt runs, and its editor graph is what files embed.
+    body = {"prompt": api, "client_id": "c", "extra_data": {"extra_pnginfo": {"workflow": ui}}}
+    job = {"workflow": body, "images": [{"name": "a.png", "image": png_b64()}]}
+    assert worker.handle({"id": "m4", "input": job})["errors"] == []
+    spec = worker.runtime.jobs[-1]  # type: ignore[attr-defined]
+    assert spec.sent_prompt == sent and spec.sent_graph == ui
+
     quiet = make_worker(dataclasses.replace(settings, output_metadata=False))
     assert quiet.handle({"id": "m3", "input": {"workflow": ui}})["errors"] == []
     spec = quiet.runtime.jobs[-1]  # type: ignore[attr-defined]
