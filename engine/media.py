@@ -78,11 +78,13 @@ def verify_media(
                         f"the {max_pixels}-pixel limit (INPUT_MAX_PIXELS)",
                     )
             decoded = False
+            count = 0
             # Every packet of every stream, one by one, so that the bounds are checked
             # between any two (a demux of one stream skips the others' packets in C).
-            for count, packet in enumerate(container.demux(), 1):
-                if count % _DEADLINE_EVERY == 1 and deadline is not None and deadline.expired():
+            for read, packet in enumerate(container.demux()):
+                if read % _DEADLINE_EVERY == 0 and deadline is not None and deadline.expired():
                     raise deadline.exceeded("while checking input videos and audio")
+                count += 1 if packet.size else 0  # not the empty packets that flush decoders
                 if count > max_frames:
                     raise ItemError(
                         name,

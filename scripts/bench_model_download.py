@@ -2,7 +2,7 @@
 
 Serves a sparse file of ``--mib`` MiB from 127.0.0.1 and downloads it with the worker's
 own downloader (``engine.model_download.HttpDownloader``: address checks, SHA-256 on the
-way, 1 MiB chunks to a temporary file), then prints the time, the rate and how much the
+way, each network read written to a temporary file), then prints the time, the rate and how much the
 process's peak memory grew. Loopback only: it measures the worker's own cost, not a
 network's.
 

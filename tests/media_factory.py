@@ -6,11 +6,13 @@ identical frames (an animated WEBP of three equal frames comes back as one).
 
 from __future__ import annotations
 
+import io
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import av
 import imageio_ffmpeg
 from PIL import Image
 
@@ -146,3 +148,22 @@ def make_frames(
     return [
         make_png(folder / f"{prefix}_{i + 1:05d}_.png", size, frame_color(i)) for i in range(count)
     ]
+
+
+def tiny_frames_video(frames: int) -> bytes:
+    """A Matroska video of ``frames`` 4x4 grey raw frames, about 41 bytes each: the most
+    frames a byte can buy (50 MB holds 1.2 million), to bound the check of inputs."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream("rawvideo", rate=1000)
+        stream.width = stream.height = 4
+        stream.pix_fmt = "gray"
+        (first, *_) = [*stream.encode(av.VideoFrame(4, 4, "gray")), *stream.encode(None)]
+        data = bytes(first)
+        for index in range(frames):
+            packet = av.Packet(data)
+            packet.stream = stream
+            packet.pts = packet.dts = index
+            packet.is_keyframe = True
+            out.mux(packet)
+    return buffer.getvalue()

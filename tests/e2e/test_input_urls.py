@@ -22,9 +22,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from engine.deadline import Deadline
 from engine.errors import InputImageError, ItemError
-from engine.fetch import HttpFetcher, IPAddress, refusal_reason
+from engine.fetch import HttpFetcher, IPAddress, refusal_reason, trust_context
 from engine.inputs import store_images
+from engine.model_download import HttpDownloader
 from engine.request import InputImage
 from engine.settings import Settings
 from tests.local_http import LoopbackServer
@@ -341,4 +343,57 @@ def test_https_goes_to_the_checked_address_and_still_verifies_the_host_name(
         assert site.requests == ["/good.png"]
     finally:
         client.close()
+        site.close()
+
+
+@pytest.fixture
+def fresh_trust(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The worker's TLS context is built once per process, from the environment it finds:
+    built again for this test, and again after it, so the test's CA stays in the test."""
+    trust_context.cache_clear()
+    yield
+    monkeypatch.undo()
+    trust_context.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_trust")
+def test_https_trusts_a_ca_named_by_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corporate CA (here a throwaway one) in SSL_CERT_FILE is trusted by the worker's
+    own client, which reads no other part of the environment; without it, the same
+    server is refused."""
+    ca, cert, key = write_tls_files(tmp_path, "images.test")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    site = ImageServer(tls=server_tls)
+
+    def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    url = f"https://images.test:{site.port}/good.png"
+    try:
+        with HttpFetcher(ALLOW_LOOPBACK, resolver=resolver) as fetcher:
+            with pytest.raises(ItemError) as exc_info:
+                fetcher.fetch(url)
+            assert "CERTIFICATE_VERIFY_FAILED" in exc_info.value.reason
+        trust_context.cache_clear()
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        with HttpFetcher(ALLOW_LOOPBACK, resolver=resolver) as fetcher:
+            assert fetcher.fetch(url) == site.png
+        downloader = HttpDownloader(ALLOW_LOOPBACK, resolver=resolver)
+        try:
+            download = downloader.download(
+                url,
+                tmp_path / ".model.part",
+                max_bytes=10**6,
+                limit_name="MODEL_MAX_FILE_GB",
+                deadline=Deadline.start(None),
+                check_size=lambda size: None,
+                on_progress=lambda done, total: None,
+            )
+        finally:
+            downloader.close()
+        assert download.size == len(site.png)  # model URLs use the same trust
+    finally:
         site.close()

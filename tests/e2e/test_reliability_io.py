@@ -10,6 +10,7 @@ Cues come from the servers (a request arrived, a chunk was sent), never from sle
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -32,6 +33,7 @@ from tests import workflows
 from tests.e2e.conftest import WorkerServer
 from tests.e2e.test_reliability import files_under, first_pixel, png
 from tests.fake_runtime import FakeRuntime
+from tests.media_factory import tiny_frames_video
 from tests.local_http import LoopbackServer
 
 pytestmark = pytest.mark.e2e
@@ -274,6 +276,28 @@ def test_a_download_under_the_minimum_rate_fails_naming_the_setting(
     body = worker.handle(job("slow", site.url + path))
     assert body["code"] in {"model_files_failed", "input_images_failed"}, body
     assert "under the minimum of 1000 KB/s (DOWNLOAD_MIN_KB_PER_S)" in body["error"], body
+    serves_the_next_job(worker, site)
+
+
+def test_a_video_of_many_tiny_frames_is_refused_at_the_frame_bound(
+    site: Site, tmp_path: Path
+) -> None:
+    """5000 frames of 41 bytes against INPUT_MAX_FRAMES=1000: refused by count, the job
+    ends on its own error, and the worker serves the next job."""
+    worker = make_worker(tmp_path, job_timeout_s=600.0, input_max_frames=1000)
+    video = base64.b64encode(tiny_frames_video(5000)).decode()
+    body = worker.handle(
+        {
+            "id": "frames",
+            "input": {
+                "workflow": workflows.invert("a.png"),
+                "images": [{"name": "many.mkv", "image": video}],
+            },
+        }
+    )
+    assert body["code"] == "input_images_failed", body
+    assert "more than 1000 frames (INPUT_MAX_FRAMES)" in body["error"], body
+    assert files_under(tmp_path / "work") == []
     serves_the_next_job(worker, site)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 
-from engine.errors import InputImageError
+from engine.deadline import Deadline
+from engine.errors import InputImageError, JobInterruptedError
 from engine.inputs import store_images
 from engine.media import media_kind
 from engine.request import InputImage
@@ -135,6 +136,39 @@ def test_video_frames_obey_the_pixel_limit(
         "v.mp4: the video is 64x48 = 3072 pixels a frame, over the 1000-pixel limit "
         "(INPUT_MAX_PIXELS)"
     ]
+
+
+def test_a_video_of_more_frames_than_the_limit_is_refused(input_dir: Path) -> None:
+    """Tiny frames are cheap to send and each costs the check a read: the count is
+    bounded by INPUT_MAX_FRAMES, whatever the file's size."""
+    data = media_factory.tiny_frames_video(2000)
+    limited = Settings(input_max_frames=1000)
+    images = [InputImage(name="many.mkv", image=base64.b64encode(data).decode())]
+    with pytest.raises(InputImageError) as exc_info:
+        store_images(images, input_dir, limited)
+    assert exc_info.value.details == [
+        "many.mkv: the file holds more than 1000 frames (INPUT_MAX_FRAMES); send a shorter "
+        "video, or raise INPUT_MAX_FRAMES"
+    ]
+    store_images(images, input_dir, Settings(input_max_frames=2000))  # at the limit: fine
+
+
+def test_the_media_check_stops_when_the_job_is_cancelled(input_dir: Path) -> None:
+    """The check reads the job's deadline as it goes: a cancelled job gets its own error,
+    not a verdict on the file."""
+    deadline = Deadline.start(None)
+    deadline.cancel()
+    images = [
+        InputImage(
+            name="many.mkv", image=base64.b64encode(media_factory.tiny_frames_video(600)).decode()
+        )
+    ]
+    with pytest.raises(JobInterruptedError) as exc_info:
+        store_images(images, input_dir, Settings(), deadline=deadline)
+    assert exc_info.value.message == (
+        "The job was cancelled and stopped while checking input videos and audio"
+    )
+    assert list(input_dir.rglob("*")) == []
 
 
 def test_media_obey_the_size_limit_in_their_own_words(input_dir: Path) -> None:
