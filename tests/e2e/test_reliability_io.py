@@ -33,8 +33,8 @@ from tests import workflows
 from tests.e2e.conftest import WorkerServer
 from tests.e2e.test_reliability import files_under, first_pixel, png
 from tests.fake_runtime import FakeRuntime
-from tests.media_factory import tiny_frames_video
 from tests.local_http import LoopbackServer
+from tests.media_factory import tiny_frames_video
 
 pytestmark = pytest.mark.e2e
 
