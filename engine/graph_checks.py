@@ -50,6 +50,10 @@ stack, which nothing can report.
 """
 
 
+_MAX_DETAILS = 50
+"""Values named one by one in the error; the rest are counted."""
+
+
 def _node_label(workflow: Mapping[str, Any], node_id: str) -> str:
     node = workflow.get(node_id)
     class_type = node.get("class_type") if isinstance(node, dict) else None
@@ -105,21 +109,21 @@ def check_values(
             )
         )
 
+    def check_text(path: tuple[str | int, ...], text: str) -> None:
+        size = _utf8_size(text, max_string_bytes)
+        if size > max_string_bytes:
+            report(
+                path,
+                f"the text is {size:,} bytes, over the {max_string_bytes:,}-byte limit "
+                "(WORKFLOW_MAX_STRING_BYTES): send less text, or raise the limit on the "
+                "endpoint",
+            )
+
+    # Only containers go on the stack, each with its path; a number or a text is checked
+    # where it is met (a request of a million links holds six million of those).
     stack: list[tuple[tuple[str | int, ...], Any]] = [((), workflow)]
     while stack:
         path, value = stack.pop()
-        if isinstance(value, str):
-            size = _utf8_size(value, max_string_bytes)
-            if size > max_string_bytes:
-                report(
-                    path,
-                    f"the text is {size:,} bytes, over the {max_string_bytes:,}-byte limit "
-                    "(WORKFLOW_MAX_STRING_BYTES): send less text, or raise the limit on the "
-                    "endpoint",
-                )
-            continue
-        if not isinstance(value, (dict, list, tuple)):
-            continue
         if len(path) >= max_nesting:
             # Reported once, where it passes the bound; nothing below it is walked.
             report(
@@ -129,17 +133,29 @@ def check_values(
             )
             continue
         if isinstance(value, dict):
-            for key in value:
+            for key, child in value.items():
                 if isinstance(key, str) and _utf8_size(key, max_string_bytes) > max_string_bytes:
                     report(
                         path,
                         f"a key of {len(key):,} characters, over the {max_string_bytes:,}-byte "
                         "limit (WORKFLOW_MAX_STRING_BYTES)",
                     )
-        children = value.items() if isinstance(value, dict) else enumerate(value)
-        stack.extend(((*path, k if isinstance(k, int) else str(k)), v) for k, v in children)
+                if isinstance(child, str):
+                    check_text((*path, str(key)), child)
+                elif isinstance(child, (dict, list, tuple)):
+                    stack.append(((*path, str(key)), child))
+        else:
+            for index, child in enumerate(value):
+                if isinstance(child, str):
+                    check_text((*path, index), child)
+                elif isinstance(child, (dict, list, tuple)):
+                    stack.append(((*path, index), child))
     if found:
-        raise WorkflowValidationError([detail for _, detail in sorted(found)])
+        details = [detail for _, detail in sorted(found)]
+        if len(details) > _MAX_DETAILS:
+            extra = len(details) - _MAX_DETAILS
+            details = [*details[:_MAX_DETAILS], f"... and {extra:,} more values like these"]
+        raise WorkflowValidationError(details)
 
 
 # -- the graph ------------------------------------------------------------------------

@@ -236,6 +236,11 @@ class Settings:
     workflow_max_string_bytes: int = 1024 * 1024
     """``WORKFLOW_MAX_STRING_BYTES``: the longest text value a workflow may hold. ComfyUI
     copies the prompt into every output's metadata: a 50 MB string became a 66 MB PNG."""
+    workflow_max_nodes: int = 10_000
+    """``WORKFLOW_MAX_NODES``: the most nodes a workflow may have, a UI-format one counted
+    with its subgraphs expanded (counted before any is). The largest official template
+    (comfyui-workflow-templates 0.1.95) counts 74 nodes so; a 3 KB request of subgraphs
+    nested 7 deep, 8 instances each, stands for 2,097,152."""
     output_metadata: bool = True
     """``OUTPUT_METADATA``: false leaves the workflow out of output files' metadata
     (ComfyUI's ``--disable-metadata``)."""
@@ -363,6 +368,7 @@ class Settings:
             workflow_max_string_bytes=number(
                 int, "WORKFLOW_MAX_STRING_BYTES", cls.workflow_max_string_bytes, 1
             ),
+            workflow_max_nodes=number(int, "WORKFLOW_MAX_NODES", cls.workflow_max_nodes, 1),
             output_metadata=boolean("OUTPUT_METADATA", True),
             comfy_patches_off=frozenset(
                 n.strip().lower() for n in (get("COMFY_PATCHES_OFF") or "").split(",") if n.strip()

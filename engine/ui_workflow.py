@@ -19,9 +19,16 @@ What it follows, as ComfyUI's frontend 1.27 does:
   ``GetNode`` (followed through), rgthree's group and mode controllers and labels;
 * subgraphs are expanded, recursively; an inner node's id is ``<outer>:<inner>``;
 * a node type the engine does not know is kept, with its links, so validation names
-  it; its widget values cannot be mapped without a definition.
+  it; its widget values cannot be mapped without a definition;
+* a subgraph instance's promoted values are read in ``properties.proxyWidgets`` order
+  when the editor saved one (frontends 1.34 and later), else in the definition's input
+  order.
 
-Problems are collected and raised together as one ``WorkflowConversionError``.
+Before any of that, the request's shape is checked and its size counted
+(:mod:`engine.ui_shape`): a wrong type, a number that is not a finite whole number, an id
+used twice, or more nodes than ``WORKFLOW_MAX_NODES`` once subgraphs are expanded, is
+refused before anything is expanded. Problems are collected and raised together as one
+``WorkflowConversionError``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import WorkflowConversionError
-from engine.ui_graph import Graph, bypass_slot, graph_of, setter_for, type_name
+from engine.settings import Settings
+from engine.ui_graph import Graph, bypass_slot, graph_of, promoted_by_proxy, setter_for, type_name
+from engine.ui_shape import check_shape, subgraphs_of
 from engine.ui_widgets import input_specs, read_widgets, socket_type
 
 log = logging.getLogger(__name__)
@@ -72,23 +81,34 @@ def is_frontend_only(node_type: Any) -> bool:
 
 
 def as_api_format(
-    workflow: dict[str, Any], definitions: Callable[[], NodeDefinitions]
+    workflow: dict[str, Any],
+    definitions: Callable[[], NodeDefinitions],
+    *,
+    max_nodes: int = Settings.workflow_max_nodes,
 ) -> dict[str, Any]:
     """``workflow`` in the API format: converted when it is UI format, else as sent.
 
     ``definitions`` is called only for a UI-format workflow.
     """
-    return to_api_format(workflow, definitions()) if is_ui_format(workflow) else workflow
+    if not is_ui_format(workflow):
+        return workflow
+    return to_api_format(workflow, definitions(), max_nodes=max_nodes)
 
 
 def to_api_format(
-    ui: Mapping[str, Any], defs: NodeDefinitions, *, rng: random.Random | None = None
+    ui: Mapping[str, Any],
+    defs: NodeDefinitions,
+    *,
+    rng: random.Random | None = None,
+    max_nodes: int = Settings.workflow_max_nodes,
 ) -> dict[str, Any]:
     """Convert an editor workflow; raises ``WorkflowConversionError`` naming every problem.
 
     ``rng`` picks the choices of dynamic prompts (``{a|b}``); a seeded one makes the
-    result repeatable.
+    result repeatable. ``max_nodes`` bounds the nodes once subgraphs are expanded
+    (``WORKFLOW_MAX_NODES``), counted before any is.
     """
+    check_shape(ui, max_nodes)
     converter = _Converter(ui, defs, rng or random.Random())  # noqa: S311 - prompt variety, not security
     try:
         api = converter.convert()
@@ -102,8 +122,8 @@ def to_api_format(
             ]
         ) from None
     except (TypeError, ValueError, AttributeError) as exc:
-        # The request check saw nodes with ids and types; deeper fields (a link that is
-        # no number, an input that is no object) are only met here.
+        # The shape check above covers what the converter reads; a case it misses still
+        # gets this answer rather than a traceback.
         raise WorkflowConversionError(
             [
                 f"the UI-format workflow is malformed ({type(exc).__name__}: {exc}); save it "
@@ -155,13 +175,12 @@ class _Converter:
         self.defs = defs
         self.rng = rng
         self.problems: list[str] = []
-        subgraphs = (ui.get("definitions") or {}).get("subgraphs") or []
-        self.subgraphs = {
-            s["id"]: graph_of(s, s) for s in subgraphs if isinstance(s, Mapping) and "id" in s
-        }
+        self.subgraphs = {sub_id: graph_of(s, s) for sub_id, s in subgraphs_of(ui).items()}
         self.root = _Scope(graph_of(ui))
         self.scopes: dict[tuple[str, ...], _Scope] = {}
         self.warned: set[str] = set()
+        self.resolved: dict[tuple[Any, ...], _Source] = {}
+        """What each output gives an input of a type, once found (``_resolve_output``)."""
         self.misfits: dict[str, set[str]] = {}
         """Widgets already reported as not fitting, by node: not reported again as missing."""
 
@@ -171,7 +190,17 @@ class _Converter:
         for scope, node in members:
             if self._mode(scope, node) in (_MUTED, _BYPASSED) or node.get("type") in _FRONTEND_ONLY:
                 continue
-            api[scope.exec_id(str(node["id"]))] = self._api_node(scope, node)
+            exec_id = scope.exec_id(str(node["id"]))
+            if exec_id in api:
+                # A root node saved with the id "5:1" and node 1 inside subgraph instance 5:
+                # one would replace the other, and its outputs would be lost in silence.
+                self.problems.append(
+                    f"node {exec_id}: two nodes get this id once subgraphs are expanded "
+                    f"({api[exec_id]['class_type']} and {node.get('type')}); give the node "
+                    "saved with that id another one"
+                )
+                continue
+            api[exec_id] = self._api_node(scope, node)
         self._drop_links_to_missing(api)
         self._check_required(api)
         return api
@@ -213,13 +242,22 @@ class _Converter:
     def _promoted(self, scope: _Scope) -> dict[str, Any]:
         """The instance's widget values, by the subgraph input each belongs to.
 
-        The editor gives a subgraph node one widget per subgraph input that feeds an
-        inner widget, in input order, and saves their values as its ``widgets_values``.
+        Editors from 1.34 on save the instance's widgets in ``properties.proxyWidgets``
+        order (when that list is not empty): ``["-1", input name]`` for a subgraph input, ``[inner node id, widget
+        name]`` for a direct proxy of an inner widget, whose value the inner node keeps
+        (saved as null here, or left out). Older editors give the instance one widget
+        per subgraph input that feeds an inner widget, in input order.
         """
-        definition = scope.graph.definition or {}
-        values = (scope.instance or {}).get("widgets_values")
+        instance = scope.instance or {}
+        values = instance.get("widgets_values")
         if not isinstance(values, list):
             return {}
+        proxies = (instance.get("properties") or {}).get("proxyWidgets")
+        if isinstance(proxies, list) and proxies:
+            # An empty list is what editors 1.27-1.28 saved beside values in input order
+            # (seen in comfyui-workflow-templates 0.1.95): that is the older layout.
+            return promoted_by_proxy(proxies, values)
+        definition = scope.graph.definition or {}
         names = []
         for sub_input in definition.get("inputs") or []:
             for link_id in sub_input.get("linkIds") or []:
@@ -309,28 +347,44 @@ class _Converter:
     def _resolve_output(
         self, scope: _Scope, node: Mapping[str, Any], slot: int, want: str, seen: set[Any]
     ) -> _Source:
+        """What output ``slot`` of ``node`` gives a ``want`` input, remembered once found.
+
+        Many inputs may read one chain of reroutes or bypassed nodes: without the memo,
+        each would walk the whole chain again (9,500 readers of 400 reroutes took minutes).
+        A walk that met a loop is not remembered (its answer depends on where it began).
+        """
         node_id = str(node.get("id"))
+        memo_key = (scope.path, node_id, slot, want)
+        if memo_key in self.resolved:
+            return self.resolved[memo_key]
         key = (scope.path, node_id, "out", slot)
         if key in seen:
             self.problems.append(f"node {scope.exec_id(node_id)}: its links form a loop")
             return None
         seen.add(key)
+        problems = len(self.problems)
+        source: _Source
         kind = node.get("type")
+        sub = self.subgraphs.get(kind) if isinstance(kind, str) else None
+        # One frame per hop (with _resolve_input's): chains as long as before the memo.
         if self._mode(scope, node) == _BYPASSED:
             index = bypass_slot(node, slot, want)
-            return None if index < 0 else self._resolve_input(scope, node, index, want, seen)
-        sub = self.subgraphs.get(kind) if isinstance(kind, str) else None
-        if sub is not None:
-            return self._resolve_subgraph_output(scope, node_id, sub, slot, want, seen)
-        if kind == "PrimitiveNode":
+            source = None if index < 0 else self._resolve_input(scope, node, index, want, seen)
+        elif sub is not None:
+            source = self._resolve_subgraph_output(scope, node_id, sub, slot, want, seen)
+        elif kind == "PrimitiveNode":
             values = node.get("widgets_values")
-            return _Value(values[0]) if isinstance(values, list) and values else None
-        if kind == "GetNode":
+            source = _Value(values[0]) if isinstance(values, list) and values else None
+        elif kind == "GetNode":
             setter = setter_for(scope.graph, node)
-            return None if setter is None else self._resolve_input(scope, setter, 0, want, seen)
-        if kind in _FRONTEND_ONLY:
-            return self._resolve_input(scope, node, slot, want, seen)
-        return _FromNode(scope.exec_id(node_id), slot)
+            source = None if setter is None else self._resolve_input(scope, setter, 0, want, seen)
+        elif kind in _FRONTEND_ONLY:
+            source = self._resolve_input(scope, node, slot, want, seen)
+        else:
+            source = _FromNode(scope.exec_id(node_id), slot)
+        if len(self.problems) == problems:
+            self.resolved[memo_key] = source
+        return source
 
     def _resolve_subgraph_input(
         self, scope: _Scope, slot: int, want: str, seen: set[Any]

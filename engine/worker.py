@@ -55,6 +55,7 @@ from engine.runtime import Directories, JobSpec, ProgressEvent, Runtime, UiOutpu
 from engine.s3 import S3Uploader
 from engine.settings import Settings
 from engine.stats import Phase, describe_stats, job_stats
+from engine.ui_shape import check_size
 from engine.ui_workflow import as_api_format, is_ui_format
 from engine.workflow import (
     explain_unsent_files,
@@ -308,8 +309,11 @@ class Worker:
         deadline = deadline or Deadline.start(self.settings.job_timeout_s)
         phase = phase or Phase("start")
         request = parse_request(job_input)
-        # Over-long text and values nested too deep are refused before anything runs.
+        # Over-long text, values nested too deep, a malformed editor graph and more nodes
+        # than WORKFLOW_MAX_NODES (subgraphs counted, not expanded) are refused before
+        # anything runs.
         check_values(request.workflow, self.settings.workflow_max_string_bytes)
+        check_size(request.workflow, self.settings.workflow_max_nodes)
         folder = job_folder(job_id)
         scratch = request.frames_to_video is not None or request.convert_output is not None
         with self._job_files(folder, scratch=scratch) as files_of_job:
@@ -439,7 +443,11 @@ class Worker:
         input_folder: str | None = None,
     ) -> JobSpec:
         # An editor (UI-format) workflow becomes the API format with the engine's nodes.
-        workflow = as_api_format(request.workflow, self.runtime.node_definitions)
+        workflow = as_api_format(
+            request.workflow,
+            self.runtime.node_definitions,
+            max_nodes=self.settings.workflow_max_nodes,
+        )
         # What output files embed: the workflow as sent, before the per-job rewrites below.
         sent_prompt, sent_graph = None, None
         if self.settings.output_metadata:

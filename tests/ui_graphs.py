@@ -113,3 +113,25 @@ def invert_png_mp4_ui(image: str = "example.png", prefix: str = "example") -> di
     g.link(6, 0, 7, "video")
     g.link(2, 0, 10, "images")
     return g.build()
+
+
+def nested_subgraphs(levels: int = 7, per_level: int = 8) -> dict[str, Any]:
+    """A small request that expands to ``per_level ** levels`` nodes: subgraphs nested
+    ``levels`` deep, each holding ``per_level`` instances of the one below (the innermost
+    ``per_level`` ``EmptyImage`` nodes). 7 levels of 8: about 3 KB, 2,097,152 nodes."""
+
+    def instances(kind: str) -> list[dict[str, Any]]:
+        return [{"id": i, "type": kind, "mode": 0} for i in range(1, per_level + 1)]
+
+    def definition(sub_id: str, kind: str) -> dict[str, Any]:
+        return {"id": sub_id, "name": sub_id, "nodes": instances(kind), "links": [],
+                "inputs": [], "outputs": [], "widgets": []}  # fmt: skip
+
+    subgraphs = [definition("level-1", "EmptyImage")]
+    subgraphs += [definition(f"level-{n}", f"level-{n - 1}") for n in range(2, levels)]
+    return {
+        "nodes": instances(f"level-{levels - 1}"),
+        "links": [],
+        "definitions": {"subgraphs": subgraphs},
+        "version": 0.4,
+    }

@@ -544,4 +544,4 @@ def test_a_malformed_ui_workflow_is_a_conversion_error_not_a_crash() -> None:
     workflow = invert_png_mp4_ui()
     workflow["nodes"][1]["inputs"] = ["not an object"]
     (problem,) = conversion_error(workflow)
-    assert problem.startswith("the UI-format workflow is malformed (AttributeError")
+    assert problem == "nodes[1] (node 2).inputs[0]: must be an object (a socket), not text"
