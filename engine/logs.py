@@ -3,7 +3,8 @@
 Configured once by ``handler.py`` (:func:`configure`). Every record passes a
 filter that adds the current job id and replaces any known secret with ``***`` —
 including a ``comfy_org_api_key`` that arrived in a request, which is added for
-the length of its job with :func:`job_context`.
+the length of its job with :func:`job_context` — and shows every URL without its user
+info, query or fragment (:func:`redact_urls`).
 
 The current job is process-wide state, not a context variable: a worker runs
 one job at a time, and ComfyUI, the image fetcher and the S3 uploader log from
@@ -67,10 +68,44 @@ _KEY_FIELD = re.compile(
     r"""(?P<q>\\*['"])(?P<name>comfy_org_api_key|api_key_comfy_org)(?P=q)(?P<sep>\s*:\s*)"""
     r"""(?P<vq>\\*['"])(?P<value>.*?)(?P=vq)"""
 )
-# User info, query and fragment of a URL: where presigned links and tokens travel.
+# User info, query and fragment of a URL: where presigned links and tokens travel. A URL
+# in free text ends at a space, a quote or a backslash (how messages and reprs end one).
 _URL_SECRETS = re.compile(
-    r"""(?P<scheme>https?://)(?:[^\s/'"\\@]*@)?(?P<rest>[^\s?#'"\\]*)[?#][^\s'"\\]*"""
+    r"""(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/'"\\@?#]*@)?"""
+    r"""(?P<rest>[^\s?#'"\\]*)(?P<tail>[?#][^\s'"\\]*)?"""
 )
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL's user info dropped and its query and fragment as ``?***``.
+
+    The one place that does this for free text: log lines (every record, ComfyUI's
+    included), the runpod SDK's own lines, and a failed job's answer
+    (:func:`redact_urls_obj`), where a workflow value or an input may echo a presigned
+    link or a ``?token=``. A URL without them stays as written.
+    """
+    if "://" not in text:
+        return text
+
+    def shown(match: re.Match[str]) -> str:
+        if match["user"] is None and match["tail"] is None:
+            return match[0]
+        return f"{match['scheme']}{match['rest']}" + ("?***" if match["tail"] else "")
+
+    return _URL_SECRETS.sub(shown, text)
+
+
+def redact_urls_obj(value: Any) -> Any:
+    """A JSON-like value with :func:`redact_urls` applied to every string: for an error's
+    answer (message, details, ComfyUI's node errors), never for outputs, whose S3 links
+    must keep their signatures."""
+    if isinstance(value, str):
+        return redact_urls(value)
+    if isinstance(value, dict):
+        return {k: redact_urls_obj(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_urls_obj(v) for v in value]
+    return value
 
 
 def redact(text: str, extra: Iterable[str] = (), *, registered: bool = True) -> str:
@@ -96,10 +131,7 @@ def redact_sdk_line(message: str) -> str:
     knows the job: so besides every known secret, a request's key fields and the query
     strings and user info of URLs (presigned links, tokens) are cut out.
     """
-    text = redact(message)
-    if "://" in text:
-        text = _URL_SECRETS.sub(lambda m: f"{m['scheme']}{m['rest']}?***", text)
-    return text
+    return redact_urls(redact(message))
 
 
 def guard_sdk_logger(logger: Any) -> None:
@@ -148,17 +180,22 @@ def _redacted(value: Any, secrets: tuple[str, ...]) -> Any:
 
 
 class _JobFilter(logging.Filter):
-    """Stamps the job id and scrubs secrets from the final message."""
+    """Stamps the job id and scrubs secrets and URLs' credentials from the final message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.job_id = _current["job_id"]
         message = record.getMessage()
-        if _secrets or _current["secrets"] or "api_key" in message:
-            cleaned = redact(message)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        # A URL in any line (ComfyUI echoing a workflow value, a node its download) loses
+        # its query and user info; known secrets go wherever they are.
+        cleaned = redact_urls(message)
+        secrets = bool(_secrets or _current["secrets"] or "api_key" in message)
+        if secrets:
+            cleaned = redact(cleaned)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = redact_urls(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = redact(text) if secrets else text
         return True
 
 

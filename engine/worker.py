@@ -174,7 +174,9 @@ class Worker:
                 log.warning(
                     "job failed in %.2f s: %s", time.perf_counter() - started, exc.summary()
                 )
-                response: dict[str, Any] = logs.redact_obj(exc.to_response(), secrets)
+                # A URL echoed from the workflow or an input keeps no query or user info.
+                answer = logs.redact_urls_obj(exc.to_response())
+                response: dict[str, Any] = logs.redact_obj(answer, secrets)
                 return self._refresh(response)
             except Exception as exc:  # a bug: its traceback goes to the log, under an id
                 incident = new_incident()
@@ -192,6 +194,7 @@ class Worker:
                 len(result["errors"]),
                 describe_stats(result["stats"]),
             )
+            result["errors"] = logs.redact_urls_obj(result["errors"])  # not the outputs' links
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
             return self._refresh(redacted)
 

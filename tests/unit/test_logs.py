@@ -101,3 +101,45 @@ def test_torio_ffmpeg_probing_has_no_traceback_and_one_info_line(level: str) -> 
             "(OSError: libavutil.so.56: cannot open shared object file)",
         ]
         assert len(lines) == 6
+
+
+# -- URLs: no query, fragment or user info in any line or error answer --------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Invalid image file: https://h.example/a.png?token=abc123", "Invalid image file: https://h.example/a.png?***"),
+        ("got 'https://user:pw@h.example/m.safetensors' here", "got 'https://h.example/m.safetensors' here"),
+        ("['s3://bucket/k?X-Amz-Signature=f00d', 'b']", "['s3://bucket/k?***', 'b']"),
+        ("https://h.example/x.bin#sha256=00ff and more", "https://h.example/x.bin?*** and more"),
+        ("plain https://h.example/a.png stays", "plain https://h.example/a.png stays"),
+        ("no url at all: a?b=c", "no url at all: a?b=c"),
+    ],
+)  # fmt: skip
+def test_urls_lose_their_query_and_user_info(text: str, shown: str) -> None:
+    assert logs.redact_urls(text) == shown
+
+
+def test_every_log_line_shows_urls_without_their_secrets(
+    capture: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = capture
+    logger.warning("Failed to validate prompt: %s", "image 'https://u:p@h.example/a?sig=s3cr3t'")
+    try:
+        raise ValueError("cannot open https://h.example/b.png?token=t0ken")
+    except ValueError:
+        logger.exception("node failed")
+    text = stream.getvalue()
+    assert "s3cr3t" not in text and "u:p@" not in text and "t0ken" not in text
+    assert "https://h.example/a?***" in text and "https://h.example/b.png?***" in text
+
+
+def test_an_error_answer_is_walked_whole() -> None:
+    answer = {
+        "error": "Workflow validation failed: https://h.example/a?token=x1",
+        "details": ["https://h.example/a?token=x1"],
+        "node_errors": {"1": {"errors": [{"extra_info": {"received_value": "http://h/a?k=v"}}]}},
+    }
+    assert "token" not in str(logs.redact_urls_obj(answer))
+    assert "k=v" not in str(logs.redact_urls_obj(answer))

@@ -962,3 +962,34 @@ def test_the_runtime_gets_the_workflow_as_sent_for_output_metadata(settings: Set
     assert quiet.handle({"id": "m3", "input": {"workflow": ui}})["errors"] == []
     spec = quiet.runtime.jobs[-1]  # type: ignore[attr-defined]
     assert spec.sent_prompt is None and spec.sent_graph is None
+
+
+def test_a_url_in_a_workflow_value_reaches_no_answer_or_log_with_its_token(
+    settings: Settings,
+) -> None:
+    """A LoadImage given a presigned link: the validation error echoes the value; the
+    answer and the log show the link without its query and user info."""
+    import logging
+
+    from engine import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs._JobFilter())  # the worker's log handler's filter
+    logging.getLogger().addHandler(handler)
+    url = "https://alice:pa55word@h.example/in.png?token=SECRET-TOKEN-1234"
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": url}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    try:
+        body = make_worker(settings).handle({"id": "tok", "input": {"workflow": workflow}})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert body["code"] == "workflow_validation_failed"
+    text = json.dumps(body)
+    assert "https://h.example/in.png?***" in body["error"]
+    assert "SECRET-TOKEN-1234" not in text and "pa55word" not in text
+    logged = stream.getvalue()
+    assert "https://h.example/in.png?***" in logged
+    assert "SECRET-TOKEN-1234" not in logged and "pa55word" not in logged
