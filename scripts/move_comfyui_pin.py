@@ -59,7 +59,7 @@ NODE_DEFS = ROOT / "tests" / "fixtures" / "node_defs" / "object_info.json.gz"
 FIXTURES = ROOT / "tests" / "fixtures"
 DEFAULT_CHECKOUT = ROOT / "comfyui" / "ComfyUI"
 DEFAULT_PYTHON = ROOT / ".venv-image" / "bin" / "python"
-_TAIL = 2000
+_TAIL_LINES = 6
 
 
 class StepFailed(Exception):
@@ -71,9 +71,10 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 360
         cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     if done.returncode != 0:
-        raise StepFailed(
-            f"{' '.join(cmd[:3])}... exited {done.returncode}:\n{(done.stdout + done.stderr)[-_TAIL:]}"
-        )
+        # The end of what it said: a Python tool's last lines name its exception.
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()[-_TAIL_LINES:]
+        name = " ".join(Path(c).name if c.startswith("/") else c for c in cmd[:2])
+        raise StepFailed(f"{name} exited {done.returncode}: " + "\n    ".join(said))
     return done.stdout
 
 
@@ -215,7 +216,7 @@ def recorded_node_types() -> frozenset[str]:
 # -- 6, 7: fixtures and the suite --------------------------------------------------------------
 
 
-def record_fixtures(python: Path, checkout: Path, custom_nodes: Path | None) -> list[str]:
+def record_fixtures(python: Path, checkout: Path, custom_nodes: Path | None) -> None:
     packs = ["--custom-nodes", str(custom_nodes)] if custom_nodes is not None else []
     for script in ("record_comfy_shapes.py", "record_node_defs.py"):
         _run(
@@ -223,6 +224,10 @@ def record_fixtures(python: Path, checkout: Path, custom_nodes: Path | None) -> 
             env=_engine_env(checkout),
             timeout=1800,
         )
+
+
+def changed_fixtures() -> list[str]:
+    """The fixture files that differ from the last commit."""
     status = _run(["git", "status", "--porcelain", "--", str(FIXTURES.relative_to(ROOT))])
     return [line[3:] + (" (new)" if line.startswith("??") else "") for line in status.splitlines()]
 
@@ -244,7 +249,7 @@ def run_suite(
     )
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else "(no output)"
-    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    failed = [line for line in lines if line.startswith(("FAILED tests/", "ERROR tests/"))]
     where = f"VENV={python.parent.parent} scripts/test -q {' '.join(args)}".strip()
     text = f"`{where}`: {summary}" + "".join(f"\n  - {line}" for line in failed[:20])
     return text, done.returncode == 0
@@ -290,10 +295,11 @@ def move(args: argparse.Namespace) -> tuple[pins.MoveReport, bool]:
         index = booted["node_index"]
         report.steps.append(f"node index: {', '.join(Path(p).name for p in index) or 'unchanged'}")
         ok = ok and not report.patches_skipped
-    fixtures = step(
+    step(
         "fixtures recorded again", lambda: record_fixtures(args.python, checkout, args.custom_nodes)
     )
-    report.fixtures = fixtures or []
+    # Also after a failed recording: what it wrote before it stopped.
+    report.fixtures = changed_fixtures()
     if not args.no_tests:
         report.suite, report.suite_ok = run_suite(
             args.python, checkout, args.custom_nodes, args.tests.split() if args.tests else []

@@ -26,7 +26,7 @@ runs small model-free workflows and writes, into ``tests/fixtures/comfyui/``:
 Each file holds ``comfyui_version``, ``comfyui_commit`` and ``recorded_with`` (the
 workflow) beside the recorded data. Absolute paths (tracebacks, VHS's
 ``fullpath``) become placeholders: ``<COMFYUI>``, ``<WORK_DIR>``,
-``<CUSTOM_NODES>``, ``<PYTHON>``.
+``<CUSTOM_NODES>``, ``<PYTHON>``, ``<WORKER>`` (this checkout).
 """
 
 from __future__ import annotations
@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             str(work): "<WORK_DIR>",
             str(Path(sys.prefix)): "<PYTHON>",
             str(Path(sys.base_prefix)): "<PYTHON>",
+            # The worker's own frames (its patches wrap ComfyUI's nodes) in tracebacks.
+            str(REPO): "<WORKER>",
         }
         if args.custom_nodes:
             placeholders[str(args.custom_nodes.resolve())] = "<CUSTOM_NODES>"
