@@ -211,11 +211,35 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object holds one key twice: ``json.loads`` would keep the last in silence."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _RepeatedKey(key)
+        obj[key] = value
+    return obj
+
+
 def parse_request(job_input: Any) -> JobRequest:
     """Parse a job's ``input`` or raise :class:`RequestError` naming each bad field."""
     if isinstance(job_input, str):
         try:
-            job_input = json.loads(job_input)
+            # Two nodes with one id in an API-format workflow are one key twice: parsed
+            # plainly, the later node would replace the earlier (and its output be lost).
+            job_input = json.loads(job_input, object_pairs_hook=_unique_keys)
+        except _RepeatedKey as exc:
+            raise RequestError(
+                "Invalid request",
+                [
+                    f"input holds the key {exc.args[0]!r} twice in one object (two nodes with "
+                    "one id?): a JSON object keeps only the last, so the other would be lost "
+                    "in silence; give each its own"
+                ],
+            ) from None
         except ValueError as exc:
             raise RequestError(
                 "Invalid request",

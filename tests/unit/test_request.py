@@ -109,6 +109,21 @@ def test_worker_comfyui_shapes_are_accepted() -> None:
     assert parse_request({"workflow": WF, "images": None}).images == []
 
 
+def test_two_nodes_with_one_id_in_a_json_string_input_are_refused() -> None:
+    """Parsed plainly, the second node "2" would replace the first: one output lost."""
+    text = (
+        '{"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}},'
+        ' "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},'
+        ' "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}}'
+    )
+    with pytest.raises(RequestError) as caught:
+        parse_request(text)
+    assert caught.value.details == [
+        "input holds the key '2' twice in one object (two nodes with one id?): a JSON object "
+        "keeps only the last, so the other would be lost in silence; give each its own"
+    ]
+
+
 def test_a_prompt_body_is_unwrapped_and_its_key_used() -> None:
     """ComfyUI's POST /prompt body around the graph: the graph is used, the key kept secret."""
     body = {
