@@ -260,7 +260,8 @@ class Recorder:
         log.info("wrote %s", name)
 
     def parser(self) -> None:
-        self.write("cli_args", {}, parser=parser_shape())
+        # No workflow makes this one: the record says what it was read from instead.
+        self.write("cli_args", {"read_from": "comfy.cli_args.parser"}, parser=parser_shape())
 
     def ui(self, name: str, workflow: Workflow) -> None:
         assert self.runtime is not None
