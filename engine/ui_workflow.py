@@ -148,6 +148,8 @@ class _Scope:
     """The instance's mode when it is muted or bypassed: every inner node takes it."""
     promoted: dict[str, Any] = field(default_factory=dict)
     """Values of the instance's widgets (promoted subgraph inputs), by input name."""
+    input_slots: dict[Any, int] | None = None
+    """The instance's input slots by name (the first of a name), made when first asked."""
 
     def exec_id(self, node_id: str) -> str:
         return ":".join((*self.path, node_id))
@@ -179,6 +181,8 @@ class _Converter:
         self.root = _Scope(graph_of(ui))
         self.scopes: dict[tuple[str, ...], _Scope] = {}
         self.warned: set[str] = set()
+        self.widget_inputs: dict[int, list[Any]] = {}
+        """Each definition's subgraph inputs that feed a widget (``_widget_inputs``)."""
         self.resolved: dict[tuple[Any, ...], _Source] = {}
         """What each output gives an input of a type, once found (``_resolve_output``)."""
         self.misfits: dict[str, set[str]] = {}
@@ -243,9 +247,9 @@ class _Converter:
         """The instance's widget values, by the subgraph input each belongs to.
 
         Editors from 1.34 on save the instance's widgets in ``properties.proxyWidgets``
-        order (when that list is not empty): ``["-1", input name]`` for a subgraph input, ``[inner node id, widget
-        name]`` for a direct proxy of an inner widget, whose value the inner node keeps
-        (saved as null here, or left out). Older editors give the instance one widget
+        order (when that list is not empty): ``["-1", input name]`` for a subgraph input,
+        ``[inner node id, widget name]`` for a direct proxy of an inner widget, whose value
+        the inner node keeps (saved as null here, or left out). Older editors give the instance one widget
         per subgraph input that feeds an inner widget, in input order.
         """
         instance = scope.instance or {}
@@ -257,16 +261,23 @@ class _Converter:
             # An empty list is what editors 1.27-1.28 saved beside values in input order
             # (seen in comfyui-workflow-templates 0.1.95): that is the older layout.
             return promoted_by_proxy(proxies, values)
-        definition = scope.graph.definition or {}
-        names = []
-        for sub_input in definition.get("inputs") or []:
-            for link_id in sub_input.get("linkIds") or []:
-                link = scope.graph.links.get(int(link_id))
-                target = scope.graph.nodes.get(str(link.target_id)) if link else None
-                if link and target and self._is_widget_input(target, link.target_slot):
-                    names.append(sub_input.get("name"))
-                    break
-        return dict(zip(names, values, strict=False))
+        return dict(zip(self._widget_inputs(scope.graph), values, strict=False))
+
+    def _widget_inputs(self, graph: Graph) -> list[Any]:
+        """The subgraph inputs that feed an inner widget, in input order: once per
+        definition, however many instances it has."""
+        key = id(graph)
+        if key not in self.widget_inputs:
+            names = []
+            for sub_input in (graph.definition or {}).get("inputs") or []:
+                for link_id in sub_input.get("linkIds") or []:
+                    link = graph.links.get(int(link_id))
+                    target = graph.nodes.get(str(link.target_id)) if link else None
+                    if link and target and self._is_widget_input(target, link.target_slot):
+                        names.append(sub_input.get("name"))
+                        break
+            self.widget_inputs[key] = names
+        return self.widget_inputs[key]
 
     def _is_widget_input(self, node: Mapping[str, Any], slot: int) -> bool:
         inputs = node.get("inputs") or []
@@ -396,7 +407,11 @@ class _Converter:
             return None
         name = sub_inputs[slot].get("name")
         outer = scope.instance.get("inputs") or []
-        index = next((i for i, e in enumerate(outer) if e.get("name") == name), -1)
+        if scope.input_slots is None:  # the instance's slots by name, made once per instance
+            scope.input_slots = {}
+            for i, entry in enumerate(outer):
+                scope.input_slots.setdefault(entry.get("name"), i)
+        index = scope.input_slots.get(name, -1) if isinstance(name, str) else -1
         if index >= 0 and outer[index].get("link") is not None:
             return self._resolve_input(scope.parent, scope.instance, index, want, seen)
         if name in scope.promoted:

@@ -66,6 +66,30 @@ def getters_and_setters(pairs: int) -> dict[str, Any]:
     return g.build()
 
 
+def wide_subgraph(inputs: int, instances: int) -> dict[str, Any]:
+    """``instances`` instances of one subgraph with ``inputs`` inputs, each feeding the
+    width of its one inner node: every instance used to read every input again."""
+    definition = {
+        "id": "wide",
+        "name": "wide",
+        "nodes": [
+            {"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [8, 8, 1, 0],
+             "inputs": [{"name": "width", "type": "INT", "link": 1, "widget": {"name": "width"}}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}]}
+        ],
+        "links": [{"id": n, "origin_id": -10, "origin_slot": n - 1, "target_id": 1,
+                   "target_slot": 0, "type": "INT"} for n in range(1, inputs + 1)],
+        "inputs": [{"name": f"in{n}", "type": "INT", "linkIds": [n]} for n in range(1, inputs + 1)],
+        "outputs": [],
+    }  # fmt: skip
+    nodes = [
+        {"id": n, "type": "wide", "mode": 0, "widgets_values": [16],
+         "inputs": [{"name": f"in{i}", "type": "INT", "link": None} for i in range(1, 50)]}
+        for n in range(1, instances + 1)
+    ]  # fmt: skip
+    return {"nodes": nodes, "links": [], "definitions": {"subgraphs": [definition]}}
+
+
 def bad_links(count: int) -> dict[str, Any]:
     """Every link id infinite: the refusal names 50 and counts the rest."""
     return {
@@ -135,6 +159,7 @@ def main() -> None:
     measure("subgraphs 4 deep x 8 (4,096)", nested_subgraphs(4, 8), as_a_job)
     measure("reroute chain 400, 9,500 readers", reroute_fan(400, 9500), as_a_job)
     measure("3,300 SetNode/GetNode pairs", getters_and_setters(3300), as_a_job)
+    measure("subgraph of 20,000 inputs x 400", wide_subgraph(20_000, 400), as_a_job)
     measure("300,000 infinite link ids", bad_links(300_000), as_a_job)
     measure("dynamic prompt 300 deep, 1 MB", nested_dynamic_prompt(300, 1_000_000), as_a_job)
     measure("API chain of 10,000 nodes", api_chain(10_000), api_job)

@@ -445,3 +445,38 @@ def test_values_past_the_bound_are_counted_not_listed() -> None:
         check_values(workflow, 10)
     assert len(caught.value.details) == 51
     assert caught.value.details[-1] == "... and 150 more values like these"
+
+
+def test_a_subgraphs_inputs_are_read_once_not_once_per_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """50 instances of a subgraph of 40 inputs: 40 reads, not 2,000."""
+    from engine import ui_workflow
+
+    inputs = 40
+    definition = subgraph_definition(
+        "wide",
+        [{"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [8, 8, 1, 0],
+          "inputs": [{"name": "width", "type": "INT", "link": 1, "widget": {"name": "width"}}],
+          "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}]}],
+        [link_obj(n, -10, n - 1, 1, 0, "INT") for n in range(1, inputs + 1)],
+        [{"name": f"in{n}", "type": "INT", "linkIds": [n]} for n in range(1, inputs + 1)],
+        [],
+    )  # fmt: skip
+    workflow = {
+        "nodes": [{"id": n, "type": "wide", "mode": 0, "widgets_values": [16 + n]} for n in range(1, 51)],
+        "links": [],
+        "definitions": {"subgraphs": [definition]},
+    }  # fmt: skip
+    calls = 0
+    original = ui_workflow._Converter._is_widget_input
+
+    def counted(self: Any, *args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return bool(original(self, *args))
+
+    monkeypatch.setattr(ui_workflow._Converter, "_is_widget_input", counted)
+    api = convert(workflow)
+    assert api["7:1"]["inputs"]["width"] == 23  # in1, the first input, takes the value
+    assert calls <= inputs, calls
