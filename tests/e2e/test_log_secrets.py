@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -118,8 +119,9 @@ def test_local_api_server_mode(tmp_path: Path) -> None:
 
 
 class FakeQueue:
-    """RunPod's job queue as the SDK's worker loop talks to it: job-take hands out the
-    jobs given, once each; job-stop has nothing; every POST (progress, results) is kept."""
+    """RunPod's job queue as the SDK's worker loop talks to it: job-take (and job-take-batch,
+    which the SDK uses when it takes more than one job at once) hands out the jobs given,
+    once each; job-stop has nothing; every POST (progress, results) is kept."""
 
     def __init__(self, jobs: list[dict[str, Any]]) -> None:
         self.jobs = list(jobs)
@@ -133,6 +135,14 @@ class FakeQueue:
             def do_GET(self) -> None:
                 if self.path.startswith("/job-take/") and queue.jobs:
                     payload = json.dumps(queue.jobs.pop(0)).encode()
+                elif self.path.startswith("/job-take-batch/") and queue.jobs:
+                    # The SDK asks for as many as it has room for (MAX_CONCURRENT_JOBS).
+                    size = int(parse_qs(urlsplit(self.path).query).get("batch_size", ["1"])[0])
+                    taken, queue.jobs[:] = queue.jobs[:size], queue.jobs[size:]
+                    payload = json.dumps(taken).encode()
+                else:
+                    payload = b""
+                if payload:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -207,8 +217,9 @@ def test_runpod_queue_mode(tmp_path: Path, fake_queue: FakeQueue) -> None:
                 proc.kill()
     log = log_path.read_text(errors="replace")
     assert finished, log
-    assert "leaked *** ***" in fake_queue.results[0]["error"]
-    assert "Failed to upload one or more input images" in fake_queue.results[1]["error"]
+    errors = sorted(result["error"] for result in fake_queue.results)  # in any order
+    assert any("leaked *** ***" in error for error in errors), errors
+    assert any("Failed to upload one or more input images" in e for e in errors), errors
     assert "Handler output" in log  # the SDK's DEBUG lines were printed, redacted
     assert_clean(log)
     assert_clean(json.dumps(fake_queue.posts))
