@@ -52,6 +52,7 @@ from engine.outputs import OutputFile, collect_outputs
 from engine.pipeline import JobPipeline, Ticket
 from engine.request import JobRequest, parse_request, request_secrets
 from engine.runtime import Directories, JobSpec, ProgressEvent, Runtime, UiOutputs, load_runtime
+from engine.runtime.pending_files import PendingFiles
 from engine.s3 import S3Uploader
 from engine.settings import Settings
 from engine.stats import Phase, describe_stats, job_stats
@@ -340,6 +341,7 @@ class Worker:
             spec = self._job_spec(
                 job_id, request, folder, progress, deadline, phase, files_of_job.input_folder
             )
+            spec = dataclasses.replace(spec, pending_files=files_of_job.pending)
             try:
                 with self._engine_turn(ticket, deadline, phase):
                     result = self.runtime.run(spec)
@@ -354,6 +356,8 @@ class Worker:
                 raise
             files_of_job.temp_outputs = _temp_files(result.outputs, self.runtime.directories)
             phase.enter("reading outputs", deadline)
+            # The PNGs the run handed off, written meanwhile: here, the engine is free.
+            unwritten = files_of_job.pending.wait()
             files, errors = collect_outputs(
                 result.outputs,
                 self.runtime.directories,
@@ -362,6 +366,7 @@ class Worker:
                 max_pixels=self.settings.output_max_pixels,
             )
             files = [_unscope(f, folder) for f in files]
+            errors += [f"{path.name}: could not be written: {exc}" for path, exc in unwritten]
             if request.convert_output is not None:
                 phase.enter("converting outputs", deadline)
                 files, convert_errors = convert_outputs(
@@ -500,6 +505,8 @@ class Worker:
             self._spares.make(dirs.output / folder)
             yield files
         finally:
+            # Files still being written would land after their folder went.
+            files.pending.wait()
             if files.input_folder:
                 self._inputs.release(dirs.input, files.input_folder)
             self._spares.remove(dirs.output / folder)
@@ -516,6 +523,8 @@ class _JobFiles:
     scratch: Path
     input_folder: str | None = None
     """The folder under ComfyUI's input folder holding the files the job sent."""
+    pending: PendingFiles = dataclasses.field(default_factory=PendingFiles)
+    """Output files the run handed off to be written after it (SaveImage's PNGs)."""
     temp_outputs: list[Path] = dataclasses.field(default_factory=list)
     """The files of ComfyUI's temp folder the run named as its outputs (previews)."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.deadline import Deadline, JobThread
+from engine.runtime.pending_files import PendingFiles
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -102,6 +103,10 @@ class JobSpec:
     prompt that runs, as ComfyUI would (or nothing, with ``OUTPUT_METADATA=false``)."""
     sent_graph: dict[str, Any] | None = field(default=None, repr=False)
     """The editor graph, when the user sent the UI format: embedded as ``workflow``."""
+    pending_files: PendingFiles | None = field(default=None, repr=False, compare=False)
+    """Where the run may hand off output files still being written instead of waiting for
+    them (SaveImage's PNG encodes): the caller waits for them after the run. None: every
+    file is written before the run returns."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from engine.runtime import (
     UiOutputs,
     comfy_checks,
     decoded_inputs,
+    fast_save,
     output_metadata,
     output_scope,
     shapes,
@@ -377,7 +378,10 @@ class ComfyRuntime:
         started = time.perf_counter()
         executor = comfy.executor
         executor.history_result = {}
-        await executor.execute_async(prompt, job.prompt_id, extra_data, outputs)
+        # SaveImage hands its PNG encodes off instead of waiting: the worker waits for
+        # them after the run, so the engine never does (fast_save.saves_into).
+        with fast_save.saves_into(job.pending_files):
+            await executor.execute_async(prompt, job.prompt_id, extra_data, outputs)
         # The last node ends with the run: in-process there is no final ``executing``
         # event with node None (ComfyUI's main.py sends that one, after execute returns).
         state.node_started(None)

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from engine.runtime import fast_save
+
 # Pillow formats offered, when the image has one frame.
 _STILL_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 # Decoded images held at once, in pixels: a job of many large inputs keeps the rest to
@@ -187,6 +189,8 @@ def install(nodes: Any, handoff: DecodedImages = HANDOFF) -> bool:
 def _taking(nodes: Any, original: Callable[..., Any], handoff: DecodedImages) -> Callable[..., Any]:
     @functools.wraps(original)
     def load_image(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # A file this run saved may still be being written (fast_save.saves_into).
+        fast_save.wait_for_saves()
         if not len(handoff):
             return original(self, *args, **kwargs)
         with _swap_lock:

@@ -18,6 +18,11 @@ or answers something that is not an answer, that image is saved in this process 
 (logged): slower, same bytes, and never a failed job. A dead or broken process is ended
 and left out of the pool, which starts a fresh one for the next image that needs one.
 A real-engine test compares the files with ComfyUI's own.
+
+During a worker's run (:func:`saves_into`) the node does not wait at all: every image,
+a batch or one, is handed to the pool, its file name taken on disk at once, and the
+node returns; the engine runs the next node, or the next job, while the job waits for
+its files after the run (``engine.runtime.pending_files``).
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # this file also runs alone, as the encoder process, without engine/
+    from engine.runtime.pending_files import PendingFiles
 
 log = logging.getLogger(__name__)
 
@@ -190,15 +198,49 @@ def _shared_pool() -> EncoderPool:
         return _pool
 
 
+# The run on this thread whose saves are handed off, not waited for (:func:`saves_into`).
+_handing_off = threading.local()
+
+
+@contextlib.contextmanager
+def saves_into(pending: PendingFiles | None) -> Iterator[None]:
+    """While the block runs on this thread (the engine's, during a job's run), SaveImage
+    hands every image, one or many, to the encoder processes and returns at once; the
+    files land in ``pending``, which the worker waits for after the run. Each file's name
+    is taken on disk first (an empty file), so the next save's counter skips it; a
+    LoadImage in the same run waits for them (:func:`wait_for_saves`). ``None``: saves
+    are waited for in the node, as without this."""
+    previous = getattr(_handing_off, "pending", None)
+    _handing_off.pending = pending
+    try:
+        yield
+    finally:
+        _handing_off.pending = previous
+
+
+def wait_for_saves() -> None:
+    """Wait for the files this thread's run handed off (a node about to read one back)."""
+    pending: PendingFiles | None = getattr(_handing_off, "pending", None)
+    if pending is not None and len(pending):
+        pending.wait()
+
+
 class _DeferredImage:
     """A Pillow image whose ``save`` goes to the pool; every other attribute is the image's."""
 
-    def __init__(self, image: Any, pending: list[Future[None]]) -> None:
+    def __init__(
+        self, image: Any, pending: list[tuple[Path | None, Future[None]]], take_name: bool
+    ) -> None:
         self._image = image
         self._pending = pending
+        self._take_name = take_name
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        self._pending.append(_shared_pool().submit(self._image, args, kwargs))
+        target = args[0] if args else kwargs.get("fp")
+        path = Path(target) if isinstance(target, (str, os.PathLike)) else None
+        if path is not None and self._take_name:
+            path.touch()  # the name is taken now, the bytes come later
+        self._pending.append((path, _shared_pool().submit(self._image, args, kwargs)))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._image, name)
@@ -207,12 +249,16 @@ class _DeferredImage:
 class _DeferringPil:
     """Stands in for ``PIL.Image`` inside one ``save_images`` call."""
 
-    def __init__(self, pil_image: Any, pending: list[Future[None]]) -> None:
+    def __init__(
+        self, pil_image: Any, pending: list[tuple[Path | None, Future[None]]], take_name: bool
+    ) -> None:
         self._pil = pil_image
         self._pending = pending
+        self._take_name = take_name
 
     def fromarray(self, *args: Any, **kwargs: Any) -> _DeferredImage:
-        return _DeferredImage(self._pil.fromarray(*args, **kwargs), self._pending)
+        image = self._pil.fromarray(*args, **kwargs)
+        return _DeferredImage(image, self._pending, self._take_name)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pil, name)
@@ -237,18 +283,27 @@ def install(nodes: Any) -> bool:
 def _parallel(nodes: Any, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def save_images(self: Any, images: Any, *args: Any, **kwargs: Any) -> Any:
-        if len(images) < 2:
+        handed_off: PendingFiles | None = getattr(_handing_off, "pending", None)
+        if len(images) < 2 and handed_off is None:
             return original(self, images, *args, **kwargs)
-        pending: list[Future[None]] = []
+        pending: list[tuple[Path | None, Future[None]]] = []
         with _swap_lock:
             pil_image = nodes.Image
-            nodes.Image = _DeferringPil(pil_image, pending)
+            nodes.Image = _DeferringPil(pil_image, pending, take_name=handed_off is not None)
             try:
                 result = original(self, images, *args, **kwargs)
             finally:
                 nodes.Image = pil_image
-                # Every file written (or failed) before the node returns, whatever happened.
-                errors = [f.exception() for f in pending]
+                if handed_off is not None:
+                    # The run goes on; the worker waits for these after it.
+                    for path, written in pending:
+                        if path is None:
+                            written.result()  # nowhere to find it later: wait here
+                        else:
+                            handed_off.add(path, written)
+                    pending = []
+                # Otherwise every file is written (or failed) before the node returns.
+                errors = [written.exception() for _, written in pending]
         for error in errors:
             if error is not None:
                 raise error

@@ -14,13 +14,16 @@ import signal
 from typing import Any
 
 import pytest
+from PIL import Image
 
-from engine.runtime import fast_save
+from engine.runtime import JobSpec, fast_save
 from engine.runtime.comfy import ComfyRuntime
+from engine.runtime.pending_files import PendingFiles
 from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
 from tests.engine.support import ENGINE_MARKS
+from tests.unit.test_fast_save import GatedPool
 
 pytestmark = ENGINE_MARKS
 
@@ -57,3 +60,29 @@ def test_killed_encoder_helpers_do_not_fail_the_next_batch_job(worker: Worker) -
     assert answer(worker, "png-3") == first
     alive = helper_pids()
     assert alive and not set(alive) & set(killed)
+
+
+def test_during_a_run_the_engine_does_not_wait_for_the_png_encodes(
+    runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    """ComfyUI's own SaveImage, one image: the run returns while its encode is still held;
+    the file's name is taken, and the file is a whole PNG once the pending files are
+    waited for (what the worker does after giving the engine back)."""
+    pool = GatedPool()
+    monkeypatch.setattr(fast_save, "_shared_pool", lambda: pool)
+    workflow = workflows.batch(1, size=48)
+    workflow["2"]["inputs"]["filename_prefix"] = f"{prefix}/handoff"
+    pending = PendingFiles()
+    result = runtime.run(JobSpec(prompt_id="handoff", workflow=workflow, pending_files=pending))
+    (item,) = result.outputs["2"]["images"]
+    path = runtime.directories.output / item["subfolder"] / item["filename"]
+    try:
+        assert pool.submitted == 1 and len(pending) == 1
+        assert path.stat().st_size == 0  # the run is over; its PNG is not written yet
+        pool.gate.set()
+        assert pending.wait() == []
+        with Image.open(path) as image:
+            assert image.size == (48, 48)
+    finally:
+        pool.gate.set()
+        path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import threading
@@ -247,11 +248,15 @@ def test_the_reference_convert_output_example(worker: Worker) -> None:
     assert set(body["stats"]["nodes"]) <= {"1", "2"}
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_a_job_runs_on_the_engine_thread_with_no_hand_over(
-    worker: Worker, runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch
+    worker: Worker, runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, jobs: int
 ) -> None:
-    """The worker runs each whole job on the runtime's engine thread, so ComfyUI runs the
-    workflow in place; a caller on another thread (the warm-up, this test) hands it over."""
+    """One job at a time: the worker runs each whole job on the runtime's engine thread,
+    so ComfyUI runs the workflow in place. Jobs overlapping: each job has a lane of its
+    own and hands its run over to the engine thread. A caller on another thread (the
+    warm-up, this test) hands it over too."""
+    worker = Worker(dataclasses.replace(worker.settings, max_concurrent_jobs=jobs), runtime)
     threads: dict[str, int] = {}
     run_job = runtime._run_job
 
@@ -278,5 +283,8 @@ def test_a_job_runs_on_the_engine_thread_with_no_hand_over(
         }
     )
     assert body.get("errors") == [], body
-    assert threads["comfyui"] == threads["job"] != threading.get_ident()
+    if jobs == 1:
+        assert threads["comfyui"] == threads["job"] != threading.get_ident()
+    else:
+        assert len({threads["comfyui"], threads["job"], threading.get_ident()}) == 3
     assert runtime.job_thread.is_current() is False  # this thread is not the engine's

@@ -13,15 +13,19 @@ import hashlib
 import os
 import pickle
 import random
+import shutil
 import signal
+import threading
 import types
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.runtime import fast_save
+from engine.runtime.pending_files import PendingFiles
 
 _NODES_SOURCE = """
 import os
@@ -220,3 +224,82 @@ def test_an_encoder_that_answers_garbage_is_replaced(
             os.kill(broken.process.pid, signal.SIGCONT)
     assert sorted(p.name for p in out.iterdir()) == ["g_00000_.png", "g_00001_.png"]
     assert broken not in pool._idle
+
+
+class GatedPool:
+    """The encoder pool as a run sees it, each encode held until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.submitted = 0
+
+    def submit(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[None]:
+        self.submitted += 1
+        done: Future[None] = Future()
+
+        def encode() -> None:
+            self.gate.wait(30)
+            try:
+                image.save(*args, **kwargs)
+            except Exception as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=encode, daemon=True).start()
+        return done
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_during_a_run_the_node_hands_its_encodes_off_and_returns_at_once(
+    nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """Within saves_into, save_images returns while every encode (one image too) is still
+    held: each file's name is taken on disk, empty; the files are whole once the pending
+    files are waited for, the same bytes as ComfyUI's own save."""
+    serial = tmp_path / "serial"
+    serial.mkdir()
+    images = _batch(count, seed=5)
+    expected = nodes.SaveImage(serial).save_images(images, "h")
+    names = expected["ui"]["images"]
+    pool = GatedPool()
+    monkeypatch.setattr(fast_save, "_shared_pool", lambda: pool)
+    assert fast_save.install(nodes)
+    pending = PendingFiles()
+    with fast_save.saves_into(pending):
+        assert nodes.SaveImage(tmp_path).save_images(images, "h") == expected
+    assert pool.submitted == count and len(pending) == count
+    assert [(tmp_path / n).stat().st_size for n in names] == [0] * count  # names taken
+    pool.gate.set()
+    assert pending.wait() == []
+    assert _digests(tmp_path, names) == _digests(serial, names)
+
+
+def test_a_handed_off_encode_that_fails_is_reported_and_its_file_removed(
+    nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is gone by the time the encode runs: waiting names the file and the error."""
+    pool = GatedPool()
+    monkeypatch.setattr(fast_save, "_shared_pool", lambda: pool)
+    assert fast_save.install(nodes)
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    pending = PendingFiles()
+    with fast_save.saves_into(pending):
+        nodes.SaveImage(folder).save_images(_batch(1), "bad")
+    shutil.rmtree(folder)
+    pool.gate.set()
+    ((path, error),) = pending.wait()
+    assert path == folder / "bad_00000_.png" and not path.exists()
+    assert isinstance(error, FileNotFoundError)
+
+
+def test_outside_a_run_a_single_image_is_still_saved_in_the_node(
+    nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = GatedPool()
+    monkeypatch.setattr(fast_save, "_shared_pool", lambda: pool)
+    assert fast_save.install(nodes)
+    with fast_save.saves_into(None):
+        nodes.SaveImage(tmp_path).save_images(_batch(1), "plain")
+    assert pool.submitted == 0 and (tmp_path / "plain_00000_.png").stat().st_size > 0
