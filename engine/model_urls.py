@@ -317,7 +317,11 @@ class ModelUrls:
         Once at boot, after the runtime (which knows the model folders) has started.
         """
         self._cache.set_folders(self._runtime.model_folders())
-        removed = self._cache.sweep()
+        try:
+            removed = self._cache.sweep()
+        except OSError as exc:  # an unreadable volume: the worker still serves jobs
+            log.warning("model cache: could not look for partial downloads (%s)", exc)
+            return
         if removed:
             log.info("model cache: removed %d partial download(s) left by a killed worker", removed)
 
