@@ -47,7 +47,7 @@ import httpx
 from engine.deadline import Deadline
 from engine.errors import ItemError
 from engine.settings import Settings
-from engine.transfer import ReadLimits, bounded_chunks
+from engine.transfer import ReadLimits, SocketWatch, bounded_chunks, watching
 
 logger = logging.getLogger(__name__)
 
@@ -224,21 +224,37 @@ class GuardedHttp:
         *,
         headers_for: Callable[[httpx.URL], Mapping[str, str]] | None = None,
         idle_timeout_s: float | None = None,
+        job: Deadline | None = None,
     ) -> Iterator[httpx.Response]:
         """The final hop's response, its body unread; closed when the block ends.
 
         ``deadline`` (``time.monotonic()``) bounds every hop; ``idle_timeout_s``, when
-        set, bounds each wait for the network (a stalled server) below it. Raises
-        :class:`ItemError` with an empty name (the caller names it), ``httpx``
-        errors, and :class:`DeadlinePassed` (an ``httpx.TimeoutException``). An
-        :class:`ItemError` raised in the block on a redirected hop says which hop.
+        set, bounds each wait for the network (a stalled server) below it. ``job``'s
+        cancel shuts the connection down, also while the headers are awaited, and no
+        hop starts after it. Raises :class:`ItemError` with an empty name (the caller
+        names it), ``httpx`` errors, and :class:`DeadlinePassed` (an
+        ``httpx.TimeoutException``). An :class:`ItemError` raised in the block on a
+        redirected hop says which hop.
         """
+        with watching(job) as watch:
+            yield from self._hops(url, deadline, headers_for, idle_timeout_s, job, watch)
+
+    def _hops(
+        self,
+        url: str,
+        deadline: float,
+        headers_for: Callable[[httpx.URL], Mapping[str, str]] | None,
+        idle_timeout_s: float | None,
+        job: Deadline | None,
+        watch: SocketWatch | None,
+    ) -> Iterator[httpx.Response]:
+        """:meth:`get`'s body: one hop after another; yields the final response once."""
         current = httpx.URL(url.strip())
         for hop in range(self._max_redirects + 1):
             response: httpx.Response | None = None
             try:
                 extra = headers_for(current) if headers_for is not None else {}
-                response = self._open(current, deadline, extra, idle_timeout_s)
+                response = self._open(current, deadline, extra, idle_timeout_s, job, watch)
                 if response.status_code not in _REDIRECT_CODES:
                     yield response
                     return
@@ -304,6 +320,8 @@ class GuardedHttp:
         deadline: float,
         extra_headers: Mapping[str, str],
         idle_timeout_s: float | None,
+        job: Deadline | None = None,
+        watch: SocketWatch | None = None,
     ) -> httpx.Response:
         """GET ``url`` from one of its checked addresses; the body is left unread."""
         addresses = self._addresses(url, deadline)
@@ -324,11 +342,13 @@ class GuardedHttp:
         }
         # TLS must send and verify the host name, not the IP the socket connects to.
         pin_tls = url.scheme == "https" and not _is_ip_literal(host)
-        extensions = {"sni_hostname": host} if pin_tls else {}
+        extensions: dict[str, object] = {"sni_hostname": host} if pin_tls else {}
+        if watch is not None:
+            extensions["trace"] = watch.trace  # the connection's socket, for a cancel
         error: httpx.ConnectError | None = None
         for address in addresses:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (job is not None and job.expired()):
                 raise DeadlinePassed("the deadline passed before connecting")
             wait = remaining if idle_timeout_s is None else min(remaining, idle_timeout_s)
             request = self._client.build_request(
@@ -416,7 +436,11 @@ class HttpFetcher:
             until = min(until, started + remaining)
         try:
             with self._http.get(
-                url, until, headers_for=_accept_images, idle_timeout_s=self._limits.stall_s
+                url,
+                until,
+                headers_for=_accept_images,
+                idle_timeout_s=self._limits.stall_s,
+                job=deadline,
             ) as response:
                 body = self._read_body(response, until, deadline)
         except httpx.HTTPError as exc:

@@ -171,7 +171,11 @@ class HttpDownloader:
         where = f"while downloading {shown}"
         try:
             with self._http.get(
-                url, until, headers_for=self._headers_for, idle_timeout_s=self._limits.stall_s
+                url,
+                until,
+                headers_for=self._headers_for,
+                idle_timeout_s=self._limits.stall_s,
+                job=deadline,
             ) as response:
                 result = self._save(
                     response,

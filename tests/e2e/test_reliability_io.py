@@ -104,6 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             site.sent.set()
             site.stop.wait(60)
+        elif path == "/hold.safetensors":
+            site.sent.set()  # the request is here; no byte of an answer will follow
+            site.stop.wait(60)
         elif path == "/empty.safetensors":
             self._head(200, 0)
         elif path == "/short.safetensors":
@@ -235,6 +238,28 @@ def test_a_cancel_stops_a_trickling_model_download_within_a_read(
     (body,) = answer
     assert body["code"] == "execution_interrupted", body
     assert "cancelled" in body["message"] and "downloading" in body["message"], body
+    assert cache_files(worker) == []
+    serves_the_next_job(worker, site)
+
+
+def test_a_cancel_stops_a_model_download_still_waiting_for_its_headers(
+    site: Site, tmp_path: Path
+) -> None:
+    """The server takes the request and answers nothing. The stall limit is a minute and
+    the stop grace 3 s: only the cancel, shutting the connection, can end the job in time
+    (before, the job waited out the stall limit and the worker declared itself stuck)."""
+    worker = make_worker(tmp_path, job_timeout_s=600.0, job_stop_grace_s=3.0, download_stall_s=60.0)
+    answer: list[dict[str, Any]] = []
+    thread = threading.Thread(
+        target=lambda: answer.append(worker.handle(model_job("h", site.url + "/hold.safetensors")))
+    )
+    thread.start()
+    assert site.sent.wait(30)
+    worker.cancel("h")
+    thread.join(30)
+    (body,) = answer
+    assert body["code"] == "execution_interrupted", body  # not worker_stuck
+    assert "cancelled" in body["message"], body
     assert cache_files(worker) == []
     serves_the_next_job(worker, site)
 
