@@ -6,9 +6,13 @@ including a ``comfy_org_api_key`` that arrived in a request, which is added for
 the length of its job with :func:`job_context` — and shows every URL without its user
 info, query or fragment (:func:`redact_urls`).
 
-The current job is process-wide state, not a context variable: a worker runs
-one job at a time, and ComfyUI, the image fetcher and the S3 uploader log from
-threads of their own that must carry the job id (and redact its key) too.
+Jobs overlap (``MAX_CONCURRENT_JOBS``), so the job of a line is told per thread: the
+thread that handles a job and the lane that runs its phases are bound to it
+(:func:`job_context`, :func:`bind_job`); a thread bound to no job (ComfyUI's engine
+thread, the fetcher's and uploader's helpers) logs under the job whose run holds the
+engine (:func:`engine_job`), else under the only job in flight, else ``-``. Every
+job in flight's keys are redacted from every line, whichever job wrote it: a line of
+one job never shows another's key either.
 
 Two more filters keep the boot log readable at ``COMFY_LOG_LEVEL=DEBUG`` (the
 contract's default) without hiding anything a user needs: ComfyUI's one line per
@@ -25,12 +29,34 @@ import contextlib
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
 _secrets: set[str] = set()
-_current: dict[str, Any] = {"job_id": "-", "secrets": ()}
+# Every job in flight: its id and the secrets its request carried, by a token of its own.
+_active: dict[object, tuple[str, tuple[str, ...]]] = {}
+_active_lock = threading.Lock()
+_bound = threading.local()  # .job_id: the job this thread works for
+_engine: list[str | None] = [None]  # the job whose run holds ComfyUI's engine
+
+
+def _job_id() -> str:
+    """The job of the current thread's line (see the module's docstring)."""
+    bound: str | None = getattr(_bound, "job_id", None)
+    if bound:
+        return bound
+    if _engine[0]:
+        return _engine[0]
+    active = list(_active.values())
+    return active[0][0] if len(active) == 1 else "-"
+
+
+def _job_secrets() -> tuple[str, ...]:
+    """The secrets of every job in flight."""
+    return tuple(secret for _, secrets in list(_active.values()) for secret in secrets)
+
 
 # Shorter strings would redact ordinary words; real keys are far longer.
 _MIN_SECRET_LEN = 6
@@ -111,7 +137,7 @@ def redact_urls_obj(value: Any) -> Any:
 def redact(text: str, extra: Iterable[str] = (), *, registered: bool = True) -> str:
     """``text`` with ``extra`` (and, if ``registered``, every registered secret) as ``***``;
     so is the value of a Comfy.org key field of a printed request, wherever it appears."""
-    known = (*_secrets, *_current["secrets"]) if registered else ()
+    known = (*_secrets, *_job_secrets()) if registered else ()
     for secret in (*known, *extra):
         if len(secret) >= _MIN_SECRET_LEN and secret in text:
             text = text.replace(secret, "***")
@@ -183,12 +209,12 @@ class _JobFilter(logging.Filter):
     """Stamps the job id and scrubs secrets and URLs' credentials from the final message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.job_id = _current["job_id"]
+        record.job_id = _job_id()
         message = record.getMessage()
         # A URL in any line (ComfyUI echoing a workflow value, a node its download) loses
         # its query and user info; known secrets go wherever they are.
         cleaned = redact_urls(message)
-        secrets = bool(_secrets or _current["secrets"] or "api_key" in message)
+        secrets = bool(_secrets or _active or "api_key" in message)
         if secrets:
             cleaned = redact(cleaned)
         if cleaned != message:
@@ -322,10 +348,37 @@ def configure(level: str = "INFO", secrets: Iterable[str | None] = ()) -> None:
 
 @contextlib.contextmanager
 def job_context(job_id: str, secrets: Iterable[str | None] = ()) -> Iterator[None]:
-    """Log under ``job_id`` and redact the job's own secrets until the block ends."""
-    previous = dict(_current)
-    _current.update(job_id=job_id, secrets=tuple(s for s in secrets if s))
+    """Log this thread's lines under ``job_id``, and redact the job's own secrets from
+    every line, until the block ends."""
+    token = object()
+    with _active_lock:
+        _active[token] = (job_id, tuple(s for s in secrets if s))
+    try:
+        with bind_job(job_id):
+            yield
+    finally:
+        with _active_lock:
+            del _active[token]
+
+
+@contextlib.contextmanager
+def bind_job(job_id: str) -> Iterator[None]:
+    """Log this thread's lines under ``job_id`` until the block ends (a job's lane)."""
+    previous = getattr(_bound, "job_id", None)
+    _bound.job_id = job_id
     try:
         yield
     finally:
-        _current.update(previous)
+        _bound.job_id = previous
+
+
+@contextlib.contextmanager
+def engine_job(job_id: str) -> Iterator[None]:
+    """Lines of threads bound to no job (ComfyUI's) go under ``job_id`` while its run
+    holds the engine: one run at a time, so the one running is theirs."""
+    previous = _engine[0]
+    _engine[0] = job_id
+    try:
+        yield
+    finally:
+        _engine[0] = previous

@@ -248,7 +248,8 @@ class Worker:
 
         def job() -> dict[str, Any]:
             try:
-                return self.run(job_id, job_input, progress, deadline, phase, ticket)
+                with logs.bind_job(job_id):  # the lane's lines are this job's
+                    return self.run(job_id, job_input, progress, deadline, phase, ticket)
             finally:
                 self._pipeline.finish(ticket, self.runtime.after_job)
 
@@ -343,7 +344,7 @@ class Worker:
             )
             spec = dataclasses.replace(spec, pending_files=files_of_job.pending)
             try:
-                with self._engine_turn(ticket, deadline, phase):
+                with self._engine_turn(ticket, deadline, phase), logs.engine_job(job_id):
                     result = self.runtime.run(spec)
             except WorkflowValidationError as exc:
                 explain_unsent_files(

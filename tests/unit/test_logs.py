@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -143,3 +144,52 @@ def test_an_error_answer_is_walked_whole() -> None:
     }
     assert "token" not in str(logs.redact_urls_obj(answer))
     assert "k=v" not in str(logs.redact_urls_obj(answer))
+
+
+def test_jobs_in_flight_at_once_keep_their_ids_and_every_key_is_redacted() -> None:
+    """Two jobs overlap (MAX_CONCURRENT_JOBS): each thread's lines carry its own job's id,
+    both jobs' keys are cut from every line, ComfyUI's thread (bound to no job) logs
+    under the job whose run holds the engine, and nothing is left once both end."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("[%(job_id)s] %(message)s"))
+    handler.addFilter(logs._JobFilter())
+    logger = logging.getLogger("test.jobs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    a_in, b_in, both_in, a_said, b_said, leave = (threading.Event() for _ in range(6))
+
+    def job(job_id: str, key: str, entered: threading.Event, said: threading.Event) -> None:
+        with logs.job_context(job_id, [key]):
+            entered.set()
+            both_in.wait(5)  # said while the other job is in flight too
+            logger.info("%s saw key-of-a-123456 and key-of-b-654321", job_id)
+            said.set()
+            leave.wait(5)
+
+    threads = [
+        threading.Thread(target=job, args=("a", "key-of-a-123456", a_in, a_said)),
+        threading.Thread(target=job, args=("b", "key-of-b-654321", b_in, b_said)),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        assert a_in.wait(5) and b_in.wait(5)  # both in flight now
+        with logs.engine_job("b"):
+            engine = threading.Thread(target=lambda: logger.info("ComfyUI: got prompt"))
+            engine.start()
+            engine.join(5)
+        logger.info("boot thread line")  # this thread: bound to no job, engine free, two jobs
+        both_in.set()
+        assert a_said.wait(5) and b_said.wait(5)
+        leave.set()
+        for thread in threads:
+            thread.join(5)
+        logger.info("after")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[:2] == ["[b] ComfyUI: got prompt", "[-] boot thread line"]
+    assert sorted(lines[2:4]) == ["[a] a saw *** and ***", "[b] b saw *** and ***"]
+    assert lines[4:] == ["[-] after"]
