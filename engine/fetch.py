@@ -47,7 +47,7 @@ import httpx
 from engine.deadline import Deadline
 from engine.errors import ItemError
 from engine.settings import Settings
-from engine.transfer import ReadLimits, SocketWatch, bounded_chunks, watching
+from engine.transfer import LIMIT_SLACK_S, ReadLimits, SocketWatch, bounded_chunks, watching
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +447,9 @@ class HttpFetcher:
             if deadline is not None and deadline.expired():
                 raise deadline.exceeded("while downloading inputs") from exc
             if isinstance(exc, httpx.TimeoutException):
-                stalled = not isinstance(exc, DeadlinePassed) and time.monotonic() < until
+                stalled = (
+                    not isinstance(exc, DeadlinePassed) and time.monotonic() < until - LIMIT_SLACK_S
+                )
                 reason = self._limits.stall_reason() if stalled else self._timeout_reason()
                 raise ItemError(shown, reason) from exc
             if isinstance(exc, httpx.InvalidURL):
