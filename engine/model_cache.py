@@ -214,8 +214,17 @@ class ModelCache:
         """Move a finished download into place and write its record; the new entry."""
         final = directory / cache_file_name(key, name)
         old = _read_entry(directory / f".{key}{_RECORD_SUFFIX}")
-        size = temp.stat().st_size
-        temp.replace(final)
+        try:
+            size = temp.stat().st_size
+            temp.replace(final)
+        except FileNotFoundError as exc:
+            # Only a sweep removes a part file: one on a volume whose locks do not
+            # reach across machines can take another worker's for a dead one.
+            raise ItemError(
+                "",
+                "the finished download was removed before it could be kept (another "
+                "worker's sweep of the volume's url-cache?); send the job again",
+            ) from exc
         if old is not None and old.path != final:
             old.path.unlink(missing_ok=True)  # the URL now serves a file of another name
         record = {"file": final.name, "size": size, "sha256": sha256, "url": shown_url}
