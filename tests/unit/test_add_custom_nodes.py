@@ -704,3 +704,16 @@ def test_the_real_uv_compile_adds_a_pack_to_the_real_lock(tmp_path: Path, git_co
     assert "gguf" in {d.name for d in outcome.new}
     assert all(after[n] == v for n, v in before.items())  # nothing the lock held moved
     assert next(d for d in outcome.new if d.name == "gguf").packs == ("ComfyUI-GGUF",)
+
+
+def test_the_example_snapshot_is_one_the_command_reads() -> None:
+    """examples/packs/manager-snapshot.json (docs/custom-nodes.md's proof set) is in the
+    manager's format: five git entries at full hashes, one disabled, one registry entry."""
+    from engine.packs.sources import read_snapshot
+
+    data = read_snapshot(ROOT / "examples" / "packs" / "manager-snapshot.json")
+    git_nodes = data["git_custom_nodes"]
+    enabled = [url for url, entry in git_nodes.items() if not entry["disabled"]]
+    assert len(enabled) == 5
+    assert all(len(entry["hash"]) == 40 for entry in git_nodes.values())
+    assert list(data["cnr_custom_nodes"]) == ["comfyui-kjnodes"]
