@@ -46,6 +46,7 @@ done = time.perf_counter()
 print({_PREFIX!r} + json.dumps({{
     "import_s": boot - started, "boot_s": done - boot,
     "nodes": getattr(worker.runtime, "node_count", None),
+    "node_init_s": dict(getattr(worker.runtime, "boot_timings", {{}})).get("node_init"),
 }}), flush=True)
 """
 
@@ -111,13 +112,26 @@ def main() -> int:
                 times[name].append(r)
                 print(
                     f"  {name:8} spawn->booted {r['total_s']:6.2f} s  boot {r['boot_s']:6.2f} s  "
-                    f"nodes {r['nodes']}",
+                    f"node init {r['node_init_s'] or 0:6.2f} s  nodes {r['nodes']}",
                     flush=True,
                 )
     for name, runs in times.items():
-        total = statistics.median(r["total_s"] for r in runs)
-        boot = statistics.median(r["boot_s"] for r in runs)
-        print(f"{name}: median spawn->booted {total:.2f} s, boot {boot:.2f} s ({len(runs)} starts)")
+        total = [r["total_s"] for r in runs]
+        init = [r["node_init_s"] or 0.0 for r in runs]
+        print(
+            f"{name}: spawn->booted median {statistics.median(total):.2f} s, min {min(total):.2f} s; "
+            f"node init median {statistics.median(init):.2f} s, min {min(init):.2f} s "
+            f"({len(runs)} starts)"
+        )
+    if len(times) == 2:
+        (a, ra), (b, rb) = times.items()
+        # Each round's two starts ran back to back: their difference is the least
+        # disturbed by what else the machine was doing.
+        diffs = [y["total_s"] - x["total_s"] for x, y in zip(ra, rb, strict=True)]
+        print(
+            f"{b} - {a}, per round: median {statistics.median(diffs):+.2f} s "
+            f"({', '.join(f'{d:+.1f}' for d in diffs)})"
+        )
     return 0
 
 
