@@ -95,6 +95,11 @@ class S3Uploader:
         self._fixed_client = client
         self._client = client if client is not None else self._new_client(None)
         self._transfer = TransferConfig(max_concurrency=_PARTS_PER_UPLOAD)
+        # The deadlines of deliveries that met a stalled endpoint: a delivery's files share
+        # one, so its files still queued fail at once instead of stalling one wave after
+        # another (16 outputs, 4 at a time, would otherwise stall 4 times over).
+        self._stalled: set[float] = set()
+        self._stalled_lock = threading.Lock()
 
     def upload(
         self, key: str, path: Path, content_type: str, *, deadline: float | None = None
@@ -108,6 +113,14 @@ class S3Uploader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:  # queued behind other files until the deadline passed
                 raise ItemError(key, f"no time was left to upload it; {self.target}")
+            with self._stalled_lock:
+                stalled = deadline in self._stalled
+            if stalled:
+                raise ItemError(
+                    key,
+                    f"not tried: S3 stalled on another file of this job (UPLOAD_STALL_S="
+                    f"{self._stall_s:g}); {self.target}: check that the S3 service answers",
+                )
             try:
                 self._client_for(remaining).upload_file(
                     str(path),
@@ -129,6 +142,7 @@ class S3Uploader:
                         "is known to be that slow",
                         retryable=False,
                     )
+                    self._mark_stalled(deadline)
                 pause = _backoff_s(attempt)
                 if (
                     not failure.retryable
@@ -196,6 +210,12 @@ class S3Uploader:
                 region_name=self._bucket.region,
                 config=config,
             )
+
+    def _mark_stalled(self, deadline: float) -> None:
+        now = time.monotonic()
+        with self._stalled_lock:
+            self._stalled = {d for d in self._stalled if d > now}  # past deliveries go
+            self._stalled.add(deadline)
 
     def _connect_s(self) -> float:
         return min(float(_CONNECT_TIMEOUT_S), self._stall_s)

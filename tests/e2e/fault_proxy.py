@@ -66,6 +66,8 @@ class FaultProxy:
         """Connections passed through to the real server."""
         self.hung = threading.Event()
         """Set once a request is being held without an answer."""
+        self.held = 0
+        """Requests held without an answer so far."""
         self.pauses = 0
         """Waits of ``throttle`` so far, over all connections."""
         self._listener = self._listen(0)
@@ -151,6 +153,8 @@ class FaultProxy:
                 else:
                     fault = None
             if mode == "hang":
+                with self._lock:
+                    self.held += 1
                 self.hung.set()
                 while conn.recv(65536):  # take the body, never answer
                     pass

@@ -19,7 +19,7 @@ import boto3
 import botocore.args
 import pytest
 
-from engine.delivery import deliver
+from engine.delivery import MAX_PARALLEL_UPLOADS, deliver
 from engine.errors import OutputDeliveryError
 from engine.outputs import OutputFile
 from engine.s3 import S3Uploader
@@ -88,6 +88,20 @@ def test_a_hung_endpoint_fails_the_job_at_the_stall_limit_and_the_next_job_is_se
     fault_proxy.pass_through()
     after = worker.handle({"id": "next", "input": {"workflow": workflows.batch(1)}})
     assert [i["type"] for i in after["images"]] == ["s3_url"], after
+
+
+def test_after_a_stall_the_jobs_queued_files_are_not_tried(
+    fault_proxy: FaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    """Six outputs, four uploaded at a time: the first four stall together, and the two
+    still queued fail at once instead of stalling a second time."""
+    fault_proxy.hang()
+    worker = worker_for(tmp_path, through(fault_proxy, bucket))
+    body: dict[str, Any] = worker.handle({"id": "six", "input": {"workflow": workflows.batch(6)}})
+    assert body["code"] == "output_delivery_failed", body
+    assert fault_proxy.held == MAX_PARALLEL_UPLOADS  # the queued two never reached S3
+    assert len(body["details"]) == 6
+    assert sum("not tried: S3 stalled on another file" in d for d in body["details"]) == 2
 
 
 @pytest.fixture
