@@ -193,3 +193,22 @@ def test_jobs_in_flight_at_once_keep_their_ids_and_every_key_is_redacted() -> No
     assert lines[:2] == ["[b] ComfyUI: got prompt", "[-] boot thread line"]
     assert sorted(lines[2:4]) == ["[a] a saw *** and ***", "[b] b saw *** and ***"]
     assert lines[4:] == ["[-] after"]
+
+
+def test_jobs_side_by_side_keep_each_others_secrets_out_of_every_line(
+    capture: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """Two jobs in flight: a line of either loses both keys, and the later job's key is
+    still redacted after the earlier job ends (it once restored the set before it)."""
+    logger, stream = capture
+    first = logs.job_context("job-a", ["key-of-job-a-123"])
+    second = logs.job_context("job-b", ["key-of-job-b-456"])
+    first.__enter__()
+    second.__enter__()
+    logger.warning("job a failed: key-of-job-a-123")
+    first.__exit__(None, None, None)
+    logger.warning("job b failed: key-of-job-b-456")
+    second.__exit__(None, None, None)
+    text = stream.getvalue()
+    assert "key-of-job-a" not in text and "key-of-job-b" not in text
+    assert text.count("***") == 2
