@@ -217,3 +217,44 @@ def test_upload_timeout_must_be_a_positive_number(raw: str) -> None:
     """A bad value fails at start, even before a bucket is configured."""
     with pytest.raises(ConfigError, match="UPLOAD_TIMEOUT_S"):
         Settings.from_env({"UPLOAD_TIMEOUT_S": raw})
+
+
+def test_transfer_bounds_are_read_with_their_defaults() -> None:
+    """The download and upload bounds of issue 18: defaults, values, and the stall limit
+    travelling with the bucket."""
+    bucket_env = {
+        "BUCKET_ENDPOINT_URL": "https://s3.example.com/outputs",
+        "BUCKET_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-value",
+    }
+    default = Settings.from_env(bucket_env)
+    assert (default.download_stall_s, default.download_min_kb_per_s) == (30.0, 32.0)
+    assert (default.download_rate_window_s, default.input_max_frames) == (30.0, 200_000)
+    assert default.bucket is not None and default.bucket.upload_stall_s == 30.0
+    env = {
+        **bucket_env,
+        "DOWNLOAD_STALL_S": "5",
+        "DOWNLOAD_MIN_KB_PER_S": "0",
+        "DOWNLOAD_RATE_WINDOW_S": "10",
+        "INPUT_MAX_FRAMES": "1000",
+        "UPLOAD_STALL_S": "7.5",
+    }
+    s = Settings.from_env(env)
+    assert (s.download_stall_s, s.download_min_kb_per_s, s.download_rate_window_s) == (5, 0, 10)
+    assert s.input_max_frames == 1000
+    assert s.bucket is not None and s.bucket.upload_stall_s == 7.5
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("DOWNLOAD_STALL_S", "0"),
+        ("DOWNLOAD_MIN_KB_PER_S", "-1"),
+        ("DOWNLOAD_RATE_WINDOW_S", "never"),
+        ("INPUT_MAX_FRAMES", "0"),
+        ("UPLOAD_STALL_S", "0"),
+    ],
+)
+def test_transfer_bounds_name_a_bad_value(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: raw})
