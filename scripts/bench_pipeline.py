@@ -525,6 +525,7 @@ def main() -> int:
     parser.add_argument(
         "--upload-mbps", type=float, default=4.0, help="the S3 link's upload bandwidth, MB/s"
     )
+    parser.add_argument("--skip-io", action="store_true", help="only the streams without I/O")
     parser.add_argument("--noio-jobs", type=int, default=40, help="jobs per stream without I/O")
     parser.add_argument(
         "--noio-run-s", type=float, default=0.1, help="the node's seconds without I/O"
@@ -545,16 +546,19 @@ def main() -> int:
         size = len(noise_png(0, args.side))
         print(
             f"engine: {engine}; {os.cpu_count()} CPU(s); the node sleeps {args.run_s} s;"
-            f" images {args.side}x{args.side} noise (~{size / 1e6:.2f} MB PNG in)"
+            f" (without I/O {args.noio_run_s} s); images {args.side}x{args.side} noise (~{size / 1e6:.2f} MB PNG in)"
         )
         print(
             f"I/O: input after {args.input_delay_s} s at {args.input_mbps} MB/s; S3 (moto) behind"
             f" {args.upload_delay_s} s per request and {args.upload_mbps} MB/s up"
         )
-        with world(args) as urls:
-            with_io = run_streams(args, runtime, env, work, urls)
+        with_io = None
+        if not args.skip_io:
+            with world(args) as urls:
+                with_io = run_streams(args, runtime, env, work, urls)
         without_io = run_streams(args, runtime, env, work, None)
-        report(f"with I/O ({args.jobs} jobs a stream)", with_io)
+        if with_io is not None:
+            report(f"with I/O ({args.jobs} jobs a stream)", with_io)
         report(
             f"without I/O ({args.noio_jobs} jobs a stream, node {args.noio_run_s} s, base64 in and out)",
             without_io,
