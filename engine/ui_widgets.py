@@ -22,6 +22,7 @@ layout; it is reported (node, widget, value), never passed on shifted.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -229,6 +230,8 @@ def _misfit(widget: WidgetSpec, value: Any, previous: WidgetSpec | None) -> str 
     elif kind == "FLOAT":
         if not number:
             return "is not a number"
+        if not math.isfinite(value):  # JSON's Infinity and NaN parse; no widget holds them
+            return "is not a finite number"
     elif kind == "BOOLEAN":
         if not isinstance(value, bool):
             return "is not a boolean"

@@ -480,3 +480,14 @@ def test_a_subgraphs_inputs_are_read_once_not_once_per_instance(
     api = convert(workflow)
     assert api["7:1"]["inputs"]["width"] == 23  # in1, the first input, takes the value
     assert calls <= inputs, calls
+
+
+def test_a_widget_value_that_is_not_finite_is_named() -> None:
+    g = UiGraph()
+    g.node(1, "EmptyImage", [8, 8, 1, 0], outputs=["IMAGE"])
+    g.node(2, "ImageBlur", [3, math.nan], inputs=[("image", "IMAGE")], outputs=["IMAGE"])
+    g.node(3, "EmptyImage", [math.inf, 8, 1, 0], outputs=["IMAGE"])
+    g.link(1, 0, 2, "image")
+    problems = refused(g.build())
+    assert problems[0].startswith("node 2 (ImageBlur) widget 'sigma': nan is not a finite number")
+    assert problems[1].startswith("node 3 (EmptyImage) widget 'width': inf is not an integer")
