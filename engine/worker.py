@@ -69,6 +69,12 @@ from engine.workflow import (
 
 log = logging.getLogger(__name__)
 
+NO_FILES = (
+    "the workflow ran, but its output nodes saved no file (a node that only shows text or "
+    "numbers returns none): add SaveImage, SaveVideo or another node that saves one"
+)
+"""The ``errors[]`` line of a completed job that returns no file."""
+
 ProgressSink = Callable[[dict[str, Any], str], None]
 """Called with the RunPod job and a progress line (``runpod.serverless.progress_update``)."""
 
@@ -368,6 +374,9 @@ class Worker:
             )
             files = [_unscope(f, folder) for f in files]
             errors += [f"{path.name}: could not be written: {exc}" for path, exc in unwritten]
+            if not files and not errors:
+                # Never empty in silence (worker-comfyui answers this case success_no_images).
+                errors.append(NO_FILES)
             if request.convert_output is not None:
                 phase.enter("converting outputs", deadline)
                 files, convert_errors = convert_outputs(

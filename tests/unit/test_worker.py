@@ -993,3 +993,15 @@ def test_a_url_in_a_workflow_value_reaches_no_answer_or_log_with_its_token(
     logged = stream.getvalue()
     assert "https://h.example/in.png?***" in logged
     assert "SECRET-TOKEN-1234" not in logged and "pa55word" not in logged
+
+
+def test_a_job_that_saves_no_file_says_so(settings: Settings) -> None:
+    """Output nodes that save nothing (here an empty batch): the job completes, and
+    errors[] says why no file came back, instead of an empty answer in silence."""
+    workflow = workflows.batch(1)
+    workflow["1"]["inputs"]["batch_size"] = 0
+    body = make_worker(settings).handle({"id": "none", "input": {"workflow": workflow}})
+    assert body["images"] == []
+    assert body["errors"] == [engine.worker.NO_FILES]
+    saved = make_worker(settings).handle({"id": "one", "input": {"workflow": workflows.batch(1)}})
+    assert len(saved["images"]) == 1 and saved["errors"] == []
