@@ -212,6 +212,19 @@ def test_upload_timeout_defaults_to_two_minutes_and_is_read() -> None:
     assert bucket is not None and bucket.upload_timeout_s == 2.5
 
 
+def test_max_concurrent_jobs_defaults_to_two_and_is_read() -> None:
+    """Two jobs held at once unless told; 1 is one job at a time."""
+    assert Settings.from_env({}).max_concurrent_jobs == 2
+    assert Settings.from_env({"MAX_CONCURRENT_JOBS": "1"}).max_concurrent_jobs == 1
+    assert Settings.from_env({"MAX_CONCURRENT_JOBS": " 3 "}).max_concurrent_jobs == 3
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5"])
+def test_max_concurrent_jobs_must_be_a_whole_number_of_at_least_one(raw: str) -> None:
+    with pytest.raises(ConfigError, match="MAX_CONCURRENT_JOBS"):
+        Settings.from_env({"MAX_CONCURRENT_JOBS": raw})
+
+
 @pytest.mark.parametrize("raw", ["0", "-5", "soon"])
 def test_upload_timeout_must_be_a_positive_number(raw: str) -> None:
     """A bad value fails at start, even before a bucket is configured."""

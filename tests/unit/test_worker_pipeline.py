@@ -340,3 +340,25 @@ def test_previews_of_a_job_in_flight_outlive_another_jobs_end(settings: Settings
     assert [p.name for p in runtime.directories.temp.iterdir()] == [left.name]
     assert answer_of(*a)["errors"] == []
     assert emptied == [1] and not left.exists()
+
+
+def test_the_jobs_behind_a_job_that_will_not_stop_are_answered_at_once(
+    settings: Settings,
+) -> None:
+    """A holds the engine with a node deaf to interrupts; B waits for the engine. A is
+    cancelled and does not stop within JOB_STOP_GRACE_S (0 here): the worker is out of
+    service, and B is answered so at once instead of waiting out its own limit."""
+    worker = make_worker(dataclasses.replace(settings, job_stop_grace_s=0.0))
+    runtime = fake(worker)
+    waits = engine_waits(worker)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": workflows.hangs()}})
+    try:
+        assert runtime.hanging.wait(_HANG_S)
+        b = handle_in_thread(worker, {"id": "b", "input": {"workflow": workflows.batch(1)}})
+        assert waits[1].wait(_HANG_S)
+        assert worker.cancel("a")
+        assert answer_of(*a)["code"] == "worker_stuck"
+        body = answer_of(*b)
+        assert body["code"] == "worker_stuck" and body["refresh_worker"] is True, body
+    finally:
+        runtime.release.set()
