@@ -21,12 +21,13 @@ input and the URL without its query string.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -149,6 +150,25 @@ class ModelUrls:
         self._calls = itertools.count()
         self._active: dict[int, set[Path]] = {}
         self._last_job: set[Path] = set()
+        # The job running on this thread (pinning()): what it resolves stays in use until
+        # it ends, past resolve(), while other jobs in flight download.
+        self._job = threading.local()
+
+    @contextlib.contextmanager
+    def pinning(self) -> Iterator[None]:
+        """Model files resolved on this thread inside the block stay in use (never
+        evicted) until the block ends: a job's files, through its run, while other jobs
+        in flight download theirs (MAX_CONCURRENT_JOBS)."""
+        with self._state:
+            call = next(self._calls)
+            self._active[call] = set()
+        self._job.call = call
+        try:
+            yield
+        finally:
+            self._job.call = None
+            with self._state:
+                self._active.pop(call, None)
 
     def close(self) -> None:
         """Close the HTTP downloader if this object made one."""
@@ -168,11 +188,15 @@ class ModelUrls:
         rewrites, wanted = self._scan(workflow)
         if not rewrites and not wanted:
             return workflow
+        job_call: int | None = getattr(self._job, "call", None)
         with self._state:
             if not self._active:
                 self._last_job = set()
-            call = next(self._calls)
-            self._active[call] = set()
+            if job_call is not None:  # the job's own pins, kept until it ends
+                call = job_call
+            else:
+                call = next(self._calls)
+                self._active[call] = set()
         try:
             if wanted:
                 self._cache.set_folders(self._runtime.model_folders())
@@ -185,8 +209,9 @@ class ModelUrls:
                     raise ModelFileError([ItemError(item.label, reason)]) from exc
                 rewrites[(item.node_id, item.input_name)] = name
         finally:
-            with self._state:
-                self._last_job |= self._active.pop(call)
+            if job_call is None:
+                with self._state:
+                    self._last_job |= self._active.pop(call)
         result = dict(workflow)
         for (node_id, input_name), name in rewrites.items():
             node = result[node_id]

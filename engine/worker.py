@@ -327,7 +327,9 @@ class Worker:
         check_size(request.workflow, self.settings.workflow_max_nodes)
         folder = job_folder(job_id)
         scratch = request.frames_to_video is not None or request.convert_output is not None
-        with self._job_files(folder, scratch=scratch) as files_of_job:
+        # The model files it resolves stay in use to its end: another job in flight that
+        # downloads one cannot evict them from under this job's run.
+        with self.model_urls.pinning(), self._job_files(folder, scratch=scratch) as files_of_job:
             phase.enter("downloading inputs", deadline)
             # The job's own input folder: only this job's workflow names it (scope_inputs).
             inputs_dir = self.runtime.directories.input

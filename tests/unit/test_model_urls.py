@@ -470,3 +470,39 @@ def test_the_api_key_alias_is_accepted_and_redacted(settings: Settings) -> None:
     assert body["code"] == "workflow_validation_failed"  # the key is no checkpoint...
     assert key not in json.dumps(body)  # ...and the error that quotes it hides it
     assert runtime.jobs[-1].api_key_comfy_org == key
+
+
+def test_a_job_in_flight_keeps_its_files_while_another_job_downloads(
+    settings: Settings, runtime: FakeRuntime
+) -> None:
+    """Jobs overlap (MAX_CONCURRENT_JOBS): A resolved a and is still running (its pinning
+    block open, on its own thread) when B downloads b, which needs a's room. a stays; B's
+    download is refused for room instead. Once A has ended, a may go."""
+    body = safetensors_bytes(b"x" * 1000)
+    a, b = urls(2)
+    downloader = FakeDownloader(dict.fromkeys((a, b), body))
+    models = resolver(settings, runtime, downloader, model_cache_max_bytes=len(body) + 10)
+    folder = runtime.models_dir / "checkpoints" / CACHE_DIR_NAME
+    a_resolved, a_ends = threading.Event(), threading.Event()
+
+    def job_a() -> None:
+        with models.pinning():
+            models.resolve(checkpoint_workflow(a), no_limit())
+            a_resolved.set()
+            assert a_ends.wait(10)  # A's run, then its delivery
+
+    thread = threading.Thread(target=job_a, daemon=True)
+    thread.start()
+    try:
+        assert a_resolved.wait(10)
+        with models.pinning(), pytest.raises(ModelFileError) as exc_info:
+            models.resolve(checkpoint_workflow(b), no_limit())
+        assert "does not fit in the model cache" in exc_info.value.details[0]
+        assert (folder / f"{url_key(a)}-m0.safetensors").is_file()  # A's file: kept
+    finally:
+        a_ends.set()
+        thread.join(10)
+    with models.pinning():
+        models.resolve(checkpoint_workflow(b), no_limit())
+    assert not (folder / f"{url_key(a)}-m0.safetensors").exists()
+    assert (folder / f"{url_key(b)}-m1.safetensors").is_file()
