@@ -1,7 +1,8 @@
 """The saved graph of an editor (UI-format) workflow: nodes, links, and the editor's rules.
 
 Helpers for :mod:`engine.ui_workflow`, pure Python: the two shapes of a saved link (a
-list in the root graph, an object in a subgraph), and the rules ComfyUI's frontend 1.27
+list in the root graph, an object in a subgraph), the node types only the editor has,
+how a subgraph instance saved its promoted values, and the rules ComfyUI's frontend 1.27
 follows when it links through a bypassed node (``ExecutableNodeDTO``) or through
 KJNodes' ``GetNode``.
 """
@@ -70,6 +71,34 @@ def promoted_by_proxy(proxies: list[Any], values: list[Any]) -> dict[str, Any]:
     if len(values) != len(proxies) and len(values) == sum(n is not None for n in names):
         names = [n for n in names if n is not None]
     return {name: value for name, value in zip(names, values, strict=False) if name is not None}
+
+
+_NOTES = frozenset({"Note", "MarkdownNote"})
+_REROUTES = frozenset({"Reroute", "Reroute (rgthree)"})
+# Nodes only the editor has (no Python class): they steer the editor, never run.
+FRONTEND_ONLY = frozenset(
+    {
+        "PrimitiveNode", "SetNode", "GetNode", *_NOTES, *_REROUTES,
+        *(
+            f"{name} (rgthree)"
+            for name in (
+                "Fast Groups Muter", "Fast Groups Bypasser", "Fast Muter", "Fast Bypasser",
+                "Mute / Bypass Relay", "Mute / Bypass Repeater", "Fast Actions Button",
+                "Label", "Bookmark", "Node Collector", "Random Unmuter",
+            )
+        ),
+    }
+)  # fmt: skip
+
+
+def is_ui_format(workflow: Any) -> bool:
+    """Whether ``workflow`` is what the editor saves (a ``nodes`` list), not the API format."""
+    return isinstance(workflow, Mapping) and isinstance(workflow.get("nodes"), list)
+
+
+def is_frontend_only(node_type: Any) -> bool:
+    """Whether a node type exists only in the editor (a note, a reroute, a primitive...)."""
+    return node_type in FRONTEND_ONLY
 
 
 def type_name(value: Any) -> str:

@@ -41,9 +41,28 @@ from typing import Any
 
 from engine.errors import WorkflowConversionError
 from engine.settings import Settings
-from engine.ui_graph import Graph, bypass_slot, graph_of, promoted_by_proxy, setter_for, type_name
+from engine.ui_graph import (
+    FRONTEND_ONLY,
+    Graph,
+    bypass_slot,
+    graph_of,
+    is_frontend_only,
+    is_ui_format,
+    promoted_by_proxy,
+    setter_for,
+    type_name,
+)
+from engine.ui_required import drop_links_to_missing, unsourced_inputs
 from engine.ui_shape import check_shape, subgraphs_of
-from engine.ui_widgets import input_specs, read_widgets, socket_type
+from engine.ui_widgets import read_widgets, socket_type
+
+__all__ = [
+    "NodeDefinitions",
+    "as_api_format",
+    "is_frontend_only",
+    "is_ui_format",
+    "to_api_format",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,32 +71,6 @@ NodeDefinitions = Mapping[str, Mapping[str, Any]]
 
 _MUTED, _BYPASSED = 2, 4
 _SUBGRAPH_INPUT, _SUBGRAPH_OUTPUT = -10, -20  # the ids of a subgraph's IO nodes
-_NOTES = frozenset({"Note", "MarkdownNote"})
-_REROUTES = frozenset({"Reroute", "Reroute (rgthree)"})
-# Nodes only the editor has (no Python class): they steer the editor, never run.
-_FRONTEND_ONLY = frozenset(
-    {
-        "PrimitiveNode", "SetNode", "GetNode", *_NOTES, *_REROUTES,
-        *(
-            f"{name} (rgthree)"
-            for name in (
-                "Fast Groups Muter", "Fast Groups Bypasser", "Fast Muter", "Fast Bypasser",
-                "Mute / Bypass Relay", "Mute / Bypass Repeater", "Fast Actions Button",
-                "Label", "Bookmark", "Node Collector", "Random Unmuter",
-            )
-        ),
-    }
-)  # fmt: skip
-
-
-def is_ui_format(workflow: Any) -> bool:
-    """Whether ``workflow`` is what the editor saves (a ``nodes`` list), not the API format."""
-    return isinstance(workflow, Mapping) and isinstance(workflow.get("nodes"), list)
-
-
-def is_frontend_only(node_type: Any) -> bool:
-    """Whether a node type exists only in the editor (a note, a reroute, a primitive...)."""
-    return node_type in _FRONTEND_ONLY
 
 
 def as_api_format(
@@ -192,7 +185,7 @@ class _Converter:
         api: dict[str, Any] = {}
         members = list(self._members(self.root, frozenset()))
         for scope, node in members:
-            if self._mode(scope, node) in (_MUTED, _BYPASSED) or node.get("type") in _FRONTEND_ONLY:
+            if self._mode(scope, node) in (_MUTED, _BYPASSED) or node.get("type") in FRONTEND_ONLY:
                 continue
             exec_id = scope.exec_id(str(node["id"]))
             if exec_id in api:
@@ -205,8 +198,8 @@ class _Converter:
                 )
                 continue
             api[exec_id] = self._api_node(scope, node)
-        self._drop_links_to_missing(api)
-        self._check_required(api)
+        drop_links_to_missing(api)
+        self.problems += unsourced_inputs(api, self.defs, self.misfits)
         return api
 
     # Flattening ------------------------------------------------------------------------
@@ -389,7 +382,7 @@ class _Converter:
         elif kind == "GetNode":
             setter = setter_for(scope.graph, node)
             source = None if setter is None else self._resolve_input(scope, setter, 0, want, seen)
-        elif kind in _FRONTEND_ONLY:
+        elif kind in FRONTEND_ONLY:
             source = self._resolve_input(scope, node, slot, want, seen)
         else:
             source = _FromNode(scope.exec_id(node_id), slot)
@@ -436,45 +429,6 @@ class _Converter:
                 return self._resolve_output(inner_scope, origin, link.origin_slot, want, seen)
         return None
 
-    # After ----------------------------------------------------------------------------------
-
-    def _drop_links_to_missing(self, api: dict[str, Any]) -> None:
-        """Links to nodes that do not run (muted) are removed, as the editor removes them."""
-        for node in api.values():
-            inputs = node["inputs"]
-            for name, value in list(inputs.items()):
-                if _is_link(value) and value[0] not in api:
-                    del inputs[name]
-
-    def _check_required(self, api: dict[str, Any]) -> None:
-        """Name each required input left without a source, on nodes an output needs."""
-        needed: set[str] = set()
-        stack = [
-            i for i, n in api.items() if (self.defs.get(n["class_type"]) or {}).get("output_node")
-        ]
-        while stack:
-            node_id = stack.pop()
-            if node_id in needed:
-                continue
-            needed.add(node_id)
-            stack += [v[0] for v in api[node_id]["inputs"].values() if _is_link(v)]
-        for node_id in sorted(needed, key=_id_key):
-            node = api[node_id]
-            definition = self.defs.get(node["class_type"])
-            if definition is None:
-                continue
-            for name, _spec, required in input_specs(definition):
-                if (
-                    required
-                    and name not in node["inputs"]
-                    and name not in self.misfits.get(node_id, ())
-                ):
-                    self.problems.append(
-                        f"node {node_id} ({node['class_type']}) input {name!r} has no source: "
-                        "it is not linked, or linked to a muted node or to a bypassed node "
-                        "with no input of its type"
-                    )
-
 
 def _spec_of(definition: Mapping[str, Any], name: Any) -> Any:
     inputs = definition.get("input") or {}
@@ -483,11 +437,3 @@ def _spec_of(definition: Mapping[str, Any], name: Any) -> Any:
         if spec is not None:
             return spec
     return None
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-
-
-def _id_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in node_id.split(":"))
