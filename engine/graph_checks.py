@@ -72,11 +72,11 @@ def _sort_key(node_id: str) -> tuple[int, int, str]:
 # -- values ---------------------------------------------------------------------------
 
 
-def _where(workflow: Mapping[str, Any], path: tuple[str | int, ...]) -> str:
+def _where(workflow: Mapping[str, Any], path: tuple[str | int, ...], name: str) -> str:
     """A node's input by name, or the value's path in the workflow (UI format, ``_meta``)."""
     if len(path) >= 3 and path[1] == "inputs" and isinstance(workflow.get(str(path[0])), dict):
         return f"{_node_label(workflow, str(path[0]))} input '{path[2]}'"
-    text = "workflow"
+    text = name
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text
@@ -90,13 +90,18 @@ def _utf8_size(value: str, limit: int) -> int:
 
 
 def check_values(
-    workflow: Mapping[str, Any], max_string_bytes: int, *, max_nesting: int = MAX_NESTING
+    workflow: Mapping[str, Any],
+    max_string_bytes: int,
+    *,
+    max_nesting: int = MAX_NESTING,
+    name: str = "workflow",
 ) -> None:
     """Refuse a workflow holding an over-long string or a value nested too deep.
 
     ``max_string_bytes`` is ``WORKFLOW_MAX_STRING_BYTES``. Raises
     :class:`WorkflowValidationError` with one detail line per value, each naming the
-    node and the input (or the path, outside a node's inputs). The request is only read.
+    node and the input (or the path from ``name``, outside a node's inputs). The request
+    is only read.
     """
     found: list[tuple[tuple[int, int, str], str]] = []
 
@@ -105,7 +110,7 @@ def check_values(
         found.append(
             (
                 _sort_key(str(path[0])) if path else (2, 0, ""),
-                f"{_where(workflow, path)}: {problem}",
+                f"{_where(workflow, path, name)}: {problem}",
             )
         )
 

@@ -324,6 +324,12 @@ class Worker:
         # than WORKFLOW_MAX_NODES (subgraphs counted, not expanded) are refused before
         # anything runs.
         check_values(request.workflow, self.settings.workflow_max_string_bytes)
+        if request.editor_graph is not None:  # a /prompt body's, embedded in the outputs
+            check_values(
+                request.editor_graph,
+                self.settings.workflow_max_string_bytes,
+                name="workflow.extra_data.extra_pnginfo.workflow",
+            )
         check_size(request.workflow, self.settings.workflow_max_nodes)
         folder = job_folder(job_id)
         scratch = request.frames_to_video is not None or request.convert_output is not None

@@ -1005,3 +1005,24 @@ def test_a_job_that_saves_no_file_says_so(settings: Settings) -> None:
     assert body["errors"] == [engine.worker.NO_FILES]
     saved = make_worker(settings).handle({"id": "one", "input": {"workflow": workflows.batch(1)}})
     assert len(saved["images"]) == 1 and saved["errors"] == []
+
+
+def test_a_prompt_bodys_editor_graph_nested_too_deep_is_named_not_a_bug(
+    settings: Settings,
+) -> None:
+    """The editor graph a /prompt body carries is embedded in the outputs: walked with the
+    workflow's own bounds (it raised RecursionError, an internal error, before)."""
+    value: Any = 1
+    for _ in range(1100):
+        value = [value]
+    graph = {"nodes": [{"id": 1, "type": "EmptyImage", "widgets_values": [value]}], "links": []}
+    body = {
+        "prompt": workflows.batch(count=1, size=8),
+        "extra_data": {"extra_pnginfo": {"workflow": graph}},
+    }
+    answer = make_worker(settings).handle({"id": "deep", "input": {"workflow": body}})
+    assert answer["code"] == "workflow_validation_failed", answer
+    assert answer["details"][0].startswith(
+        "workflow.extra_data.extra_pnginfo.workflow.nodes[0].widgets_values[0]"
+    )
+    assert "nested more than 64 levels deep" in answer["details"][0]
