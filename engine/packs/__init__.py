@@ -7,6 +7,7 @@ imports neither ComfyUI nor torch, and nothing in the worker imports it. Its fai
 - ``lock``: image.in's sections, the uv compile behind :class:`lock.LockCompiler`, the
   lock's pins and ``# via`` graph;
 - ``manifest``: comfyui/custom_nodes.json, read and written;
+- ``gitcli``: git's command line (ls-remote, partial fetches, reading files at a commit);
 - ``sources``: what the user names (a URL, a ComfyUI-Manager snapshot, a ComfyUI folder)
   turned into packs pinned to commits, read through git;
 - ``inspect``: what a pack needs that the lock cannot give (its setup scripts, system

@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from engine.packs import lock
+from engine.packs.gitcli import show, top_level
 from engine.packs.manifest import PYPROJECT, REQUIREMENTS
-from engine.packs.sources import Candidate, show, top_level
+from engine.packs.sources import Candidate
 
 INSTALL_SCRIPTS = ("install.py", "install-manual.py", "install.sh")
 PRESTARTUP = "prestartup_script.py"
