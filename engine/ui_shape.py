@@ -308,7 +308,7 @@ def check_shape(ui: Mapping[str, Any], max_nodes: int) -> None:
     problems = shape_problems(ui)
     if problems:
         raise WorkflowConversionError(problems)
-    problem = expansion_problem(ui["nodes"], subgraphs_of(ui), max_nodes)
+    problem = expansion_problem(ui.get("nodes") or [], subgraphs_of(ui), max_nodes)
     if problem:
         raise WorkflowConversionError([problem])
 

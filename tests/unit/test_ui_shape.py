@@ -491,3 +491,37 @@ def test_a_widget_value_that_is_not_finite_is_named() -> None:
     problems = refused(g.build())
     assert problems[0].startswith("node 2 (ImageBlur) widget 'sigma': nan is not a finite number")
     assert problems[1].startswith("node 3 (EmptyImage) widget 'width': inf is not an integer")
+
+
+def test_any_value_anywhere_in_a_save_converts_or_is_named() -> None:
+    """Random values of every kind put anywhere in a real-shaped save (the proxyWidgets
+    fixture and a graph with a subgraph): the conversion succeeds or raises the contract's
+    error, never anything else (a seeded sweep of 600 saves)."""
+    weird: list[Any] = [math.inf, math.nan, [], {}, "x", None, True, 10**30, -1, [1], {"a": 1}, "-10", 1.5]  # fmt: skip
+    fixture = json.loads((FIXTURES / "subgraph_proxy_widgets.json").read_text(encoding="utf-8"))
+    bases = [with_subgraph(), fixture]
+
+    def paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        found = [path]
+        children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()  # fmt: skip
+        for key, child in children:
+            found += paths(child, (*path, key))
+        return found
+
+    pick = random.Random(2026)  # noqa: S311 - test data
+    outcomes = {"converted": 0, "refused": 0}
+    for _ in range(600):
+        workflow = copy.deepcopy(pick.choice(bases))
+        for _ in range(pick.randint(1, 3)):
+            *parents, last = pick.choice(paths(workflow)[1:])
+            target: Any = workflow
+            for key in parents:
+                target = target[key]
+            target[last] = pick.choice(weird)
+        try:
+            convert(workflow)
+            outcomes["converted"] += 1
+        except WorkflowConversionError as exc:
+            assert exc.details and all(isinstance(d, str) for d in exc.details)
+            outcomes["refused"] += 1
+    assert outcomes["converted"] > 0 and outcomes["refused"] > 0, outcomes
