@@ -934,13 +934,16 @@ def packs_config(root: Path, packs: Path | None) -> Path | None:
     return path
 
 
-def pack_names(packs: Path | None) -> list[str]:
-    """The packs a ``--packs`` folder holds (its sub-folders, hidden ones aside)."""
-    if packs is None:
-        return []
-    return sorted(
-        p.name for p in packs.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-    )
+def pack_names(packs: Path | None, checkout: Path | None = None) -> list[str]:
+    """The packs both sides load: those of a ``--packs`` folder and of the checkout's
+    own ``custom_nodes/`` (sub-folders, hidden ones aside)."""
+    names: set[str] = set()
+    for folder in (packs, checkout / "custom_nodes" if checkout else None):
+        if folder is not None and folder.is_dir():
+            names.update(
+                p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+            )
+    return sorted(names)
 
 
 def ratio_cell(ratios: Sequence[float]) -> str:

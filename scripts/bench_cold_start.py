@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                     (worker_runs if side == "worker" else server_runs).append(run)
         device = gpu if cuda else "CPU only, no GPU"
         machine = machine_lines(checkout, torch_version, device, load_before)
-        packs = pack_names(args.packs)
+        packs = pack_names(args.packs, checkout)
         if peer is not None:
             print(peer_report(worker_runs, server_runs, machine, args.warmup, packs, peer))
         else:

@@ -429,7 +429,7 @@ def peer_main(args: argparse.Namespace, checkout: Path, peer: PeerCheckout) -> i
             side.stop()
         device = gpu if cuda else "CPU only, no GPU"
         machine = machine_lines(checkout, torch_version, device, load_before)
-        print(peer_report(results, machine, args, pack_names(args.packs), peer))
+        print(peer_report(results, machine, args, pack_names(args.packs, checkout), peer))
     print(f"\n(total {time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
 
@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         memory = memory_run(worker, args.memory_jobs) if args.memory_jobs else []
         machine = machine_lines(checkout, str(torch.__version__), device, load_before)
-        print(report(results, machine, args, pack_names(args.packs), memory))
+        print(report(results, machine, args, pack_names(args.packs, checkout), memory))
         print(f"\n(total {time.perf_counter() - started:.0f} s)", file=sys.stderr)
         logging.shutdown()  # flushes the worker's log before its file closes
     return 0
