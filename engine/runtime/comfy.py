@@ -15,9 +15,7 @@ and ComfyUI's callbacks during a job: progress, node times, the deadline's inter
 (:mod:`engine.runtime.comfy_events`).
 
 Threads: every job runs on one engine thread, in an event loop kept on that thread for
-the worker's life (``PromptExecutor.execute`` would make one per job with
-``asyncio.run``, which refuses to run where a loop already runs, and the runpod SDK
-calls a synchronous handler from inside its own loop). The worker runs its whole jobs
+the worker's life (:mod:`engine.runtime.engine_loop` says why). The worker runs its whole jobs
 on that thread (:attr:`ComfyRuntime.job_thread`), where :meth:`ComfyRuntime.run` runs
 the workflow in place and the worker's watchdog enforces the limit. Any other caller
 (the warm-up, a test) hands the job over, and enforces its limit through ComfyUI's
@@ -26,7 +24,6 @@ interrupt flag while it waits for it.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import gc
 import json
@@ -57,6 +54,7 @@ from engine.runtime import (
 from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, import_comfy
 from engine.runtime.comfy_catalog import Catalog
 from engine.runtime.comfy_events import EngineEvents, JobState, raise_failure
+from engine.runtime.engine_loop import EngineLoop, cancel_leftover_tasks
 from engine.runtime.patches import Patches
 from engine.settings import Settings
 
@@ -78,8 +76,8 @@ class ComfyRuntime:
         self._comfy: Comfy | None = None
         self._events = EngineEvents(lambda: self._comfy)
         """ComfyUI's hooks for the running job (comfy_events.py): progress, node times."""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        """The engine thread's event loop, made by the first job (0.15 ms a job saved)."""
+        self._loop = EngineLoop()
+        """The engine thread's event loop, kept for the worker's life (engine_loop.py)."""
         self._catalog: Catalog | None = None
         """What the booted engine knows (node types, model folders); built by :meth:`boot`."""
         self._last_collect = 0.0
@@ -278,7 +276,7 @@ class ComfyRuntime:
         comfy.server.set_listener(self._events.on_event)
         comfy.server.last_prompt_id = job.prompt_id
         failed = True
-        loop = self._event_loop()
+        loop = self._loop.get()
         try:
             with output_scope.scoped(
                 job.output_folder, str(self._dirs.output), str(self._dirs.temp)
@@ -297,11 +295,11 @@ class ComfyRuntime:
             )
             comfy.executor.reset()
             # And a fresh loop for the next job, as asyncio.run would give it.
-            self._close_loop(loop)
+            self._loop.close(loop)
             raise
         finally:
             if not loop.is_closed():
-                _cancel_leftover_tasks(loop)
+                cancel_leftover_tasks(loop)
             comfy.model_management.interrupt_current_processing(False)
             comfy.server.set_listener(None)
             self._events.current = None
@@ -313,26 +311,6 @@ class ComfyRuntime:
                 self._last_collect = time.monotonic()
             else:
                 self._collect_if_due(comfy)
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        """The engine thread's loop (this thread's current loop, as under asyncio.run)."""
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-        return self._loop
-
-    def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close ``loop`` as asyncio.run closes its own; never raises (a failure path)."""
-        try:
-            _cancel_leftover_tasks(loop)
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        except Exception:
-            log.warning("the engine's event loop did not close cleanly", exc_info=True)
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-            self._loop = None
 
     async def _run_async(
         self, comfy: Comfy, state: JobState, timings: dict[str, float]
@@ -390,17 +368,6 @@ class ComfyRuntime:
         if failure is not None:
             raise_failure(state, failure, executor.status_messages)
         return shapes.prompt_outputs(executor.history_result, prompt)
-
-
-def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what a job left running on ``loop``, as asyncio.run does when it returns:
-    nothing of one job runs on into the next."""
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    if not pending:
-        return
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 def _files_in(outputs: UiOutputs, dirs: Directories) -> list[Path]:
