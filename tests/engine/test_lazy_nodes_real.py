@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,7 +131,12 @@ def test_a_batch_saved_in_parallel_is_byte_identical_to_comfyuis_save(
         assert len(items) == count
         return [(outputs / i["subfolder"] / i["filename"]).read_bytes() for i in items]
 
-    theirs = saved(original, "fast-save-test/a")
-    ours = saved(patched, "fast-save-test/b")
+    try:
+        theirs = saved(original, "fast-save-test/a")
+        ours = saved(patched, "fast-save-test/b")
+    finally:
+        # Saved outside any job's folder: the session's output folder must not keep them
+        # (test_outputs_real checks that nothing lies outside job folders).
+        shutil.rmtree(outputs / "fast-save-test", ignore_errors=True)
     assert ours == theirs
     assert all(b.startswith(b"\x89PNG") for b in ours)
