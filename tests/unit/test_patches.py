@@ -82,6 +82,20 @@ def test_comfy_patches_off_switches_patches_off_by_name(
     assert applied.summary() == "in force: none; off: lazy_nodes, parallel_png"
 
 
+def test_the_guides_name_every_patch() -> None:
+    """COMFY_PATCHES_OFF's row in the deployment guide, and runtime.md's table."""
+    repo = Path(__file__).resolve().parents[2]
+    (row,) = [
+        line
+        for line in (repo / "docs" / "deployment.md").read_text().splitlines()
+        if line.startswith("| `COMFY_PATCHES_OFF` |")
+    ]
+    table = (repo / "docs" / "runtime.md").read_text()
+    for patch in REGISTRY:
+        assert f"`{patch.name}`" in row, patch.name
+        assert f"| `{patch.name}` |" in table, patch.name
+
+
 def test_an_unknown_name_or_the_server_in_comfy_patches_off_stops_the_boot() -> None:
     with pytest.raises(RuntimeBootError, match="COMFY_PATCHES_OFF names no_such, which is no"):
         Patches(off=frozenset({"no_such"}))
