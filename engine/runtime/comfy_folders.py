@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from engine.runtime.pack_imports import skip_reason
+
+# Held while folder_names_backing_input swaps folder_paths.get_filename_list.
+_recording = threading.Lock()
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +71,29 @@ def folder_names_backing_input(
     its own names to the folder's).
     """
     calls: list[tuple[str, list[str]]] = []
-    original = folder_paths.get_filename_list
+    me = threading.get_ident()
+    # One recording at a time (a lane resolving model URLs, the engine explaining a
+    # missing file): two swaps that overlap would put a stale wrapper back for good.
+    with _recording:
+        original = folder_paths.get_filename_list
 
-    def recording(folder_name: str) -> list[str]:
-        listed = original(folder_name)
-        calls.append((folder_name, list(listed)))
-        return listed  # type: ignore[no-any-return]
+        def recording(folder_name: str) -> list[str]:
+            listed = original(folder_name)
+            # Only this thread's INPUT_TYPES(): another job's run lists folders meanwhile.
+            if threading.get_ident() == me:
+                calls.append((folder_name, list(listed)))
+            return listed  # type: ignore[no-any-return]
 
-    folder_paths.get_filename_list = recording
-    try:
-        spec = node_class.INPUT_TYPES()
-    except Exception:
-        log.debug("INPUT_TYPES() of %s failed while finding its folders", node_class, exc_info=True)
-        return []
-    finally:
-        folder_paths.get_filename_list = original
+        folder_paths.get_filename_list = recording
+        try:
+            spec = node_class.INPUT_TYPES()
+        except Exception:
+            log.debug(
+                "INPUT_TYPES() of %s failed while finding its folders", node_class, exc_info=True
+            )
+            return []
+        finally:
+            folder_paths.get_filename_list = original
 
     options: list[str] | None = None
     for section in ("required", "optional"):

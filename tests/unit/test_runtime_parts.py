@@ -98,6 +98,31 @@ def test_checkpoint_input_names_every_checkpoint_folder(tmp_path: Path) -> None:
     ]
 
 
+def test_another_threads_listings_do_not_count_as_the_nodes(tmp_path: Path) -> None:
+    """Jobs overlap: while a lane records one node's INPUT_TYPES(), the engine thread runs
+    another job and lists folders too. Only the recording thread's listings count, and
+    ComfyUI's own function is back in place afterwards."""
+    fp = FakeFolderPaths(tmp_path, {"checkpoints": [], "loras": []})
+    original = fp.get_filename_list
+
+    def listing_from_elsewhere() -> None:
+        # The engine thread's loader asks for loras while the node's INPUT_TYPES() runs.
+        other = threading.Thread(target=lambda: fp.get_filename_list("loras"))
+        other.start()
+        other.join()
+
+    node = make_node(
+        {"ckpt_name": lambda f: (listing_from_elsewhere(), f.get_filename_list("checkpoints"))[1:]}
+    )
+    node.folder_paths = fp
+    folders = folders_backing_input(fp, node, "ckpt_name", "missing.safetensors")
+    assert folders == [
+        str(tmp_path / "models" / "checkpoints"),
+        "/runpod-volume/models/checkpoints (missing)",
+    ]
+    assert fp.get_filename_list == original
+
+
 def test_a_list_with_names_of_its_own_still_finds_its_folder(tmp_path: Path) -> None:
     """VAELoader adds names to the vae folder's listing; the listing still fits."""
     fp = FakeFolderPaths(tmp_path, {"vae": ["sdxl_vae.safetensors"], "vae_approx": []})
