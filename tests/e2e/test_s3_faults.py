@@ -228,7 +228,8 @@ class TestWorker:
         fault_proxy.hang()
         worker = in_process_worker(tmp_path, through(fault_proxy, bucket, upload_timeout_s=1))
         body = worker.handle({"id": "stuck", "input": {"workflow": workflows.batch(1)}})
-        assert fault_proxy.hung.is_set()
+        # Not asserted: that the request reached the proxy. On a loaded machine making the
+        # S3 client can take the whole 1 s deadline, and the job must fail the same way.
         assert body["code"] == "output_delivery_failed", body
         assert "S3 did not answer in time" in body["error"]
         assert "UPLOAD_TIMEOUT_S" in body["error"]
