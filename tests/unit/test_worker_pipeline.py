@@ -287,6 +287,23 @@ def test_a_hung_delivery_does_not_hold_the_next_jobs_run(settings: Settings) -> 
     assert [job.prompt_id for job in fake(worker).jobs] == ["a", "b"]
 
 
+def test_png_encodes_leave_the_run_only_while_another_job_is_in_flight(
+    settings: Settings,
+) -> None:
+    """Alone, a job's PNGs are encoded in its run (cheaper than sending the pixels to a
+    helper); with another job in flight (A still delivering), B's run hands them off."""
+    uploads = HeldUploads("a")
+    worker = make_worker(settings, uploader=uploads)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": workflows.batch(1)}})
+    assert uploads.holding.wait(_HANG_S)
+    answer_of(*handle_in_thread(worker, {"id": "b", "input": {"workflow": workflows.batch(1)}}))
+    uploads.release.set()
+    answer_of(*a)
+    spec_a, spec_b = fake(worker).jobs
+    assert spec_a.pending_files is None
+    assert spec_b.pending_files is not None
+
+
 def test_jobs_in_flight_that_send_the_same_input_share_it_until_both_end(
     settings: Settings,
 ) -> None:
