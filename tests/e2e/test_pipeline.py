@@ -161,11 +161,14 @@ def test_the_sdks_queue_loop_takes_two_jobs_and_overlaps_them(
     tmp_path: Path, cues: tuple[Path, Path], site: InputSite, runpod_api: FakeRunPodApi
 ) -> None:
     """``python handler.py`` as RunPod runs it: the SDK asks ``concurrency_modifier``, takes
-    A and B from the job API, and B's input is fetched while A's run is held."""
+    A from the job API, then B while A's run is held, and B's input is fetched meanwhile."""
     cue, release = cues
     worker = start_queue_worker(runpod_api, tmp_path / "work", tmp_path / "worker.log")
     try:
         runpod_api.jobs.put({"id": "a", "input": {"workflow": held_run(cue, release)}})
+        # B is offered once A's run holds the engine: offered together, B's download could
+        # end before A's run begins, which proves nothing (and failed on a loaded machine).
+        wait_for(cue.exists, "A's run started")
         b_input = {
             "workflow": workflows.invert("b.png"),
             "images": [{"name": "b.png", "image": site.url}],
@@ -173,7 +176,7 @@ def test_the_sdks_queue_loop_takes_two_jobs_and_overlaps_them(
         runpod_api.jobs.put({"id": "b", "input": b_input})
         log = tmp_path / "worker.log"
         assert site.fetched.wait(_HANG_S), log.read_text(errors="replace")
-        assert cue.exists() and site.release_seen == [False]  # while A's run was held
+        assert site.release_seen == [False]  # fetched while A's run was held
         release.write_text("go")
         results = dict(runpod_api.results.get(timeout=_HANG_S) for _ in range(2))
         assert sorted(results) == ["a", "b"], results
