@@ -8,10 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 from moto.server import ThreadedMotoServer
@@ -176,6 +178,20 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def new_bucket(endpoint: str, key_id: str, secret: str, prefix: str) -> str:
+    """A fresh, empty, private bucket ``<prefix>-<12 hex>`` on the S3 server at ``endpoint``,
+    made as its owner (past any proxy)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture

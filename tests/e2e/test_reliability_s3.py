@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.args
 import pytest
 
@@ -26,6 +24,7 @@ from engine.s3 import S3Uploader
 from engine.settings import BucketSettings, Settings
 from engine.worker import Worker
 from tests import workflows
+from tests.e2e.conftest import new_bucket
 from tests.e2e.fault_proxy import FaultProxy
 from tests.fake_runtime import FakeRuntime
 
@@ -39,15 +38,7 @@ STALL_S = 0.5
 
 @pytest.fixture
 def bucket(s3_endpoint: str) -> str:
-    name = f"stall-{uuid.uuid4().hex[:12]}"
-    boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-        region_name="us-east-1",
-    ).create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3_endpoint, KEY_ID, SECRET, "stall")
 
 
 def through(proxy: FaultProxy, bucket: str, stall_s: float = STALL_S) -> BucketSettings:

@@ -8,12 +8,10 @@ only some outputs fail, the job completes and ``errors[]`` names the rest.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
@@ -24,7 +22,7 @@ from engine.s3 import S3Uploader
 from engine.settings import BucketSettings, Settings
 from engine.worker import Worker
 from tests import workflows
-from tests.e2e.conftest import WorkerServer
+from tests.e2e.conftest import WorkerServer, new_bucket
 from tests.e2e.fault_proxy import FaultProxy
 from tests.fake_runtime import FakeRuntime
 from tests.media_factory import make_png
@@ -36,15 +34,7 @@ SECRET = "fault/proxy+secret/key/00000000000000000"
 @pytest.fixture
 def bucket(s3_endpoint: str) -> str:
     """A fresh, empty, private bucket on the real server (made past the proxy)."""
-    name = f"faults-{uuid.uuid4().hex[:12]}"
-    boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-        region_name="us-east-1",
-    ).create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3_endpoint, KEY_ID, SECRET, "faults")
 
 
 def through(proxy: FaultProxy, bucket: str, upload_timeout_s: float = 120.0) -> BucketSettings:
