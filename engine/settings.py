@@ -241,6 +241,10 @@ class Settings:
     with its subgraphs expanded (counted before any is). The largest official template
     (comfyui-workflow-templates 0.1.95) counts 74 nodes so; a 3 KB request of subgraphs
     nested 7 deep, 8 instances each, stands for 2,097,152."""
+    png_encoder: str = "fast"
+    """``PNG_ENCODER``: how SaveImage and PreviewImage write PNGs. ``fast``: the Up filter
+    and ISA-L's deflate (engine/png_writer.py), same pixels and metadata as ComfyUI's
+    files, 15x less CPU, files a few percent larger; ``pillow``: ComfyUI's own bytes."""
     output_metadata: bool = True
     """``OUTPUT_METADATA``: false leaves the workflow out of output files' metadata
     (ComfyUI's ``--disable-metadata``)."""
@@ -321,6 +325,10 @@ class Settings:
         log_level = checked(
             lambda: _log_level("COMFY_LOG_LEVEL", get("COMFY_LOG_LEVEL") or "DEBUG"), "DEBUG"
         )
+        png_encoder = (get("PNG_ENCODER") or cls.png_encoder).lower()
+        if png_encoder not in {"fast", "pillow"}:
+            problems.append(f"PNG_ENCODER must be fast or pillow, got {png_encoder!r}")
+            png_encoder = cls.png_encoder
         cache_type = (get("COMFY_CACHE_TYPE") or "").lower() or None
         if cache_type not in {None, "classic", "lru", "none"}:
             problems.append(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
@@ -369,6 +377,7 @@ class Settings:
                 int, "WORKFLOW_MAX_STRING_BYTES", cls.workflow_max_string_bytes, 1
             ),
             workflow_max_nodes=number(int, "WORKFLOW_MAX_NODES", cls.workflow_max_nodes, 1),
+            png_encoder=png_encoder,
             output_metadata=boolean("OUTPUT_METADATA", True),
             comfy_patches_off=frozenset(
                 n.strip().lower() for n in (get("COMFY_PATCHES_OFF") or "").split(",") if n.strip()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import RuntimeBootError
-from engine.runtime import Directories, comfy_args
+from engine.runtime import Directories, comfy_args, fast_save
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_key, index_path
@@ -134,6 +134,8 @@ def import_comfy(
     cli_args.verbose = settings.comfy_log_level
     # OUTPUT_METADATA=false: save nodes leave the workflow out of PNG/WEBP/video metadata.
     cli_args.disable_metadata = not settings.output_metadata
+    # PNG_ENCODER: which writer the parallel_png patch hands SaveImage's files to.
+    fast_save.configure(settings.png_encoder)
     _install_comfy_log_filter(settings.comfy_log_level)
     # As main.py: the top-level ``utils`` package first, or comfy/utils.py takes its name.
     _check_utils_module(checkout)

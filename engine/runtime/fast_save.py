@@ -1,26 +1,34 @@
-"""SaveImage (and PreviewImage) encode a batch's PNGs side by side, same bytes.
+"""SaveImage (and PreviewImage) write a batch's PNGs side by side, by the fast writer or Pillow.
 
-ComfyUI's ``SaveImage.save_images`` encodes a batch's images one after the other:
-on 2 CPU cores four 1024x1024 PNGs at ``compress_level`` 4 take most of a 4-image
-job (docs/benchmarks.md). Pillow's PNG encoder holds the GIL while it filters and
-compresses (measured: four encodes on four threads take as long as one after the
-other), so threads alone gain nothing. Here each ``Image.save`` of a batch runs in a
-small encoder process (:class:`EncoderPool`): the same Pillow, the same call, the
-same arguments, so the same bytes. A thread per image waits on its process with the
-GIL released.
+ComfyUI's ``SaveImage.save_images`` encodes a batch's images one after the other, each
+with Pillow at ``compress_level`` 4: on 2 CPU cores one 1024x1024 PNG took 235 ms, four
+of them most of a 4-image job (docs/benchmarks.md). Two ways out, chosen by
+``PNG_ENCODER`` (:func:`configure`):
+
+- ``fast`` (the default): ``engine.png_writer`` writes the file (same pixels, same
+  metadata chunks, other compressed bytes) in 1/15 of the time, on a thread: its
+  deflate releases the GIL, so a batch's images are written side by side. A save it does
+  not handle the way Pillow would (another mode, an ``info`` to carry, another keyword)
+  goes to Pillow as below.
+- ``pillow``: each ``Image.save`` of a batch runs in a small encoder process
+  (:class:`EncoderPool`): the same Pillow, the same call, the same arguments, so the same
+  bytes. Pillow's PNG encoder holds the GIL while it filters and compresses (measured:
+  four encodes on four threads take as long as one after the other), so threads alone
+  gain nothing there. A thread per image waits on its process with the GIL released.
 
 Nothing of ComfyUI's logic is redone: its own ``save_images`` runs unchanged (file
 names, counter, metadata, ``compress_level``, the ui result), with the ``Image`` name
 it looks up in ``nodes`` pointing, for that call only, at a stand-in whose images
-hand ``save`` to the pool. The call returns once every file is written; an encoder
+hand ``save`` to a writer. The call returns once every file is written; an encoder
 error is raised from it as before. When an encoder process cannot be started, dies,
 or answers something that is not an answer, that image is saved in this process instead
 (logged): slower, same bytes, and never a failed job. A dead or broken process is ended
 and left out of the pool, which starts a fresh one for the next image that needs one.
-A real-engine test compares the files with ComfyUI's own.
+Real-engine tests compare the files with ComfyUI's own (bytes for ``pillow``, pixels and
+metadata for ``fast``).
 
 During a worker's run (:func:`saves_into`) the node does not wait at all: every image,
-a batch or one, is handed to the pool, its file name taken on disk at once, and the
+a batch or one, is handed to a writer, its file name taken on disk at once, and the
 node returns; the engine runs the next node, or the next job, while the job waits for
 its files after the run (``engine.runtime.pending_files``).
 """
@@ -43,6 +51,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # this file also runs alone, as the encoder process, without engine/
     from engine.runtime.pending_files import PendingFiles
+
+ENCODERS = ("fast", "pillow")
+"""``PNG_ENCODER``'s values: ``engine.png_writer``, or Pillow in encoder processes."""
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +197,8 @@ class EncoderPool:
 
 _pool: EncoderPool | None = None
 _pool_lock = threading.Lock()
+_fast = True  # PNG_ENCODER=fast (configure)
+_writers: FastWriter | None = None
 # One patched call at a time swaps ``nodes.Image``; jobs run one at a time anyway.
 _swap_lock = threading.Lock()
 
@@ -196,6 +209,54 @@ def _shared_pool() -> EncoderPool:
         if _pool is None:
             _pool = EncoderPool(max(2, min(_MAX_PROCESSES, os.cpu_count() or 2)))
         return _pool
+
+
+def configure(encoder: str) -> None:
+    """Choose the PNG writer, ``fast`` or ``pillow`` (``PNG_ENCODER``), before jobs run."""
+    global _fast
+    if encoder not in ENCODERS:
+        raise ValueError(f"PNG encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    _fast = encoder == "fast"
+    if _fast:
+        from engine import png_writer
+
+        if png_writer.DEFLATE != "isal":
+            log.warning("the isal package is not installed: PNGs are deflated by zlib, slower")
+
+
+class FastWriter:
+    """Threads that write PNGs with ``engine.png_writer``: its deflate releases the GIL, so
+    a batch's images are written side by side."""
+
+    def __init__(self, size: int) -> None:
+        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="png-write")
+
+    def submit(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[None]:
+        """Write ``image`` as ``image.save(*args, **kwargs)`` would (a :func:`writable` call)."""
+        return self._threads.submit(_write_fast, image, args, kwargs)
+
+
+def _shared_fast() -> FastWriter:
+    global _writers
+    with _pool_lock:
+        if _writers is None:
+            _writers = FastWriter(max(2, min(_MAX_PROCESSES, os.cpu_count() or 2)))
+        return _writers
+
+
+def _fast_writable(image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if not _fast:
+        return False
+    # Imported here: this file also runs alone as the encoder process, without engine/.
+    from engine import png_writer
+
+    return png_writer.writable(image, args, kwargs)
+
+
+def _write_fast(image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    from engine import png_writer
+
+    png_writer.save(image, args[0], **kwargs)
 
 
 # The run on this thread whose saves are handed off, not waited for (:func:`saves_into`).
@@ -226,21 +287,35 @@ def wait_for_saves() -> None:
 
 
 class _DeferredImage:
-    """A Pillow image whose ``save`` goes to the pool; every other attribute is the image's."""
+    """A Pillow image whose ``save`` goes to a writer; every other attribute is the image's."""
 
     def __init__(
-        self, image: Any, pending: list[tuple[Path | None, Future[None]]], take_name: bool
+        self,
+        image: Any,
+        pending: list[tuple[Path | None, Future[None]]],
+        take_name: bool,
+        inline: bool,
     ) -> None:
         self._image = image
         self._pending = pending
         self._take_name = take_name
+        self._inline = inline
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        fast = _fast_writable(self._image, args, kwargs)
+        if fast and self._inline:
+            # One image, waited for in the node: a thread would only add its hand-off.
+            _write_fast(self._image, args, kwargs)
+            return
         target = args[0] if args else kwargs.get("fp")
         path = Path(target) if isinstance(target, (str, os.PathLike)) else None
         if path is not None and self._take_name:
             path.touch()  # the name is taken now, the bytes come later
-        self._pending.append((path, _shared_pool().submit(self._image, args, kwargs)))
+        if fast:
+            written = _shared_fast().submit(self._image, args, kwargs)
+        else:
+            written = _shared_pool().submit(self._image, args, kwargs)
+        self._pending.append((path, written))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._image, name)
@@ -250,22 +325,28 @@ class _DeferringPil:
     """Stands in for ``PIL.Image`` inside one ``save_images`` call."""
 
     def __init__(
-        self, pil_image: Any, pending: list[tuple[Path | None, Future[None]]], take_name: bool
+        self,
+        pil_image: Any,
+        pending: list[tuple[Path | None, Future[None]]],
+        take_name: bool,
+        inline: bool,
     ) -> None:
         self._pil = pil_image
         self._pending = pending
         self._take_name = take_name
+        self._inline = inline
 
     def fromarray(self, *args: Any, **kwargs: Any) -> _DeferredImage:
         image = self._pil.fromarray(*args, **kwargs)
-        return _DeferredImage(image, self._pending, self._take_name)
+        return _DeferredImage(image, self._pending, self._take_name, self._inline)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pil, name)
 
 
 def install(nodes: Any) -> bool:
-    """Make ``nodes.SaveImage.save_images`` encode a batch in parallel; whether it did.
+    """Make ``nodes.SaveImage.save_images`` write through the chosen writer, a batch in
+    parallel; whether it did.
 
     Does nothing when already installed, or when ComfyUI's ``nodes`` no longer looks
     up ``Image.fromarray`` the way this relies on (then the original stays).
@@ -284,12 +365,15 @@ def _parallel(nodes: Any, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def save_images(self: Any, images: Any, *args: Any, **kwargs: Any) -> Any:
         handed_off: PendingFiles | None = getattr(_handing_off, "pending", None)
-        if len(images) < 2 and handed_off is None:
+        alone = len(images) < 2 and handed_off is None
+        if alone and not _fast:
             return original(self, images, *args, **kwargs)
         pending: list[tuple[Path | None, Future[None]]] = []
         with _swap_lock:
             pil_image = nodes.Image
-            nodes.Image = _DeferringPil(pil_image, pending, take_name=handed_off is not None)
+            nodes.Image = _DeferringPil(
+                pil_image, pending, take_name=handed_off is not None, inline=alone
+            )
             try:
                 result = original(self, images, *args, **kwargs)
             finally:

@@ -1,16 +1,24 @@
-"""PNG encoder helpers that die never fail a job, on the real engine.
+"""SaveImage's PNG writers on the real engine.
 
-The issue's case: after the helper processes of ``engine.runtime.fast_save`` died, the
-next batch job failed with ``BrokenPipeError``. Here they are killed for real between
-two batch jobs: the second job is answered whole, byte for byte what the first one got
-(same pixels, same embedded workflow), and the next batch runs on fresh helpers.
+``PNG_ENCODER=fast`` (the default): ComfyUI's own SaveImage, its files written by
+``engine.png_writer``, hold the pixels and metadata of the files ComfyUI writes itself
+(``PNG_ENCODER=pillow``). ``pillow``: the issue's case, after the helper processes of
+``engine.runtime.fast_save`` died, the next batch job failed with ``BrokenPipeError``.
+Here they are killed for real between two batch jobs: the second job is answered whole,
+byte for byte what the first one got (same pixels, same embedded workflow), and the next
+batch runs on fresh helpers. And with either writer, the engine does not wait for a run's
+encodes.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import os
 import signal
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +31,7 @@ from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
 from tests.engine.support import ENGINE_MARKS
-from tests.unit.test_fast_save import GatedPool
+from tests.unit.test_fast_save import GatedPool, encoder
 
 pytestmark = ENGINE_MARKS
 
@@ -45,7 +53,15 @@ def answer(worker: Worker, job_id: str) -> list[tuple[str, Any]]:
     return [(item["filename"], item["data"]) for item in body["images"]]
 
 
-def test_killed_encoder_helpers_do_not_fail_the_next_batch_job(worker: Worker) -> None:
+@pytest.fixture
+def pillow() -> Iterator[None]:
+    with encoder("pillow"):
+        yield
+
+
+def test_killed_encoder_helpers_do_not_fail_the_next_batch_job(
+    worker: Worker, pillow: None
+) -> None:
     first = answer(worker, "png-1")
     assert len(first) == 4
     killed = helper_pids()
@@ -62,14 +78,20 @@ def test_killed_encoder_helpers_do_not_fail_the_next_batch_job(worker: Worker) -
     assert alive and not set(alive) & set(killed)
 
 
+@pytest.mark.parametrize("name", ["fast", "pillow"])
 def test_during_a_run_the_engine_does_not_wait_for_the_png_encodes(
-    runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, prefix: str
+    runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, prefix: str, name: str
 ) -> None:
     """ComfyUI's own SaveImage, one image: the run returns while its encode is still held;
     the file's name is taken, and the file is a whole PNG once the pending files are
     waited for (what the worker does after giving the engine back)."""
-    pool = GatedPool()
-    monkeypatch.setattr(fast_save, "_shared_pool", lambda: pool)
+    if name == "fast":
+        pool = GatedPool(fast_save._write_fast)
+        monkeypatch.setattr(fast_save, "_shared_fast", lambda: pool)
+    else:
+        pool = GatedPool()
+        monkeypatch.setattr(fast_save, "_shared_pool", lambda: pool)
+    monkeypatch.setattr(fast_save, "_fast", name == "fast")
     workflow = workflows.batch(1, size=48)
     workflow["2"]["inputs"]["filename_prefix"] = f"{prefix}/handoff"
     pending = PendingFiles()
@@ -86,3 +108,45 @@ def test_during_a_run_the_engine_does_not_wait_for_the_png_encodes(
     finally:
         pool.gate.set()
         path.unlink(missing_ok=True)
+
+
+def _example_b64() -> str:
+    example = Path(__file__).resolve().parents[2] / "examples" / "example.png"
+    return base64.b64encode(example.read_bytes()).decode()
+
+
+def _files(body: dict[str, Any]) -> list[bytes]:
+    assert body.get("errors") == [], body
+    return [base64.b64decode(item["data"].partition(",")[2]) for item in body["images"]]
+
+
+def _decoded(files: list[bytes]) -> list[tuple[str, tuple[int, int], bytes, dict[str, str]]]:
+    decoded = []
+    for data in files:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            decoded.append((image.mode, image.size, image.tobytes(), dict(image.text)))
+    return decoded
+
+
+def test_fast_files_hold_the_pixels_and_metadata_of_comfyuis_own(worker: Worker) -> None:
+    """A photo through ComfyUI's SaveImage, a batch of 3 and one alone, with the prompt
+    embedded: the fast writer's files decode to what ComfyUI's own files decode to."""
+    for count in (3, 1):
+        workflow: dict[str, Any] = {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+            "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": count}},
+            "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+            "4": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["3", 0], "filename_prefix": "p"},
+            },
+        }
+        job = {"workflow": workflow, "images": [{"name": "example.png", "image": _example_b64()}]}
+        with encoder("pillow"):
+            comfyuis = _files(worker.handle({"id": f"png-pillow-{count}", "input": job}))
+        fast = _files(worker.handle({"id": f"png-fast-{count}", "input": job}))
+        assert len(fast) == count
+        assert not set(fast) & set(comfyuis), "the fast writer wrote these, not Pillow"
+        assert _decoded(fast) == _decoded(comfyuis)
+        assert all("prompt" in text for *_, text in _decoded(fast))

@@ -1,4 +1,7 @@
-"""A batch's PNGs saved by encoder processes, without ComfyUI: same files, same errors.
+"""SaveImage's PNGs through the fast writer or encoder processes, without ComfyUI.
+
+``PNG_ENCODER=pillow``: a batch saved by encoder processes, the same files, the same
+errors. ``PNG_ENCODER=fast``: the same pixels and metadata, written on threads.
 
 ComfyUI's ``nodes`` module is replaced by a small module with the same shape: a
 ``SaveImage.save_images`` that looks ``Image`` up in its module and calls
@@ -52,14 +55,37 @@ class SaveImage:
 """
 
 
-@pytest.fixture
-def nodes() -> Iterator[types.ModuleType]:
+def _fake_nodes() -> types.ModuleType:
     module = types.ModuleType("fake_comfy_nodes")
     exec(compile(_NODES_SOURCE, "fake_comfy_nodes", "exec"), module.__dict__)  # noqa: S102  (a fixed fake)
-    yield module
-    pool, fast_save._pool = fast_save._pool, None
-    if pool is not None:
-        pool.close()
+    return module
+
+
+@contextlib.contextmanager
+def encoder(name: str) -> Iterator[None]:
+    """``PNG_ENCODER=name`` for the block; the default (fast) and no pool after it."""
+    fast_save.configure(name)
+    try:
+        yield
+    finally:
+        fast_save.configure("fast")
+        pool, fast_save._pool = fast_save._pool, None
+        if pool is not None:
+            pool.close()
+
+
+@pytest.fixture
+def nodes() -> Iterator[types.ModuleType]:
+    """ComfyUI's nodes with ``PNG_ENCODER=pillow``: Pillow's bytes, from encoder processes."""
+    with encoder("pillow"):
+        yield _fake_nodes()
+
+
+@pytest.fixture
+def fast_nodes() -> Iterator[types.ModuleType]:
+    """ComfyUI's nodes with ``PNG_ENCODER=fast`` (the default)."""
+    with encoder("fast"):
+        yield _fake_nodes()
 
 
 class Pixels(bytes):
@@ -227,11 +253,13 @@ def test_an_encoder_that_answers_garbage_is_replaced(
 
 
 class GatedPool:
-    """The encoder pool as a run sees it, each encode held until the test opens the gate."""
+    """A writer as a run sees it (the encoder pool or the fast writer), each write held
+    until the test opens the gate. ``write``: how it writes (default ``image.save``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, write: Any = None) -> None:
         self.gate = threading.Event()
         self.submitted = 0
+        self.write = write
 
     def submit(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[None]:
         self.submitted += 1
@@ -240,7 +268,10 @@ class GatedPool:
         def encode() -> None:
             self.gate.wait(30)
             try:
-                image.save(*args, **kwargs)
+                if self.write is None:
+                    image.save(*args, **kwargs)
+                else:
+                    self.write(image, args, kwargs)
             except Exception as exc:
                 done.set_exception(exc)
             else:
@@ -303,3 +334,98 @@ def test_outside_a_run_a_single_image_is_still_saved_in_the_node(
     with fast_save.saves_into(None):
         nodes.SaveImage(tmp_path).save_images(_batch(1), "plain")
     assert pool.submitted == 0 and (tmp_path / "plain_00000_.png").stat().st_size > 0
+
+
+def _pixels_and_text(path: Path) -> tuple[str, tuple[int, int], bytes, dict[str, str]]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.mode, image.size, image.tobytes(), dict(image.text)
+
+
+def test_fast_a_batch_has_comfyuis_pixels_and_metadata_without_encoder_processes(
+    fast_nodes: types.ModuleType, tmp_path: Path
+) -> None:
+    serial, fast = tmp_path / "serial", tmp_path / "fast"
+    serial.mkdir()
+    fast.mkdir()
+    images = _batch(4, seed=6)
+    expected = fast_nodes.SaveImage(serial).save_images(images, "p", prompt={"seed": 2})
+    assert fast_save.install(fast_nodes)
+    assert fast_nodes.SaveImage(fast).save_images(images, "p", prompt={"seed": 2}) == expected
+    for name in expected["ui"]["images"]:
+        assert _pixels_and_text(fast / name) == _pixels_and_text(serial / name)
+        assert (fast / name).read_bytes() != (serial / name).read_bytes()  # another encoder
+    assert fast_save._pool is None, "no encoder process was started"
+    assert fast_nodes.Image.__name__ == "PIL.Image"
+
+
+def test_fast_one_image_outside_a_run_is_written_in_the_node(
+    fast_nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gated = GatedPool()
+    monkeypatch.setattr(fast_save, "_shared_fast", lambda: gated)
+    serial = tmp_path / "serial"
+    serial.mkdir()
+    images = _batch(1, seed=7)
+    expected = fast_nodes.SaveImage(serial).save_images(images, "o")
+    assert fast_save.install(fast_nodes)
+    fast_nodes.SaveImage(tmp_path).save_images(images, "o")
+    assert gated.submitted == 0  # no thread hand-off for one image waited for anyway
+    (name,) = expected["ui"]["images"]
+    assert _pixels_and_text(tmp_path / name) == _pixels_and_text(serial / name)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_fast_during_a_run_the_node_hands_its_writes_off_and_returns_at_once(
+    fast_nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    serial = tmp_path / "serial"
+    serial.mkdir()
+    images = _batch(count, seed=8)
+    expected = fast_nodes.SaveImage(serial).save_images(images, "w")
+    names = expected["ui"]["images"]
+    gated = GatedPool(fast_save._write_fast)
+    monkeypatch.setattr(fast_save, "_shared_fast", lambda: gated)
+    assert fast_save.install(fast_nodes)
+    pending = PendingFiles()
+    with fast_save.saves_into(pending):
+        assert fast_nodes.SaveImage(tmp_path).save_images(images, "w") == expected
+    assert gated.submitted == count and len(pending) == count
+    assert [(tmp_path / n).stat().st_size for n in names] == [0] * count  # names taken
+    gated.gate.set()
+    assert pending.wait() == []
+    for name in names:
+        assert _pixels_and_text(tmp_path / name) == _pixels_and_text(serial / name)
+
+
+def test_fast_a_save_the_writer_does_not_handle_goes_to_pillow(
+    fast_nodes: types.ModuleType, tmp_path: Path
+) -> None:
+    """An image with ``info`` to carry (here a gamma) is Pillow's to write: same bytes."""
+    from PIL import Image
+
+    class WithInfo:
+        @staticmethod
+        def fromarray(array: Any) -> Any:
+            image = Image.fromarray(array)
+            image.info["gamma"] = 0.45455
+            return image
+
+    serial, fast = tmp_path / "serial", tmp_path / "fast"
+    serial.mkdir()
+    fast.mkdir()
+    fast_nodes.Image = WithInfo  # what save_images looks up, as ComfyUI's nodes do
+    images = _batch(2, seed=9)
+    expected = fast_nodes.SaveImage(serial).save_images(images, "i")
+    assert fast_save.install(fast_nodes)
+    fast_nodes.SaveImage(fast).save_images(images, "i")
+    names = expected["ui"]["images"]
+    assert _digests(fast, names) == _digests(serial, names)
+    assert fast_save._pool is not None, "Pillow wrote them, in encoder processes"
+
+
+def test_configure_refuses_an_unknown_encoder() -> None:
+    with pytest.raises(ValueError, match="fast, pillow"):
+        fast_save.configure("zopfli")

@@ -60,13 +60,14 @@ def test_every_bad_value_is_named_at_once() -> None:
         "JOB_TIMEOUT_S": "-1",
         "COMFY_LOG_LEVEL": "LOUD",
         "COMFY_CACHE_TYPE": "big",
+        "PNG_ENCODER": "zopfli",
         "INPUT_ALLOW_PRIVATE_URLS": "maybe",
         "BUCKET_ENDPOINT_URL": "https://s3.example.com/b",
         "RUNPOD_LOG_LEVEL": "CHATTY",
     }
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
-    assert err.value.message == "7 environment variables have unusable values"
+    assert err.value.message == "8 environment variables have unusable values"
     named = [d.split(" ")[0] for d in err.value.details]
     assert sorted(named) == sorted(
         [
@@ -74,6 +75,7 @@ def test_every_bad_value_is_named_at_once() -> None:
             "JOB_TIMEOUT_S",
             "COMFY_LOG_LEVEL",
             "COMFY_CACHE_TYPE",
+            "PNG_ENCODER",
             "INPUT_ALLOW_PRIVATE_URLS",
             "BUCKET_ENDPOINT_URL",  # "... is set but BUCKET_ACCESS_KEY_ID and ... is not"
             "RUNPOD_LOG_LEVEL",
@@ -271,3 +273,11 @@ def test_transfer_bounds_are_read_with_their_defaults() -> None:
 def test_transfer_bounds_name_a_bad_value(name: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: raw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, "fast"), ("Pillow", "pillow"), ("fast", "fast")]
+)
+def test_png_encoder_is_fast_unless_pillow_is_asked_for(raw: str | None, expected: str) -> None:
+    env = {} if raw is None else {"PNG_ENCODER": raw}
+    assert Settings.from_env(env).png_encoder == expected
