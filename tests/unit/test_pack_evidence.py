@@ -1,0 +1,187 @@
+"""What a pack's import changed (engine/runtime/pack_evidence.py), without ComfyUI.
+
+A folder stands in for the ComfyUI checkout: modules imported from it are "ComfyUI's",
+and a test's "pack" is a function that changes what a real pack's import might.
+``tests/engine/test_lazy_packs_real.py`` records the five real packs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.runtime import pack_evidence
+from engine.runtime.pack_evidence import Evidence, FolderChange
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Iterator[Path]:
+    """A checkout holding ``evmod.py`` and the package ``evpkg`` (``evpkg.sub`` not imported)."""
+    root = tmp_path / "ComfyUI"
+    (root / "evpkg").mkdir(parents=True)
+    (root / "evmod.py").write_text(
+        "SAMPLERS = ['euler']\n"
+        "def run():\n    return 1\n"
+        "class Sampler:\n    steps = 20\n    def sample(self):\n        return 0\n"
+    )
+    (root / "evpkg" / "__init__.py").write_text("")
+    (root / "evpkg" / "sub.py").write_text("X = 1\n")
+    sys.path.insert(0, str(root))
+    importlib.import_module("evmod")
+    importlib.import_module("evpkg")
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for name in ("evmod", "evpkg", "evpkg.sub"):
+            sys.modules.pop(name, None)
+
+
+def _folder_paths(models: Path) -> Any:
+    return types.SimpleNamespace(
+        models_dir=str(models),
+        folder_names_and_paths={"checkpoints": ([str(models / "checkpoints")], {".safetensors"})},
+        filename_list_cache={},
+    )
+
+
+def _evidence(checkout: Path, folder_paths: Any, pack: Callable[[], None]) -> Evidence:
+    before = pack_evidence.take(checkout, [], folder_paths)
+    pack()
+    after = pack_evidence.take(checkout, [], folder_paths)
+    return pack_evidence.compare(before, after, folder_paths.models_dir)
+
+
+def test_a_pack_that_changes_nothing_may_load_lazily(checkout: Path, tmp_path: Path) -> None:
+    evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), lambda: None)
+    assert evidence == Evidence()
+
+
+def test_rebinding_a_comfyui_function_keeps_the_pack_eager(checkout: Path, tmp_path: Path) -> None:
+    module = sys.modules["evmod"]
+
+    def pack() -> None:
+        module.run = lambda: 2  # type: ignore[attr-defined]
+
+    evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), pack)
+    assert evidence.eager_because == ("rebound evmod.run",)
+
+
+def test_patching_a_class_or_adding_to_a_list_keeps_the_pack_eager(
+    checkout: Path, tmp_path: Path
+) -> None:
+    module: Any = sys.modules["evmod"]
+
+    def pack() -> None:
+        module.Sampler.sample = lambda self: 1
+        module.SAMPLERS.append("my_sampler")  # how packs add samplers to ComfyUI's lists
+
+    evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), pack)
+    assert set(evidence.eager_because) == {
+        "rebound evmod.Sampler.sample",
+        "changed the contents of evmod.SAMPLERS",
+    }
+
+
+def test_importing_a_submodule_of_comfyui_is_not_a_change(checkout: Path, tmp_path: Path) -> None:
+    evidence = _evidence(
+        checkout, _folder_paths(tmp_path / "models"), lambda: importlib.import_module("evpkg.sub")
+    )
+    assert evidence.eager_because == ()
+
+
+def test_global_changes_keep_the_pack_eager(checkout: Path, tmp_path: Path) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+
+    def pack() -> None:
+        sys.path.append(str(tmp_path / "pack"))
+        thread.start()
+
+    try:
+        evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), pack)
+    finally:
+        sys.path.remove(str(tmp_path / "pack"))
+        stop.set()
+        thread.join()
+    assert set(evidence.eager_because) == {"changed sys.path", "left 1 thread(s) running"}
+
+
+def test_environment_variables_are_recorded_and_replayed(
+    checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EV_GONE", "x")
+    monkeypatch.delenv("EV_SET", raising=False)
+
+    def pack() -> None:
+        os.environ["EV_SET"] = "1"
+        del os.environ["EV_GONE"]
+
+    folder_paths = _folder_paths(tmp_path / "models")
+    evidence = _evidence(checkout, folder_paths, pack)
+    assert evidence.eager_because == ()
+    assert evidence.environ == {"EV_GONE": None, "EV_SET": "1"}
+    monkeypatch.setenv("EV_GONE", "x")
+    monkeypatch.delenv("EV_SET")
+    pack_evidence.replay(folder_paths, evidence)
+    assert os.environ.get("EV_SET") == "1"
+    assert "EV_GONE" not in os.environ
+
+
+def test_a_variable_that_may_hold_a_secret_is_not_recorded(
+    checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EV_API_KEY", raising=False)
+
+    def pack() -> None:
+        os.environ["EV_API_KEY"] = "sk-123"
+
+    try:
+        evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), pack)
+    finally:
+        os.environ.pop("EV_API_KEY", None)
+    assert evidence.environ == {}
+    assert evidence.eager_because == ("set environment variable EV_API_KEY (may hold a secret)",)
+
+
+def test_folder_changes_replay_against_another_models_folder(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """As ReActor (replaces an entry with its own folder) and PuLID (a new name) do."""
+    built = _folder_paths(tmp_path / "build" / "models")
+    built.folder_names_and_paths["facerestore_models"] = (["/volume/facerestore"], {".pth"})
+
+    def pack() -> None:
+        table = built.folder_names_and_paths
+        table["facerestore_models"] = ([str(tmp_path / "build/models/facerestore_models")], {".pt"})
+        table["pulid"] = ([str(tmp_path / "build/models/pulid"), "/abs/pulid"], {".safetensors"})
+
+    evidence = _evidence(checkout, built, pack)
+    assert evidence.eager_because == ()
+    assert evidence.folders == {
+        "facerestore_models": FolderChange(True, ("$models/facerestore_models",), (".pt",)),
+        "pulid": FolderChange(False, ("$models/pulid", "/abs/pulid"), (".safetensors",)),
+    }
+    # Another machine: another models folder, a yaml with its own facerestore folder.
+    here = _folder_paths(tmp_path / "run" / "models")
+    here.folder_names_and_paths["facerestore_models"] = (["/other/facerestore"], {".pth"})
+    here.filename_list_cache["pulid"] = (["stale"], {}, 0.0)
+    pack_evidence.replay(here, evidence)
+    assert here.folder_names_and_paths["facerestore_models"] == (
+        [str(tmp_path / "run/models/facerestore_models")],
+        {".pt"},
+    )
+    assert here.folder_names_and_paths["pulid"] == (
+        [str(tmp_path / "run/models/pulid"), "/abs/pulid"],
+        {".safetensors"},
+    )
+    assert "pulid" not in here.filename_list_cache
+    assert FolderChange.from_json(evidence.folders["pulid"].to_json()) == evidence.folders["pulid"]
