@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,17 +51,62 @@ def test_one_spare_per_parent_the_rest_are_removed(tmp_path: Path) -> None:
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-def test_a_folder_holding_sub_folders_goes_whole_and_is_not_kept(tmp_path: Path) -> None:
+def test_a_folder_holding_sub_folders_is_emptied_and_kept(tmp_path: Path) -> None:
+    # A filename_prefix such as "project/img" saves into a sub-folder of the job's.
     spares = SpareFolders()
     folder = tmp_path / "job-a-0123abcd"
     spares.make(folder)
     (folder / "videos" / "clips").mkdir(parents=True)
     (folder / "videos" / "clips" / "c.mp4").write_bytes(b"mp4")
+    (folder / "videos" / "empty").mkdir()
     (folder / "a.png").write_bytes(b"png")
+    inode = folder.stat().st_ino
     spares.remove(folder)
-    assert entries(tmp_path) == []
+    [spare] = entries(tmp_path)
+    assert SPARE.fullmatch(spare) and not any((tmp_path / spare).iterdir())
+    second = tmp_path / "job-b-4567cdef"
+    spares.make(second)
+    assert entries(tmp_path) == [second.name]
+    assert second.stat().st_ino == inode  # the spare, renamed
+
+
+def test_a_tree_deeper_than_the_bound_goes_whole_and_is_not_kept(tmp_path: Path) -> None:
+    spares = SpareFolders()
+    folder = tmp_path / "job-a-0123abcd"
+    spares.make(folder)
+    deep = folder.joinpath(*(f"d{n}" for n in range(40)))
+    deep.mkdir(parents=True)
+    (deep / "x.png").write_bytes(b"png")
+    for remove in (spares.remove, remove_job_folder):
+        remove(folder)
+        assert entries(tmp_path) == []
+        deep.mkdir(parents=True)
     spares.make(tmp_path / "job-b-4567cdef")  # no spare: made anew
-    assert entries(tmp_path) == ["job-b-4567cdef"]
+    assert sorted(entries(tmp_path)) == ["job-a-0123abcd", "job-b-4567cdef"]
+
+
+def test_a_link_where_a_sub_folder_was_listed_is_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sub-folder swapped for a link between the listing and its removal: the link
+    goes, what it points to stays."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"keep")
+    folder = tmp_path / "work" / "job-a-0123abcd"
+    (folder / "sub").mkdir(parents=True)
+    real_open = os.open
+
+    def swapping_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == "sub":  # listed as a folder; now a link to the outside
+            (folder / "sub").rmdir()
+            (folder / "sub").symlink_to(outside, target_is_directory=True)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swapping_open)
+    remove_job_folder(folder)
+    assert not folder.exists()
+    assert (outside / "keep.txt").read_bytes() == b"keep"
 
 
 def test_a_link_in_a_job_folder_is_removed_never_followed(tmp_path: Path) -> None:
