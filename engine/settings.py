@@ -248,6 +248,10 @@ class Settings:
     output_metadata: bool = True
     """``OUTPUT_METADATA``: false leaves the workflow out of output files' metadata
     (ComfyUI's ``--disable-metadata``)."""
+    lazy_packs: bool = True
+    """``LAZY_PACKS``: custom node packs whose import patches nothing load when a job
+    first names one of their node types (engine/runtime/lazy_nodes.py); false loads
+    every pack at boot, as ComfyUI does."""
     comfy_patches_off: frozenset[str] = frozenset()
     """``COMFY_PATCHES_OFF``: names of the worker's patches to ComfyUI not to apply
     (``engine.runtime.patches``; boot refuses a name it does not know)."""
@@ -379,6 +383,7 @@ class Settings:
             workflow_max_nodes=number(int, "WORKFLOW_MAX_NODES", cls.workflow_max_nodes, 1),
             png_encoder=png_encoder,
             output_metadata=boolean("OUTPUT_METADATA", True),
+            lazy_packs=boolean("LAZY_PACKS", True),
             comfy_patches_off=frozenset(
                 n.strip().lower() for n in (get("COMFY_PATCHES_OFF") or "").split(",") if n.strip()
             ),

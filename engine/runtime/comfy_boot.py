@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import RuntimeBootError
-from engine.runtime import Directories, comfy_args, fast_save
+from engine.runtime import Directories, comfy_args, fast_save, pack_evidence, pack_imports
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_key, index_path
@@ -200,6 +200,10 @@ def import_comfy(
     if written is not None:
         log.info("node index written to %s", written)
     patches.apply_phase("after_node_init", target)
+    # From here on a pack deferred at boot loads on first use: the fixes above follow it,
+    # and an import failure then is one on first use.
+    lazy.on_pack_loaded = lambda path: patches.after_lazy_pack(target)
+    pack_imports.RECORD.booted = True
     log.info("patches to ComfyUI and packs (engine/runtime/patches.py): %s", patches.summary())
     # Counted and checked by name: a walk of the mapping would import every deferred file.
     node_count = lazy.count()
@@ -210,12 +214,15 @@ def import_comfy(
             node_count,
             ", ".join(missing),
         )
+    packs = [Path(p).name for p in lazy.deferred_packs()]
     log.info(
-        "ComfyUI %s: %d node types; %d of its node files deferred to the first job naming "
-        "one of their types",
+        "ComfyUI %s: %d node types; %d of its node files and %d custom node packs%s "
+        "deferred to the first job naming one of their types",
         _comfy_version(),
         node_count,
-        len(lazy.deferred),
+        len(lazy.deferred) - len(packs),
+        len(packs),
+        f" ({', '.join(packs)})" if packs else "",
     )
     log_model_folders(folder_paths)
 
@@ -284,7 +291,9 @@ def _lazy_nodes(
             break
     # With a Comfy.org key configured, API nodes are expected: loaded at boot, as before.
     eager = ("comfy_api_nodes",) if settings.comfy_org_api_key else ()
-    return LazyNodes(nodes, index, key, eager_groups=eager)
+    # LAZY_PACKS=false: every custom node pack at boot, as ComfyUI does.
+    packs = pack_evidence.Recorder(checkout, folder_paths) if settings.lazy_packs else None
+    return LazyNodes(nodes, index, key, eager_groups=eager, packs=packs)
 
 
 def _configure_paths(

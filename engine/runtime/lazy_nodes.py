@@ -13,12 +13,23 @@ become :class:`LazyMapping`, a ``dict`` that imports the file behind a name on
 (``keys``, ``items``, ``values``, iteration, ``len``). So ComfyUI's validation and
 execution, the packs and the UI-format converter see the same mapping as before.
 
+Custom node packs may load lazily too, decided per pack from evidence taken when the
+index is made (:mod:`engine.runtime.pack_evidence`): a pack's import may patch ComfyUI
+or torch, which must happen at boot. A pack whose import changed nothing but its node
+mappings, folder entries of ``folder_paths`` and environment variables is deferred;
+those two are replayed at its place in the boot, so later steps see what an eager boot
+makes. Any other change keeps it eager, and the boot log says which. A deferred pack
+still claims its folder name at boot (a later folder of that name stays skipped,
+``pack_imports``), is imported with ComfyUI's ``ignore`` set of built-in names, goes
+through the import recorder (a failure is reported as a boot failure is), and is
+followed by the boot's pack fixes again (``on_pack_loaded``). Without a recorder
+(``LAZY_PACKS=false``) every pack loads at boot, as ComfyUI does.
+
 Kept eager (imported at boot as today), so that what a job sees never depends on
 order: files that failed to import when the index was made (their warning shows at
 every boot, as in ComfyUI), files that define a node type another file also defines
-(the last one wins in ComfyUI), and every file of a group named eager (the API nodes
-when a Comfy.org key is configured). Custom node packs always load at boot: they may
-patch ComfyUI at import.
+(the last one wins in ComfyUI), packs that defined no node type, and every file of a
+group named eager (the API nodes when a Comfy.org key is configured).
 
 The index is valid for one key (ComfyUI's version, the Python, the custom node
 folders' entries and mtimes) and each file's size and mtime; a file that changed is
@@ -39,18 +50,38 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from engine.runtime.pack_evidence import Evidence, FolderChange
 
 log = logging.getLogger(__name__)
 
 LAZY_GROUPS = ("comfy_extras", "comfy_api_nodes")
 """ComfyUI's ``module_parent`` values of its own node files: the ones that may load lazily."""
+PACKS = "custom_nodes"
+"""ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 """Bumped when the index file's layout changes: an older file is then rebuilt."""
 
 LoadCustomNode = Callable[..., Awaitable[bool]]
 """ComfyUI's ``nodes.load_custom_node(module_path, ignore=set(), module_parent=...)``."""
+
+
+class PackRecorder(Protocol):
+    """Takes what a pack's import changed, and replays a deferred pack's (pack_evidence)."""
+
+    def take(self) -> Any:
+        """A snapshot, just before or after one pack's import."""
+        ...
+
+    def compare(self, before: Any, after: Any) -> Evidence:
+        """What the import between two snapshots changed."""
+        ...
+
+    def replay(self, evidence: Evidence) -> None:
+        """Make a deferred pack's recorded folder and environment changes."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -63,14 +94,33 @@ class FileEntry:
     names: tuple[str, ...]
     lazy: bool
     """False: imported at every boot (it failed, or shares a node type with another file)."""
+    evidence: Evidence = field(default_factory=Evidence)
+    """A pack's: what its import changed (the replayable part, and why it stays eager)."""
 
     def matches(self, path: str) -> bool:
-        """Whether the file on disk is still the one indexed."""
-        try:
+        """Whether the file (a pack: its Python files) on disk is still the one indexed."""
+        return stamp(path) == (self.size, self.mtime_ns)
+
+
+def stamp(path: str) -> tuple[int, int] | None:
+    """A node file's size and mtime; a pack folder's: its Python files' total size and
+    newest mtime (~15 ms for the five packs' 239 files), so an update of any of its
+    modules is seen. Not the folder's own mtime: packs write caches and settings into
+    their folder when they start. None when it is gone."""
+    try:
+        if not Path(path).is_dir():
             stat = Path(path).stat()
-        except OSError:
-            return False
-        return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns
+            return stat.st_size, stat.st_mtime_ns
+        size, newest = 0, 0
+        for root, folders, files in os.walk(path):
+            folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
+            for name in files:
+                if name.endswith(".py"):
+                    stat = Path(root, name).stat()
+                    size, newest = size + stat.st_size, max(newest, stat.st_mtime_ns)
+    except OSError:
+        return None
+    return size, newest
 
 
 @dataclass
@@ -98,6 +148,7 @@ class NodeIndex:
                 mtime_ns=int(e["mtime_ns"]),
                 names=tuple(str(n) for n in e["names"]),
                 lazy=bool(e["lazy"]),
+                evidence=_evidence_from_json(e.get("evidence") or {}),
             )
             for p, e in raw.get("files", {}).items()
         }
@@ -115,6 +166,7 @@ class NodeIndex:
                     "mtime_ns": e.mtime_ns,
                     "names": list(e.names),
                     "lazy": e.lazy,
+                    **({"evidence": _evidence_to_json(e.evidence)} if e.group == PACKS else {}),
                 }
                 for p, e in self.files.items()
             },
@@ -123,6 +175,22 @@ class NodeIndex:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(body, indent=1, sort_keys=True), encoding="utf-8")
         tmp.replace(path)
+
+
+def _evidence_to_json(evidence: Evidence) -> dict[str, Any]:
+    return {
+        "folders": {k: v.to_json() for k, v in evidence.folders.items()},
+        "environ": dict(evidence.environ),
+        "eager_because": list(evidence.eager_because),
+    }
+
+
+def _evidence_from_json(raw: dict[str, Any]) -> Evidence:
+    return Evidence(
+        folders={str(k): FolderChange.from_json(v) for k, v in raw.get("folders", {}).items()},
+        environ={str(k): None if v is None else str(v) for k, v in raw.get("environ", {}).items()},
+        eager_because=tuple(str(r) for r in raw.get("eager_because", [])),
+    )
 
 
 def index_key(comfy_version: str, custom_node_dirs: Iterable[str]) -> str:
@@ -154,9 +222,10 @@ def index_key(comfy_version: str, custom_node_dirs: Iterable[str]) -> str:
 
 
 def index_path(folder: Path, key: str) -> Path:
-    """Where the index for ``key`` lives in ``folder``: one file per key, so two
-    environments sharing a checkout (a dev venv and the image's) keep one each."""
-    return folder / f"node-index-{key[:16]}.json"
+    """Where the index for ``key`` lives in ``folder``: one file per key and layout, so
+    two environments (a dev venv and the image's) or two worker versions sharing a
+    checkout keep one each instead of rewriting each other's."""
+    return folder / f"node-index-v{INDEX_VERSION}-{key[:16]}.json"
 
 
 class LazyMapping(dict[str, Any]):
@@ -256,8 +325,11 @@ class LazyNodes:
         key: str,
         *,
         eager_groups: Sequence[str] = (),
+        packs: PackRecorder | None = None,
     ) -> None:
         self._nodes = nodes
+        self._packs = packs
+        """Set: custom node packs may load lazily, on their evidence (None: all at boot)."""
         self._old = index if index is not None and index.key == key else None
         self._new = NodeIndex(key=key)
         self._eager_groups = frozenset(eager_groups)
@@ -275,6 +347,14 @@ class LazyNodes:
         """File -> why it did not provide its node types when asked for."""
         self.deferred: list[str] = []
         """Files registered by name at boot instead of imported."""
+        self._ignore: dict[str, frozenset[str]] = {}
+        """Deferred pack -> the built-in names ComfyUI told its import to leave alone."""
+        self.on_pack_loaded: Callable[[str], None] | None = None
+        """Called with a pack's path once it loaded lazily: the boot's pack fixes again."""
+        self._last_state: Any = None
+        """The snapshot after the pack just imported with evidence: the next one's
+        "before", as ComfyUI does nothing between two packs but time them (a snapshot
+        walks ~1600 modules, 0.2 s)."""
 
     # -- boot -------------------------------------------------------------------------
 
@@ -314,16 +394,20 @@ class LazyNodes:
     async def _boot_load(
         self, original: LoadCustomNode, path: str, ignore: Any, group: str
     ) -> bool:
-        if group not in LAZY_GROUPS:
+        last_state, self._last_state = self._last_state, None
+        if group not in LAZY_GROUPS and group != PACKS:
             return await original(path, ignore, module_parent=group)
         known = self._old.files.get(path) if self._old else None
-        if (
-            known is not None
-            and known.lazy
-            and known.group == group
-            and group not in self._eager_groups
-            and known.matches(path)
-        ):
+        if known is not None and (known.group != group or not known.matches(path)):
+            known = None
+        if group == PACKS and self._packs is None:
+            # Lazy packs off: loaded as ComfyUI does; their entries kept for a later boot.
+            if known is not None:
+                self._new.files[path] = known
+            return await original(path, ignore, module_parent=group)
+        if known is not None and known.lazy and group not in self._eager_groups:
+            if group == PACKS and not self._defer_pack(original, path, ignore, known):
+                return await original(path, ignore, module_parent=group)
             self._new.files[path] = known
             if known.names:
                 for name in known.names:
@@ -332,25 +416,52 @@ class LazyNodes:
                 self._preludes.setdefault(group, []).append(path)
             self.deferred.append(path)
             return True
-        # Imported now, as ComfyUI would; what it adds goes into the index.
+        # Imported now, as ComfyUI would; what it adds goes into the index. A pack's
+        # evidence is taken only where the index has none for it (index-making boots).
+        watch = self._packs if group == PACKS and known is None else None
+        before_state = None
+        if watch is not None:
+            before_state = last_state if last_state is not None else watch.take()
         classes = self._nodes.NODE_CLASS_MAPPINGS
         before = {k: id(v) for k, v in dict.items(classes)}
         ok = await original(path, ignore, module_parent=group)
         added = tuple(k for k, v in dict.items(classes) if before.get(k) != id(v))
         overrides = any(k in before for k in added)
-        try:
-            stat = Path(path).stat()
-        except OSError:
+        stamped = stamp(path)
+        if stamped is None:
             return ok
+        evidence = known.evidence if known is not None else Evidence()
+        if watch is not None:
+            self._last_state = watch.take()
+            evidence = watch.compare(before_state, self._last_state)
         self._new.files[path] = FileEntry(
             group=group,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
+            size=stamped[0],
+            mtime_ns=stamped[1],
             names=added,
             # A file that failed is imported at every boot, so its warning shows each time.
-            lazy=bool(ok) and not overrides,
+            lazy=bool(ok)
+            and not overrides
+            and (group != PACKS or (bool(added) and not evidence.eager_because)),
+            evidence=evidence,
         )
+        if group == PACKS and evidence.eager_because:
+            log.info(
+                "custom node pack %s loads at boot: its import %s",
+                Path(path).name,
+                "; ".join(evidence.eager_because),
+            )
         return ok
+
+    def _defer_pack(self, load: LoadCustomNode, path: str, ignore: Any, entry: FileEntry) -> bool:
+        """Register a pack for later instead of importing it; False: import it now."""
+        claim = getattr(load, "claim", None)
+        if claim is not None and claim(path) is not None:
+            return False  # skipped on purpose (pack_imports says why when it is called)
+        assert self._packs is not None
+        self._packs.replay(entry.evidence)
+        self._ignore[path] = frozenset(ignore or ())
+        return True
 
     def _mark_shared_names(self) -> None:
         """Files whose node types another file also defines load eagerly from now on."""
@@ -392,6 +503,10 @@ class LazyNodes:
         """How many node types there are, loaded or pending, without importing anything."""
         classes = self._nodes.NODE_CLASS_MAPPINGS
         return len(dict.keys(classes) | self._pending.keys())
+
+    def deferred_packs(self) -> list[str]:
+        """Custom node packs registered by name at boot instead of imported."""
+        return [p for p in self.deferred if self._new.files[p].group == PACKS]
 
     def pending_names(self) -> set[str]:
         """Node types registered by name whose file is not imported yet."""
@@ -447,7 +562,11 @@ class LazyNodes:
         load = self._load or self._nodes.load_custom_node
         log.info("importing %s for its node types, on first use", Path(path).name)
         self.loaded_lazily.append(path)
-        return bool(_run_now(load(path, frozenset(), module_parent=group)))
+        ignore = self._ignore.get(path, frozenset())
+        ok = bool(_run_now(load(path, ignore, module_parent=group)))
+        if ok and group == PACKS and self.on_pack_loaded is not None:
+            self.on_pack_loaded(path)
+        return ok
 
 
 def _run_now(awaitable: Awaitable[bool]) -> bool:

@@ -17,7 +17,8 @@ pack's import, and :func:`compare` says what changed:
   already-imported module of ComfyUI, torch, torchvision, torchaudio, numpy or PIL
   added, rebound or removed (a class attribute of a class they define too, and a
   module-level list, dict or set of ComfyUI changed in place: packs add samplers that
-  way), ``builtins``, ``sys.path``, ``sys.meta_path``, a signal handler, the root
+  way), ``builtins``, ``sys.path``, ``sys.meta_path`` (but for finders appended at
+  its end), a signal handler, the root
   logger's handlers or level, a thread left running, or a watched module replaced in
   ``sys.modules``. A submodule bound on its package by an import is not a change.
 
@@ -36,6 +37,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +67,11 @@ _FOLDER_PATHS_CACHES = frozenset({"filename_list_cache", "cache_helper"})
 _MAX_REASONS = 5
 """Reasons kept per pack (the index and the log line stay short)."""
 
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(_|$)", re.IGNORECASE
+)
+"""A name part that credentials go by (``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``; not
+``TOKENIZERS_PARALLELISM``)."""
 """Reasons kept per pack (the index and the log line stay short)."""
 
 
@@ -123,7 +129,8 @@ class Snapshot:
     folders: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
     environ: dict[str, str]
     sys_path: tuple[str, ...]
-    meta_path: tuple[int, ...]
+    meta_path: tuple[tuple[int, str], ...]
+    """Each finder's identity and its class's qualified name."""
     signals: tuple[int, ...]
     root_logger: tuple[int, tuple[int, ...]]
     threads: frozenset[int]
@@ -145,11 +152,14 @@ def _watched(name: str, module: Any, checkout: str, skip: tuple[str, ...]) -> bo
 def _fingerprint(value: Any) -> tuple[int, ...] | None:
     """A container's contents by identity (``list``/``dict``/``set``/``tuple``), else None."""
     try:
-        if isinstance(value, dict):
+        # type(), not isinstance(): isinstance() reads ``__class__``, which some objects
+        # answer with a warning (torch.distributed.reduce_op's deprecation).
+        kind = type(value)
+        if issubclass(kind, dict):
             return (len(value), *(id(k) ^ id(v) for k, v in list(value.items())))
-        if isinstance(value, (list, tuple)):
+        if issubclass(kind, (list, tuple)):
             return (len(value), *map(id, value))
-        if isinstance(value, (set, frozenset)):
+        if issubclass(kind, (set, frozenset)):
             return (len(value), *sorted(map(id, value)))
     except RuntimeError:  # changed size while read: another thread; seen as a change
         return (-1,)
@@ -158,6 +168,14 @@ def _fingerprint(value: Any) -> tuple[int, ...] | None:
 
 def take(checkout: Path, custom_node_dirs: Iterable[str], folder_paths: Any) -> Snapshot:
     """Everything a pack's import could change that the worker watches, right now."""
+    # Reading every attribute of ~1600 modules must not print (or, under pytest's
+    # warnings-as-errors, raise) a deprecated attribute's warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _take(checkout, custom_node_dirs, folder_paths)
+
+
+def _take(checkout: Path, custom_node_dirs: Iterable[str], folder_paths: Any) -> Snapshot:
     root = str(checkout) + os.sep
     skip = tuple(str(Path(d)) + os.sep for d in custom_node_dirs)
     replayed = _replayed_ids(folder_paths)
@@ -180,11 +198,11 @@ def take(checkout: Path, custom_node_dirs: Iterable[str], folder_paths: Any) -> 
             k: v
             for k, v in namespace.items()
             if id(v) not in replayed
-            and not (isinstance(v, ModuleType) and v.__name__ == f"{name}.{k}")
+            and not (issubclass(type(v), ModuleType) and v.__name__ == f"{name}.{k}")
         }
         attrs[name] = {k: id(v) for k, v in namespace.items()}
         for key, value in namespace.items():
-            if isinstance(value, type) and getattr(value, "__module__", None) == name:
+            if issubclass(type(value), type) and vars(value).get("__module__") == name:
                 attrs[f"{name}.{key}"] = {k: id(v) for k, v in list(vars(value).items())}
                 if own:
                     for attr, member in list(vars(value).items()):
@@ -207,7 +225,9 @@ def take(checkout: Path, custom_node_dirs: Iterable[str], folder_paths: Any) -> 
         folders=folders,
         environ=dict(os.environ),
         sys_path=tuple(sys.path),
-        meta_path=tuple(map(id, sys.meta_path)),
+        meta_path=tuple(
+            (id(f), f"{type(f).__module__}.{type(f).__qualname__}") for f in sys.meta_path
+        ),
         signals=tuple(id(signal.getsignal(s)) for s in _SIGNALS),
         root_logger=(root_logger.level, tuple(map(id, root_logger.handlers))),
         threads=frozenset(t.ident or 0 for t in threading.enumerate() if t.is_alive()),
@@ -255,7 +275,7 @@ def compare(before: Snapshot, after: Snapshot, models_dir: str) -> Evidence:
             environ[key] = after.environ.get(key)
     if before.sys_path != after.sys_path:
         reasons.append("changed sys.path")
-    if before.meta_path != after.meta_path:
+    if not _finders_only_appended(before.meta_path, after.meta_path):
         reasons.append("changed sys.meta_path")
     if before.signals != after.signals:
         reasons.append("installed a signal handler")
@@ -269,6 +289,25 @@ def compare(before: Snapshot, after: Snapshot, models_dir: str) -> Evidence:
         eager_because=tuple(reasons[:_MAX_REASONS])
         + ((f"and {len(reasons) - _MAX_REASONS} more",) if len(reasons) > _MAX_REASONS else ()),
     )
+
+
+def _finders_only_appended(
+    before: tuple[tuple[int, str], ...], after: tuple[tuple[int, str], ...]
+) -> bool:
+    """Whether the meta path only gained finders at its end.
+
+    An appended finder sees only names no earlier finder resolves (``six`` appends one
+    for ``six.moves``): like a new module, not a change to how anything else imports.
+    A finder removed counts as kept when one of its kind was appended: ``six`` imported
+    again (ReActor drops the modules it imported, PuLID imports ``six`` anew) swaps its
+    old finder for a new one at the end.
+    """
+    present = {ident for ident, _ in after}
+    kept = [entry for entry in before if entry[0] in present]
+    if list(after[: len(kept)]) != kept:
+        return False
+    appended = {kind for _, kind in after[len(kept) :]}
+    return all(kind in appended for ident, kind in before if ident not in present)
 
 
 def _replayed_ids(folder_paths: Any) -> set[int]:

@@ -1,4 +1,4 @@
-"""Node packs that failed to import at boot, kept so a job can name them.
+"""Node packs that failed to import, at boot or on first use, kept so a job can name them.
 
 ComfyUI imports each custom node pack (and each of its own node files) with
 ``nodes.load_custom_node``, which catches any exception, logs its traceback and
@@ -8,6 +8,10 @@ function so every failure is also written down here, with the pack's path and th
 exception's last line. The exception is taken from ComfyUI's own
 ``traceback.format_exc()`` call, not from its log lines, so it is caught whatever
 ``COMFY_LOG_LEVEL`` hides.
+
+Packs deferred at boot (``lazy_nodes``) import through the same wrapper when a job
+first names one of their types: a failure then is recorded the same way, marked as
+on first use.
 
 When a job names a node type the engine does not know, :meth:`PackImports.describe_unknown`
 says which failed packs may hold it (the type's name, or its name without the
@@ -79,11 +83,16 @@ class FailedPack:
     """The pack's ``requirements.txt`` line that installs ``missing_module``, if it has one."""
     origin: PackOrigin | None = None
     """The pack checkout's git origin and commit, if it has them."""
+    on_first_use: bool = False
+    """It failed when a job first named one of its node types (a pack deferred at boot,
+    ``lazy_nodes``), not at boot."""
 
     def describe(self) -> str:
-        """``<folder> (<error>)`` for a detail line."""
+        """``<folder> (<error>)`` for a detail line (``<folder> (on first use: <error>)``
+        for a pack deferred at boot)."""
         where = self.path.name if self.group == "custom_nodes" else f"{self.group}/{self.path.name}"
-        return f"{where} ({self.error})"
+        when = "on first use: " if self.on_first_use else ""
+        return f"{where} ({when}{self.error})"
 
     def remedy(self) -> str:
         """What bakes this pack into the image, for a custom node pack; else ``""``."""
@@ -114,6 +123,8 @@ class PackImports:
     def __init__(self) -> None:
         self._failed: list[FailedPack] = []
         self._sources: dict[Path, str] = {}
+        self.booted = False
+        """Set once ComfyUI's node init is over: later failures are of deferred packs."""
 
     @property
     def failed(self) -> tuple[FailedPack, ...]:
@@ -140,6 +151,7 @@ class PackImports:
             origin=read_origin(pack_dir)
             if pack_dir is not None and group == "custom_nodes"
             else None,
+            on_first_use=self.booted,
         )
         self._failed.append(failed)
         return failed
@@ -166,9 +178,10 @@ class PackImports:
                 if remedies
                 else ". Install what the pack needs (its requirements.txt) in the image"
             )
+            when = "" if any(p.on_first_use for p in providers) else " at boot"
             return (
                 f"Node type '{class_type}' is not available (used by {used_by}): the node pack "
-                f"that provides it failed to import at boot: {packs}{fix}, or fix class_type"
+                f"that provides it failed to import{when}: {packs}{fix}, or fix class_type"
             )
         line = not_installed(class_type, node_ids)
         failed = [p for p in self._failed if p.group == "custom_nodes"]
@@ -292,6 +305,12 @@ def watch(nodes: Any, record: PackImports = RECORD) -> PackImports:
             )
         return loaded
 
+    def claim(module_path: str) -> str | None:
+        """Take a pack folder's name without importing it (``lazy_nodes`` defers it): a
+        later folder of that name is still skipped. Why it would be skipped, or None."""
+        return skip_reason(module_path, seen)
+
     load_custom_node._records_failures = True  # type: ignore[attr-defined]
+    load_custom_node.claim = claim  # type: ignore[attr-defined]
     nodes.load_custom_node = load_custom_node
     return record

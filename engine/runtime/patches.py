@@ -86,6 +86,9 @@ class Patch:
     in_use: Callable[[Target], bool] = lambda target: True
     """False when what it fixes is not there at all (a pack not installed): not a warning."""
     can_skip: bool = True
+    after_lazy_pack: bool = False
+    """Applied again once a pack deferred at boot has loaded (``lazy_nodes``): it fixes
+    what packs do at import. Such a patch must be safe to apply twice."""
 
 
 def _missing(owner: Any, dotted: str) -> str | None:
@@ -356,6 +359,7 @@ REGISTRY: tuple[Patch, ...] = (
         "folder_paths.models_dir",
         check=_check_folder_paths_restore,
         apply=_apply_folder_paths_restore,
+        after_lazy_pack=True,
     ),
     Patch(
         name="reactor_restorers",
@@ -368,6 +372,7 @@ REGISTRY: tuple[Patch, ...] = (
         check=_check_reactor_restorers,
         apply=_apply_reactor_restorers,
         in_use=_reactor_loaded,
+        after_lazy_pack=True,
     ),
     Patch(
         name="parallel_png",
@@ -473,6 +478,19 @@ class Patches:
         patch.apply(target)
         self.applied.append(patch.name)
         return True
+
+    def after_lazy_pack(self, target: Target) -> None:
+        """Once a deferred pack has loaded: its patches of phase ``after_node_init`` again
+        (a folder it replaced put back; its fix, now that it is there)."""
+        for patch in self.registry:
+            if not patch.after_lazy_pack or patch.name in self.skipped or patch.name in self.off:
+                continue
+            if patch.name in self.not_in_use and patch.in_use(target):
+                self.not_in_use.remove(patch.name)
+            if patch.name in self.applied:
+                patch.apply(target)  # its check passed at boot; the shape is ComfyUI's
+            elif patch.name not in self.not_in_use:
+                self.apply(patch, target)
 
     def is_applied(self, name: str) -> bool:
         """Whether the patch called ``name`` is in force."""

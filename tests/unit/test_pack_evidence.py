@@ -102,17 +102,71 @@ def test_global_changes_keep_the_pack_eager(checkout: Path, tmp_path: Path) -> N
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait, daemon=True)
 
+    first, last = _Finder(), _Finder()
+
     def pack() -> None:
         sys.path.append(str(tmp_path / "pack"))
+        sys.meta_path.insert(0, first)  # ahead of the path finder: may shadow modules
+        sys.meta_path.append(last)
         thread.start()
 
     try:
         evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), pack)
     finally:
         sys.path.remove(str(tmp_path / "pack"))
+        sys.meta_path.remove(first)
+        sys.meta_path.remove(last)
         stop.set()
         thread.join()
-    assert set(evidence.eager_because) == {"changed sys.path", "left 1 thread(s) running"}
+    assert set(evidence.eager_because) == {
+        "changed sys.path",
+        "changed sys.meta_path",
+        "left 1 thread(s) running",
+    }
+
+
+def test_a_finder_appended_to_the_meta_path_is_not_a_change(checkout: Path, tmp_path: Path) -> None:
+    """``six`` appends one for ``six.moves``: it resolves only names nothing else does."""
+    last = _Finder()
+    try:
+        evidence = _evidence(
+            checkout, _folder_paths(tmp_path / "models"), lambda: sys.meta_path.append(last)
+        )
+    finally:
+        sys.meta_path.remove(last)
+    assert evidence.eager_because == ()
+
+
+def test_a_finder_swapped_for_a_new_one_of_its_kind_at_the_end_is_not_a_change(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """``six`` imported again removes its old finder and appends a new one."""
+    old, new = _Finder(), _Finder()
+    sys.meta_path.append(old)
+
+    def pack() -> None:
+        sys.meta_path.remove(old)
+        sys.meta_path.append(new)
+
+    try:
+        evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), pack)
+        assert evidence.eager_because == ()
+        # A finder gone, with none of its kind added: its names no longer resolve.
+        evidence = _evidence(
+            checkout, _folder_paths(tmp_path / "models"), lambda: sys.meta_path.remove(new)
+        )
+    finally:
+        for finder in (old, new):
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
+    assert evidence.eager_because == ("changed sys.meta_path",)
+
+
+class _Finder:
+    """A meta path finder that finds nothing."""
+
+    def find_spec(self, *args: Any) -> None:
+        return None
 
 
 def test_environment_variables_are_recorded_and_replayed(

@@ -490,3 +490,44 @@ def test_every_patch_has_an_applied_and_a_skipped_test() -> None:
         or not {f"test_{name}_skipped", f"test_{name}_cannot_be_skipped"} & tests
     ]
     assert missing == []
+
+
+def test_a_pack_loaded_after_boot_gets_the_pack_fixes_that_follow_it() -> None:
+    """``after_lazy_pack``: applied again once a deferred pack loads (lazy_nodes)."""
+    calls: list[str] = []
+    present: set[str] = set()
+
+    def patch(name: str, *, again: bool = True, in_use: bool = False) -> patches.Patch:
+        return patches.Patch(
+            name=name,
+            phase="after_node_init",
+            replaces="x",
+            why="x",
+            without="x",
+            expects="x",
+            check=lambda target: None,
+            apply=lambda target: calls.append(name),
+            in_use=(lambda target: name in present) if in_use else (lambda target: True),
+            after_lazy_pack=again,
+        )
+
+    registry = (
+        patch("restore"),  # applied at boot, again after each pack
+        patch("pack_fix", in_use=True),  # its pack is deferred: not needed at boot
+        patch("once", again=False),
+        patch("switched_off"),
+    )
+    applied = Patches(off=frozenset({"switched_off"}), registry=registry)
+    target = Target()
+    applied.apply_phase("after_node_init", target)
+    assert calls == ["restore", "once"] and applied.not_in_use == ["pack_fix"]
+    applied.after_lazy_pack(target)  # another pack loaded: pack_fix's is still absent
+    assert calls == ["restore", "once", "restore"]
+    present.add("pack_fix")  # its pack loaded
+    applied.after_lazy_pack(target)
+    assert calls == ["restore", "once", "restore", "restore", "pack_fix"]
+    assert applied.applied == ["restore", "once", "pack_fix"] and not applied.not_in_use
+    assert [p.name for p in REGISTRY if p.after_lazy_pack] == [
+        "folder_paths_restore",
+        "reactor_restorers",
+    ]

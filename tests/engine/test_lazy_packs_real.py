@@ -1,0 +1,192 @@
+"""Custom node packs loaded on first use, with the real engine (engine/runtime/lazy_nodes.py).
+
+Fresh processes boot ComfyUI with two packs written here beside the checkout's own:
+one whose import registers a model folder and sets an environment variable (what
+can be replayed), one that adds a sampler to ComfyUI's list (a patch). The first boot
+makes the node index and records what each import changed; the next defers the first
+pack, replays its changes at boot, and imports it when a job names its node type;
+the second pack loads at boot. Where PuLID_ComfyUI is installed, a job naming its
+loader gets the same answer from a worker that deferred it as from one that loaded
+every pack at boot (``LAZY_PACKS=false``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS, empty_image, node, require_packs
+
+pytestmark = ENGINE_MARKS
+
+_REPO = Path(__file__).resolve().parents[2]
+
+LAZY_PACK = """
+import os
+import folder_paths
+
+os.environ["WORKER_TEST_LAZY_PACK"] = "replayed"
+folder_paths.folder_names_and_paths["worker_test_lazy"] = (
+    [os.path.join(folder_paths.models_dir, "worker_test_lazy")], {".bin"}
+)
+
+
+class WorkerTestLazyInvert:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "invert"
+    CATEGORY = "worker_test"
+
+    def invert(self, image):
+        return (1.0 - image,)
+
+
+NODE_CLASS_MAPPINGS = {"WorkerTestLazyInvert": WorkerTestLazyInvert}
+"""
+
+PATCH_PACK = """
+import comfy.samplers
+
+comfy.samplers.KSAMPLER_NAMES.append("worker_test_sampler")
+
+
+class WorkerTestPatchedNode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    CATEGORY = "worker_test"
+
+    def run(self):
+        return ()
+
+
+NODE_CLASS_MAPPINGS = {"WorkerTestPatchedNode": WorkerTestPatchedNode}
+"""
+
+# Boots the runtime, reports what boot deferred and replayed, runs each workflow of
+# WORKFLOWS (its outputs, or its error's details), as JSON on the last line.
+_CHILD = """
+import json, os, sys
+sys.path.insert(0, os.environ["REPO"])
+from engine.errors import WorkerError
+from engine.runtime import JobSpec
+from engine.runtime.comfy import ComfyRuntime
+from engine.settings import Settings
+
+runtime = ComfyRuntime(Settings.from_env(os.environ))
+runtime.boot()
+lazy = runtime._comfy.lazy_nodes
+folder_paths = sys.modules["folder_paths"]
+report = {
+    "deferred": [os.path.basename(p) for p in lazy.deferred_packs()],
+    "env_at_boot": os.environ.get("WORKER_TEST_LAZY_PACK"),
+    "folder_at_boot": folder_paths.folder_names_and_paths.get("worker_test_lazy", [[]])[0],
+    "patched": "worker_test_sampler" in sys.modules["comfy.samplers"].KSAMPLER_NAMES,
+    "jobs": [],
+}
+for i, workflow in enumerate(json.loads(open(os.environ["WORKFLOWS"]).read())):
+    try:
+        result = runtime.run(JobSpec(prompt_id=f"lazy-pack-{i}", workflow=workflow))
+        report["jobs"].append({"outputs": sorted(result.outputs)})
+    except WorkerError as exc:
+        report["jobs"].append({"error": exc.message, "details": exc.details})
+report["loaded"] = [os.path.basename(p) for p in lazy.loaded_lazily]
+print(json.dumps(report))
+"""
+
+
+def _boot(root: Path, name: str, workflows: list[Any], **env: str) -> dict[str, Any]:
+    packs = root / "packs"
+    for pack, source in (
+        ("worker_test_lazy_pack", LAZY_PACK),
+        ("worker_test_patch_pack", PATCH_PACK),
+    ):
+        (packs / pack).mkdir(parents=True, exist_ok=True)
+        if not (packs / pack / "__init__.py").is_file():
+            (packs / pack / "__init__.py").write_text(source)
+    config = root / "extra_model_paths.json"
+    config.write_text(json.dumps({"worker_test_packs": {"custom_nodes": str(packs)}}))
+    (root / f"{name}.json").write_text(json.dumps(workflows))
+    child_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"WARMUP_WORKFLOW", "COMFY_ORG_API_KEY", "WORKER_TEST_LAZY_PACK"}
+    }
+    child_env.update(
+        REPO=str(_REPO),
+        COMFYUI_PATH=str(COMFYUI_PATH),
+        WORKER_DIR=str(root / name),
+        EXTRA_MODEL_PATHS=str(config),
+        WORKFLOWS=str(root / f"{name}.json"),
+        COMFY_LOG_LEVEL="WARNING",
+        **env,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        env=child_env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
+
+
+INVERT = {
+    "1": empty_image(16, 16),
+    "2": node("WorkerTestLazyInvert", image=["1", 0]),
+    "3": node("SaveImage", images=["2", 0], filename_prefix="lazy-pack/x"),
+}
+
+
+def test_a_pack_that_patches_nothing_loads_when_a_job_first_names_it(tmp_path: Path) -> None:
+    first = _boot(tmp_path, "first", [])  # makes the index, every pack imported
+    assert first["deferred"] == [] or "worker_test_lazy_pack" not in first["deferred"]
+    report = _boot(tmp_path, "second", [INVERT])
+    assert "worker_test_lazy_pack" in report["deferred"]
+    assert "worker_test_patch_pack" not in report["deferred"]
+    assert report["patched"] is True  # the patching pack ran at boot
+    # Replayed at its place in the boot, before any job named it.
+    assert report["env_at_boot"] == "replayed"
+    assert report["folder_at_boot"] == [
+        str(COMFYUI_PATH.resolve() / "models" / "worker_test_lazy")  # type: ignore[union-attr]
+    ]
+    assert report["jobs"] == [{"outputs": ["3"]}]
+    assert report["loaded"][-1:] == ["worker_test_lazy_pack"]
+
+
+def test_lazy_packs_off_loads_every_pack_at_boot(tmp_path: Path) -> None:
+    _boot(tmp_path, "first", [])
+    report = _boot(tmp_path, "off", [INVERT], LAZY_PACKS="false")
+    assert report["deferred"] == []
+    assert report["jobs"] == [{"outputs": ["3"]}]
+    assert "worker_test_lazy_pack" not in report["loaded"]
+
+
+def test_a_deferred_pulid_answers_as_a_pulid_loaded_at_boot(tmp_path: Path) -> None:
+    require_packs("PuLID_ComfyUI")
+    missing = {
+        "1": node("PulidModelLoader", pulid_file="worker-test-missing.safetensors"),
+        "2": node("PreviewAny", source=["1", 0]),
+    }
+    _boot(tmp_path, "first", [])
+    lazy = _boot(tmp_path, "lazy", [missing])
+    eager = _boot(tmp_path, "eager", [missing], LAZY_PACKS="false")
+    assert "PuLID_ComfyUI" in lazy["deferred"]
+    assert "PuLID_ComfyUI" in lazy["loaded"]
+    assert lazy["jobs"] == eager["jobs"]
+    (job,) = lazy["jobs"]
+    assert "worker-test-missing.safetensors" in " ".join(job["details"])

@@ -1,0 +1,203 @@
+"""Custom node packs loaded on first use, decided on evidence, without ComfyUI.
+
+The fake ``nodes`` module of ``test_lazy_nodes.py`` loads the packs; a folder stands in
+for the ComfyUI checkout, with one "ComfyUI module" a pack may patch and a
+``folder_paths`` module packs register folders in. Two boots per test, as a worker's:
+the first imports every pack and records what each changed (the index), the second
+defers those that changed only what can be replayed.
+``tests/engine/test_lazy_packs_real.py`` runs the real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import traceback
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.runtime import pack_imports
+from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_path
+from engine.runtime.pack_evidence import Recorder
+from tests.unit.test_lazy_nodes import FakeComfy, _node_file
+
+CLEAN = """
+import os
+import lazytest_folder_paths as fp
+if os.environ.get("LAZYTEST_BREAK"):
+    raise ImportError("lazytest: broken on first use")
+os.environ["LAZYTEST_ENV"] = "on"
+fp.folder_names_and_paths["lazytest"] = ([fp.models_dir + "/lazytest"], {".bin"})
+"""
+PATCHER = """
+import lazytest_comfy
+lazytest_comfy.hook = lambda: 2
+"""
+
+
+@dataclass
+class World:
+    """A checkout, its folder_paths, the packs, and where the index goes."""
+
+    root: Path
+    folder_paths: Any
+    packs: list[Path]
+    index: Path
+    loaded: list[str] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """What a new process starts with: no pack's changes yet."""
+        self.folder_paths.folder_names_and_paths.clear()
+        os.environ.pop("LAZYTEST_ENV", None)
+        for name in [n for n in sys.modules if n.startswith("fake_")]:
+            del sys.modules[name]
+        sys.modules["lazytest_comfy"].hook = _hook  # type: ignore[attr-defined]
+
+    def boot(
+        self, *, recorder: bool = True, record: pack_imports.PackImports | None = None
+    ) -> tuple[FakeComfy, LazyNodes]:
+        """One boot as comfy_boot does it; ``record``: the import recorder wraps the loader."""
+        self.reset()
+        comfy = FakeComfy([self.root / "comfy_extras" / "nodes_b.py"], [], self.packs)
+        if record is not None:
+            comfy.module.traceback = traceback  # type: ignore[attr-defined]  # as ComfyUI's nodes
+            pack_imports.watch(comfy.module, record)
+        key = "k"
+        lazy = LazyNodes(
+            comfy.module,
+            NodeIndex.read(index_path(self.index, key), key),
+            key,
+            packs=Recorder(self.root, self.folder_paths) if recorder else None,
+        )
+        lazy.on_pack_loaded = self.loaded.append
+        with lazy.booting():
+            asyncio.run(comfy.module.init_extra_nodes())  # type: ignore[attr-defined]
+        lazy.save(self.index)
+        return comfy, lazy
+
+
+def _hook() -> int:
+    return 1
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    (root / "lazytest_comfy.py").write_text("def hook():\n    return 1\n")
+    _node_file(root / "comfy_extras", "nodes_b", ["B1"])
+    sys.path.insert(0, str(root))
+    __import__("lazytest_comfy")
+    folder_paths = types.ModuleType("lazytest_folder_paths")
+    folder_paths.models_dir = str(tmp_path / "models")  # type: ignore[attr-defined]
+    folder_paths.folder_names_and_paths = {}  # type: ignore[attr-defined]
+    folder_paths.filename_list_cache = {}  # type: ignore[attr-defined]
+    packs_dir = tmp_path / "custom_nodes"
+    folder_paths.get_folder_paths = lambda name: [str(packs_dir)]  # type: ignore[attr-defined]
+    sys.modules["lazytest_folder_paths"] = folder_paths
+    packs = [
+        # Defines B1 too: ComfyUI's built-in one must win, imported now or later.
+        _node_file(packs_dir, "clean", ["CleanNode", "B1"], extra=CLEAN),
+        _node_file(packs_dir, "patcher", ["PatchNode"], extra=PATCHER),
+    ]
+    try:
+        yield World(root, folder_paths, packs, tmp_path / "index")
+    finally:
+        sys.path.remove(str(root))
+        for name in ("lazytest_comfy", "lazytest_folder_paths"):
+            sys.modules.pop(name, None)
+        os.environ.pop("LAZYTEST_ENV", None)
+
+
+def test_a_pack_that_changes_only_what_replays_is_deferred(world: World) -> None:
+    first, lazy = world.boot()
+    assert first.imported == ["nodes_b.py", "clean.py", "patcher.py"]
+    assert lazy.deferred_packs() == []
+    comfy, lazy = world.boot()
+    assert comfy.imported == ["patcher.py"]
+    assert [Path(p).name for p in lazy.deferred_packs()] == ["clean.py"]
+    assert lazy.known("CleanNode") and lazy.count() == 4  # Core, B1, CleanNode, PatchNode
+    # Its environment variable and folder entry, as after an eager boot, before it loads.
+    assert os.environ["LAZYTEST_ENV"] == "on"
+    assert world.folder_paths.folder_names_and_paths["lazytest"] == (
+        [world.folder_paths.models_dir + "/lazytest"],
+        {".bin"},
+    )
+    classes = comfy.module.NODE_CLASS_MAPPINGS  # type: ignore[attr-defined]
+    assert classes["CleanNode"].__name__ == "CleanNode"
+    assert comfy.imported == ["patcher.py", "clean.py"]
+    assert world.loaded == [str(world.packs[0])]  # the boot's pack fixes ran again
+    # Imported with ComfyUI's ignore set: the built-in B1 still wins over the pack's.
+    assert classes["B1"].__module__ == "fake_nodes_b"
+
+
+def test_a_pack_that_patches_comfyui_loads_at_boot_saying_why(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.boot()
+    caplog.set_level(logging.INFO, logger="engine.runtime.lazy_nodes")
+    comfy, _ = world.boot()
+    assert "patcher.py" in comfy.imported
+    assert sys.modules["lazytest_comfy"].hook() == 2
+    assert "custom node pack patcher.py loads at boot: its import rebound lazytest_comfy.hook" in (
+        caplog.text
+    )
+
+
+def test_without_a_recorder_every_pack_loads_at_boot_and_the_index_stays(world: World) -> None:
+    world.boot()
+    before = index_path(world.index, "k").read_text()
+    comfy, lazy = world.boot(recorder=False)
+    assert comfy.imported == ["clean.py", "patcher.py"]
+    assert lazy.deferred_packs() == []
+    assert index_path(world.index, "k").read_text() == before
+    comfy, lazy = world.boot()  # and lazy again after
+    assert [Path(p).name for p in lazy.deferred_packs()] == ["clean.py"]
+
+
+def test_an_updated_pack_is_imported_and_recorded_again(world: World) -> None:
+    world.boot()
+    world.packs[0].write_text(world.packs[0].read_text() + PATCHER)
+    comfy, lazy = world.boot()
+    assert "clean.py" in comfy.imported
+    comfy, lazy = world.boot()  # its new evidence keeps it eager
+    assert "clean.py" in comfy.imported and lazy.deferred_packs() == []
+
+
+def test_a_deferred_pack_keeps_its_folder_name_and_later_copies_stay_skipped(
+    world: World, tmp_path: Path
+) -> None:
+    """The image's copy wins over a volume's, deferred or not (pack_imports.skip_reason)."""
+    copy = _node_file(tmp_path / "volume_nodes", "clean", ["CleanNode", "VolumeOnly"])
+    world.packs.append(copy)
+    world.boot(record=pack_imports.PackImports())
+    comfy, lazy = world.boot(record=pack_imports.PackImports())
+    assert comfy.imported == ["patcher.py"]
+    assert not lazy.known("VolumeOnly")
+    classes = comfy.module.NODE_CLASS_MAPPINGS  # type: ignore[attr-defined]
+    assert classes["CleanNode"].__module__ == "fake_clean"
+    assert comfy.imported == ["patcher.py", "clean.py"]
+
+
+def test_a_deferred_pack_that_fails_on_first_use_is_recorded_as_such(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.boot(record=pack_imports.PackImports())
+    record = pack_imports.PackImports()
+    comfy, lazy = world.boot(record=record)
+    record.booted = True
+    monkeypatch.setenv("LAZYTEST_BREAK", "1")
+    assert "CleanNode" not in comfy.module.NODE_CLASS_MAPPINGS  # type: ignore[attr-defined]
+    (failed,) = record.failed
+    assert failed.path == world.packs[0] and failed.on_first_use
+    line = record.describe_unknown("CleanNode", ["1"])
+    assert "the node pack that provides it failed to import: clean.py (on first use: " in line
+    assert world.loaded == []  # no fixes for a pack that did not load
+    assert str(world.packs[0]) in lazy.failed_lazily
