@@ -362,6 +362,10 @@ class Worker:
                 # (512x512: 83 against 114 ms a job, docs/benchmarks.md).
                 spec = dataclasses.replace(spec, pending_files=files_of_job.pending)
             try:
+                # Checked here, on the job's lane, before its turn: a workflow ComfyUI
+                # refuses fails while another job runs, not after it (ComfyUI's server
+                # validates a prompt while its prompt worker executes another, too).
+                spec = self.runtime.validate(spec)
                 with self._engine_turn(ticket, deadline, phase), logs.engine_job(job_id):
                     result = self.runtime.run(spec)
             except WorkflowValidationError as exc:

@@ -24,6 +24,7 @@ by the worker started under the runpod SDK's local API server.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -40,6 +41,7 @@ from PIL import Image, ImageOps
 from engine.deadline import Deadline, JobThread
 from engine.graph_checks import find_problems
 from engine.runtime import (
+    Checked,
     Directories,
     JobSpec,
     ModelFolder,
@@ -127,6 +129,8 @@ class FakeRuntime:
         self.forgotten: list[str] = []
         """Model folders whose file list the worker asked to forget (a file was added)."""
         self._job_thread = JobThread("job")
+        self.validated_on: list[str] = []
+        """The thread each :meth:`validate` call ran on, by name."""
 
     @property
     def job_thread(self) -> JobThread:
@@ -198,6 +202,20 @@ class FakeRuntime:
         self._interrupt.set()
 
     # -- validation -----------------------------------------------------------------
+
+    def validate(self, job: JobSpec) -> JobSpec:
+        """Check the workflow as the real runtime does (unknown types, links, values)."""
+        self.validated_on.append(threading.current_thread().name)
+        started = time.perf_counter()
+        self._validate(job.workflow)
+        outputs = [n for n, node in job.workflow.items() if node["class_type"] in _OUTPUT_NODES]
+        checked = Checked(
+            prompt=job.workflow,
+            outputs=outputs,
+            extra_data={},
+            seconds=time.perf_counter() - started,
+        )
+        return dataclasses.replace(job, checked=checked)
 
     def _validate(self, workflow: Workflow) -> None:
         unknown: dict[str, list[str]] = {}
@@ -287,9 +305,10 @@ class FakeRuntime:
         self.jobs.append(job)
         self._interrupt.clear()
         workflow = job.workflow
-        started = time.perf_counter()
-        self._validate(workflow)
-        timings = {"validate_s": time.perf_counter() - started}
+        if job.checked is None:
+            job = self.validate(job)
+        assert job.checked is not None
+        timings = {"validate_s": job.checked.seconds}
         started = time.perf_counter()
         deadline = job.deadline
         run = _Run(job, deadline)

@@ -85,6 +85,20 @@ def _ignore_progress(event: ProgressEvent) -> None:
 
 
 @dataclass(frozen=True)
+class Checked:
+    """A workflow the runtime checked (:meth:`Runtime.validate`), ready to execute."""
+
+    prompt: Workflow
+    """The prompt to execute: validated, values cast, as the packs' on-prompt handlers left it."""
+    outputs: list[str]
+    """The output nodes to execute."""
+    extra_data: dict[str, Any] = field(repr=False)
+    """What ComfyUI's executor gets beside the prompt (client id, metadata, API key)."""
+    seconds: float
+    """How long the checks took (``validate_s``)."""
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What the runtime needs to run one prompt."""
 
@@ -107,6 +121,9 @@ class JobSpec:
     """Where the run may hand off output files still being written instead of waiting for
     them (SaveImage's PNG encodes): the caller waits for them after the run. None: every
     file is written before the run returns."""
+    checked: Checked | None = field(default=None, repr=False, compare=False)
+    """Set by :meth:`Runtime.validate`: :meth:`Runtime.run` executes this without checking
+    the workflow again. None: ``run`` checks it first."""
 
 
 @dataclass(frozen=True)
@@ -168,8 +185,18 @@ class Runtime(Protocol):
         """Drop ComfyUI's remembered file list of a model folder: a new file was put there."""
         ...
 
+    def validate(self, job: JobSpec) -> JobSpec:
+        """Check ``job.workflow`` as the engine does before it runs one, without the engine:
+        ``job`` with :attr:`JobSpec.checked` set, for :meth:`run`.
+
+        Safe from any thread while another job runs (ComfyUI's own server validates a
+        prompt on its event loop while its prompt worker executes another), so a job's
+        checks need not wait for the engine's turn. Raises ``WorkflowValidationError``.
+        """
+        ...
+
     def run(self, job: JobSpec) -> RunResult:
-        """Validate and execute one workflow.
+        """Validate (unless :meth:`validate` did) and execute one workflow.
 
         Raises ``WorkflowValidationError``, ``NodeExecutionError``,
         ``JobInterruptedError`` or ``JobTimeoutError``; after any of them the

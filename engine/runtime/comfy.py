@@ -25,6 +25,7 @@ interrupt flag while it waits for it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import logging
@@ -39,6 +40,7 @@ from typing import Any
 from engine.deadline import Deadline, JobThread
 from engine.errors import RuntimeBootError, WorkerError
 from engine.runtime import (
+    Checked,
     Directories,
     JobSpec,
     ModelFolder,
@@ -78,6 +80,8 @@ class ComfyRuntime:
         """ComfyUI's hooks for the running job (comfy_events.py): progress, node times."""
         self._loop = EngineLoop()
         """The engine thread's event loop, kept for the worker's life (engine_loop.py)."""
+        self._lane_loops = threading.local()
+        """Each job lane's own event loop (``.loop``) for the checks :meth:`validate` runs."""
         self._catalog: Catalog | None = None
         """What the booted engine knows (node types, model folders); built by :meth:`boot`."""
         self._last_collect = 0.0
@@ -201,14 +205,41 @@ class ComfyRuntime:
 
     # -- per job ----------------------------------------------------------------------
 
+    def validate(self, job: JobSpec) -> JobSpec:
+        """Check ``job.workflow`` on the calling thread; see ``Runtime.validate``.
+
+        The checks of :meth:`_check`, as ComfyUI's server runs them for ``POST /prompt``
+        on its own event loop while its prompt worker executes another prompt: here on
+        the job's lane with a loop of the lane's own, and the job's output scope for
+        this thread alone (``LoadImage`` and the like check their file names).
+        """
+        comfy = self._require_boot()
+        if self._engine.is_current():
+            loop = self._loop.get()
+        else:
+            lane_loop: EngineLoop | None = getattr(self._lane_loops, "loop", None)
+            if lane_loop is None:
+                lane_loop = self._lane_loops.loop = EngineLoop()
+            loop = lane_loop.get()
+        # validate_prompt casts values in place; the caller's workflow stays as sent.
+        prompt = copy.deepcopy(job.workflow)
+        try:
+            with output_scope.scoped(
+                job.output_folder, str(self._dirs.output), str(self._dirs.temp), this_thread=True
+            ):
+                checked = loop.run_until_complete(self._check(comfy, job, prompt))
+        finally:
+            cancel_leftover_tasks(loop)
+        return dataclasses.replace(job, checked=checked)
+
     def run(self, job: JobSpec) -> RunResult:
-        """Validate and execute ``job.workflow`` on the engine thread; see ``Runtime.run``."""
+        """Validate (unless done) and execute ``job.workflow`` on the engine thread; see
+        ``Runtime.run``."""
         comfy = self._require_boot()
         with self._job_lock:
             # validate_prompt casts values in place; the caller's workflow stays as sent.
-            state = JobState(
-                job=job, prompt=copy.deepcopy(job.workflow), deadline_hit=threading.Event()
-            )
+            prompt = job.checked.prompt if job.checked else copy.deepcopy(job.workflow)
+            state = JobState(job=job, prompt=prompt, deadline_hit=threading.Event())
             self._events.current = state
             try:
                 if self._engine.is_current():
@@ -315,7 +346,30 @@ class ComfyRuntime:
     async def _run_async(
         self, comfy: Comfy, state: JobState, timings: dict[str, float]
     ) -> UiOutputs:
-        job, prompt = state.job, state.prompt
+        job = state.job
+        checked = job.checked or await self._check(comfy, job, state.prompt)
+        prompt = state.prompt = checked.prompt
+        timings["validate_s"] = checked.seconds
+
+        started = time.perf_counter()
+        executor = comfy.executor
+        executor.history_result = {}
+        # SaveImage hands its PNG encodes off instead of waiting: the worker waits for
+        # them after the run, so the engine never does (fast_save.saves_into).
+        with fast_save.saves_into(job.pending_files):
+            await executor.execute_async(prompt, job.prompt_id, checked.extra_data, checked.outputs)
+        # The last node ends with the run: in-process there is no final ``executing``
+        # event with node None (ComfyUI's main.py sends that one, after execute returns).
+        state.node_started(None)
+        timings["execute_s"] = time.perf_counter() - started
+        failure = shapes.execution_failure(executor.status_messages)
+        if failure is not None:
+            raise_failure(state, failure, executor.status_messages)
+        return shapes.prompt_outputs(executor.history_result, prompt)
+
+    async def _check(self, comfy: Comfy, job: JobSpec, prompt: dict[str, Any]) -> Checked:
+        """ComfyUI's checks before a prompt runs, in ``POST /prompt``'s order; raises
+        ``WorkflowValidationError``. ``prompt`` is a copy: values are cast in place."""
         started = time.perf_counter()
         # Every problem at once: unknown types, bad links, cycles and what ComfyUI finds
         # in the rest of the graph. Raises when there is any, before on-prompt handlers.
@@ -339,11 +393,10 @@ class ComfyRuntime:
                     "extra_data": extra_data,
                 }
             )
-            prompt = state.prompt = request.get("prompt", prompt)
+            prompt = request.get("prompt", prompt)
         ok, error, outputs, node_errors = await comfy.execution.validate_prompt(
             job.prompt_id, prompt, None
         )
-        timings["validate_s"] = time.perf_counter() - started
         # ComfyUI runs the outputs that passed and drops the rest with a log line; a
         # worker's caller would never see that, so any node error fails the job.
         if not ok or node_errors:
@@ -352,22 +405,12 @@ class ComfyRuntime:
                 node_errors,
                 looked_in=comfy_checks.looked_in(comfy, prompt, node_errors or {}),
             )
-
-        started = time.perf_counter()
-        executor = comfy.executor
-        executor.history_result = {}
-        # SaveImage hands its PNG encodes off instead of waiting: the worker waits for
-        # them after the run, so the engine never does (fast_save.saves_into).
-        with fast_save.saves_into(job.pending_files):
-            await executor.execute_async(prompt, job.prompt_id, extra_data, outputs)
-        # The last node ends with the run: in-process there is no final ``executing``
-        # event with node None (ComfyUI's main.py sends that one, after execute returns).
-        state.node_started(None)
-        timings["execute_s"] = time.perf_counter() - started
-        failure = shapes.execution_failure(executor.status_messages)
-        if failure is not None:
-            raise_failure(state, failure, executor.status_messages)
-        return shapes.prompt_outputs(executor.history_result, prompt)
+        return Checked(
+            prompt=prompt,
+            outputs=list(outputs),
+            extra_data=extra_data,
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _files_in(outputs: UiOutputs, dirs: Directories) -> list[Path]:

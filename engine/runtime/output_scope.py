@@ -20,7 +20,10 @@ runs (:func:`scoped`), they are wrapped:
   "Invalid image file" and no job reads another's files by any name.
 
 Outside a job (boot, the warm-up workflow) ComfyUI's functions behave as they are.
-Jobs run one at a time on the engine thread, so one module-level scope is enough.
+Jobs run one at a time on the engine thread: the running job's scope is module-wide, so
+the threads a node starts see it too. A job's checks (``Runtime.validate``) run on its
+own lane while another job runs: they see their job's scope, set for that thread alone
+(``this_thread=True``), never the running job's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +65,16 @@ class _Scope:
 
 
 _scope: _Scope | None = None
+"""The running job's scope, for every thread of its run."""
+_thread = threading.local()
+"""A scope for one thread only (``.scope``): a job checked on its lane while another runs."""
+_UNSET = object()
+
+
+def _current() -> _Scope | None:
+    """This thread's own scope if it has one (``None`` included), else the running job's."""
+    local = getattr(_thread, "scope", _UNSET)
+    return _scope if local is _UNSET else local  # type: ignore[return-value]
 
 
 def _within(path: str, folder: str) -> bool:
@@ -68,15 +82,30 @@ def _within(path: str, folder: str) -> bool:
 
 
 @contextmanager
-def scoped(folder: str | None, output_dir: str, temp_dir: str) -> Iterator[None]:
+def scoped(
+    folder: str | None, output_dir: str, temp_dir: str, *, this_thread: bool = False
+) -> Iterator[None]:
     """While the block runs, the job owning ``folder`` sees only its own output and temp
-    files; ``None`` leaves ComfyUI as it is (a warm-up, a caller without a folder)."""
+    files; ``None`` leaves ComfyUI as it is (a warm-up, a caller without a folder).
+
+    ``this_thread``: for the calling thread alone, whatever job runs meanwhile (a job's
+    checks on its lane); otherwise for every thread (the run)."""
     global _scope
-    if folder is None:
+    scope = None
+    if folder is not None:
+        roots = tuple(os.path.realpath(d) for d in (output_dir, temp_dir))
+        scope = _Scope(folder, roots)
+    if this_thread:
+        _thread.scope = scope  # None too: a warm-up's checks never see a running job's scope
+        try:
+            yield
+        finally:
+            del _thread.scope
+        return
+    if scope is None:
         yield
         return
-    roots = tuple(os.path.realpath(d) for d in (output_dir, temp_dir))
-    _scope = _Scope(folder, roots)
+    _scope = scope
     try:
         yield
     finally:
@@ -103,7 +132,7 @@ def _mark(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable
 
 def _save_path(original: Callable[..., Any]) -> Callable[..., Any]:
     def get_save_image_path(filename_prefix: Any, output_dir: Any, *args: Any, **kw: Any) -> Any:
-        scope = _scope
+        scope = _current()
         if scope is None or not isinstance(filename_prefix, str):
             return original(filename_prefix, output_dir, *args, **kw)
         directory = os.path.realpath(str(output_dir))
@@ -139,7 +168,7 @@ def _refusal(name: str) -> ValueError:
 def _annotated(original: Callable[..., Any]) -> Callable[..., Any]:
     def get_annotated_filepath(name: Any, *args: Any, **kw: Any) -> Any:
         path = original(name, *args, **kw)
-        scope = _scope
+        scope = _current()
         if scope is not None and isinstance(path, str) and scope.foreign(path):
             raise _refusal(str(name))
         return path
@@ -149,7 +178,7 @@ def _annotated(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _exists(original: Callable[..., Any], annotated: Callable[..., Any]) -> Callable[..., Any]:
     def exists_annotated_filepath(name: Any, *args: Any, **kw: Any) -> Any:
-        scope = _scope
+        scope = _current()
         if scope is not None and isinstance(name, str):
             try:
                 path = annotated(name)

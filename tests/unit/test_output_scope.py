@@ -8,6 +8,7 @@ the node's folder). ``tests/engine/test_outputs_real.py`` runs the real ones.
 
 from __future__ import annotations
 
+import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,40 @@ def test_outside_a_job_comfyui_behaves_as_it_is(folder_paths: types.ModuleType) 
 def test_install_twice_wraps_once(folder_paths: types.ModuleType) -> None:
     assert not output_scope.install(folder_paths)
     assert folder_paths.get_save_image_path.__wrapped__.__name__ == "get_save_image_path"
+
+
+def test_a_job_checked_on_its_lane_sees_its_own_scope_not_the_running_jobs(
+    in_job: types.ModuleType,
+) -> None:
+    """Job A runs (the module-wide scope, ``job-a``); job B's checks run meanwhile on
+    another thread with ``this_thread=True``: B resolves its own files and is refused A's,
+    A's run (and a thread its node starts) still sees A's scope; after B's checks, B's
+    thread sees the running job's scope again."""
+    for job in ("job-a", "job-b"):
+        own = Path(in_job.OUTPUT) / job / "mine.png"
+        own.parent.mkdir()
+        own.write_bytes(b"png")
+    seen: dict[str, object] = {}
+
+    def check_b() -> None:
+        with output_scope.scoped("job-b", in_job.OUTPUT, in_job.TEMP, this_thread=True):
+            seen["own"] = in_job.exists_annotated_filepath("job-b/mine.png [output]")
+            seen["other"] = in_job.exists_annotated_filepath("job-a/mine.png [output]")
+        seen["after"] = in_job.exists_annotated_filepath("job-b/mine.png [output]")
+
+    lane = threading.Thread(target=check_b)
+    lane.start()
+    lane.join(10)
+    assert seen == {"own": True, "other": False, "after": False}
+    assert in_job.exists_annotated_filepath("job-a/mine.png [output]")
+    assert not in_job.exists_annotated_filepath("job-b/mine.png [output]")
+
+
+def test_a_warm_ups_checks_never_take_a_running_jobs_scope(in_job: types.ModuleType) -> None:
+    """``None`` for this thread: ComfyUI as it is there, whatever job runs meanwhile."""
+    other = Path(in_job.OUTPUT) / "job-b" / "x.png"
+    other.parent.mkdir()
+    other.write_bytes(b"png")
+    with output_scope.scoped(None, in_job.OUTPUT, in_job.TEMP, this_thread=True):
+        assert in_job.exists_annotated_filepath("job-b/x.png [output]")
+    assert not in_job.exists_annotated_filepath("job-b/x.png [output]")

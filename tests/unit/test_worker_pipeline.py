@@ -379,3 +379,29 @@ def test_the_jobs_behind_a_job_that_will_not_stop_are_answered_at_once(
         assert body["code"] == "worker_stuck" and body["refresh_worker"] is True, body
     finally:
         runtime.release.set()
+
+
+def test_a_workflow_the_engine_refuses_fails_while_another_jobs_run_is_held(
+    settings: Settings,
+) -> None:
+    """Job B names an unknown node type: its checks run on its own lane, not in the
+    engine's turn, so its error comes back while A's run is still held, and A then
+    completes. The check of B ran on a lane; A's run executes what A's check left."""
+    worker = make_worker(settings)
+    runtime = fake(worker)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": workflows.hangs()}})
+    try:
+        assert runtime.hanging.wait(_HANG_S)
+        bad = workflows.batch(1)
+        bad["9"] = {"class_type": "NoSuchNode", "inputs": {}}
+        b = handle_in_thread(worker, {"id": "b", "input": {"workflow": bad}})
+        body = answer_of(*b)  # answered while A's run is held
+        assert not runtime.release.is_set() and a[0].is_alive()
+        assert body["code"] == "workflow_validation_failed", body
+        assert "NoSuchNode" in body["error"]
+    finally:
+        runtime.release.set()
+    assert answer_of(*a)["errors"] == []
+    assert all(name.startswith("job-lane-") for name in runtime.validated_on), runtime.validated_on
+    assert [job.prompt_id for job in runtime.jobs] == ["a"]  # B never took the engine
+    assert all(job.checked is not None for job in runtime.jobs)
