@@ -131,6 +131,8 @@ class FakeRuntime:
         self._job_thread = JobThread("job")
         self.validated_on: list[str] = []
         """The thread each :meth:`validate` call ran on, by name."""
+        self.checked_jobs: list[JobSpec] = []
+        """Every job :meth:`validate` was given, also those it refused (``jobs``: the runs)."""
 
     @property
     def job_thread(self) -> JobThread:
@@ -206,6 +208,7 @@ class FakeRuntime:
     def validate(self, job: JobSpec) -> JobSpec:
         """Check the workflow as the real runtime does (unknown types, links, values)."""
         self.validated_on.append(threading.current_thread().name)
+        self.checked_jobs.append(job)
         started = time.perf_counter()
         self._validate(job.workflow)
         outputs = [n for n, node in job.workflow.items() if node["class_type"] in _OUTPUT_NODES]

@@ -469,7 +469,7 @@ def test_the_api_key_alias_is_accepted_and_redacted(settings: Settings) -> None:
     body = worker.handle({"id": "alias", "input": {"workflow": workflow, "api_key_comfy_org": key}})
     assert body["code"] == "workflow_validation_failed"  # the key is no checkpoint...
     assert key not in json.dumps(body)  # ...and the error that quotes it hides it
-    assert runtime.jobs[-1].api_key_comfy_org == key
+    assert runtime.checked_jobs[-1].api_key_comfy_org == key
 
 
 def test_a_job_in_flight_keeps_its_files_while_another_job_downloads(
