@@ -156,6 +156,11 @@ class JobPipeline:
                 self._lanes.append(ticket.lane)
                 self._changed.notify_all()
 
+    def wait_idle(self, timeout_s: float | None) -> bool:
+        """Wait until no job is in flight (True), or ``timeout_s`` passed (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._in_flight == 0, timeout_s)
+
     def stop(self) -> None:
         """Refuse every job from now on; those waiting stop waiting (a stuck worker)."""
         with self._changed:

@@ -13,12 +13,13 @@ traceback under an id that the answer (``internal_error``) names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ ProgressSink = Callable[[dict[str, Any], str], None]
 # progress update is an HTTP POST each, so steps are sent at most this often.
 _PROGRESS_INTERVAL_S = 0.5
 
+# How long a job's files wait, after its answer, for the caller's signal that the answer
+# has gone on (``Worker.handle``'s ``clean_up_after``): only a caller that never gives it
+# waits this long, and its files still go.
+_CLEANUP_HOLD_S = 5.0
+
 
 class _Progress:
     """Forwards runtime progress to RunPod: every node change, steps throttled."""
@@ -138,6 +144,10 @@ class Worker:
         self._inputs = SharedInputs(self._spares)
         # The deadline of every job in handle(), waiting or running: what cancel() flips.
         self._deadlines = JobDeadlines()
+        # Answered jobs whose files wait for handle()'s clean_up_after; close() sets them.
+        self._holds: set[threading.Event] = set()
+        self._holds_lock = threading.Lock()
+        self._closing = False
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -164,8 +174,19 @@ class Worker:
             "S3" if self.uploader else "base64",
         )
 
-    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
-        """RunPod's handler: the response for one job, or the contract's error shape."""
+    def handle(
+        self, job: dict[str, Any], *, clean_up_after: threading.Event | None = None
+    ) -> dict[str, Any]:
+        """RunPod's handler: the response for one job, or the contract's error shape.
+
+        The job's files (its inputs, outputs, previews, scratch) are removed when it ends.
+        Without ``clean_up_after`` that is before this returns. With it, they are removed
+        after the answer, once the caller sets the event (at most ``_CLEANUP_HOLD_S``
+        later): ``handler.py`` sets it when the runpod SDK has sent the answer on, so the
+        removal (a few unlinks and renames: ~0.7 ms of a 64x64 job's answer on a 2-core
+        machine, docs/benchmarks.md) does not compete with sending it. Until they are
+        removed the job keeps its place among the ``MAX_CONCURRENT_JOBS``.
+        """
         job_id = str(job.get("id") or f"local-{uuid.uuid4()}")
         job_input = job.get("input")
         job_secrets = request_secrets(job_input)
@@ -175,7 +196,7 @@ class Worker:
             started = time.perf_counter()
             try:
                 result = self._run_within(
-                    deadline, job_id, job_input, _Progress(job, self.progress)
+                    deadline, job_id, job_input, _Progress(job, self.progress), clean_up_after
                 )
             except WorkerError as exc:
                 log.warning(
@@ -205,6 +226,29 @@ class Worker:
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
             return self._refresh(redacted)
 
+    def close(self, timeout_s: float = _CLEANUP_HOLD_S) -> bool:
+        """Before the process exits: remove the files of the jobs already answered now,
+        rather than leave them to the next boot's sweep (``handler.py`` calls it at exit).
+        Waits up to ``timeout_s`` for the jobs in flight; whether none is left."""
+        with self._holds_lock:
+            self._closing = True
+            for hold in self._holds:
+                hold.set()
+        return self._pipeline.wait_idle(timeout_s)
+
+    def _hold(self, clean_up_after: threading.Event) -> None:
+        """Wait until the caller of :meth:`handle` has sent the answer on (or
+        :meth:`close`, or ``_CLEANUP_HOLD_S`` at most)."""
+        with self._holds_lock:
+            if self._closing:
+                return
+            self._holds.add(clean_up_after)
+        try:
+            clean_up_after.wait(_CLEANUP_HOLD_S)
+        finally:
+            with self._holds_lock:
+                self._holds.discard(clean_up_after)
+
     def _refresh(self, response: dict[str, Any]) -> dict[str, Any]:
         """``REFRESH_WORKER=true`` (worker-comfyui's variable): every answer asks RunPod to
         replace this worker once the job is done (the SDK turns it into ``stopPod``)."""
@@ -232,6 +276,7 @@ class Worker:
         job_id: str,
         job_input: Any,
         progress: Callable[[ProgressEvent], None],
+        clean_up_after: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Run the job on the job thread and answer by its deadline, whatever it does.
 
@@ -251,15 +296,39 @@ class Worker:
                 raise WorkerStuckError(self._stuck.message, self._stuck.details)
             raise deadline.exceeded("while the job waited for the previous one to finish")
         phase = Phase("start")
+        # The job's answer: set on its lane once its files are removed and its place is
+        # free, or, with ``clean_up_after``, as soon as it is known (the removal follows).
+        outcome: Future[dict[str, Any]] = Future()
 
-        def job() -> dict[str, Any]:
+        def job() -> None:
+            cleanups: list[Callable[[], None]] | None = None if clean_up_after is None else []
+            answer: Callable[[], None] | None = None
             try:
                 with logs.bind_job(job_id):  # the lane's lines are this job's
-                    return self.run(job_id, job_input, progress, deadline, phase, ticket)
+                    try:
+                        result = self.run(
+                            job_id, job_input, progress, deadline, phase, ticket, cleanups
+                        )
+                        answer = functools.partial(outcome.set_result, result)
+                    except BaseException as exc:  # the watchdog below hands it on
+                        answer = functools.partial(outcome.set_exception, exc)
+                    if clean_up_after is not None and cleanups is not None:
+                        answer()
+                        answer = None
+                        self._hold(clean_up_after)
+                        _run_all(cleanups)
             finally:
-                self._pipeline.finish(ticket, self.runtime.after_job)
+                try:
+                    self._pipeline.finish(ticket, self.runtime.after_job)
+                except Exception as exc:
+                    if answer is None:  # the answer is out: only the log can say
+                        log.exception("cleaning up after a finished job failed")
+                    else:
+                        answer = functools.partial(outcome.set_exception, exc)
+                if answer is not None:
+                    answer()
 
-        outcome = ticket.lane.submit(job)
+        ticket.lane.submit(job)
         # wait_for(), then result(): a JobTimeoutError is also a TimeoutError, the very
         # class Future.result() raises when it gives up, so the two must not share an except.
         if deadline.wait_for(outcome):
@@ -308,13 +377,16 @@ class Worker:
         deadline: Deadline | None = None,
         phase: Phase | None = None,
         ticket: Ticket | None = None,
+        cleanups: list[Callable[[], None]] | None = None,
     ) -> dict[str, Any]:
         """Run one job; raises a ``WorkerError`` for anything the user can fix.
 
         Each phase starts only while the deadline holds; ``phase`` tells the watchdog in
         :meth:`handle` where the job is, for its log line and error. With ``ticket`` (a
         place in the pipeline) the run waits for the engine's turn; without one the
-        caller sees to it that nothing else runs.
+        caller sees to it that nothing else runs. With ``cleanups``, the removal of the
+        job's files is appended there for the caller to run, however the job ends;
+        without, they are removed before this returns.
         """
         started = time.perf_counter()
         deadline = deadline or Deadline.start(self.settings.job_timeout_s)
@@ -335,7 +407,10 @@ class Worker:
         scratch = request.frames_to_video is not None or request.convert_output is not None
         # The model files it resolves stay in use to its end: another job in flight that
         # downloads one cannot evict them from under this job's run.
-        with self.model_urls.pinning(), self._job_files(folder, scratch=scratch) as files_of_job:
+        with (
+            self.model_urls.pinning(),
+            self._job_files(folder, scratch=scratch, cleanups=cleanups) as files_of_job,
+        ):
             phase.enter("downloading inputs", deadline)
             # The job's own input folder: only this job's workflow names it (scope_inputs).
             inputs_dir = self.runtime.directories.input
@@ -514,8 +589,11 @@ class Worker:
         return dataclasses.replace(spec, on_progress=progress) if progress else spec
 
     @contextmanager
-    def _job_files(self, folder: str, *, scratch: bool) -> Iterator[_JobFiles]:
-        """Files the job makes; every one is removed when the job ends, however it ends.
+    def _job_files(
+        self, folder: str, *, scratch: bool, cleanups: list[Callable[[], None]] | None = None
+    ) -> Iterator[_JobFiles]:
+        """Files the job makes; every one is removed when the job ends, however it ends:
+        at the end of the block, or by the caller when ``cleanups`` takes the removal.
 
         All live under ``folder`` (``engine.job_files``); a killed worker's are swept at
         the next boot. The scratch folder (frames joined into a video) is made only when
@@ -531,17 +609,24 @@ class Worker:
             self._spares.make(dirs.output / folder)
             yield files
         finally:
-            # Files still being written would land after their folder went.
-            files.pending.wait()
-            if files.input_folder:
-                self._inputs.release(dirs.input, files.input_folder)
-            self._spares.remove(dirs.output / folder)
-            for leftover in (dirs.input / folder, files.scratch, dirs.temp / folder):
-                remove_job_folder(leftover)
-            # Its previews, named by the run: the temp folder as a whole is emptied only
-            # when no job is in flight (the runtime's after_job), as others' may be there.
-            for path in files.temp_outputs:
-                path.unlink(missing_ok=True)
+            if cleanups is None:
+                self._remove_job_files(files, folder)
+            else:
+                cleanups.append(functools.partial(self._remove_job_files, files, folder))
+
+    def _remove_job_files(self, files: _JobFiles, folder: str) -> None:
+        dirs = self.runtime.directories
+        # Files still being written would land after their folder went.
+        files.pending.wait()
+        if files.input_folder:
+            self._inputs.release(dirs.input, files.input_folder)
+        self._spares.remove(dirs.output / folder)
+        for leftover in (dirs.input / folder, files.scratch, dirs.temp / folder):
+            remove_job_folder(leftover)
+        # Its previews, named by the run: the temp folder as a whole is emptied only
+        # when no job is in flight (the runtime's after_job), as others' may be there.
+        for path in files.temp_outputs:
+            path.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -567,6 +652,15 @@ def _temp_files(outputs: UiOutputs, dirs: Directories) -> list[Path]:
                     if path.resolve().is_relative_to(dirs.temp.resolve()):
                         paths.append(path)
     return paths
+
+
+def _run_all(cleanups: Sequence[Callable[[], None]]) -> None:
+    """Run each of a finished job's cleanups; one that fails is logged, the rest still run."""
+    for cleanup in cleanups:
+        try:
+            cleanup()
+        except Exception:  # the answer is out: nothing to fail, but someone should know
+            log.exception("removing a finished job's files failed")
 
 
 def _log_wait(in_flight: int) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,28 @@ _SCRUBBED_PREFIXES = (
     "DOWNLOAD_",
     "MAX_CONCURRENT_JOBS",
 )
+
+
+def files_left(root: Path, expected: Collection[Path] = (), timeout_s: float = 60.0) -> list[Path]:
+    """The files under ``root`` (sorted) once they are ``expected`` (none by default), or
+    those there after ``timeout_s``.
+
+    A job's files go just after its answer has been sent (``handler.py``), so a test that
+    checks for leftovers right after a response waits for them to go: the check fails
+    only if they never do.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # os.walk, not rglob: a folder the worker removes meanwhile is skipped, not raised.
+        left = sorted(
+            Path(folder, name)
+            for folder, _, names in os.walk(root)
+            for name in names
+            if Path(folder, name).is_file()
+        )
+        if left == sorted(expected) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests import workflows
-from tests.e2e.conftest import WorkerServer
+from tests.e2e.conftest import WorkerServer, files_left
 from tests.local_http import serve_directory
 
 COMFY_KEY = "comfy-org-test-key-7f3a9c"
@@ -211,8 +211,7 @@ def test_no_files_of_a_job_are_left_behind(worker: WorkerServer) -> None:
             "images": [{"name": "x.png", "image": data_uri(png_bytes())}],
         }
     )
-    leftovers = [p for p in worker.work_dir.rglob("*") if p.is_file()]
-    assert leftovers == []
+    assert files_left(worker.work_dir) == []
 
 
 def test_secrets_never_reach_a_response_or_the_log(worker: WorkerServer) -> None:

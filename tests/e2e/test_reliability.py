@@ -31,7 +31,7 @@ from PIL import Image
 from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
-from tests.e2e.conftest import WorkerServer
+from tests.e2e.conftest import WorkerServer, files_left
 from tests.fake_runtime import FakeRuntime
 from tests.local_http import LoopbackServer
 
@@ -397,6 +397,6 @@ def test_fifty_concurrent_run_jobs_all_complete_each_with_its_own_image(
         assert [r["status"] for r in results] == ["COMPLETED"] * 50, results
         got = [first_pixel(r["output"]["images"][0]) for r in results]
         assert got == [(255 - r, 255 - g, 255 - b) for r, g, b in colors]
-        assert files_under(work) == []
+        assert files_left(work) == []
     finally:
         server.close()

@@ -1,0 +1,131 @@
+"""A job's files after its answer: with ``clean_up_after`` (what ``handler.py`` passes),
+they are removed once the caller says the answer has gone on, and the job keeps its
+place until then; without it, before ``handle`` returns.
+
+Every step is driven by events; the bounds on the waits only keep a broken worker from
+hanging the suite.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import engine.worker
+from engine.settings import Settings
+from engine.worker import Worker
+from tests import workflows
+from tests.fake_runtime import FakeRuntime
+
+_HANG_S = 10.0
+
+
+def make_worker(settings: Settings, jobs: int = 2) -> Worker:
+    worker = Worker(dataclasses.replace(settings, max_concurrent_jobs=jobs), FakeRuntime(settings))
+    worker.boot()
+    return worker
+
+
+def job(job_id: str, red: int = 10) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (red, 20, 30)).save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    return {
+        "id": job_id,
+        "input": {
+            "workflow": workflows.invert("x.png"),
+            "images": [{"name": "x.png", "image": image}],
+        },
+    }
+
+
+def files_of(worker: Worker) -> list[Path]:
+    return sorted(p for p in Path(worker.settings.work_dir).rglob("*") if p.is_file())
+
+
+def test_the_files_go_once_the_caller_has_sent_the_answer(settings: Settings) -> None:
+    worker = make_worker(settings)
+    sent = threading.Event()
+    body = worker.handle(job("a"), clean_up_after=sent)
+    assert body["errors"] == [] and len(body["images"]) == 1, body
+    left = {p.suffix for p in files_of(worker)}
+    assert left == {".png"} and len(files_of(worker)) == 2  # its input and its output
+    assert worker._pipeline.in_flight == 1  # its place is held until they go
+    sent.set()
+    assert worker._pipeline.wait_idle(_HANG_S)
+    assert files_of(worker) == []
+
+
+def test_a_failed_jobs_files_wait_for_the_answer_too(settings: Settings) -> None:
+    worker = make_worker(settings)
+    failing = job("a")
+    failing["input"]["workflow"] = workflows.raises("node failed")
+    failing["input"]["workflow"]["9"] = {
+        "class_type": "LoadImage",
+        "inputs": {"image": "x.png"},
+    }
+    sent = threading.Event()
+    body = worker.handle(failing, clean_up_after=sent)
+    assert "node failed" in body["error"], body
+    assert files_of(worker) != []
+    sent.set()
+    assert worker._pipeline.wait_idle(_HANG_S)
+    assert files_of(worker) == []
+
+
+def test_without_the_event_the_files_are_gone_when_handle_returns(settings: Settings) -> None:
+    worker = make_worker(settings)
+    body = worker.handle(job("a"))
+    assert body["errors"] == [], body
+    assert files_of(worker) == []
+    assert worker._pipeline.in_flight == 0
+
+
+def test_close_removes_the_files_the_callers_never_released(settings: Settings) -> None:
+    """The process is about to exit (handler.py's atexit): answered jobs' files go now,
+    not at the next boot's sweep."""
+    worker = make_worker(settings)
+    for red, job_id in enumerate(("a", "b")):
+        worker.handle(job(job_id, red), clean_up_after=threading.Event())
+    assert len(files_of(worker)) == 4
+    assert worker.close(_HANG_S)
+    assert files_of(worker) == []
+    # A job answered after close() does not wait for its caller.
+    worker.handle(job("c"), clean_up_after=threading.Event())
+    assert worker._pipeline.wait_idle(_HANG_S)
+    assert files_of(worker) == []
+
+
+def test_a_caller_that_never_sends_the_answer_on_still_loses_the_files(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine.worker, "_CLEANUP_HOLD_S", 0.0)
+    worker = make_worker(settings)
+    worker.handle(job("a"), clean_up_after=threading.Event())
+    assert worker._pipeline.wait_idle(_HANG_S)
+    assert files_of(worker) == []
+
+
+def test_a_cleanup_that_fails_is_logged_and_frees_the_place(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = make_worker(settings, jobs=1)
+
+    def broken(*args: Any) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(worker, "_remove_job_files", broken)
+    sent = threading.Event()
+    sent.set()
+    assert worker.handle(job("a"), clean_up_after=sent)["errors"] == []
+    assert worker._pipeline.wait_idle(_HANG_S)
+    assert "removing a finished job's files failed" in caplog.text
+    monkeypatch.undo()
+    assert worker.handle(job("b"))["errors"] == []  # the place is free: the next job runs
