@@ -41,6 +41,11 @@ child, to measure what it brings: ``lazy-nodes`` (every ComfyUI node file import
 boot, no index), ``gc-pause`` (garbage collection left on while it imports and boots),
 ``freeze-only`` (a full ``gc.collect()`` before the boot's ``gc.freeze()``);
 emulation only.
+
+``--ab LEVER`` measures one lever of the real entry point (``handler.py --rp_serve_api``,
+as ``--peer`` starts it) against itself with the lever off through its setting, the
+two taking turns: ``lazy-packs`` (``LAZY_PACKS=false``: every custom node pack
+imported at boot).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 LEVERS = ("lazy-nodes", "gc-pause", "freeze-only")
+AB_LEVERS: dict[str, dict[str, str]] = {"lazy-packs": {"LAZY_PACKS": "false"}}
+"""``--ab`` levers: the environment that switches each off in ``handler.py``."""
 
 # A child's report on stdout starts with this, so log lines cannot be mistaken for it.
 _REPORT_PREFIX = "BENCH-COLD-START "
@@ -290,12 +297,16 @@ def run_server(
 
 
 def run_ours_api(
-    checkout: Path, root: Path, job_input: dict[str, Any], packs_yaml: Path | None
+    checkout: Path,
+    root: Path,
+    job_input: dict[str, Any],
+    packs_yaml: Path | None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Peer mode, our side: ``handler.py --rp_serve_api`` from spawn to its first answer."""
     from _bench_common import JOB_KINDS, check_outputs, clean_env, our_side
 
-    api = our_side(sys.executable, checkout, root, clean_env(), packs_yaml)
+    api = our_side(sys.executable, checkout, root, {**clean_env(), **(env or {})}, packs_yaml)
     try:
         start = api.start()
         listening = api.wait_listening()
@@ -412,6 +423,51 @@ def peer_report(
     )
 
 
+def ab_report(
+    on: list[dict[str, float]],
+    off: list[dict[str, float]],
+    lever: str,
+    machine: list[str],
+    warmup: int,
+    packs: list[str],
+) -> str:
+    """The Markdown report of an ``--ab`` run: the lever on against off, pair by pair."""
+    from _bench_common import markdown_table, ratio_cell, report_footer
+
+    def cell(runs: list[dict[str, float]], key: str) -> str:
+        values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
+        if not values:
+            return "n/a"
+        return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
+
+    switch = " ".join(f"{k}={v}" for k, v in AB_LEVERS[lever].items())
+    rows = [
+        [label, cell(on, key), cell(off, key), ratio_cell([b[key] / a[key] for a, b in zip(on, off, strict=True)])]
+        for label, key in PEER_OUR_ROWS
+        if key != "job_total_s"
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            f"### Cold start: lever {lever} on against off ({switch})",
+            "",
+            markdown_table(
+                [
+                    "handler.py --rp_serve_api, from spawn",
+                    "lever on, s: min / **median** / max",
+                    "lever off, s",
+                    "off ÷ on, per pair: min / **median** / max",
+                ],
+                rows,
+            ),
+            "",
+            f"{len(on)} pairs, the sides taking turns (A B A B), after {warmup} untimed start(s) "
+            f"of each. Packs: {', '.join(packs) or 'none'}.",
+            "",
+            *report_footer(machine),
+        ]
+    )
+
+
 def report(
     worker_runs: list[dict[str, float]],
     server_runs: list[dict[str, float]],
@@ -514,6 +570,11 @@ def main(argv: list[str] | None = None) -> int:
         "handler.py and start.sh's ComfyUI against ours",
     )
     side.add_argument(
+        "--ab",
+        choices=sorted(AB_LEVERS),
+        help="our handler with one lever on against off (its setting), no peer",
+    )
+    side.add_argument(
         "--emulate",
         action="store_true",
         help="our emulation of worker-comfyui's server and handler, against the worker's "
@@ -535,8 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be at least 1, --warmup at least 0")
     if args.packs is not None and not args.packs.is_dir():
         parser.error(f"--packs {args.packs} is not a folder")
-    if args.peer is None and not args.emulate:
-        parser.error("pass --peer DIR (a worker-comfyui checkout) or --emulate")
+    if args.peer is None and not args.emulate and args.ab is None:
+        parser.error("pass --peer DIR (a worker-comfyui checkout), --ab LEVER or --emulate")
     if args.peer is not None and args.without:
         parser.error("--without applies to --emulate only (its worker child)")
 
@@ -567,8 +628,12 @@ def main(argv: list[str] | None = None) -> int:
             for side in ("worker", "server"):
                 job_input = kind.job_input(i, prefix="cold/bench")
                 folder = root / f"{side}-{i}"
-                print(f"{'start' if timed else 'warm-up start'} {i + 1}: {side}", file=sys.stderr)
-                if peer is not None and side == "worker":
+                label = ("lever on" if side == "worker" else "lever off") if args.ab else side
+                print(f"{'start' if timed else 'warm-up start'} {i + 1}: {label}", file=sys.stderr)
+                if args.ab is not None:
+                    off = AB_LEVERS[args.ab] if side == "server" else {}
+                    run = run_ours_api(checkout, folder, job_input, packs_yaml, off)
+                elif peer is not None and side == "worker":
                     run = run_ours_api(checkout, folder, job_input, packs_yaml)
                 elif peer is not None:
                     run = run_peer(checkout, peer, folder, job_input, cuda, packs_yaml)
@@ -582,7 +647,9 @@ def main(argv: list[str] | None = None) -> int:
         device = gpu if cuda else "CPU only, no GPU"
         machine = machine_lines(checkout, torch_version, device, load_before)
         packs = pack_names(args.packs, checkout)
-        if peer is not None:
+        if args.ab is not None:
+            print(ab_report(worker_runs, server_runs, args.ab, machine, args.warmup, packs))
+        elif peer is not None:
             print(peer_report(worker_runs, server_runs, machine, args.warmup, packs, peer))
         else:
             print(report(worker_runs, server_runs, machine, args.warmup, packs, args.without))
