@@ -61,7 +61,7 @@ LAZY_GROUPS = ("comfy_extras", "comfy_api_nodes")
 PACKS = "custom_nodes"
 """ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 """Bumped when the index file's layout changes: an older file is then rebuilt."""
 
 LoadCustomNode = Callable[..., Awaitable[bool]]
@@ -79,8 +79,9 @@ class PackRecorder(Protocol):
         """What the import between two snapshots changed."""
         ...
 
-    def replay(self, evidence: Evidence) -> None:
-        """Make a deferred pack's recorded folder and environment changes."""
+    def replay(self, evidence: Evidence) -> bool:
+        """Make a deferred pack's recorded folder and environment changes; False (nothing
+        changed) when they cannot be replayed exactly here: the pack loads at boot."""
         ...
 
 
@@ -180,7 +181,7 @@ class NodeIndex:
 def _evidence_to_json(evidence: Evidence) -> dict[str, Any]:
     return {
         "folders": {k: v.to_json() for k, v in evidence.folders.items()},
-        "environ": dict(evidence.environ),
+        "environ": {k: list(v) for k, v in evidence.environ.items()},
         "eager_because": list(evidence.eager_because),
     }
 
@@ -188,9 +189,16 @@ def _evidence_to_json(evidence: Evidence) -> dict[str, Any]:
 def _evidence_from_json(raw: dict[str, Any]) -> Evidence:
     return Evidence(
         folders={str(k): FolderChange.from_json(v) for k, v in raw.get("folders", {}).items()},
-        environ={str(k): None if v is None else str(v) for k, v in raw.get("environ", {}).items()},
+        environ={
+            str(k): (_text_or_none(old), _text_or_none(new))
+            for k, (old, new) in raw.get("environ", {}).items()
+        },
         eager_because=tuple(str(r) for r in raw.get("eager_because", [])),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def index_key(comfy_version: str, custom_node_dirs: Iterable[str]) -> str:
@@ -459,7 +467,13 @@ class LazyNodes:
         if claim is not None and claim(path) is not None:
             return False  # skipped on purpose (pack_imports says why when it is called)
         assert self._packs is not None
-        self._packs.replay(entry.evidence)
+        if not self._packs.replay(entry.evidence):
+            log.info(
+                "custom node pack %s loads at boot: the environment differs from the one its "
+                "import changed when the node index was made",
+                Path(path).name,
+            )
+            return False
         self._ignore[path] = frozenset(ignore or ())
         return True
 

@@ -8,9 +8,10 @@ pack's import, and :func:`compare` says what changed:
 
 - **replayable**: the node mappings (the index holds the names); the folder lists of
   ``folder_paths.folder_names_and_paths`` (:class:`FolderChange`) and environment
-  variables (their values; not one whose name looks like a credential's, which would
-  be written to disk), both replayed at the pack's place in the boot so that later
-  steps see what an eager boot makes; ComfyUI's two per-pack records
+  variables (their values before and after; not one whose name looks like a
+  credential's, which would be written to disk), both replayed at the pack's place in
+  the boot so that later steps see what an eager boot makes (:func:`environ_replay`
+  says when a variable set otherwise today cannot be, and the pack then loads at boot); ComfyUI's two per-pack records
   (``nodes.LOADED_MODULE_DIRS``, ``nodes.EXTENSION_WEB_DIRS``), filled when the pack
   loads and read only by ComfyUI's HTTP server, which the worker does not run;
 - **anything else** keeps the pack eager, with the reason logged: an attribute of an
@@ -113,8 +114,8 @@ class Evidence:
     """What one pack's import changed: replayable folder changes and the reasons to stay eager."""
 
     folders: dict[str, FolderChange] = field(default_factory=dict)
-    environ: dict[str, str | None] = field(default_factory=dict)
-    """Environment variables the import set (None: removed), replayed at boot."""
+    environ: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    """Environment variables the import changed: (before, after), None where unset."""
     eager_because: tuple[str, ...] = ()
     """Empty when every change can be replayed: the pack may load lazily."""
 
@@ -264,7 +265,7 @@ def compare(before: Snapshot, after: Snapshot, models_dir: str) -> Evidence:
             continue
         if key in after.containers and after.containers[key] != fingerprint:
             reasons.append(f"changed the contents of {key}")
-    environ: dict[str, str | None] = {}
+    environ: dict[str, tuple[str | None, str | None]] = {}
     for key in sorted(before.environ.keys() | after.environ.keys()):
         if before.environ.get(key) == after.environ.get(key):
             continue
@@ -272,7 +273,7 @@ def compare(before: Snapshot, after: Snapshot, models_dir: str) -> Evidence:
             # Its value would be written into the index file: not recorded, not replayed.
             reasons.append(f"set environment variable {key} (may hold a secret)")
         else:
-            environ[key] = after.environ.get(key)
+            environ[key] = (before.environ.get(key), after.environ.get(key))
     if before.sys_path != after.sys_path:
         reasons.append("changed sys.path")
     if not _finders_only_appended(before.meta_path, after.meta_path):
@@ -359,13 +360,36 @@ def _relative(path: str, models_dir: str) -> str:
     return _MODELS + normal[len(base) :] if normal.startswith(base) else normal
 
 
-def replay(folder_paths: Any, evidence: Evidence) -> None:
+def environ_replay(evidence: Evidence) -> dict[str, str | None] | None:
+    """The environment a deferred pack's import would make now; None if it cannot say.
+
+    A variable is replayed exactly when it holds what it held at index time; a path
+    list the import extended around its old value (OpenCV prepends its folders to
+    ``LD_LIBRARY_PATH``) is extended the same way around today's. Anything else (the
+    container sets the variable otherwise than the build did) cannot be told from the
+    record: the pack is then imported at boot, where its own code decides.
+    """
+    plan: dict[str, str | None] = {}
+    for key, (old, new) in evidence.environ.items():
+        current = os.environ.get(key)
+        if current == old:
+            plan[key] = new
+        elif old and new and current is not None and new.count(old) == 1:
+            head, _, tail = new.partition(old)
+            plan[key] = head + current + tail
+        else:
+            return None
+    return plan
+
+
+def replay(folder_paths: Any, evidence: Evidence, environ: dict[str, str | None]) -> None:
     """Make a deferred pack's recorded changes, as its import made them at index time.
 
     Called at the pack's place in ComfyUI's load order, so the folders and the
     environment are at every later step what an eager boot would have made them.
+    ``environ``: :func:`environ_replay`'s plan.
     """
-    for key, value in evidence.environ.items():
+    for key, value in environ.items():
         if value is None:
             os.environ.pop(key, None)
         else:
@@ -401,6 +425,11 @@ class Recorder:
         """What the import between the two snapshots changed."""
         return compare(before, after, str(self._folder_paths.models_dir))
 
-    def replay(self, evidence: Evidence) -> None:
-        """Make a deferred pack's recorded changes (:func:`replay`)."""
-        replay(self._folder_paths, evidence)
+    def replay(self, evidence: Evidence) -> bool:
+        """Make a deferred pack's recorded changes (:func:`replay`); False, changing
+        nothing, when today's environment does not let them be replayed exactly."""
+        environ = environ_replay(evidence)
+        if environ is None:
+            return False
+        replay(self._folder_paths, evidence, environ)
+        return True

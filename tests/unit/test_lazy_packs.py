@@ -162,6 +162,24 @@ def test_without_a_recorder_every_pack_loads_at_boot_and_the_index_stays(world: 
     assert [Path(p).name for p in lazy.deferred_packs()] == ["clean.py"]
 
 
+def test_a_pack_whose_variable_is_set_otherwise_today_loads_at_boot(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaying the index's value would overwrite the container's: its own code decides."""
+    world.boot()
+    reset = world.reset
+
+    def reset_with_variable() -> None:
+        reset()
+        os.environ["LAZYTEST_ENV"] = "set by the container"
+
+    monkeypatch.setattr(world, "reset", reset_with_variable)
+    comfy, lazy = world.boot()
+    assert comfy.imported == ["clean.py", "patcher.py"]
+    assert lazy.deferred_packs() == []
+    assert os.environ["LAZYTEST_ENV"] == "on"  # what the pack's import did
+
+
 def test_an_updated_pack_is_imported_and_recorded_again(world: World) -> None:
     world.boot()
     world.packs[0].write_text(world.packs[0].read_text() + PATCHER)

@@ -182,12 +182,39 @@ def test_environment_variables_are_recorded_and_replayed(
     folder_paths = _folder_paths(tmp_path / "models")
     evidence = _evidence(checkout, folder_paths, pack)
     assert evidence.eager_because == ()
-    assert evidence.environ == {"EV_GONE": None, "EV_SET": "1"}
+    assert evidence.environ == {"EV_GONE": ("x", None), "EV_SET": (None, "1")}
     monkeypatch.setenv("EV_GONE", "x")
     monkeypatch.delenv("EV_SET")
-    pack_evidence.replay(folder_paths, evidence)
+    plan = pack_evidence.environ_replay(evidence)
+    assert plan == {"EV_GONE": None, "EV_SET": "1"}
+    pack_evidence.replay(folder_paths, evidence, plan)
     assert os.environ.get("EV_SET") == "1"
     assert "EV_GONE" not in os.environ
+
+
+def test_a_path_list_extended_around_its_value_is_extended_around_todays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenCV prepends its folders to LD_LIBRARY_PATH; a container may hold other folders."""
+    evidence = Evidence(environ={"EV_LIBS": ("/build/lib", "/cv2/libs:/build/lib")})
+    monkeypatch.setenv("EV_LIBS", "/usr/local/nvidia/lib64")
+    assert pack_evidence.environ_replay(evidence) == {
+        "EV_LIBS": "/cv2/libs:/usr/local/nvidia/lib64"
+    }
+
+
+@pytest.mark.parametrize("today", [None, "other"])
+def test_a_variable_set_otherwise_today_cannot_be_replayed(
+    monkeypatch: pytest.MonkeyPatch, today: str | None
+) -> None:
+    """ultralytics sets OMP_NUM_THREADS=1 only where it is unset: the record cannot tell."""
+    evidence = Evidence(environ={"EV_THREADS": ("4", "1"), "EV_NEW": (None, "on")})
+    monkeypatch.setenv("EV_THREADS", "4")
+    if today is None:
+        monkeypatch.setenv("EV_NEW", "already")
+    else:
+        monkeypatch.setenv("EV_THREADS", today)
+    assert pack_evidence.environ_replay(evidence) is None
 
 
 def test_a_variable_that_may_hold_a_secret_is_not_recorded(
@@ -228,7 +255,7 @@ def test_folder_changes_replay_against_another_models_folder(
     here = _folder_paths(tmp_path / "run" / "models")
     here.folder_names_and_paths["facerestore_models"] = (["/other/facerestore"], {".pth"})
     here.filename_list_cache["pulid"] = (["stale"], {}, 0.0)
-    pack_evidence.replay(here, evidence)
+    pack_evidence.replay(here, evidence, {})
     assert here.folder_names_and_paths["facerestore_models"] == (
         [str(tmp_path / "run/models/facerestore_models")],
         {".pt"},
