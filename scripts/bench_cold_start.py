@@ -51,9 +51,11 @@ imported at boot).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -320,11 +322,36 @@ def run_ours_api(
         api.stop()
     stats = output.get("stats") or {}
     return {
+        **boot_phases(api.log_path.read_text(encoding="utf-8", errors="replace"), start),
         "listening": listening - start,
         "first_job": done - listening,
         "job_total_s": float(stats.get("total_s", math.nan)),
         "done": done - start,
     }
+
+
+_READY = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*worker ready in ([\d.]+) s", re.M)
+_BOOTED = re.compile(
+    r"ComfyUI booted in [\d.]+ s \(torch import ([\d.]+) s, ComfyUI import ([\d.]+) s, "
+    r"node init ([\d.]+) s\)"
+)
+
+
+def boot_phases(log: str, spawned_at: float) -> dict[str, float]:
+    """Our handler's boot, from its log lines: when it was ready, what the boot spent."""
+    phases: dict[str, float] = {}
+    ready = _READY.search(log)
+    if ready:
+        stamp = datetime.datetime.strptime(ready.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        phases["ready"] = stamp - spawned_at
+        phases["pre_boot"] = phases["ready"] - float(ready.group(2))
+    booted = _BOOTED.search(log)
+    if booted:
+        for key, value in zip(
+            ("torch_import", "comfy_import", "node_init"), booted.groups(), strict=True
+        ):
+            phases[key] = float(value)
+    return phases
 
 
 def run_peer(
@@ -362,7 +389,12 @@ def run_peer(
 
 
 PEER_OUR_ROWS = (
-    ("API server listening (booted: torch, ComfyUI, nodes)", "listening"),
+    ("before the boot: interpreter, runpod SDK + engine imported", "pre_boot"),
+    ("torch import (log: 'ComfyUI booted in')", "torch_import"),
+    ("ComfyUI import", "comfy_import"),
+    ("node init (the packs loaded at boot among it)", "node_init"),
+    ("booted (log: 'worker ready')", "ready"),
+    ("API server listening (the SDK started after the boot)", "listening"),
     ("first 64x64 job, POST /runsync round trip", "first_job"),
     ("of which the worker's own stats.total_s", "job_total_s"),
     ("**first job done**", "done"),

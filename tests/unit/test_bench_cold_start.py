@@ -1,0 +1,43 @@
+"""scripts/bench_cold_start.py's reading of our handler's boot log (its profile rows)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_cold_start.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_cold_start_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_boot_phases_come_from_the_log_lines_the_worker_writes(bench: ModuleType) -> None:
+    """The two lines engine/runtime/comfy.py and engine/worker.py log at the end of boot."""
+    log = (
+        "2026-12-07 13:46:00,934 INFO [-] engine.runtime.comfy_boot: model paths from x\n"
+        "2026-12-07 13:46:07,958 INFO [-] engine.runtime.comfy: ComfyUI booted in 7.04 s "
+        "(torch import 1.61 s, ComfyUI import 3.63 s, node init 1.77 s)\n"
+        "2026-12-07 13:46:07,960 INFO [-] engine.worker: worker ready in 7.04 s (outputs: base64)\n"
+    )
+    ready = datetime.datetime(2026, 12, 7, 13, 46, 7, 960000).timestamp()
+    phases = bench.boot_phases(log, ready - 8.0)
+    assert phases["ready"] == pytest.approx(8.0)
+    assert phases["pre_boot"] == pytest.approx(0.96)
+    assert (phases["torch_import"], phases["comfy_import"], phases["node_init"]) == (
+        1.61,
+        3.63,
+        1.77,
+    )
+    assert bench.boot_phases("no such lines", 0.0) == {}
