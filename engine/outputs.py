@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Literal
 
 from PIL import Image
 
-from engine import video
+from engine import real_paths, video
 from engine.errors import ItemError
 from engine.request import FramesToVideo
 from engine.runtime import Directories, UiOutputs
@@ -209,8 +209,9 @@ def _locate(entry: Mapping[str, Any], folder_type: str, dirs: Directories) -> Pa
     # realpath also follows symlinks, so a link out of the folder is refused too; an
     # absolute subfolder or name replaces the base in join, and is refused the same way.
     # Strings, not Path.resolve and is_relative_to: the same answer at a tenth of the cost.
-    base = os.path.realpath(folder)
-    path = os.path.realpath(os.path.join(base, subfolder, filename))  # noqa: PTH118  # see above
+    # ComfyUI's folders do not move: resolved once; below them, one lstat per part.
+    base = real_paths.fixed(str(folder))
+    path = real_paths.resolve(os.path.join(base, subfolder, filename), (base,))  # noqa: PTH118
     if not path.startswith(base.rstrip(os.sep) + os.sep):
         raise ItemError(
             filename,

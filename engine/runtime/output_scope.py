@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import real_paths
+
 log = logging.getLogger(__name__)
 
 _WRAPPED = "_output_scope"
@@ -51,13 +53,19 @@ class _Scope:
     """The job's folder name under each root."""
     roots: tuple[str, ...]
     """ComfyUI's output and temp folders, resolved."""
+    folders: tuple[str, ...]
+    """ComfyUI's input, output and temp folders as ComfyUI names them (``real_paths``)."""
 
     def own(self, root: str) -> str:
         return str(Path(root) / self.folder)
 
+    def real(self, path: str) -> str:
+        """``os.path.realpath(path)``, looking up only the parts below ComfyUI's folders."""
+        return real_paths.resolve(path, self.folders)
+
     def foreign(self, path: str) -> bool:
         """Whether ``path`` lies in the output or temp folder but outside this job's."""
-        resolved = os.path.realpath(path)
+        resolved = self.real(path)
         for root in self.roots:
             if _within(resolved, root):
                 return not _within(resolved, self.own(root))
@@ -93,8 +101,8 @@ def scoped(
     global _scope
     scope = None
     if folder is not None:
-        roots = tuple(os.path.realpath(d) for d in (output_dir, temp_dir))
-        scope = _Scope(folder, roots)
+        folders = (output_dir, temp_dir, *_input_folder())
+        scope = _Scope(folder, (real_paths.fixed(output_dir), real_paths.fixed(temp_dir)), folders)
     if this_thread:
         _thread.scope = scope  # None too: a warm-up's checks never see a running job's scope
         try:
@@ -112,12 +120,22 @@ def scoped(
         _scope = None
 
 
+_input_directory: Callable[[], str] | None = None
+"""ComfyUI's ``folder_paths.get_input_directory``, once :func:`install` has run."""
+
+
+def _input_folder() -> tuple[str, ...]:
+    return (_input_directory(),) if _input_directory is not None else ()
+
+
 def install(folder_paths: Any) -> bool:
     """Wrap ``folder_paths``' three functions (:data:`WRAPS`); whether it did (False when
     already wrapped). The registry's check (``engine.runtime.patches``) comes first."""
+    global _input_directory
     save_path, annotated, exists = (getattr(folder_paths, name) for name in WRAPS)
     if any(getattr(f, _WRAPPED, False) for f in (save_path, annotated, exists)):
         return False
+    _input_directory = getattr(folder_paths, "get_input_directory", None)
     folder_paths.get_save_image_path = _mark(_save_path(save_path), save_path)
     folder_paths.get_annotated_filepath = _mark(_annotated(annotated), annotated)
     folder_paths.exists_annotated_filepath = _mark(_exists(exists, annotated), exists)
@@ -135,7 +153,7 @@ def _save_path(original: Callable[..., Any]) -> Callable[..., Any]:
         scope = _current()
         if scope is None or not isinstance(filename_prefix, str):
             return original(filename_prefix, output_dir, *args, **kw)
-        directory = os.path.realpath(str(output_dir))
+        directory = scope.real(str(output_dir))
         prefix = filename_prefix
         if directory in scope.roots:
             normal = os.path.normpath(prefix.lstrip("/") or "ComfyUI")
