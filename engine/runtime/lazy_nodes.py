@@ -362,7 +362,7 @@ class LazyNodes:
         self._last_state: Any = None
         """The snapshot after the pack just imported with evidence: the next one's
         "before", as ComfyUI does nothing between two packs but time them (a snapshot
-        walks ~1600 modules, 0.2 s)."""
+        walks ~1600 modules, ~0.12 s)."""
 
     # -- boot -------------------------------------------------------------------------
 

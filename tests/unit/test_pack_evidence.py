@@ -91,6 +91,34 @@ def test_patching_a_class_or_adding_to_a_list_keeps_the_pack_eager(
     }
 
 
+def test_a_snapshot_never_walks_a_mapping_through_its_own_methods(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """The worker's lazy node mapping imports every deferred file on a walk."""
+
+    class Walked(dict[str, int]):
+        def __iter__(self) -> Any:
+            raise AssertionError("walked")
+
+        def keys(self) -> Any:
+            raise AssertionError("walked")
+
+        def values(self) -> Any:
+            raise AssertionError("walked")
+
+        def items(self) -> Any:
+            raise AssertionError("walked")
+
+    module: Any = sys.modules["evmod"]
+    module.MAPPING = Walked(a=1)
+
+    def pack() -> None:
+        dict.__setitem__(module.MAPPING, "b", 2)
+
+    evidence = _evidence(checkout, _folder_paths(tmp_path / "models"), pack)
+    assert evidence.eager_because == ("changed the contents of evmod.MAPPING",)
+
+
 def test_importing_a_submodule_of_comfyui_is_not_a_change(checkout: Path, tmp_path: Path) -> None:
     evidence = _evidence(
         checkout, _folder_paths(tmp_path / "models"), lambda: importlib.import_module("evpkg.sub")
