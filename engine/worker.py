@@ -144,10 +144,8 @@ class Worker:
         self._inputs = SharedInputs(self._spares)
         # The deadline of every job in handle(), waiting or running: what cancel() flips.
         self._deadlines = JobDeadlines()
-        # Answered jobs whose files wait for handle()'s clean_up_after; close() sets them.
-        self._holds: set[threading.Event] = set()
-        self._holds_lock = threading.Lock()
-        self._closing = False
+        # Answered jobs whose files are still to go (handle()'s clean_up_after).
+        self._tails = _Tails()
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -229,25 +227,8 @@ class Worker:
     def close(self, timeout_s: float = _CLEANUP_HOLD_S) -> bool:
         """Before the process exits: remove the files of the jobs already answered now,
         rather than leave them to the next boot's sweep (``handler.py`` calls it at exit).
-        Waits up to ``timeout_s`` for the jobs in flight; whether none is left."""
-        with self._holds_lock:
-            self._closing = True
-            for hold in self._holds:
-                hold.set()
-        return self._pipeline.wait_idle(timeout_s)
-
-    def _hold(self, clean_up_after: threading.Event) -> None:
-        """Wait until the caller of :meth:`handle` has sent the answer on (or
-        :meth:`close`, or ``_CLEANUP_HOLD_S`` at most)."""
-        with self._holds_lock:
-            if self._closing:
-                return
-            self._holds.add(clean_up_after)
-        try:
-            clean_up_after.wait(_CLEANUP_HOLD_S)
-        finally:
-            with self._holds_lock:
-                self._holds.discard(clean_up_after)
+        Jobs still running are not waited for. Whether all went within ``timeout_s``."""
+        return self._tails.close(timeout_s)
 
     def _refresh(self, response: dict[str, Any]) -> dict[str, Any]:
         """``REFRESH_WORKER=true`` (worker-comfyui's variable): every answer asks RunPod to
@@ -313,10 +294,14 @@ class Worker:
                     except BaseException as exc:  # the watchdog below hands it on
                         answer = functools.partial(outcome.set_exception, exc)
                     if clean_up_after is not None and cleanups is not None:
-                        answer()
-                        answer = None
-                        self._hold(clean_up_after)
-                        _run_all(cleanups)
+                        self._tails.begin()  # before the answer: close() waits for it
+                        try:
+                            answer()
+                            answer = None
+                            self._tails.hold(clean_up_after)
+                            _run_all(cleanups)
+                        finally:
+                            self._tails.end()
             finally:
                 try:
                     self._pipeline.finish(ticket, self.runtime.after_job)
@@ -652,6 +637,50 @@ def _temp_files(outputs: UiOutputs, dirs: Directories) -> list[Path]:
                     if path.resolve().is_relative_to(dirs.temp.resolve()):
                         paths.append(path)
     return paths
+
+
+class _Tails:
+    """The jobs answered whose files are still to go (``Worker.handle``'s
+    ``clean_up_after``): each waits for its caller's event, or for :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._holds: set[threading.Event] = set()
+        self._pending = 0
+        self._closing = False
+
+    def begin(self) -> None:
+        """A job's answer is about to go out; its files go after it."""
+        with self._changed:
+            self._pending += 1
+
+    def hold(self, clean_up_after: threading.Event) -> None:
+        """Wait until the caller has sent the answer on (or :meth:`close`, or
+        ``_CLEANUP_HOLD_S`` at most)."""
+        with self._changed:
+            if self._closing:
+                return
+            self._holds.add(clean_up_after)
+        try:
+            clean_up_after.wait(_CLEANUP_HOLD_S)
+        finally:
+            with self._changed:
+                self._holds.discard(clean_up_after)
+
+    def end(self) -> None:
+        """The job's files are gone."""
+        with self._changed:
+            self._pending -= 1
+            self._changed.notify_all()
+
+    def close(self, timeout_s: float) -> bool:
+        """Release every hold now and from now on; wait up to ``timeout_s`` until the
+        files of every answered job are gone (whether they are)."""
+        with self._changed:
+            self._closing = True
+            for hold in self._holds:
+                hold.set()
+            return self._changed.wait_for(lambda: self._pending == 0, timeout_s)
 
 
 def _run_all(cleanups: Sequence[Callable[[], None]]) -> None:

@@ -129,3 +129,30 @@ def test_a_cleanup_that_fails_is_logged_and_frees_the_place(
     assert "removing a finished job's files failed" in caplog.text
     monkeypatch.undo()
     assert worker.handle(job("b"))["errors"] == []  # the place is free: the next job runs
+
+
+def test_close_does_not_wait_for_a_job_still_running(settings: Settings) -> None:
+    """At exit only the answered jobs' files are waited for: a run still going is not."""
+    worker = make_worker(settings)
+    runtime = worker.runtime
+    assert isinstance(runtime, FakeRuntime)
+    answers: list[dict[str, Any]] = []
+    running = threading.Thread(
+        target=lambda: answers.append(
+            worker.handle(
+                {"id": "r", "input": {"workflow": workflows.hangs()}},
+                clean_up_after=threading.Event(),
+            )
+        ),
+        daemon=True,
+    )
+    running.start()
+    try:
+        assert runtime.hanging.wait(_HANG_S)
+        assert worker.close(timeout_s=0.0)  # nothing answered is left: no wait
+    finally:
+        runtime.release.set()
+    running.join(_HANG_S)
+    assert not running.is_alive() and len(answers) == 1
+    assert worker._pipeline.wait_idle(_HANG_S)
+    assert files_of(worker) == []  # answered after close(): its files went at once
