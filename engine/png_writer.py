@@ -26,6 +26,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,9 @@ _KEYWORDS = frozenset({"pnginfo", "compress_level"})
 # The chunks PngInfo.add_text makes, which Pillow writes in order before the image data.
 _TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 _UP = b"\x02"  # PNG filter type 2: each byte minus the byte above it
-# Image data goes in IDAT chunks of at most this many bytes (a PNG chunk holds < 2 GiB).
-_IDAT_MAX = 1 << 30
+# Rows are filtered and deflated this many bytes at a time (one IDAT chunk each): memory
+# stays bounded whatever the image's size; a 1024x1024 RGB image is one band.
+_BAND_BYTES = 4 << 20
 
 
 def writable(image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -70,9 +72,16 @@ def writable(image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 
 
 def save(image: Image.Image, path: str | os.PathLike[str], **kwargs: Any) -> None:
-    """Write ``image`` to ``path`` as a PNG (call only what :func:`writable` accepted)."""
-    data = encode(image, pnginfo=kwargs.get("pnginfo"), compress_level=kwargs.get("compress_level"))
-    Path(path).write_bytes(data)
+    """Write ``image`` to ``path`` as a PNG (call only what :func:`writable` accepted).
+
+    Written a band of rows at a time: beside the image itself it holds about
+    ``_BAND_BYTES`` of filtered rows and one band's compressed bytes, never the whole
+    file (a 16384x16384 output, ``OUTPUT_MAX_PIXELS``'s default, is 768 MB of pixels)."""
+    head = _head(image, kwargs.get("pnginfo"))
+    with Path(path).open("wb") as file:
+        file.write(head)
+        for chunk in _image_data(image, kwargs.get("compress_level")):
+            file.write(chunk)
 
 
 def encode(image: Image.Image, pnginfo: Any = None, compress_level: int | None = None) -> bytes:
@@ -82,6 +91,11 @@ def encode(image: Image.Image, pnginfo: Any = None, compress_level: int | None =
     ``None``, Pillow's default 6) deflates at ISA-L's level 1, the smallest files of its
     fast levels on the images measured.
     """
+    return _head(image, pnginfo) + b"".join(_image_data(image, compress_level))
+
+
+def _head(image: Image.Image, pnginfo: Any) -> bytes:
+    """The signature, IHDR and the text chunks, after checking the image can be written."""
     width, height = image.size
     if width < 1 or height < 1:
         raise ValueError(f"cannot write an empty image ({width}x{height}) as PNG")
@@ -89,20 +103,22 @@ def encode(image: Image.Image, pnginfo: Any = None, compress_level: int | None =
     texts = _text_chunks(pnginfo)
     if texts is None:
         raise ValueError("pnginfo holds chunks other than text: Pillow's to write")
-    parts = [
-        _SIGNATURE,
-        _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)),
-    ]
-    parts += [_chunk(cid, data) for cid, data in texts]
-    filtered = _up_filtered(image)
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"".join([_SIGNATURE, _chunk(b"IHDR", header)] + [_chunk(c, d) for c, d in texts])
+
+
+def _image_data(image: Image.Image, compress_level: int | None) -> Iterator[bytes]:
+    """IDAT chunks, one per band's compressed bytes, and IEND."""
     if compress_level == 0:
-        compressed = zlib.compress(filtered, 0)
+        compressor = zlib.compressobj(0)
     else:
-        compressed = _deflate.compress(filtered, 1)
-    for start in range(0, len(compressed), _IDAT_MAX):
-        parts.append(_chunk(b"IDAT", compressed[start : start + _IDAT_MAX]))
-    parts.append(_chunk(b"IEND", b""))
-    return b"".join(parts)
+        compressor = _deflate.compressobj(1)
+    for rows in _up_filtered(image):
+        data = compressor.compress(rows)
+        if data:
+            yield _chunk(b"IDAT", data)
+    yield _chunk(b"IDAT", compressor.flush())
+    yield _chunk(b"IEND", b"")
 
 
 def _text_chunks(pnginfo: Any) -> list[tuple[bytes, bytes]] | None:
@@ -122,19 +138,26 @@ def _text_chunks(pnginfo: Any) -> list[tuple[bytes, bytes]] | None:
     return texts
 
 
-def _up_filtered(image: Image.Image) -> bytes:
-    """The image's rows as PNG stores them with the Up filter: a filter byte, then each byte
-    minus the one above it (mod 256); the first row is kept as it is (the row above is 0)."""
+def _up_filtered(image: Image.Image) -> Iterator[bytes]:
+    """The image's rows as PNG stores them with the Up filter, a band of rows at a time: a
+    filter byte, then each byte minus the one above it (mod 256); above the first row is 0."""
     width, height = image.size
-    above = Image.new(image.mode, (width, height))
-    if height > 1:
-        above.paste(image.crop((0, 0, width, height - 1)), (0, 1))
-    raw = ImageChops.subtract_modulo(image, above).tobytes()
-    stride = len(raw) // height
-    view = memoryview(raw)
-    return b"".join(
-        piece for y in range(height) for piece in (_UP, view[y * stride : (y + 1) * stride])
-    )
+    stride = width * len(image.getbands())  # bytes per row as tobytes packs them
+    rows = max(1, _BAND_BYTES // (stride + 1))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        whole = top == 0 and bottom == height
+        band = image if whole else image.crop((0, top, width, bottom))
+        above = Image.new(image.mode, band.size)
+        first = max(top - 1, 0)  # the rows above the band's rows: top-1 .. bottom-2
+        if bottom - 1 > first:
+            above.paste(image.crop((0, first, width, bottom - 1)), (0, first - (top - 1)))
+        view = memoryview(ImageChops.subtract_modulo(band, above).tobytes())
+        yield b"".join(
+            piece
+            for y in range(bottom - top)
+            for piece in (_UP, view[y * stride : (y + 1) * stride])
+        )
 
 
 def _chunk(cid: bytes, data: bytes) -> bytes:

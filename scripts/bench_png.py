@@ -55,7 +55,7 @@ def _images(files: list[Path]) -> list[tuple[str, Image.Image]]:
         with Image.open(io.BytesIO(kind.input_png(seed=1))) as source:
             images.append(
                 (
-                    f"bench job {kind.input_size}x{kind.input_size}",
+                    "a benchmark job's output",
                     ImageOps.invert(source.convert("RGB")),
                 )
             )

@@ -55,9 +55,18 @@ def _pillow(image: Image.Image, **kwargs: object) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(params=["one band", "bands of a row or two"])
+def bands(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images written whole, and a few rows at a time (as a 16384x16384 one is)."""
+    if request.param != "one band":
+        monkeypatch.setattr(png_writer, "_BAND_BYTES", 100)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("size", SIZES)
-def test_pillow_reads_the_same_pixels_and_metadata(mode: str, size: tuple[int, int]) -> None:
+def test_pillow_reads_the_same_pixels_and_metadata(
+    mode: str, size: tuple[int, int], bands: None
+) -> None:
     image = _image(mode, size, seed=size[0] * 31 + size[1])
     ours = png_writer.encode(image, pnginfo=_info(), compress_level=4)
     theirs = _pillow(image, pnginfo=_info(), compress_level=4)
@@ -70,7 +79,7 @@ def test_pillow_reads_the_same_pixels_and_metadata(mode: str, size: tuple[int, i
     assert _chunk_names(ours) == _chunk_names(theirs)
 
 
-def test_compress_level_0_stores_the_rows_as_pillow_does() -> None:
+def test_compress_level_0_stores_the_rows_as_pillow_does(bands: None) -> None:
     image = _image("RGB", (64, 48), seed=1)
     stored = png_writer.encode(image, compress_level=0)
     raw_rows = 48 * (1 + 64 * 3)
@@ -93,7 +102,7 @@ def test_smooth_images_compress_about_as_well_as_pillows() -> None:
     assert ours < theirs * 1.5, (ours, theirs)
 
 
-def test_save_writes_the_file(tmp_path: Path) -> None:
+def test_save_writes_the_file(tmp_path: Path, bands: None) -> None:
     image = _image("RGB", (17, 9))
     target = tmp_path / "out.png"
     png_writer.save(image, target, pnginfo=_info(), compress_level=4)
