@@ -109,10 +109,7 @@ def _head(image: Image.Image, pnginfo: Any) -> bytes:
 
 def _image_data(image: Image.Image, compress_level: int | None) -> Iterator[bytes]:
     """IDAT chunks, one per band's compressed bytes, and IEND."""
-    if compress_level == 0:
-        compressor = zlib.compressobj(0)
-    else:
-        compressor = _deflate.compressobj(1)
+    compressor = zlib.compressobj(0) if compress_level == 0 else _deflate.compressobj(1)
     for rows in _up_filtered(image):
         data = compressor.compress(rows)
         if data:
