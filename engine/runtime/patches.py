@@ -338,9 +338,11 @@ REGISTRY: tuple[Patch, ...] = (
         phase="before_node_init",
         replaces="nodes.NODE_CLASS_MAPPINGS and nodes.NODE_DISPLAY_NAME_MAPPINGS (lazy "
         "dicts), and nodes.load_custom_node while nodes.init_extra_nodes runs",
-        why="ComfyUI imports all of its ~96 own node files at every start; a boot with "
-        "the node index imports one when a job first names one of its types",
-        without="every node file is imported at boot, as ComfyUI does (a slower cold start)",
+        why="ComfyUI imports all of its ~96 own node files and every custom node pack at "
+        "every start; a boot with the node index imports one (a pack: one whose import "
+        "patched nothing, LAZY_PACKS) when a job first names one of its types",
+        without="every node file and pack is imported at boot, as ComfyUI does (a slower "
+        "cold start)",
         expects="nodes.NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS as dicts, "
         "nodes.init_extra_nodes, async def nodes.load_custom_node(module_path, ignore, "
         "module_parent)",
