@@ -2,7 +2,8 @@
 
 Fresh processes boot ComfyUI with two packs written here beside the checkout's own:
 one whose import registers a model folder and sets an environment variable (what
-can be replayed), one that adds a sampler to ComfyUI's list (a patch). The first boot
+can be replayed), one that adds a sampler to ComfyUI's list (a patch), one that fails to import when a
+switch is set (on the second boot only). The first boot
 makes the node index and records what each import changed; the next defers the first
 pack, replays its changes at boot, and imports it when a job names its node type;
 the second pack loads at boot. Where PuLID_ComfyUI is installed, a job naming its
@@ -73,6 +74,29 @@ class WorkerTestPatchedNode:
 NODE_CLASS_MAPPINGS = {"WorkerTestPatchedNode": WorkerTestPatchedNode}
 """
 
+FLAKY_PACK = """
+import os
+
+if os.environ.get("WORKER_TEST_BREAK_PACK"):
+    raise ImportError("worker test: this pack breaks on first use")
+
+
+class WorkerTestFlakyNode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "worker_test"
+
+    def run(self, image):
+        return (image,)
+
+
+NODE_CLASS_MAPPINGS = {"WorkerTestFlakyNode": WorkerTestFlakyNode}
+"""
+
 # Boots the runtime, reports what boot deferred and replayed, runs each workflow of
 # WORKFLOWS (its outputs, or its error's details), as JSON on the last line.
 _CHILD = """
@@ -110,6 +134,7 @@ def _boot(root: Path, name: str, workflows: list[Any], **env: str) -> dict[str, 
     for pack, source in (
         ("worker_test_lazy_pack", LAZY_PACK),
         ("worker_test_patch_pack", PATCH_PACK),
+        ("worker_test_flaky_pack", FLAKY_PACK),
     ):
         (packs / pack).mkdir(parents=True, exist_ok=True)
         if not (packs / pack / "__init__.py").is_file():
@@ -120,7 +145,8 @@ def _boot(root: Path, name: str, workflows: list[Any], **env: str) -> dict[str, 
     child_env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"WARMUP_WORKFLOW", "COMFY_ORG_API_KEY", "WORKER_TEST_LAZY_PACK"}
+        if k not in {"WARMUP_WORKFLOW", "COMFY_ORG_API_KEY", "WORKER_TEST_BREAK_PACK"}
+        and k != "WORKER_TEST_LAZY_PACK"
     }
     child_env.update(
         REPO=str(_REPO),
@@ -155,7 +181,12 @@ INVERT = {
 def test_a_pack_that_patches_nothing_loads_when_a_job_first_names_it(tmp_path: Path) -> None:
     first = _boot(tmp_path, "first", [])  # makes the index, every pack imported
     assert first["deferred"] == [] or "worker_test_lazy_pack" not in first["deferred"]
-    report = _boot(tmp_path, "second", [INVERT])
+    flaky = {
+        "1": empty_image(16, 16),
+        "2": node("WorkerTestFlakyNode", image=["1", 0]),
+        "3": node("SaveImage", images=["2", 0], filename_prefix="lazy-pack/y"),
+    }
+    report = _boot(tmp_path, "second", [INVERT, flaky], WORKER_TEST_BREAK_PACK="1")
     assert "worker_test_lazy_pack" in report["deferred"]
     assert "worker_test_patch_pack" not in report["deferred"]
     assert report["patched"] is True  # the patching pack ran at boot
@@ -164,8 +195,15 @@ def test_a_pack_that_patches_nothing_loads_when_a_job_first_names_it(tmp_path: P
     assert report["folder_at_boot"] == [
         str(COMFYUI_PATH.resolve() / "models" / "worker_test_lazy")  # type: ignore[union-attr]
     ]
-    assert report["jobs"] == [{"outputs": ["3"]}]
-    assert report["loaded"][-1:] == ["worker_test_lazy_pack"]
+    assert report["jobs"][0] == {"outputs": ["3"]}
+    assert report["loaded"][-2:] == ["worker_test_lazy_pack", "worker_test_flaky_pack"]
+    # A deferred pack that fails when first used: named as a boot failure is, marked so.
+    (detail,) = report["jobs"][1]["details"]
+    assert detail.startswith(
+        "Node type 'WorkerTestFlakyNode' is not available (used by node 2): the node pack "
+        "that provides it failed to import: worker_test_flaky_pack (on first use: "
+        "ImportError: worker test: this pack breaks on first use)"
+    )
 
 
 def test_lazy_packs_off_loads_every_pack_at_boot(tmp_path: Path) -> None:
