@@ -285,15 +285,31 @@ def _lazy_nodes(
     """The node index for this checkout and environment, read if one was made before."""
     key = index_key(_comfy_version(), folder_paths.get_folder_paths("custom_nodes"))
     index = None
-    for folder in _node_index_dirs(checkout, dirs):
+    folders = _node_index_dirs(checkout, dirs)
+    for folder in folders:
         index = NodeIndex.read(index_path(folder, key), key)
         if index is not None:
             break
+    # None for this set of packs (a network volume adds some): the newest index of this
+    # layout (the image's, made at build) lends its packs' evidence, so the boot that
+    # makes this one snapshots only the packs it does not know.
+    donor = None
+    if index is None and settings.lazy_packs:
+        made = [p for f in folders for p in f.glob(index_path(f, "*").name) if p.is_file()]
+        for path in sorted(made, key=_mtime, reverse=True)[:1]:
+            donor = NodeIndex.read(path, None)
     # With a Comfy.org key configured, API nodes are expected: loaded at boot, as before.
     eager = ("comfy_api_nodes",) if settings.comfy_org_api_key else ()
     # LAZY_PACKS=false: every custom node pack at boot, as ComfyUI does.
     packs = pack_evidence.Recorder(checkout, folder_paths) if settings.lazy_packs else None
-    return LazyNodes(nodes, index, key, eager_groups=eager, packs=packs)
+    return LazyNodes(nodes, index, key, eager_groups=eager, packs=packs, evidence_from=donor)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _configure_paths(

@@ -132,16 +132,18 @@ class NodeIndex:
     files: dict[str, FileEntry] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path: Path, key: str) -> NodeIndex | None:
-        """The index at ``path`` if it was made for ``key``; ``None`` if absent or stale."""
+    def read(cls, path: Path, key: str | None) -> NodeIndex | None:
+        """The index at ``path`` if it was made for ``key`` (None: for any key); ``None``
+        if absent or stale."""
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         if not isinstance(raw, dict) or raw.get("version") != INDEX_VERSION:
             return None
-        if raw.get("key") != key:
+        if key is not None and raw.get("key") != key:
             return None
+        key = str(raw.get("key"))
         files = {
             str(p): FileEntry(
                 group=str(e["group"]),
@@ -334,11 +336,16 @@ class LazyNodes:
         *,
         eager_groups: Sequence[str] = (),
         packs: PackRecorder | None = None,
+        evidence_from: NodeIndex | None = None,
     ) -> None:
         self._nodes = nodes
+        self._old = index if index is not None and index.key == key else None
         self._packs = packs
         """Set: custom node packs may load lazily, on their evidence (None: all at boot)."""
-        self._old = index if index is not None and index.key == key else None
+        self._donor = evidence_from if self._old is None else None
+        """An index made for another set of packs (the image's, where a network volume
+        adds packs): a pack it knows, unchanged, keeps its evidence without a snapshot.
+        Only the evidence: with another set of packs nothing is deferred this boot."""
         self._new = NodeIndex(key=key)
         self._eager_groups = frozenset(eager_groups)
         self._lock = threading.RLock()
@@ -426,7 +433,10 @@ class LazyNodes:
             return True
         # Imported now, as ComfyUI would; what it adds goes into the index. A pack's
         # evidence is taken only where the index has none for it (index-making boots).
-        watch = self._packs if group == PACKS and known is None else None
+        donor = self._donor.files.get(path) if self._donor and known is None else None
+        if donor is not None and (donor.group != group or not donor.matches(path)):
+            donor = None
+        watch = self._packs if group == PACKS and known is None and donor is None else None
         before_state = None
         if watch is not None:
             before_state = last_state if last_state is not None else watch.take()
@@ -438,7 +448,8 @@ class LazyNodes:
         stamped = stamp(path)
         if stamped is None:
             return ok
-        evidence = known.evidence if known is not None else Evidence()
+        recorded = known if known is not None else donor
+        evidence = recorded.evidence if recorded is not None else Evidence()
         if watch is not None:
             self._last_state = watch.take()
             evidence = watch.compare(before_state, self._last_state)

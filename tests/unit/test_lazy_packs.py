@@ -51,6 +51,7 @@ class World:
     packs: list[Path]
     index: Path
     loaded: list[str] = field(default_factory=list)
+    snapshots: int = 0
 
     def reset(self) -> None:
         """What a new process starts with: no pack's changes yet."""
@@ -61,26 +62,46 @@ class World:
         sys.modules["lazytest_comfy"].hook = _hook  # type: ignore[attr-defined]
 
     def boot(
-        self, *, recorder: bool = True, record: pack_imports.PackImports | None = None
+        self,
+        *,
+        recorder: bool = True,
+        record: pack_imports.PackImports | None = None,
+        key: str = "k",
+        donor: str | None = None,
     ) -> tuple[FakeComfy, LazyNodes]:
-        """One boot as comfy_boot does it; ``record``: the import recorder wraps the loader."""
+        """One boot as comfy_boot does it; ``record``: the import recorder wraps the loader;
+        ``donor``: the key of an index that lends its packs' evidence."""
         self.reset()
         comfy = FakeComfy([self.root / "comfy_extras" / "nodes_b.py"], [], self.packs)
         if record is not None:
             comfy.module.traceback = traceback  # type: ignore[attr-defined]  # as ComfyUI's nodes
             pack_imports.watch(comfy.module, record)
-        key = "k"
         lazy = LazyNodes(
             comfy.module,
             NodeIndex.read(index_path(self.index, key), key),
             key,
-            packs=Recorder(self.root, self.folder_paths) if recorder else None,
+            packs=CountingRecorder(self.root, self.folder_paths, self) if recorder else None,
+            evidence_from=None
+            if donor is None
+            else NodeIndex.read(index_path(self.index, donor), donor),
         )
         lazy.on_pack_loaded = self.loaded.append
         with lazy.booting():
             asyncio.run(comfy.module.init_extra_nodes())  # type: ignore[attr-defined]
         lazy.save(self.index)
         return comfy, lazy
+
+
+class CountingRecorder(Recorder):
+    """The real recorder, counting its snapshots."""
+
+    def __init__(self, root: Path, folder_paths: Any, world: World) -> None:
+        super().__init__(root, folder_paths)
+        self._world = world
+
+    def take(self) -> Any:
+        self._world.snapshots += 1
+        return super().take()
 
 
 def _hook() -> int:
@@ -219,3 +240,21 @@ def test_a_deferred_pack_that_fails_on_first_use_is_recorded_as_such(
     assert "the node pack that provides it failed to import: clean.py (on first use: " in line
     assert world.loaded == []  # no fixes for a pack that did not load
     assert str(world.packs[0]) in lazy.failed_lazily
+
+
+def test_another_set_of_packs_borrows_the_known_packs_evidence(
+    world: World, tmp_path: Path
+) -> None:
+    """A network volume adds a pack: the image's index lends its packs' evidence, so only
+    the new pack is snapshotted; with another set of packs, nothing is deferred that boot."""
+    world.boot()
+    assert world.snapshots == 3  # before the first pack, after each of the two
+    world.packs.append(_node_file(tmp_path / "volume_nodes", "volume_pack", ["VolumeNode"]))
+    world.snapshots = 0
+    comfy, lazy = world.boot(key="with-volume", donor="k")
+    assert comfy.imported == ["nodes_b.py", "clean.py", "patcher.py", "volume_pack.py"]
+    assert lazy.deferred_packs() == []
+    assert world.snapshots == 2  # around the volume's pack only
+    comfy, lazy = world.boot(key="with-volume")
+    assert sorted(Path(p).name for p in lazy.deferred_packs()) == ["clean.py", "volume_pack.py"]
+    assert world.snapshots == 2  # the index now knows every pack
