@@ -103,22 +103,32 @@ class FileEntry:
         return stamp(path) == (self.size, self.mtime_ns)
 
 
+_STAMP_MAX_ENTRIES = 5000
+"""Entries a pack folder's stamp looks at, at most: a pack that ships a dataset or a
+``node_modules`` tree is not walked whole at every boot (a network volume lists slowly)."""
+
+
 def stamp(path: str) -> tuple[int, int] | None:
     """A node file's size and mtime; a pack folder's: its Python files' total size and
     newest mtime (~15 ms for the five packs' 239 files), so an update of any of its
     modules is seen. Not the folder's own mtime: packs write caches and settings into
-    their folder when they start. None when it is gone."""
+    their folder when they start. Hidden folders and ``__pycache__`` are skipped, and
+    the walk stops after :data:`_STAMP_MAX_ENTRIES` entries (in the file system's
+    order, the same at every boot). None when it is gone."""
     try:
         if not Path(path).is_dir():
             stat = Path(path).stat()
             return stat.st_size, stat.st_mtime_ns
-        size, newest = 0, 0
+        size, newest, seen = 0, 0, 0
         for root, folders, files in os.walk(path):
             folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
+            seen += len(folders) + len(files)
             for name in files:
                 if name.endswith(".py"):
                     stat = Path(root, name).stat()
                     size, newest = size + stat.st_size, max(newest, stat.st_mtime_ns)
+            if seen >= _STAMP_MAX_ENTRIES:
+                break
     except OSError:
         return None
     return size, newest

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from engine.runtime import pack_imports
+from engine.runtime import lazy_nodes, pack_imports
 from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_path
 from engine.runtime.pack_evidence import Recorder
 from tests.unit.test_lazy_nodes import FakeComfy, _node_file
@@ -258,3 +258,27 @@ def test_another_set_of_packs_borrows_the_known_packs_evidence(
     comfy, lazy = world.boot(key="with-volume")
     assert sorted(Path(p).name for p in lazy.deferred_packs()) == ["clean.py", "volume_pack.py"]
     assert world.snapshots == 2  # the index now knows every pack
+
+
+def test_a_pack_folder_is_stamped_by_its_python_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not by the folder's own mtime (packs write settings there at start); an update of
+    a module below the top is seen; a huge tree is not walked whole."""
+    pack = tmp_path / "pack"
+    (pack / "nodes").mkdir(parents=True)
+    (pack / "__init__.py").write_text("from .nodes import x\n")
+    (pack / "nodes" / "x.py").write_text("A = 1\n")
+    first = lazy_nodes.stamp(str(pack))
+    (pack / "settings.json").write_text("{}")
+    (pack / "__pycache__").mkdir()
+    (pack / "__pycache__" / "cached.py").write_text("B = 2\n")
+    assert lazy_nodes.stamp(str(pack)) == first
+    (pack / "nodes" / "x.py").write_text("A = 22\n")
+    assert lazy_nodes.stamp(str(pack)) != first
+    assert lazy_nodes.stamp(str(tmp_path / "gone")) is None
+    # Past the bound, the walk stops: the top folder's entries fill it here.
+    monkeypatch.setattr(lazy_nodes, "_STAMP_MAX_ENTRIES", 2)
+    bounded = lazy_nodes.stamp(str(pack))
+    (pack / "nodes" / "x.py").write_text("A = 222\n")
+    assert lazy_nodes.stamp(str(pack)) == bounded
