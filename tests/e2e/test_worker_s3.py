@@ -12,7 +12,7 @@ import imageio_ffmpeg
 from PIL import Image
 
 from tests import workflows
-from tests.e2e.conftest import WorkerServer
+from tests.e2e.conftest import WorkerServer, files_left
 
 KEY_ID = "AKIAWORKERE2E0000001"
 SECRET = "worker/e2e+secret/key/0000000000000000000"
@@ -52,4 +52,4 @@ def test_outputs_are_uploaded_and_downloadable_by_plain_get(
             assert Image.open(local).format == "WEBP"
     assert SECRET not in str(body)
     assert SECRET not in worker.log() and KEY_ID not in worker.log()
-    assert [p for p in worker.work_dir.rglob("*") if p.is_file()] == []
+    assert files_left(worker.work_dir) == []
