@@ -112,8 +112,8 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
         # The job's files go once its answer has gone on: the SDK's local API server
         # serialises and writes the response from this same task, before the event loop
         # runs what call_soon queues (RunPod's queue has started its result POST by then).
-        # Removing them meanwhile made a 64x64 job's answer ~0.7 ms later on 2 cores
-        # (docs/benchmarks.md, "The 64x64 job's time").
+        # Removed before the answer, they made a 64x64 job 1.10x slower per pair on 2
+        # cores (docs/benchmarks.md, "The 64x64 job's time").
         asyncio.get_running_loop().call_soon(answered.set)
 
 
