@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from engine import logs
+from engine.answered import CLEANUP_HOLD_S, AnsweredJobs, run_cleanups
 from engine.convert import convert_outputs
 from engine.deadline import Deadline, JobDeadlines
 from engine.delivery import Uploader, deliver
@@ -82,11 +83,6 @@ ProgressSink = Callable[[dict[str, Any], str], None]
 # Per-step progress can arrive hundreds of times a second on a GPU; RunPod's
 # progress update is an HTTP POST each, so steps are sent at most this often.
 _PROGRESS_INTERVAL_S = 0.5
-
-# How long a job's files wait, after its answer, for the caller's signal that the answer
-# has gone on (``Worker.handle``'s ``clean_up_after``): only a caller that never gives it
-# waits this long, and its files still go.
-_CLEANUP_HOLD_S = 5.0
 
 
 class _Progress:
@@ -145,7 +141,7 @@ class Worker:
         # The deadline of every job in handle(), waiting or running: what cancel() flips.
         self._deadlines = JobDeadlines()
         # Answered jobs whose files are still to go (handle()'s clean_up_after).
-        self._tails = _Tails()
+        self._tails = AnsweredJobs()
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -179,7 +175,7 @@ class Worker:
 
         The job's files (its inputs, outputs, previews, scratch) are removed when it ends.
         Without ``clean_up_after`` that is before this returns. With it, they are removed
-        after the answer, once the caller sets the event (at most ``_CLEANUP_HOLD_S``
+        after the answer, once the caller sets the event (at most ``CLEANUP_HOLD_S``
         later): ``handler.py`` sets it when the runpod SDK has sent the answer on, so the
         removal (a few unlinks and renames: a 64x64 job answers 1.10x sooner per pair on a
         2-core machine, docs/benchmarks.md) does not compete with sending it. Until they are
@@ -224,7 +220,7 @@ class Worker:
             redacted: dict[str, Any] = logs.redact_obj(result, secrets)
             return self._refresh(redacted)
 
-    def close(self, timeout_s: float = _CLEANUP_HOLD_S) -> bool:
+    def close(self, timeout_s: float = CLEANUP_HOLD_S) -> bool:
         """Before the process exits: remove the files of the jobs already answered now,
         rather than leave them to the next boot's sweep (``handler.py`` calls it at exit).
         Jobs still running are not waited for. Whether all went within ``timeout_s``."""
@@ -299,7 +295,7 @@ class Worker:
                             answer()
                             answer = None
                             self._tails.hold(clean_up_after)
-                            _run_all(cleanups)
+                            run_cleanups(cleanups)
                         finally:
                             self._tails.end()
             finally:
@@ -637,59 +633,6 @@ def _temp_files(outputs: UiOutputs, dirs: Directories) -> list[Path]:
                     if path.resolve().is_relative_to(dirs.temp.resolve()):
                         paths.append(path)
     return paths
-
-
-class _Tails:
-    """The jobs answered whose files are still to go (``Worker.handle``'s
-    ``clean_up_after``): each waits for its caller's event, or for :meth:`close`."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._holds: set[threading.Event] = set()
-        self._pending = 0
-        self._closing = False
-
-    def begin(self) -> None:
-        """A job's answer is about to go out; its files go after it."""
-        with self._changed:
-            self._pending += 1
-
-    def hold(self, clean_up_after: threading.Event) -> None:
-        """Wait until the caller has sent the answer on (or :meth:`close`, or
-        ``_CLEANUP_HOLD_S`` at most)."""
-        with self._changed:
-            if self._closing:
-                return
-            self._holds.add(clean_up_after)
-        try:
-            clean_up_after.wait(_CLEANUP_HOLD_S)
-        finally:
-            with self._changed:
-                self._holds.discard(clean_up_after)
-
-    def end(self) -> None:
-        """The job's files are gone."""
-        with self._changed:
-            self._pending -= 1
-            self._changed.notify_all()
-
-    def close(self, timeout_s: float) -> bool:
-        """Release every hold now and from now on; wait up to ``timeout_s`` until the
-        files of every answered job are gone (whether they are)."""
-        with self._changed:
-            self._closing = True
-            for hold in self._holds:
-                hold.set()
-            return self._changed.wait_for(lambda: self._pending == 0, timeout_s)
-
-
-def _run_all(cleanups: Sequence[Callable[[], None]]) -> None:
-    """Run each of a finished job's cleanups; one that fails is logged, the rest still run."""
-    for cleanup in cleanups:
-        try:
-            cleanup()
-        except Exception:  # the answer is out: nothing to fail, but someone should know
-            log.exception("removing a finished job's files failed")
 
 
 def _log_wait(in_flight: int) -> None:

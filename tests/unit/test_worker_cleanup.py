@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import engine.worker
+import engine.answered
 from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
@@ -106,7 +106,7 @@ def test_close_removes_the_files_the_callers_never_released(settings: Settings) 
 def test_a_caller_that_never_sends_the_answer_on_still_loses_the_files(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine.worker, "_CLEANUP_HOLD_S", 0.0)
+    monkeypatch.setattr(engine.answered, "CLEANUP_HOLD_S", 0.0)
     worker = make_worker(settings)
     worker.handle(job("a"), clean_up_after=threading.Event())
     assert worker._pipeline.wait_idle(_HANG_S)

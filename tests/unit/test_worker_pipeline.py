@@ -350,11 +350,12 @@ def test_previews_of_a_job_in_flight_outlive_another_jobs_end(settings: Settings
     }
     try:
         body = answer_of(*handle_in_thread(worker, {"id": "b", "input": {"workflow": preview}}))
+        assert body["errors"] == [] and len(body["images"]) == 1, body
+        assert emptied == [] and left.exists()  # A was in flight: only B's own preview went
+        assert [p.name for p in runtime.directories.temp.iterdir()] == [left.name]
     finally:
+        # Only now may A end: its end, the last in flight, empties the temp folder.
         uploads.release.set()
-    assert body["errors"] == [] and len(body["images"]) == 1, body
-    assert emptied == [] and left.exists()  # A was in flight: only B's own preview went
-    assert [p.name for p in runtime.directories.temp.iterdir()] == [left.name]
     assert answer_of(*a)["errors"] == []
     assert emptied == [1] and not left.exists()
 
