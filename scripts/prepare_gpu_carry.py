@@ -61,6 +61,8 @@ CARRIED = (
     "spandrel",
     "pydantic-settings",
     "python-dotenv",
+    # engine/png_writer.py: SaveImage's PNGs by ISA-L (without it, zlib: slower PNGs).
+    "isal",
 )
 """Distributions carried as wheels, pinned by comfyui/image.lock."""
 FROM_SDIST = ("imageio-ffmpeg",)
