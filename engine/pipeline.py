@@ -52,7 +52,6 @@ class JobPipeline:
         )
         self._arrivals: deque[object] = deque()  # jobs waiting to be admitted, in order
         self._next_number = 0
-        self._in_flight = 0
         self._runs: deque[Ticket] = deque()  # admitted jobs that have not run yet, in order
         self._engine: Ticket | None = None  # the job whose run holds the engine
         self._stopped = False
@@ -61,7 +60,7 @@ class JobPipeline:
     def in_flight(self) -> int:
         """Jobs admitted and not finished."""
         with self._changed:
-            return self._in_flight
+            return self._busy_lanes()
 
     @property
     def waiting(self) -> int:
@@ -87,14 +86,13 @@ class JobPipeline:
                     if self._stopped or deadline.expired():
                         return None
                     if not told and on_wait is not None:
-                        on_wait(self._in_flight)
+                        on_wait(self._busy_lanes())
                         told = True
                     self._changed.wait(deadline.remaining())
                 if self._stopped or deadline.expired():
                     return None
                 ticket = Ticket(self._next_number, self._lanes.pop())
                 self._next_number += 1
-                self._in_flight += 1
                 self._runs.append(ticket)
                 return ticket
             finally:
@@ -148,24 +146,27 @@ class JobPipeline:
                 self._runs.remove(ticket)
             if self._engine is ticket:
                 self._engine = None
-            self._in_flight -= 1
+            self._lanes.append(ticket.lane)
             try:
-                if self._in_flight == 0:
+                if self._busy_lanes() == 0:
                     when_idle()
             finally:
-                self._lanes.append(ticket.lane)
                 self._changed.notify_all()
 
     def wait_idle(self, timeout_s: float | None) -> bool:
         """Wait until no job is in flight (True), or ``timeout_s`` passed (False)."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._in_flight == 0, timeout_s)
+            return self._changed.wait_for(lambda: self._busy_lanes() == 0, timeout_s)
 
     def stop(self) -> None:
         """Refuse every job from now on; those waiting stop waiting (a stuck worker)."""
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
+
+    def _busy_lanes(self) -> int:
+        """Jobs in flight: each admitted one holds a lane until it finishes (under the lock)."""
+        return self.size - len(self._lanes)
 
     def _wake(self) -> None:
         with self._changed:
