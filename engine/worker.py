@@ -263,14 +263,11 @@ class Worker:
         ``job_stop_grace_s`` to unwind; a job that does not is abandoned, and this worker
         takes no further job and asks RunPod for a fresh one.
         """
-        if self._stuck is not None:
-            # A new exception each time: one raised again would grow its traceback per job.
-            raise WorkerStuckError(self._stuck.message, self._stuck.details)
+        self._refuse_if_stuck()
         # Among the jobs in flight, in arrival order; a cancel or the limit ends the wait.
         ticket = self._pipeline.admit(deadline, _log_wait)
         if ticket is None:
-            if self._stuck is not None:
-                raise WorkerStuckError(self._stuck.message, self._stuck.details)
+            self._refuse_if_stuck()
             raise deadline.exceeded("while the job waited for the previous one to finish")
         phase = Phase("start")
         # The job's answer: set on its lane once its files are removed and its place is
@@ -349,6 +346,12 @@ class Worker:
                 "(JOB_STOP_GRACE_S), so RunPod is asked to replace this worker",
             ],
         )
+
+    def _refuse_if_stuck(self) -> None:
+        """Raise the stuck worker's error once a job would not stop (see :meth:`_run_within`)."""
+        if self._stuck is not None:
+            # A new exception each time: one raised again would grow its traceback per job.
+            raise WorkerStuckError(self._stuck.message, self._stuck.details)
 
     def run(
         self,
@@ -481,8 +484,7 @@ class Worker:
             return
         phase.enter("waiting for the engine", deadline)
         if not self._pipeline.take_engine(ticket, deadline):
-            if self._stuck is not None:
-                raise WorkerStuckError(self._stuck.message, self._stuck.details)
+            self._refuse_if_stuck()
             raise deadline.exceeded("while the job waited for the run of the job before it")
         try:
             phase.enter("running the workflow", deadline)
