@@ -10,8 +10,14 @@ The images: the benchmark jobs' own outputs (``scripts/bench_latency.py``: a pho
 input, gradients and mild noise, inverted) at 512x512 and 1024x1024, and any PNG or JPEG
 given with ``--file`` (decoded to RGB first).
 
+``--levers``: the other settings tried for the fast writer, each image's Up-filtered rows
+deflated by ISA-L at levels 1 (the writer's), 2 and 3 and by zlib at levels 1 and 4 (time
+and size of the deflate alone). ``--memory``: the peak resident memory of a child process
+that writes an 8192x8192 RGB image, band by band as the writer does and in one piece.
+
     python scripts/bench_png.py --repeat 15
     python scripts/bench_png.py --file photo.jpg --file render.png
+    python scripts/bench_png.py --levers --memory
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -65,19 +73,77 @@ def _images(files: list[Path]) -> list[tuple[str, Image.Image]]:
     return images
 
 
+def _levers(images: list[tuple[str, Image.Image]], repeat: int) -> None:
+    """Deflate settings against the writer's (ISA-L level 1), on the same filtered rows."""
+    from isal import isal_zlib
+
+    settings = [("ISA-L 1 (kept)", isal_zlib, 1), ("ISA-L 2", isal_zlib, 2)]
+    settings += [("ISA-L 3", isal_zlib, 3), ("zlib 1", zlib, 1), ("zlib 4", zlib, 4)]
+    print("\n| image | " + " | ".join(name for name, _, _ in settings) + " |")
+    print("|---|" + "---|" * len(settings))
+    for name, image in images:
+        rows = b"".join(png_writer._up_filtered(image))
+        cells = []
+        for _, module, level in settings:
+            seconds = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                size = len(module.compress(rows, level))
+                seconds.append(time.perf_counter() - start)
+            cells.append(f"{statistics.median(seconds) * 1000:.1f} ms, {size:,} B")
+        print(f"| {name} {image.width}x{image.height} | " + " | ".join(cells) + " |")
+
+
+# A child process: write an 8192x8192 RGB image, band by band or whole (argv[1]).
+_MEMORY_CHILD = """
+import os, resource, sys, tempfile
+from PIL import Image
+from engine import png_writer
+if sys.argv[1] == "whole":
+    png_writer._BAND_BYTES = 1 << 40
+image = Image.effect_noise((8192, 8192), 40).convert("RGB")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with tempfile.TemporaryDirectory() as folder:
+    png_writer.save(image, os.path.join(folder, "big.png"), compress_level=4)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024)
+"""
+
+
+def _memory() -> None:
+    """Peak RSS added by writing the image, in a fresh process per way of writing it."""
+    root = str(Path(__file__).resolve().parents[1])
+    print("\n| 8192x8192 RGB (256 MiB of pixels) | peak RSS added by the write |")
+    print("|---|---:|")
+    for way in ("bands", "whole"):
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, way],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout
+        label = "band by band (the writer)" if way == "bands" else "in one piece"
+        print(f"| {label} | {int(out.split()[-1])} MiB |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--repeat", type=int, default=15, help="timed runs of each writer per image"
     )
     parser.add_argument("--file", type=Path, action="append", default=[], help="another image")
+    parser.add_argument("--levers", action="store_true", help="the deflate settings tried")
+    parser.add_argument("--memory", action="store_true", help="peak RSS of an 8192x8192 write")
     args = parser.parse_args()
+    images = _images(args.file)
     print(f"deflate: {png_writer.DEFLATE}; load average before: {load_average()}")
     print(
         "| image | Pillow level 4 | fast | ratio (median of runs) | Pillow bytes | fast bytes | size |"
     )
     print("|---|---|---|---|---|---|---|")
-    for name, image in _images(args.file):
+    for name, image in images:
         _pillow(image), _fast(image)  # warm-up: imports, allocator
         pillow_s, fast_s, ratios = [], [], []
         for _ in range(args.repeat):
@@ -95,6 +161,10 @@ def main() -> int:
             f" | {len(theirs):,} | {len(ours):,} | {len(ours) / len(theirs) - 1:+.1%} |"
         )
     print(f"load average after: {load_average()}; same pixels in every pair")
+    if args.levers:
+        _levers(images, args.repeat)
+    if args.memory:
+        _memory()
     return 0
 
 
