@@ -74,6 +74,11 @@ _STATUS_HINTS = {
 }
 
 
+def is_url(value: str) -> bool:
+    """Whether a value (a workflow's, an input image's) is an http(s) URL."""
+    return value.lstrip()[:8].lower().startswith(("http://", "https://"))
+
+
 def redact_url(url: str) -> str:
     """The URL without user info, query string or fragment, shortened for messages."""
     try:

@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.deadline import Deadline
 from engine.errors import InputImageError, ItemError
-from engine.fetch import HttpFetcher, redact_url
+from engine.fetch import HttpFetcher, is_url, redact_url
 from engine.media import media_kind, verify_media
 from engine.request import InputImage
 from engine.runtime import decoded_inputs
@@ -142,7 +142,7 @@ def store_images(
     targets = _check_names(images, base)
     owned = (
         HttpFetcher(settings)
-        if fetcher is None and any(_is_url(image.image) for image in images)
+        if fetcher is None and any(is_url(image.image) for image in images)
         else None
     )
     started = time.monotonic()
@@ -273,7 +273,7 @@ def _stage(
     if kind is None:
         decoded = _verify(image, data, settings)
     else:
-        source = f" downloaded from {redact_url(image.image)}" if _is_url(image.image) else ""
+        source = f" downloaded from {redact_url(image.image)}" if is_url(image.image) else ""
         verify_media(
             image.name,
             data,
@@ -318,14 +318,10 @@ def _commit(staged: dict[Path, Path], names: dict[Path, str]) -> list[Path]:
     return placed
 
 
-def _is_url(source: str) -> bool:
-    return source.lstrip()[:8].lower().startswith(("http://", "https://"))
-
-
 def _load(image: InputImage, settings: Settings, fetcher: Fetcher | None) -> bytes:
     """The image's bytes from its URL, data URI or base64 text."""
     source = image.image.strip()
-    if _is_url(source):
+    if is_url(source):
         assert fetcher is not None  # store_images makes one whenever a URL is present
         try:
             return fetcher.fetch(source)
@@ -410,7 +406,7 @@ def _verify(image: InputImage, data: bytes, settings: Settings) -> Image.Image:
     """The image, decoded; raises :class:`ItemError` unless ``data`` is a whole image
     within the pixel limit."""
     name = image.name
-    source = f" downloaded from {redact_url(image.image)}" if _is_url(image.image) else ""
+    source = f" downloaded from {redact_url(image.image)}" if is_url(image.image) else ""
     accepted = ", ".join(_formats())
     try:
         with Image.open(io.BytesIO(data), formats=_formats()) as im:

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from engine.deadline import Deadline
 from engine.errors import ItemError, ModelFileError
-from engine.fetch import redact_url
+from engine.fetch import is_url, redact_url
 from engine.model_cache import CACHE_DIR_NAME, CacheEntry, ModelCache, url_key, url_lock
 from engine.model_download import Download, Downloader, HttpDownloader
 from engine.runtime import ModelFolder, ProgressEvent, Runtime, Workflow
@@ -52,11 +52,6 @@ _PROGRESS_STEP_BYTES = 64 * _MB
 # Formats told by their first bytes, for a URL and server that name no file.
 _GGUF_MAGIC = b"GGUF"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
-
-
-def is_url(value: str) -> bool:
-    """Whether a workflow value is an http(s) URL."""
-    return value.lstrip()[:8].lower().startswith(("http://", "https://"))
 
 
 def split_hash(value: str) -> tuple[str, str | None]:
