@@ -118,14 +118,22 @@ def _digests(folder: Path, names: list[str]) -> list[str]:
     return [hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names]
 
 
+def _save_serially(
+    nodes: types.ModuleType, tmp_path: Path, images: list[Pixels], prefix: str, **kwargs: Any
+) -> tuple[Path, dict[str, Any]]:
+    """The reference: ``images`` saved into ``tmp_path/serial`` before anything is installed."""
+    serial = tmp_path / "serial"
+    serial.mkdir()
+    return serial, nodes.SaveImage(serial).save_images(images, prefix, **kwargs)
+
+
 def test_a_batch_is_saved_by_encoder_processes_with_the_same_bytes(
     nodes: types.ModuleType, tmp_path: Path
 ) -> None:
-    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-    serial.mkdir()
+    parallel = tmp_path / "parallel"
     parallel.mkdir()
     images = _batch(4)
-    expected = nodes.SaveImage(serial).save_images(images, "b", prompt={"seed": 1})
+    serial, expected = _save_serially(nodes, tmp_path, images, "b", prompt={"seed": 1})
     assert fast_save.install(nodes)
     result = nodes.SaveImage(parallel).save_images(images, "b", prompt={"seed": 1})
     assert result == expected
@@ -159,11 +167,10 @@ def test_without_encoder_processes_the_worker_saves_the_same_bytes_itself(
         raise OSError("cannot start a process")
 
     monkeypatch.setattr(fast_save._Encoder, "__init__", no_process)
-    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-    serial.mkdir()
+    parallel = tmp_path / "parallel"
     parallel.mkdir()
     images = _batch(3, seed=2)
-    expected = nodes.SaveImage(serial).save_images(images, "f")
+    serial, expected = _save_serially(nodes, tmp_path, images, "f")
     assert fast_save.install(nodes)
     nodes.SaveImage(parallel).save_images(images, "f")
     names = expected["ui"]["images"]
@@ -195,10 +202,8 @@ def test_killed_encoders_make_the_batch_save_in_process_and_the_pool_is_rebuilt(
 ) -> None:
     """Helpers killed between two jobs: the next batch is written whole (no BrokenPipeError),
     and the batch after it runs on fresh encoder processes again."""
-    serial = tmp_path / "serial"
-    serial.mkdir()
     images = _batch(4, seed=3)
-    expected = nodes.SaveImage(serial).save_images(images, "k")
+    serial, expected = _save_serially(nodes, tmp_path, images, "k")
     names = expected["ui"]["images"]
     assert fast_save.install(nodes)
     nodes.SaveImage(tmp_path).save_images(images, "first")
@@ -288,10 +293,8 @@ def test_during_a_run_the_node_hands_its_encodes_off_and_returns_at_once(
     """Within saves_into, save_images returns while every encode (one image too) is still
     held: each file's name is taken on disk, empty; the files are whole once the pending
     files are waited for, the same bytes as ComfyUI's own save."""
-    serial = tmp_path / "serial"
-    serial.mkdir()
     images = _batch(count, seed=5)
-    expected = nodes.SaveImage(serial).save_images(images, "h")
+    serial, expected = _save_serially(nodes, tmp_path, images, "h")
     names = expected["ui"]["images"]
     pool = GatedPool()
     monkeypatch.setattr(fast_save, "_shared_pool", lambda: pool)
@@ -347,11 +350,10 @@ def _pixels_and_text(path: Path) -> tuple[str, tuple[int, int], bytes, dict[str,
 def test_fast_a_batch_has_comfyuis_pixels_and_metadata_without_encoder_processes(
     fast_nodes: types.ModuleType, tmp_path: Path
 ) -> None:
-    serial, fast = tmp_path / "serial", tmp_path / "fast"
-    serial.mkdir()
+    fast = tmp_path / "fast"
     fast.mkdir()
     images = _batch(4, seed=6)
-    expected = fast_nodes.SaveImage(serial).save_images(images, "p", prompt={"seed": 2})
+    serial, expected = _save_serially(fast_nodes, tmp_path, images, "p", prompt={"seed": 2})
     assert fast_save.install(fast_nodes)
     assert fast_nodes.SaveImage(fast).save_images(images, "p", prompt={"seed": 2}) == expected
     for name in expected["ui"]["images"]:
@@ -366,10 +368,8 @@ def test_fast_one_image_outside_a_run_is_written_in_the_node(
 ) -> None:
     gated = GatedPool()
     monkeypatch.setattr(fast_save, "_shared_fast", lambda: gated)
-    serial = tmp_path / "serial"
-    serial.mkdir()
     images = _batch(1, seed=7)
-    expected = fast_nodes.SaveImage(serial).save_images(images, "o")
+    serial, expected = _save_serially(fast_nodes, tmp_path, images, "o")
     assert fast_save.install(fast_nodes)
     fast_nodes.SaveImage(tmp_path).save_images(images, "o")
     assert gated.submitted == 0  # no thread hand-off for one image waited for anyway
@@ -381,10 +381,8 @@ def test_fast_one_image_outside_a_run_is_written_in_the_node(
 def test_fast_during_a_run_the_node_hands_its_writes_off_and_returns_at_once(
     fast_nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
 ) -> None:
-    serial = tmp_path / "serial"
-    serial.mkdir()
     images = _batch(count, seed=8)
-    expected = fast_nodes.SaveImage(serial).save_images(images, "w")
+    serial, expected = _save_serially(fast_nodes, tmp_path, images, "w")
     names = expected["ui"]["images"]
     gated = GatedPool(fast_save._write_fast)
     monkeypatch.setattr(fast_save, "_shared_fast", lambda: gated)
@@ -413,12 +411,11 @@ def test_fast_a_save_the_writer_does_not_handle_goes_to_pillow(
             image.info["gamma"] = 0.45455
             return image
 
-    serial, fast = tmp_path / "serial", tmp_path / "fast"
-    serial.mkdir()
+    fast = tmp_path / "fast"
     fast.mkdir()
     fast_nodes.Image = WithInfo  # what save_images looks up, as ComfyUI's nodes do
     images = _batch(2, seed=9)
-    expected = fast_nodes.SaveImage(serial).save_images(images, "i")
+    serial, expected = _save_serially(fast_nodes, tmp_path, images, "i")
     assert fast_save.install(fast_nodes)
     fast_nodes.SaveImage(fast).save_images(images, "i")
     names = expected["ui"]["images"]
