@@ -18,6 +18,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from engine.settings import BucketSettings
 from tests.e2e.fault_proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,6 +215,28 @@ def new_bucket(endpoint: str, key_id: str, secret: str, prefix: str) -> str:
         region_name="us-east-1",
     ).create_bucket(Bucket=name)
     return name
+
+
+def bucket_settings(
+    endpoint: str,
+    bucket: str,
+    key_id: str,
+    secret: str,
+    public_url: str | None = None,
+    **limits: float,
+) -> BucketSettings:
+    """Settings for ``bucket`` at ``endpoint`` (the S3 server or a proxy in front of it), with
+    a test's fake keys; ``limits`` set ``upload_timeout_s`` / ``upload_stall_s``."""
+    return BucketSettings(
+        endpoint_url=endpoint,
+        bucket=bucket,
+        access_key_id=key_id,
+        secret_access_key=secret,
+        region="us-east-1",
+        url_expiry_s=600,
+        public_url=public_url,
+        **limits,
+    )
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from engine.s3 import S3Uploader
 from engine.settings import BucketSettings, Settings
 from engine.worker import Worker
 from tests import workflows
-from tests.e2e.conftest import new_bucket
+from tests.e2e.conftest import bucket_settings, new_bucket
 from tests.e2e.fault_proxy import FaultProxy
 from tests.fake_runtime import FakeRuntime
 
@@ -42,14 +42,11 @@ def bucket(s3_endpoint: str) -> str:
 
 
 def through(proxy: FaultProxy, bucket: str, stall_s: float = STALL_S) -> BucketSettings:
-    return BucketSettings(
-        endpoint_url=proxy.url,
-        bucket=bucket,
-        access_key_id=KEY_ID,
-        secret_access_key=SECRET,
-        region="us-east-1",
-        url_expiry_s=600,
-        public_url=None,
+    return bucket_settings(
+        proxy.url,
+        bucket,
+        KEY_ID,
+        SECRET,
         upload_timeout_s=UPLOAD_TIMEOUT_S,
         upload_stall_s=stall_s,
     )

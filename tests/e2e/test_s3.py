@@ -22,6 +22,7 @@ from engine.outputs import OutputFile
 from engine.s3 import S3Uploader
 from engine.settings import BucketSettings
 from engine.video import VideoInfo
+from tests.e2e.conftest import bucket_settings
 from tests.media_factory import make_animated_webp, make_png, make_video
 
 pytestmark = pytest.mark.e2e
@@ -32,15 +33,7 @@ SECRET = "e2e/fake+secret/access/key/000000000000"
 
 def settings(endpoint: str, bucket: str, public_url: str | None = None) -> BucketSettings:
     """Bucket settings with fake keys for the local server."""
-    return BucketSettings(
-        endpoint_url=endpoint,
-        bucket=bucket,
-        access_key_id=KEY_ID,
-        secret_access_key=SECRET,
-        region="us-east-1",
-        url_expiry_s=600,
-        public_url=public_url,
-    )
+    return bucket_settings(endpoint, bucket, KEY_ID, SECRET, public_url=public_url)
 
 
 def admin_client(endpoint: str) -> Any:

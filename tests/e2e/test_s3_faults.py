@@ -22,7 +22,7 @@ from engine.s3 import S3Uploader
 from engine.settings import BucketSettings, Settings
 from engine.worker import Worker
 from tests import workflows
-from tests.e2e.conftest import WorkerServer, new_bucket
+from tests.e2e.conftest import WorkerServer, bucket_settings, new_bucket
 from tests.e2e.fault_proxy import FaultProxy
 from tests.fake_runtime import FakeRuntime
 from tests.media_factory import make_png
@@ -39,16 +39,7 @@ def bucket(s3_endpoint: str) -> str:
 
 def through(proxy: FaultProxy, bucket: str, upload_timeout_s: float = 120.0) -> BucketSettings:
     """Bucket settings whose endpoint is the proxy."""
-    return BucketSettings(
-        endpoint_url=proxy.url,
-        bucket=bucket,
-        access_key_id=KEY_ID,
-        secret_access_key=SECRET,
-        region="us-east-1",
-        url_expiry_s=600,
-        public_url=None,
-        upload_timeout_s=upload_timeout_s,
-    )
+    return bucket_settings(proxy.url, bucket, KEY_ID, SECRET, upload_timeout_s=upload_timeout_s)
 
 
 def pngs(folder: Path, *names: str) -> list[OutputFile]:
