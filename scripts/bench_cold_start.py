@@ -406,6 +406,14 @@ PEER_ROWS = (
 )
 
 
+def _cell(runs: list[dict[str, float]], key: str) -> str:
+    """Seconds of ``key`` over ``runs`` (those that have it): min / **median** / max."""
+    values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
+    if not values:
+        return "n/a"
+    return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
+
+
 def peer_report(
     ours: list[dict[str, float]],
     theirs: list[dict[str, float]],
@@ -417,17 +425,11 @@ def peer_report(
     """The Markdown report of a ``--peer`` run."""
     from _bench_common import markdown_table, peer_lines, ratio_cell, report_footer
 
-    def cell(runs: list[dict[str, float]], key: str) -> str:
-        values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
-        if not values:
-            return "n/a"
-        return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
-
     ratios = [t["done"] / o["done"] for o, t in zip(ours, theirs, strict=True)]
     headline = markdown_table(
         ["first 64x64 job done, from spawn", "this worker, s", "worker-comfyui, s",
          "worker-comfyui ÷ this worker, per pair: min / **median** / max"],
-        [["min / **median** / max", cell(ours, "done"), cell(theirs, "done"), ratio_cell(ratios)]],
+        [["min / **median** / max", _cell(ours, "done"), _cell(theirs, "done"), ratio_cell(ratios)]],
     )  # fmt: skip
     return "\n".join(
         [
@@ -442,12 +444,12 @@ def peer_report(
             "",
             markdown_table(
                 ["this worker, from spawn", "s: min / **median** / max"],
-                [[label, cell(ours, key)] for label, key in PEER_OUR_ROWS],
+                [[label, _cell(ours, key)] for label, key in PEER_OUR_ROWS],
             ),
             "",
             markdown_table(
                 ["worker-comfyui, from spawn", "s: min / **median** / max"],
-                [[label, cell(theirs, key)] for label, key in PEER_ROWS],
+                [[label, _cell(theirs, key)] for label, key in PEER_ROWS],
             ),
             "",
             *report_footer(machine),
@@ -466,15 +468,9 @@ def ab_report(
     """The Markdown report of an ``--ab`` run: the lever on against off, pair by pair."""
     from _bench_common import markdown_table, ratio_cell, report_footer
 
-    def cell(runs: list[dict[str, float]], key: str) -> str:
-        values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
-        if not values:
-            return "n/a"
-        return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
-
     switch = " ".join(f"{k}={v}" for k, v in AB_LEVERS[lever].items())
     rows = [
-        [label, cell(on, key), cell(off, key), ratio_cell([b[key] / a[key] for a, b in zip(on, off, strict=True)])]
+        [label, _cell(on, key), _cell(off, key), ratio_cell([b[key] / a[key] for a, b in zip(on, off, strict=True)])]
         for label, key in PEER_OUR_ROWS
         if key != "job_total_s"
     ]  # fmt: skip
@@ -511,12 +507,6 @@ def report(
     """The Markdown report: the headline table, each side's phases, the machine, the command."""
     from _bench_common import fmt_ms, markdown_table, ratio_cell, report_footer
 
-    def cell(runs: list[dict[str, float]], key: str) -> str:
-        values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
-        if not values:
-            return "n/a"
-        return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
-
     def cell_ms(runs: list[dict[str, float]], key: str) -> str:
         values = [r[key] * 1000 for r in runs if not math.isnan(r.get(key, math.nan))]
         if not values:
@@ -528,17 +518,17 @@ def report(
     headline = markdown_table(
         ["first 64x64 job done, from spawn", "worker in-process, s", "server + handler, s",
          "server ÷ worker, per pair: min / **median** / max"],
-        [["min / **median** / max", cell(worker_runs, "done"), cell(server_runs, "done"),
+        [["min / **median** / max", _cell(worker_runs, "done"), _cell(server_runs, "done"),
           ratio_cell(done_ratios)]],
     )  # fmt: skip
     worker_table = markdown_table(
         ["worker, from spawn", "s: min / **median** / max"],
-        [[label, cell(worker_runs, key)] for label, key in WORKER_ROWS],
+        [[label, _cell(worker_runs, key)] for label, key in WORKER_ROWS],
     )
     server_table = markdown_table(
         ["server + handler, from spawn", "s: min / **median** / max"],
-        [[label, cell(server_runs, needle)] for label, needle in SERVER_MARKS]
-        + [[label, cell(server_runs, key)] for label, key in SERVER_ROWS],
+        [[label, _cell(server_runs, needle)] for label, needle in SERVER_MARKS]
+        + [[label, _cell(server_runs, key)] for label, key in SERVER_ROWS],
     )
     job_keys = [k for k in server_runs[0] if k.startswith("job ")] if server_runs else []
     server_job = markdown_table(
