@@ -36,6 +36,7 @@ import base64
 import contextlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -49,7 +50,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -942,6 +943,14 @@ def pack_names(packs: Path | None, checkout: Path | None = None) -> list[str]:
                 p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
             )
     return sorted(names)
+
+
+def stats_cell(values: Iterable[float]) -> str:
+    """``min / **median** / max`` of the values that are not NaN, in seconds; ``n/a`` if none."""
+    numbers = [v for v in values if not math.isnan(v)]
+    if not numbers:
+        return "n/a"
+    return f"{min(numbers):.2f} / **{statistics.median(numbers):.2f}** / {max(numbers):.2f}"
 
 
 def ratio_cell(ratios: Sequence[float]) -> str:

@@ -367,13 +367,6 @@ def _numbers(values: Iterable[float]) -> list[float]:
     return [v for v in values if not math.isnan(v)]
 
 
-def stats_cell(values: Sequence[float]) -> str:
-    values = _numbers(values)
-    if not values:
-        return "n/a"
-    return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
-
-
 def saved_cells(today: Sequence[float], prepared: Sequence[float]) -> list[str]:
     """The difference of the medians, and the median (min / max) of the per-round ones.
 
@@ -394,7 +387,7 @@ def report(
     machine: list[str],
 ) -> str:
     """The Markdown report: the phases, node init by pack, what each side wrote, the machine."""
-    from _bench_common import markdown_table, report_footer
+    from _bench_common import markdown_table, report_footer, stats_cell
 
     def values(side: str, key: str) -> list[float]:
         return [run["phases"].get(key, math.nan) for run in runs[side]]

@@ -408,10 +408,9 @@ PEER_ROWS = (
 
 def _cell(runs: list[dict[str, float]], key: str) -> str:
     """Seconds of ``key`` over ``runs`` (those that have it): min / **median** / max."""
-    values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
-    if not values:
-        return "n/a"
-    return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
+    from _bench_common import stats_cell
+
+    return stats_cell(r.get(key, math.nan) for r in runs)
 
 
 def peer_report(
