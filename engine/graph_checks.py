@@ -396,8 +396,3 @@ def find_problems(
             )
         )
     return problems
-
-
-def node_order(node_ids: list[str]) -> list[str]:
-    """Node ids in the order a person reads them: 2 before 10, then named ids."""
-    return sorted(node_ids, key=_sort_key)
