@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.packs import PackError
+from engine.packs.gitcli import git
 from engine.packs.lock import Section, locked_versions, parse_inputs, render_inputs
 
 PIN = Path("comfyui/pin.env")
@@ -36,9 +37,7 @@ class Pin:
 
 
 def _git(git_dir: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "--git-dir", str(git_dir), *args], capture_output=True, text=True, check=False
-    )
+    done = git("--git-dir", str(git_dir), *args)
     if done.returncode != 0:
         raise PackError(f"git {' '.join(args)} failed in {git_dir}", [done.stderr.strip()])
     return done.stdout
@@ -67,19 +66,8 @@ def version_at(git_dir: Path, commit: str) -> str:
 def resolve(git_dir: Path, ref: str) -> Pin:
     """The commit and version ``ref`` names in ``git_dir``."""
     for candidate in (ref, f"v{ref}", f"refs/tags/{ref}"):
-        done = subprocess.run(
-            [
-                "git",
-                "--git-dir",
-                str(git_dir),
-                "rev-parse",
-                "--verify",
-                "-q",
-                f"{candidate}^{{commit}}",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+        done = git(
+            "--git-dir", str(git_dir), "rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"
         )
         if done.returncode == 0:
             commit = done.stdout.strip()
