@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from engine.pack_sources import normalise
 from engine.packs import PackError
 
 INPUTS = Path("comfyui/image.in")
@@ -77,9 +78,9 @@ class LockEntry:
     via: tuple[str, ...]
 
 
-def normalize(name: str) -> str:
-    """A distribution's canonical name (PEP 503): ``Foo_Bar`` -> ``foo-bar``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+# A distribution's canonical name (PEP 503): ``Foo_Bar`` -> ``foo-bar``; the worker's pack
+# diagnosis compares names with the same function.
+normalize = normalise
 
 
 def requirement_name(line: str) -> str | None:
