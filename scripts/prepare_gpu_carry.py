@@ -35,7 +35,11 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LOCK = REPO / "comfyui" / "image.lock"
+sys.path.insert(0, str(REPO))  # engine/packs reads the lock; scripts/ is no package
+
+from engine.packs import lock as image_lock  # noqa: E402
+
+LOCK = REPO / image_lock.LOCK
 DEFAULT_OUT = REPO / ".gpu-carry"
 LIMIT_BYTES = 64 * 1024 * 1024
 """What one device call carries: the working tree and the carried paths together."""
@@ -81,12 +85,7 @@ _SKIP_UNDER = ("custom_nodes/", "models/", "input/", "output/", "temp/", "user/"
 
 def locked_versions(lock: Path = LOCK) -> dict[str, str]:
     """``name -> version`` for every ``name==version`` line of the lock."""
-    versions = {}
-    for line in lock.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line)
-        if match:
-            versions[match.group(1).lower()] = match.group(2)
-    return versions
+    return image_lock.locked_versions(lock.read_text(encoding="utf-8"))
 
 
 def pinned(names: tuple[str, ...], versions: dict[str, str], extra: list[str]) -> list[str]:
