@@ -67,6 +67,7 @@ from engine.packs.lock import (  # noqa: E402,F401  (re-exported: tests and othe
     parse_inputs,
     render_inputs,
 )
+from engine.packs.comfyui_pin import read_pin  # noqa: E402
 from engine.packs.manifest import requirements_file  # noqa: E402
 
 INPUTS = ROOT / image_lock.INPUTS
@@ -84,15 +85,6 @@ class LockError(Exception):
 
 
 # -- sources --------------------------------------------------------------------------
-
-
-def pin() -> dict[str, str]:
-    values = {}
-    for line in PIN.read_text(encoding="utf-8").splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
 
 
 def packs() -> list[dict[str, object]]:
@@ -129,9 +121,9 @@ def comfyui_checkout() -> Path:
 
 def expected_sections(comfyui: Path | None, packs_dir: Path | None) -> list[Section]:
     """image.in's sections as the sources say; upstream ones only when a folder is given."""
-    p = pin()
+    p = read_pin(PIN.read_text(encoding="utf-8"))
     sections = [Section("torch", "the CUDA 12.8 builds (scripts/lock_image.py)", TORCH)]
-    comfy_source = f"ComfyUI {p['COMFYUI_VERSION']} {p['COMFYUI_COMMIT']} requirements.txt"
+    comfy_source = f"ComfyUI {p.version} {p.commit} requirements.txt"
     comfy_lines = requirement_lines(comfyui / "requirements.txt") if comfyui else ()
     sections.append(Section("ComfyUI", comfy_source, comfy_lines))
     for pack in packs():
