@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
 import shutil
 import sys
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT))  # engine/packs holds the lock's logic; scripts/ i
 
 from engine.packs import PackError  # noqa: E402
 from engine.packs import lock as image_lock  # noqa: E402
+from engine.packs.comfyui_pin import read_pin  # noqa: E402
 from engine.packs.lock import (  # noqa: E402,F401  (re-exported: tests and other scripts)
     COMMIT_RE,
     EXCLUDE_NEWER,
@@ -67,8 +67,8 @@ from engine.packs.lock import (  # noqa: E402,F401  (re-exported: tests and othe
     parse_inputs,
     render_inputs,
 )
-from engine.packs.comfyui_pin import read_pin  # noqa: E402
-from engine.packs.manifest import requirements_file  # noqa: E402
+from engine.packs.manifest import Pack, requirements_file  # noqa: E402
+from engine.packs.manifest import load as load_manifest  # noqa: E402
 
 INPUTS = ROOT / image_lock.INPUTS
 CONSTRAINTS = ROOT / image_lock.CONSTRAINTS
@@ -87,10 +87,9 @@ class LockError(Exception):
 # -- sources --------------------------------------------------------------------------
 
 
-def packs() -> list[dict[str, object]]:
+def packs() -> list[Pack]:
     """The manifest's packs that bring requirements (rgthree brings none)."""
-    data = json.loads(MANIFEST.read_text(encoding="utf-8"))
-    return [p for p in data if p.get("requirements")]
+    return [p for p in load_manifest(MANIFEST) if p.requirements]
 
 
 def worker_requirements() -> tuple[str, ...]:
@@ -127,10 +126,10 @@ def expected_sections(comfyui: Path | None, packs_dir: Path | None) -> list[Sect
     comfy_lines = requirement_lines(comfyui / "requirements.txt") if comfyui else ()
     sections.append(Section("ComfyUI", comfy_source, comfy_lines))
     for pack in packs():
-        name, commit = str(pack["name"]), str(pack["commit"])
+        name, commit = pack.name, pack.commit
         # `requirements: true` is requirements.txt; a pack with only pyproject.toml's
         # dependencies names that file (scripts/add_custom_nodes.py writes either).
-        file = requirements_file(pack["requirements"])
+        file = requirements_file(pack.requirements)
         lines = requirement_lines(packs_dir / name / file) if packs_dir else ()
         sections.append(Section(name, f"{commit} {file}", lines))
     sections.append(
@@ -195,7 +194,7 @@ def check(packs_dir: Path | None) -> int:
     except LockError:
         comfyui = None  # CI: no checkout; the upstream sections are checked by commit only
     folder = packs_dir or (comfyui / "custom_nodes" if comfyui else None)
-    if folder is not None and not all((folder / str(p["name"])).is_dir() for p in packs()):
+    if folder is not None and not all((folder / p.name).is_dir() for p in packs()):
         folder = None
     problems += stale_inputs(committed, expected_sections(comfyui, folder))
     with tempfile.TemporaryDirectory() as tmp:
