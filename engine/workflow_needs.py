@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from engine.errors import WorkflowConversionError
+from engine.fetch import is_url
 from engine.pack_sources import ADD_COMMAND, ADD_COMMAND_HINT
 from engine.runtime import ModelFolder
 from engine.ui_workflow import is_frontend_only, is_ui_format, to_api_format
@@ -353,7 +354,7 @@ def _model_need(
     volume_roots: Sequence[Path],
 ) -> ModelNeed:
     base = (node_id, class_type, input_name, value, folder.name)
-    if value.startswith(("http://", "https://")):
+    if is_url(value):
         return ModelNeed(*base, found=None, place="by URL")
     relative = PurePosixPath(value.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts:
