@@ -8,7 +8,10 @@ module here carries :data:`ENGINE_MARKS`, which skips them, saying why, elsewher
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,33 @@ ENGINE_MARKS = [
     pytest.mark.engine,
     pytest.mark.skipif(COMFYUI_PATH is None, reason=_SKIP_REASON),
 ]
+
+REPO = Path(__file__).resolve().parents[2]
+_WORKER_PREFIXES = ("BUCKET_", "COMFY", "INPUT_", "JOB_", "RESPONSE_", "WORKER_", "RUNPOD_")
+
+
+def run_script(
+    tmp_path: Path, log_level: str, *argv: str, env: Mapping[str, str] = {}
+) -> subprocess.CompletedProcess[str]:
+    """``python <argv>`` from the checkout on the real engine, with no worker settings of
+    the developer's own (``env`` adds the test's); the work dir under ``tmp_path``."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
+    child_env |= {
+        "PYTHONPATH": str(REPO),
+        "COMFYUI_PATH": str(COMFYUI_PATH),
+        "WORKER_DIR": str(tmp_path / "work"),
+        "COMFY_LOG_LEVEL": log_level,
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 @dataclass(frozen=True)

@@ -3,40 +3,13 @@ log it writes at the guide's default level (COMFY_LOG_LEVEL=DEBUG): told in few 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS
+from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS, run_script
 
 pytestmark = ENGINE_MARKS
-
-REPO = Path(__file__).resolve().parents[2]
-_WORKER_PREFIXES = ("BUCKET_", "COMFY", "INPUT_", "JOB_", "RESPONSE_", "WORKER_", "RUNPOD_")
-
-
-def run_script(tmp_path: Path, log_level: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    """``python <argv>`` from the checkout on the real engine, with no worker settings of
-    the developer's own; the work dir under ``tmp_path``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
-    env |= {
-        "PYTHONPATH": str(REPO),
-        "COMFYUI_PATH": str(COMFYUI_PATH),
-        "WORKER_DIR": str(tmp_path / "work"),
-        "COMFY_LOG_LEVEL": log_level,
-    }
-    return subprocess.run(
-        [sys.executable, *argv],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
 
 
 def test_handler_runs_test_input_json_and_boots_in_a_readable_log(tmp_path: Path) -> None:

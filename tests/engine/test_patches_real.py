@@ -3,19 +3,13 @@ with every one that can be off switched off the worker still runs a job, as plai
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from engine.runtime.comfy import ComfyRuntime
 from engine.runtime.patches import NAMES, REGISTRY
-from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS, extra_custom_nodes
+from tests.engine.support import ENGINE_MARKS, extra_custom_nodes, run_script
 
 pytestmark = ENGINE_MARKS
-
-REPO = Path(__file__).resolve().parents[2]
-_WORKER_PREFIXES = ("BUCKET_", "COMFY", "INPUT_", "JOB_", "RESPONSE_", "WORKER_", "RUNPOD_")
 
 
 def test_every_patch_finds_its_shape_in_the_pinned_comfyui(runtime: ComfyRuntime) -> None:
@@ -34,23 +28,7 @@ def test_with_every_patch_off_the_worker_runs_the_test_job_as_plain_comfyui(
     """``python handler.py`` (test_input.json: LoadImage, SaveImage, a video) with
     COMFY_PATCHES_OFF naming every patch that can be off."""
     off = [p.name for p in REGISTRY if p.can_skip]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_PREFIXES)}
-    env |= {
-        "PYTHONPATH": str(REPO),
-        "COMFYUI_PATH": str(COMFYUI_PATH),
-        "WORKER_DIR": str(tmp_path / "work"),
-        "COMFY_LOG_LEVEL": "INFO",
-        "COMFY_PATCHES_OFF": ",".join(off),
-    }
-    done = subprocess.run(
-        [sys.executable, "handler.py"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = run_script(tmp_path, "INFO", "handler.py", env={"COMFY_PATCHES_OFF": ",".join(off)})
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
     assert "Job local_test completed successfully." in log
