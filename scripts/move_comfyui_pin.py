@@ -85,19 +85,10 @@ def source_git_dir(source: Path | None, scratch: Path) -> Path:
     """The repository refs are read from: ``source``, else a fetch of the pin's upstream."""
     if source is not None:
         return pins.git_dir_of(source.expanduser().resolve())
-    url = _pin_values()["COMFYUI_REPO"]
+    url = pins.pin_values((ROOT / pins.PIN).read_text(encoding="utf-8"))["COMFYUI_REPO"]
     git_dir = scratch / "comfyui.git"
     _run(["git", "clone", "--quiet", "--bare", "--filter=blob:none", url, str(git_dir)])
     return git_dir
-
-
-def _pin_values() -> dict[str, str]:
-    values = {}
-    for line in (ROOT / pins.PIN).read_text(encoding="utf-8").splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
 
 
 def prepare_checkout(git_dir: Path, pin: pins.Pin, checkout: Path) -> str:

@@ -131,13 +131,19 @@ def export_tree(git_dir: Path, commit: str, dest: Path) -> None:
 # -- the repository's files --------------------------------------------------------------
 
 
-def read_pin(text: str) -> Pin:
-    """comfyui/pin.env's version and commit."""
+def pin_values(text: str) -> dict[str, str]:
+    """comfyui/pin.env's ``KEY=value`` lines (the upstream URL, version, commit)."""
     values = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and not key.startswith("#"):
             values[key.strip()] = value.strip()
+    return values
+
+
+def read_pin(text: str) -> Pin:
+    """comfyui/pin.env's version and commit."""
+    values = pin_values(text)
     return Pin(version=values["COMFYUI_VERSION"], commit=values["COMFYUI_COMMIT"])
 
 
