@@ -101,6 +101,14 @@ def _git_dir(folder: Path) -> Path | None:
     return None
 
 
+def _common_dir(git_dir: Path) -> Path:
+    """Where a repository keeps its refs and config: a worktree's are in the main one's."""
+    commondir = git_dir / "commondir"
+    if commondir.is_file():
+        return (git_dir / commondir.read_text(encoding="utf-8").strip()).resolve()
+    return git_dir
+
+
 def _head_commit(git_dir: Path) -> str | None:
     try:
         head = (git_dir / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
@@ -111,10 +119,7 @@ def _head_commit(git_dir: Path) -> str | None:
     if not head.startswith("ref:"):
         return None
     ref = head[len("ref:") :].strip()
-    common = git_dir
-    commondir = git_dir / "commondir"
-    if commondir.is_file():  # a worktree keeps its refs in the main repository
-        common = (git_dir / commondir.read_text(encoding="utf-8").strip()).resolve()
+    common = _common_dir(git_dir)
     for base in (git_dir, common):
         try:
             value = (base / ref).read_text(encoding="utf-8", errors="replace").strip()
@@ -134,10 +139,7 @@ def _head_commit(git_dir: Path) -> str | None:
 
 
 def _origin_url(git_dir: Path) -> str | None:
-    config_file = git_dir / "config"
-    commondir = git_dir / "commondir"
-    if commondir.is_file():
-        config_file = (git_dir / commondir.read_text(encoding="utf-8").strip() / "config").resolve()
+    config_file = _common_dir(git_dir) / "config"
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     try:
         parser.read_string(
