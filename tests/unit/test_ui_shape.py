@@ -25,7 +25,12 @@ from engine.worker import Worker
 from tests.fake_runtime import FakeRuntime
 from tests.ui_graphs import UiGraph, invert_png_mp4_ui, nested_subgraphs
 from tests.ui_templates import recorded_definitions, templates_dir
-from tests.unit.test_ui_workflow import blur_subgraph, link_obj, subgraph_definition
+from tests.unit.test_ui_workflow import (
+    blur_subgraph,
+    link_obj,
+    subgraph_definition,
+    with_subgraph,
+)
 
 DEFS: dict[str, Any] = recorded_definitions()["node_definitions"]
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ui"
@@ -40,17 +45,6 @@ def refused(workflow: dict[str, Any], **kwargs: Any) -> list[str]:
         convert(workflow, **kwargs)
     assert caught.value.code == "workflow_conversion_failed"
     return caught.value.details
-
-
-def with_subgraph() -> dict[str, Any]:
-    g = UiGraph()
-    g.subgraphs.append(blur_subgraph())
-    g.node(1, "EmptyImage", [8, 8, 1, 0], outputs=["IMAGE"])
-    g.node(5, "sub-blur", [4], inputs=[("image", "IMAGE")], outputs=["IMAGE"])
-    g.node(6, "SaveImage", ["x"], inputs=[("images", "IMAGE")])
-    g.link(1, 0, 5, "image")
-    g.link(5, 0, 6, "images")
-    return g.build()
 
 
 def _set(path: str, value: Any) -> Any:

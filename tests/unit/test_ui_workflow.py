@@ -393,7 +393,8 @@ def blur_subgraph() -> dict[str, Any]:
     )  # fmt: skip
 
 
-def test_subgraphs_are_expanded_with_the_editors_node_ids() -> None:
+def with_subgraph() -> dict[str, Any]:
+    """EmptyImage -> sub-blur (node 5, radius 4) -> SaveImage."""
     g = UiGraph()
     g.subgraphs.append(blur_subgraph())
     g.node(1, "EmptyImage", [8, 8, 1, 0], outputs=["IMAGE"])
@@ -401,7 +402,11 @@ def test_subgraphs_are_expanded_with_the_editors_node_ids() -> None:
     g.node(6, "SaveImage", ["x"], inputs=[("images", "IMAGE")])
     g.link(1, 0, 5, "image")
     g.link(5, 0, 6, "images")
-    api = convert(g.build())
+    return g.build()
+
+
+def test_subgraphs_are_expanded_with_the_editors_node_ids() -> None:
+    api = convert(with_subgraph())
     assert set(api) == {"1", "5:1", "5:2", "6"}
     assert inputs_of(api, "5:1") == {"blur_radius": 4, "sigma": 1.0, "image": ["1", 0]}
     assert inputs_of(api, "5:2") == {"image": ["5:1", 0]}
