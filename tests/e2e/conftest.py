@@ -88,6 +88,15 @@ def worker_env(work_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Terminate a worker process, killing it if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class WorkerServer:
     """``python handler.py --rp_serve_api`` in a subprocess, talked to over real HTTP."""
 
@@ -157,11 +166,7 @@ class WorkerServer:
     def close(self) -> None:
         """Stop the worker."""
         self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
         self._log.close()
 
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests import workflows
-from tests.e2e.conftest import REPO, WorkerServer, worker_env
+from tests.e2e.conftest import REPO, WorkerServer, stop, worker_env
 from tests.local_http import LoopbackServer
 
 ENV_SECRETS = {
@@ -210,11 +210,7 @@ def test_runpod_queue_mode(tmp_path: Path, fake_queue: FakeQueue) -> None:
             # A bound against a hang only: the result comes when the job ends.
             finished = fake_queue.done.wait(timeout=240)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
     log = log_path.read_text(errors="replace")
     assert finished, log
     errors = sorted(result["error"] for result in fake_queue.results)  # in any order

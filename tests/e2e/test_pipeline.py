@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests import workflows
-from tests.e2e.conftest import WorkerServer
+from tests.e2e.conftest import WorkerServer, stop
 from tests.e2e.test_reliability_cancel import FakeRunPodApi, runpod_api, start_queue_worker
 from tests.local_http import LoopbackServer
 
@@ -183,8 +182,4 @@ def test_the_sdks_queue_loop_takes_two_jobs_and_overlaps_them(
         for result in results.values():
             assert len(result["output"]["images"]) == 1, result
     finally:
-        worker.terminate()
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests import workflows
-from tests.e2e.conftest import REPO, worker_env
+from tests.e2e.conftest import REPO, stop, worker_env
 from tests.e2e.test_reliability import FaultServer, files_under
 from tests.local_http import LoopbackServer
 
@@ -173,9 +173,5 @@ def test_a_runpod_cancel_stops_a_held_download_and_the_next_job_is_served(
         assert files_under(work) == []
         assert runpod_api.results.empty()  # a cancelled job posts no result
     finally:
-        worker.terminate()
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
         images.close()
