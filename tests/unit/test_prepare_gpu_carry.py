@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load() -> ModuleType:
-    """Import the script (scripts/ is not a package: it runs standalone)."""
-    spec = importlib.util.spec_from_file_location(
-        "prepare_gpu_carry", ROOT / "scripts" / "prepare_gpu_carry.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.unit.test_manifests import load_script
 
 
 def test_every_carried_wheel_is_pinned_by_the_image_lock() -> None:
     """The host gets the image's versions: a name the lock drops is caught here."""
-    carry = load()
+    carry = load_script("prepare_gpu_carry")
     versions = carry.locked_versions()
     names = [*carry.CARRIED, *carry.FROM_SDIST]
     specs = carry.pinned(tuple(names), versions, ["extra==1.0"])
@@ -33,7 +20,7 @@ def test_every_carried_wheel_is_pinned_by_the_image_lock() -> None:
 
 
 def test_the_comfyui_archive_leaves_out_history_bytecode_packs_and_models(tmp_path: Path) -> None:
-    carry = load()
+    carry = load_script("prepare_gpu_carry")
     checkout = tmp_path / "ComfyUI"
     for name in (
         "execution.py",

@@ -11,29 +11,14 @@ import importlib.util
 import json
 import os
 import py_compile
-import sys
 import venv
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.test_manifests import load_script
 
-
-def _load_script() -> ModuleType:
-    """Import scripts/prepare_image.py (scripts/ is not a package: it runs standalone)."""
-    spec = importlib.util.spec_from_file_location(
-        "prepare_image", ROOT / "scripts" / "prepare_image.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["prepare_image"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = _load_script()
+prepare = load_script("prepare_image")
 
 # The stand-ins: each writes its file where the real package does, as of matplotlib 3.10
 # and ultralytics 8.3 (MPLCONFIGDIR/fontlist-v*.json; YOLO_CONFIG_DIR/Ultralytics/, used
