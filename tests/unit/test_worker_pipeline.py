@@ -11,7 +11,6 @@ import base64
 import dataclasses
 import io
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
 from tests.fake_runtime import FakeRuntime
+from tests.unit.test_pipeline import wait_until
 
 _HANG_S = 10.0
 
@@ -99,16 +99,6 @@ def answer_of(thread: threading.Thread, answer: list[Any]) -> dict[str, Any]:
     (body,) = answer
     assert isinstance(body, dict)
     return body
-
-
-def wait_until(condition: Callable[[], bool]) -> None:
-    """Wait for a state another thread reaches (bounded against a hang, not timed)."""
-    pause = threading.Event()
-    for _ in range(int(_HANG_S / 0.005)):
-        if condition():
-            return
-        pause.wait(0.005)
-    raise AssertionError("the state was not reached")
 
 
 def engine_waits(worker: Worker) -> dict[int, threading.Event]:
