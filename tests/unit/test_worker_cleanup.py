@@ -8,21 +8,19 @@ hanging the suite.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 import engine.answered
 from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
 from tests.fake_runtime import FakeRuntime
+from tests.unit.test_worker import png_b64
 
 _HANG_S = 10.0
 
@@ -34,14 +32,11 @@ def make_worker(settings: Settings, jobs: int = 2) -> Worker:
 
 
 def job(job_id: str, red: int = 10) -> dict[str, Any]:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (red, 20, 30)).save(buffer, "PNG")
-    image = base64.b64encode(buffer.getvalue()).decode()
     return {
         "id": job_id,
         "input": {
             "workflow": workflows.invert("x.png"),
-            "images": [{"name": "x.png", "image": image}],
+            "images": [{"name": "x.png", "image": png_b64((red, 20, 30))}],
         },
     }
 
