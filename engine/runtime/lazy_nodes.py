@@ -561,7 +561,8 @@ class LazyNodes:
         if not self._pending:
             return
         with self._lock:
-            order = [p for p in self._new.files if p in set(self._pending.values())]
+            pending = set(self._pending.values())
+            order = [p for p in self._new.files if p in pending]
         for path in order:
             self._load_file(path)
 
