@@ -173,7 +173,9 @@ def import_comfy(
     executing_context = importlib.import_module("comfy_execution.utils")
     timings["comfy_import"] = time.perf_counter() - started
 
-    lazy = _lazy_nodes(nodes, checkout, settings, dirs, folder_paths)
+    # Where the node index is read from, first to last; it is written to the first.
+    index_dirs = _node_index_dirs(checkout, dirs)
+    lazy = _lazy_nodes(nodes, index_dirs, settings, folder_paths, checkout)
     target.nodes, target.execution, target.server_module = nodes, execution, server_module
     target.lazy_nodes = lazy
     patches.apply_phase("before_node_init", target)
@@ -196,7 +198,7 @@ def import_comfy(
         hook_breaker.restore_functions()
     server.start_loop()
     timings["node_init"] = time.perf_counter() - started
-    written = lazy.save(_node_index_dirs(checkout, dirs)[0]) if lazy_on else None
+    written = lazy.save(index_dirs[0]) if lazy_on else None
     if written is not None:
         log.info("node index written to %s", written)
     patches.apply_phase("after_node_init", target)
@@ -280,12 +282,12 @@ def _node_index_dirs(checkout: Path, dirs: Directories) -> list[Path]:
 
 
 def _lazy_nodes(
-    nodes: Any, checkout: Path, settings: Settings, dirs: Directories, folder_paths: Any
+    nodes: Any, folders: list[Path], settings: Settings, folder_paths: Any, checkout: Path
 ) -> LazyNodes:
-    """The node index for this checkout and environment, read if one was made before."""
+    """The node index for this checkout and environment, read from ``folders``
+    (:func:`_node_index_dirs`) if one was made before."""
     key = index_key(_comfy_version(), folder_paths.get_folder_paths("custom_nodes"))
     index = None
-    folders = _node_index_dirs(checkout, dirs)
     for folder in folders:
         index = NodeIndex.read(index_path(folder, key), key)
         if index is not None:
