@@ -102,10 +102,18 @@ def _git_dir(folder: Path) -> Path | None:
 
 
 def _common_dir(git_dir: Path) -> Path:
-    """Where a repository keeps its refs and config: a worktree's are in the main one's."""
+    """Where a repository keeps its refs and config: a worktree's are in the main one's.
+
+    A ``commondir`` that cannot be read or resolved (unreadable, not text, a link loop)
+    leaves the worktree's own folder: the pack is then of unknown origin, not a crash of
+    whatever asked (the boot's pack report, ``scripts/add_custom_nodes.py``)."""
     commondir = git_dir / "commondir"
-    if commondir.is_file():
-        return (git_dir / commondir.read_text(encoding="utf-8").strip()).resolve()
+    try:
+        if commondir.is_file():
+            text = commondir.read_text(encoding="utf-8", errors="replace")[:_MAX_CONFIG_BYTES]
+            return (git_dir / text.strip()).resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop (3.12), a NUL in the text
+        pass
     return git_dir
 
 

@@ -65,6 +65,26 @@ def test_no_origin_or_no_git_is_unknown(checkout: Path, tmp_path: Path) -> None:
     assert read_origin(plain) is None
 
 
+def test_a_worktree_reads_its_main_checkout_and_a_broken_commondir_is_unknown(
+    checkout: Path, tmp_path: Path
+) -> None:
+    git(checkout, "remote", "add", "origin", "https://github.com/someone/ComfyUI-Some-Pack.git")
+    linked = tmp_path / "linked-pack"
+    git(checkout, "worktree", "add", "--quiet", "-b", "side", str(linked))
+    head = git(linked, "rev-parse", "HEAD")
+    assert read_origin(linked) == PackOrigin(
+        "https://github.com/someone/ComfyUI-Some-Pack.git", head
+    )
+    # What a half-copied volume leaves: the worktree's commondir is not valid text, then
+    # not readable at all (a folder in its place). Unknown origin either way, no crash.
+    commondir = Path(git(linked, "rev-parse", "--git-dir")) / "commondir"
+    commondir.write_bytes(b"\xff\xfe../..\x00")
+    assert read_origin(linked) is None
+    commondir.unlink()
+    commondir.mkdir()
+    assert read_origin(linked) is None
+
+
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
