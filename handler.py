@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import platform
+import sys
 import threading
 from typing import Any
 
@@ -43,6 +44,14 @@ from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
 from engine import logs  # noqa: E402
 from engine.errors import RuntimeBootError, WorkerError, new_incident, without_paths  # noqa: E402
 from engine.worker import Worker  # noqa: E402
+
+if "--rp_serve_api" in sys.argv:
+    # The SDK imports its local API server (FastAPI, Starlette, pydantic models: about
+    # 18,000 objects that live as long as the process) only when it starts serving,
+    # after the boot has frozen what was imported (gc.freeze, comfy_boot.import_comfy).
+    # Imported now, they are frozen with the rest, and the collection the runtime runs
+    # between jobs does not walk them every time.
+    import runpod.serverless.modules.rp_fastapi
 
 # The SDK prints with print(), past logging's filters: its lines are redacted on their own,
 # with the environment's secrets known from here on, whatever the settings make of them.

@@ -1,5 +1,6 @@
 """``python handler.py`` with the shipped test_input.json on the real engine, and the boot
-log it writes at the guide's default level (COMFY_LOG_LEVEL=DEBUG): told in few lines."""
+log it writes at the guide's default level (COMFY_LOG_LEVEL=DEBUG): told in few lines;
+and what the boot leaves frozen under ``--rp_serve_api``."""
 
 from __future__ import annotations
 
@@ -47,3 +48,23 @@ def test_comfy_log_level_reaches_the_job_command(tmp_path: Path) -> None:
 def _no_developer_runpod(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK runs test_input.json only off RunPod (no RUNPOD_WEBHOOK_GET_JOB)."""
     monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB", raising=False)
+
+
+def test_the_local_api_servers_modules_are_frozen_with_the_boot(tmp_path: Path) -> None:
+    """``--rp_serve_api``: the SDK's server modules are imported before the boot freezes
+    what lives as long as the process, so the collection between jobs skips them."""
+    script = "\n".join(
+        [
+            "import gc, sys",
+            "sys.argv = ['handler.py', '--rp_serve_api']",
+            "import handler",
+            "handler._start()",
+            "assert handler._worker is not None, handler._boot_error",
+            "from runpod.serverless.modules import rp_fastapi",
+            "tracked = {id(o) for o in gc.get_objects()}",  # frozen objects are not listed
+            "print('tracked:', id(rp_fastapi.WorkerAPI) in tracked, id(vars(rp_fastapi)) in tracked)",
+        ]
+    )
+    done = run_script(tmp_path, "WARNING", "-c", script)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "tracked: False False" in done.stdout, done.stdout[-2000:]
