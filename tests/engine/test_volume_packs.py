@@ -30,6 +30,7 @@ from tests.engine.support import (
     VOLUME_PACK_ORIGIN,
     node,
 )
+from tests.unit.test_worker import png_b64
 
 pytestmark = ENGINE_MARKS
 
@@ -37,12 +38,6 @@ pytestmark = ENGINE_MARKS
 @pytest.fixture
 def worker(runtime: ComfyRuntime) -> Worker:
     return Worker(Settings(work_dir=runtime.directories.input.parent), runtime)
-
-
-def _png_b64(color: tuple[int, int, int]) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _volume_nodes(engine_setup: EngineSetup) -> Path:
@@ -59,7 +54,7 @@ def test_a_volume_pack_the_image_satisfies_runs_in_a_job(worker: Worker) -> None
                     "2": node("VolumePackInvert", image=["1", 0]),
                     "3": node("SaveImage", images=["2", 0], filename_prefix="volume"),
                 },
-                "images": [{"name": "in.png", "image": _png_b64((200, 10, 0))}],
+                "images": [{"name": "in.png", "image": png_b64((200, 10, 0))}],
             },
         }
     )
