@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from engine.errors import WorkflowConversionError
+from engine.errors import ItemError, WorkflowConversionError
 from engine.fetch import is_url
+from engine.model_urls import is_absolute_path, relative_name
 from engine.pack_sources import ADD_COMMAND, ADD_COMMAND_HINT
 from engine.runtime import ModelFolder
 from engine.ui_workflow import is_frontend_only, is_ui_format, to_api_format
@@ -82,6 +83,9 @@ class ModelNeed:
     place: str
     """``image``, ``volume``, ``by URL`` (fetched when the job runs) or ``missing``."""
     searched: tuple[Path, ...] = ()
+    refused: str = ""
+    """For a missing file: why the job would refuse the value itself (an absolute path
+    outside every folder of its kind), as the job's own error says it."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class Needs:
                     "place": m.place,
                     **({"path": str(m.found)} if m.found else {}),
                     **({"searched": [str(p) for p in m.searched]} if m.place == "missing" else {}),
+                    **({"refused": m.refused} if m.refused else {}),
                 }
                 for m in self.models
             ],
@@ -356,7 +361,17 @@ def _model_need(
     base = (node_id, class_type, input_name, value, folder.name)
     if is_url(value):
         return ModelNeed(*base, found=None, place="by URL")
-    relative = PurePosixPath(value.replace("\\", "/"))
+    name = value
+    if is_absolute_path(value):
+        # What the job does with it (engine.model_urls): the name under a folder of the
+        # kind, wherever that folder was on the machine the workflow was made on.
+        try:
+            name = relative_name(value, folder)
+        except ItemError as exc:
+            return ModelNeed(
+                *base, found=None, place="missing", searched=folder.paths, refused=exc.reason
+            )
+    relative = PurePosixPath(name.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts:
         return ModelNeed(*base, found=None, place="missing", searched=folder.paths)
     for path in folder.paths:
@@ -383,7 +398,9 @@ def render(needs: Needs) -> str:
             "image": f"in the image: {m.found}",
             "volume": f"on the volume: {m.found}",
             "by URL": "a URL: downloaded, checked and cached when the job runs",
-            "missing": "NOT FOUND; searched " + ", ".join(str(p) for p in m.searched),
+            "missing": f"NOT FOUND: {m.refused}"
+            if m.refused
+            else "NOT FOUND; searched " + ", ".join(str(p) for p in m.searched),
         }[m.place]
         lines.append(f"  node {m.node_id} {m.class_type}.{m.input_name} = {m.value}: {where}")
     lines.extend(f"Problem: {p}" for p in needs.problems)

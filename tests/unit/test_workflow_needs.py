@@ -141,6 +141,33 @@ def test_model_files_are_found_in_the_image_or_on_the_volume_or_named_missing(
     assert report["complete"] is False and report["models"][1]["searched"]
 
 
+def test_an_absolute_model_path_is_looked_up_as_the_job_would_name_it(
+    engine: FakeRuntime, tmp_path: Path
+) -> None:
+    loras = engine.models_dir / "loras"
+    (loras / "style").mkdir(parents=True)
+    (loras / "style" / "ink.safetensors").write_bytes(b"weights")
+    workflow = api(
+        # This worker's own folder; another machine's install (Windows); a folder of
+        # another kind, which the job refuses.
+        ("LoraLoader", {"lora_name": str(loras / "style" / "ink.safetensors")}),
+        (
+            "LoraLoader",
+            {"lora_name": "C:\\ComfyUI\\models\\loras\\style\\ink.safetensors"},
+        ),
+        ("LoraLoader", {"lora_name": "/elsewhere/checkpoints/ink.safetensors"}),
+    )
+    needs = find_needs(workflow, engine, pack_folders={}, volume_roots=[tmp_path / "volume"])
+    assert [(m.place, m.found) for m in needs.models] == [
+        ("image", loras / "style" / "ink.safetensors"),
+        ("image", loras / "style" / "ink.safetensors"),
+        ("missing", None),
+    ]
+    assert "an absolute path outside this worker's loras folders" in needs.models[2].refused
+    assert f"NOT FOUND: {needs.models[2].refused}" in render(needs)
+    assert needs.to_json()["models"][2]["refused"] == needs.models[2].refused
+
+
 def test_a_node_map_in_another_shape_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "map.json"
     bad.write_text(json.dumps({"https://github.com/x/y": "not a list"}))
