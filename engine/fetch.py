@@ -44,10 +44,11 @@ from types import TracebackType
 import certifi
 import httpx
 
+from engine.connections import SocketWatch, connecting, watched_client, watching
 from engine.deadline import Deadline
 from engine.errors import ItemError
 from engine.settings import Settings
-from engine.transfer import LIMIT_SLACK_S, ReadLimits, SocketWatch, bounded_chunks, watching
+from engine.transfer import LIMIT_SLACK_S, ReadLimits, bounded_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +208,11 @@ class GuardedHttp:
         self._resolver = resolver
         self._policy = address_policy
         self._owns_client = client is None
-        self._client = client or httpx.Client(
-            # No proxy or .netrc from the environment: through a proxy, the address
-            # check would vouch for the proxy, not for the host the proxy reaches.
-            trust_env=False,
+        # No proxy or .netrc from the environment (through a proxy, the address check
+        # would vouch for the proxy, not for the host the proxy reaches); connections a
+        # job's cancel cuts in the connect and the TLS handshake too.
+        self._client = client or watched_client(
             verify=trust_context(),
-            follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0),  # see "Connection: close"
         )
 
@@ -235,10 +235,10 @@ class GuardedHttp:
 
         ``deadline`` (``time.monotonic()``) bounds every hop; ``idle_timeout_s``, when
         set, bounds each wait for the network (a stalled server) below it. ``job``'s
-        cancel shuts the connection down, also while the headers are awaited, and no
-        hop starts after it. Raises :class:`ItemError` with an empty name (the caller
-        names it), ``httpx`` errors, and :class:`DeadlinePassed` (an
-        ``httpx.TimeoutException``). An :class:`ItemError` raised in the block on a
+        cancel shuts the connection down, also while it connects, shakes hands (TLS) or
+        awaits the headers, and no hop starts after it. Raises :class:`ItemError` with an
+        empty name (the caller names it), ``httpx`` errors, and :class:`DeadlinePassed`
+        (an ``httpx.TimeoutException``). An :class:`ItemError` raised in the block on a
         redirected hop says which hop.
         """
         with watching(job) as watch:
@@ -348,8 +348,6 @@ class GuardedHttp:
         # TLS must send and verify the host name, not the IP the socket connects to.
         pin_tls = url.scheme == "https" and not _is_ip_literal(host)
         extensions: dict[str, object] = {"sni_hostname": host} if pin_tls else {}
-        if watch is not None:
-            extensions["trace"] = watch.trace  # the connection's socket, for a cancel
         error: httpx.ConnectError | None = None
         for address in addresses:
             remaining = deadline - time.monotonic()
@@ -364,7 +362,8 @@ class GuardedHttp:
                 extensions=extensions,
             )
             try:
-                return self._client.send(request, stream=True, follow_redirects=False)
+                with connecting(watch):  # the connection's socket, for a cancel
+                    return self._client.send(request, stream=True, follow_redirects=False)
             except httpx.ConnectError as exc:
                 # Try the host's next checked address (an unreachable IPv6, then IPv4).
                 error = exc

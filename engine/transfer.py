@@ -13,9 +13,9 @@ what each ``recv`` returned, up to 64 KB) is followed by four checks:
 
 A read that blocks is cut when the job is cancelled: the cancel shuts the connection's
 socket down from the cancelling thread, which wakes the reader at once. Its own time
-limit ends it too, since the read timeout never reaches past the time left. The wait
-for the response headers is cut the same way (:func:`watching`): httpcore's ``trace``
-extension says which socket a request is on as soon as it is connected.
+limit ends it too, since the read timeout never reaches past the time left. The connect,
+the TLS handshake and the wait for the response headers are cut the same way
+(:mod:`engine.connections`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
+from engine.connections import shut
 from engine.deadline import Deadline
 from engine.errors import ItemError
 from engine.settings import Settings
@@ -102,67 +101,6 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def _shut(sock: socket.socket | None) -> None:
-    """Wake a thread blocked reading ``sock``: ``close`` alone does not, ``shutdown`` does.
-
-    The plain socket's own method, also for a TLS socket (whose ``shutdown`` would drop its
-    TLS state under the reading thread's feet).
-    """
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):  # already closed: the read is over anyway
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-# httpcore's trace events whose return value is the stream a request goes on: the
-# plain connection, then the TLS one wrapped around it (a new socket object).
-_SOCKET_EVENTS = frozenset({"connection.connect_tcp.complete", "connection.start_tls.complete"})
-
-
-class SocketWatch:
-    """The socket a request is on, followed through httpcore's trace events, and shut
-    down when :meth:`stop` is called (a cancel): a wait for the headers ends at once.
-
-    Pass :attr:`trace` as the request's ``trace`` extension. A connection made after
-    the stop is shut as soon as it is made (a connect itself cannot be woken: its
-    timeout, the stall limit or the time left, bounds it).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._stopped = False
-
-    def trace(self, event: str, info: Mapping[str, Any]) -> None:
-        if event not in _SOCKET_EVENTS:
-            return
-        get = getattr(info.get("return_value"), "get_extra_info", None)
-        sock = get("socket") if get is not None else None
-        if not isinstance(sock, socket.socket):
-            return
-        with self._lock:
-            self._sock, stopped = sock, self._stopped
-        if stopped:
-            _shut(sock)
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped, sock = True, self._sock
-        _shut(sock)
-
-
-@contextlib.contextmanager
-def watching(deadline: Deadline | None) -> Iterator[SocketWatch | None]:
-    """A :class:`SocketWatch` stopped by ``deadline``'s cancel while the block runs
-    (None without a deadline)."""
-    if deadline is None:
-        yield None
-        return
-    watch = SocketWatch()
-    with deadline.on_cancel(watch.stop):
-        yield watch
-
-
 @contextlib.contextmanager
 def bounded_chunks(
     response: httpx.Response,
@@ -183,9 +121,7 @@ def bounded_chunks(
     """
     sock = _socket_of(response)
     listening = (
-        deadline.on_cancel(lambda: _shut(sock))
-        if deadline is not None
-        else contextlib.nullcontext()
+        deadline.on_cancel(lambda: shut(sock)) if deadline is not None else contextlib.nullcontext()
     )
 
     def stop_reason(exc: Exception | None) -> Exception | None:

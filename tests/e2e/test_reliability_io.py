@@ -18,7 +18,7 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,20 @@ from typing import Any
 import httpx
 import pytest
 
+from engine.deadline import Deadline
+from engine.errors import JobInterruptedError
+from engine.fetch import HttpFetcher
 from engine.model_cache import CACHE_DIR_NAME
 from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
 from tests.e2e.conftest import WorkerServer
+from tests.e2e.dead_ends import FullQueue, SilentTls
 from tests.e2e.test_reliability import files_under, first_pixel, png
 from tests.fake_runtime import FakeRuntime
 from tests.local_http import LoopbackServer
 from tests.media_factory import tiny_frames_video
+from tests.unit.test_pipeline import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -262,6 +267,90 @@ def test_a_cancel_stops_a_model_download_still_waiting_for_its_headers(
     assert "cancelled" in body["message"], body
     assert cache_files(worker) == []
     serves_the_next_job(worker, site)
+
+
+def _cancel_when(worker: Worker, job: dict[str, Any], stuck: Callable[[], bool]) -> dict[str, Any]:
+    """Run ``job``, cancel it once ``stuck()`` says it is waiting where only a cancel can
+    end the wait, and return its answer (the stop grace bounds the join)."""
+    answer: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: answer.append(worker.handle(job)))
+    thread.start()
+    wait_until(stuck)
+    worker.cancel(job["id"])
+    thread.join(30)
+    assert answer, "the job did not answer"
+    return answer[0]
+
+
+def test_a_cancel_stops_a_model_download_still_connecting(site: Site, tmp_path: Path) -> None:
+    """The server's accept queue is full: the connect waits in SYN_SENT, past the 3 s stop
+    grace (the stall limit, a minute, bounds it). Only the cancel, shutting the socket
+    it connects on, ends it in time; before, the worker declared itself stuck."""
+    queue = FullQueue()
+    try:
+        worker = make_worker(
+            tmp_path, job_timeout_s=600.0, job_stop_grace_s=3.0, download_stall_s=60.0
+        )
+        body = _cancel_when(
+            worker, model_job("k", queue.url + "/m.safetensors"), lambda: queue.connecting() > 0
+        )
+        assert body["code"] == "execution_interrupted", body  # not worker_stuck
+        assert "cancelled" in body["message"], body
+        assert queue.connecting() == 0  # the connect itself was cut, not left behind
+    finally:
+        queue.close()
+    assert cache_files(worker) == []
+    serves_the_next_job(worker, site)
+
+
+def test_a_cancel_stops_a_model_download_in_its_tls_handshake(site: Site, tmp_path: Path) -> None:
+    """The server takes the connection and the TLS hello and answers nothing: the
+    handshake would wait out the minute of stall limit, past the 3 s stop grace."""
+    silent = SilentTls()
+    try:
+        worker = make_worker(
+            tmp_path, job_timeout_s=600.0, job_stop_grace_s=3.0, download_stall_s=60.0
+        )
+        body = _cancel_when(
+            worker, model_job("t", silent.url + "/m.safetensors"), silent.hello.is_set
+        )
+        assert body["code"] == "execution_interrupted", body  # not worker_stuck
+        assert "cancelled" in body["message"], body
+    finally:
+        silent.close()
+    assert cache_files(worker) == []
+    serves_the_next_job(worker, site)
+
+
+def test_a_cancel_ends_an_input_download_in_its_tls_handshake_not_just_the_wait(
+    tmp_path: Path,
+) -> None:
+    """An input download is waited for on a thread of its own, so the job answers at
+    once either way; the cancel must also end the download itself, or each cancelled
+    job would leave a connection and a thread behind for the stall limit."""
+    silent = SilentTls()
+    settings = Settings(work_dir=tmp_path, input_allow_private_urls=True, download_stall_s=60.0)
+    deadline = Deadline.start(600.0)
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            with HttpFetcher(settings) as fetcher:
+                fetcher.fetch_within(silent.url + "/a.png", deadline)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=fetch)
+    try:
+        thread.start()
+        assert silent.hello.wait(30)
+        deadline.cancel()
+        thread.join(10)  # far under the stall limit: only the cancel ends it in time
+        assert not thread.is_alive(), "the handshake outlived the cancel"
+    finally:
+        silent.close()
+    (error,) = errors
+    assert isinstance(error, JobInterruptedError) and "cancelled" in error.message
 
 
 def test_an_input_download_stops_at_the_job_deadline_before_its_own_limit(
