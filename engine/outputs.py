@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Literal
 from PIL import Image
 
 from engine import real_paths, video
+from engine.deadline import Deadline
 from engine.errors import ItemError
 from engine.request import FramesToVideo
 from engine.runtime import Directories, UiOutputs
@@ -106,6 +107,7 @@ def collect_outputs(
     frames_to_video: FramesToVideo | None = None,
     scratch_dir: Path | None = None,
     max_pixels: int | None = None,
+    deadline: Deadline | None = None,
 ) -> tuple[list[OutputFile], list[str]]:
     """Every file the output nodes reported, in a stable order, and the errors.
 
@@ -114,7 +116,8 @@ def collect_outputs(
     order it reported them, then list order. A file reported twice is returned once.
     With ``frames_to_video``, a node's two or more still images become one video,
     written into ``scratch_dir``; a frame over ``max_pixels`` (``OUTPUT_MAX_PIXELS``)
-    leaves the frames as they are, with a line in the errors.
+    leaves the frames as they are, with a line in the errors. Reading a video's frames
+    checks ``deadline`` (the job's limit and cancel) as it goes, and raises its error.
     """
     if frames_to_video is not None and scratch_dir is None:
         raise ValueError("collect_outputs needs a scratch_dir to write joined videos into")
@@ -133,10 +136,12 @@ def collect_outputs(
         node_ui = ui[node_id]
         if not isinstance(node_ui, Mapping):
             continue
-        node_files = _node_files(node_id, node_ui, dirs, seen, errors, previews=previews)
+        node_files = _node_files(
+            node_id, node_ui, dirs, seen, errors, previews=previews, deadline=deadline
+        )
         if frames_to_video is not None and scratch_dir is not None:
             node_files = _join_stills(
-                node_files, frames_to_video, scratch_dir, video_names, errors, max_pixels
+                node_files, frames_to_video, scratch_dir, video_names, errors, max_pixels, deadline
             )
         files.extend(node_files)
     for line in errors:
@@ -153,6 +158,7 @@ def _node_files(
     errors: list[str],
     *,
     previews: bool,
+    deadline: Deadline | None = None,
 ) -> list[OutputFile]:
     """The files one node reported, each checked; problems are appended to ``errors``."""
     flagged_animated = _animated_flag(node_ui.get("animated"))
@@ -171,7 +177,7 @@ def _node_files(
             continue
         if file.kind == "video":
             try:
-                file = replace(file, video=video.probe(path))
+                file = replace(file, video=video.probe(path, deadline))
             except ItemError as exc:
                 # Still delivered: the user may be able to play what ffmpeg cannot read.
                 errors.append(f"{name}: {exc.reason}")
@@ -305,6 +311,7 @@ def _join_stills(
     used_names: set[str],
     errors: list[str],
     max_pixels: int | None = None,
+    deadline: Deadline | None = None,
 ) -> list[OutputFile]:
     """Replace a node's still images by one video made of them (the stills kept if asked)."""
     stills = [f for f in files if f.kind == "image"]
@@ -323,8 +330,9 @@ def _join_stills(
             request.fps,
             request.format,
             max_pixels=max_pixels,
+            deadline=deadline,
         )
-        info = video.probe(path)
+        info = video.probe(path, deadline)
     except ItemError as exc:
         # A frame's problem names the frame; the video's own names nothing more.
         why = exc.reason if exc.name == filename else str(exc)

@@ -25,6 +25,7 @@ import av
 import imageio_ffmpeg
 from PIL import Image
 
+from engine.deadline import Deadline
 from engine.errors import ItemError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ _EVEN_PAD = "pad=ceil(iw/2)*2:ceil(ih/2)*2"
 _ENCODE_S_PER_FRAME = 2.0
 _ENCODE_BASE_S = 60.0
 
+# The job's deadline is read every this many packets while a video's frames are counted:
+# demuxing one takes about a microsecond, so a limit or a cancel is seen within a
+# millisecond or so (engine/media.py reads inputs the same way).
+PACKETS_PER_CHECK = 256
+
 # The last lines of ffmpeg's log are the ones that say what went wrong.
 _STDERR_TAIL_LINES = 3
 
@@ -70,13 +76,15 @@ class VideoInfo:
     frames: int
 
 
-def probe(path: Path) -> VideoInfo:
+def probe(path: Path, deadline: Deadline | None = None) -> VideoInfo:
     """Duration, frame rate, size and frame count of the video at ``path``.
 
     Read with PyAV in this process, never through a child process: with PyAV 19 in the
     image, forking while PyAV objects live in other threads (ComfyUI's SaveVideo) could
     deadlock the child before exec (imageio-ffmpeg's probe forks with ``preexec_fn``),
-    and the job never returned.
+    and the job never returned. Counting the frames reads every packet, so a workflow
+    that writes a huge video (or millions of tiny frames) makes it long: ``deadline``
+    (the job's limit and cancel) is checked as it goes, and raises its own error.
     """
     if not path.is_file():
         raise ItemError(path.name, "the video file does not exist")
@@ -88,7 +96,7 @@ def probe(path: Path) -> VideoInfo:
             # One packet per frame for every codec ComfyUI writes (H.264, VP9, AV1...):
             # counting packets is exact without decoding, where the container's own count
             # is missing from WebM and wrong for variable-frame-rate files.
-            frames = sum(1 for packet in container.demux(stream) if packet.size)
+            frames = _count_frames(container, stream, deadline)
             duration = _duration_s(container, stream)
             rate = stream.average_rate or stream.guessed_rate
             width, height = stream.width, stream.height
@@ -104,6 +112,19 @@ def probe(path: Path) -> VideoInfo:
         height=int(height),
         frames=frames,
     )
+
+
+def _count_frames(container: Any, stream: Any, deadline: Deadline | None) -> int:
+    """The video stream's packets that hold data, the job's deadline checked between any
+    two packets of any stream (a demux of the video stream alone would skip the others'
+    packets in C, however many)."""
+    frames = 0
+    for read, packet in enumerate(container.demux()):
+        if read % PACKETS_PER_CHECK == 0 and deadline is not None and deadline.expired():
+            raise deadline.exceeded("while reading output videos")
+        if packet.size and packet.stream.index == stream.index:
+            frames += 1
+    return frames
 
 
 def _duration_s(container: Any, stream: Any) -> float:
@@ -158,12 +179,15 @@ def frames_to_video(
     *,
     timeout_s: float | None = None,
     max_pixels: int | None = None,
+    deadline: Deadline | None = None,
 ) -> Path:
     """Join still images, in order, into one MP4 (H.264) or WebM (VP9) at ``dest``.
 
     Every frame is scaled to the first frame's size. Raises ``ItemError`` naming
     the frame or the video when something cannot be read or encoded, or when a frame
-    is over ``max_pixels`` (``OUTPUT_MAX_PIXELS``), before it is decoded.
+    is over ``max_pixels`` (``OUTPUT_MAX_PIXELS``), before it is decoded. ``deadline``
+    (the job's limit and cancel) is checked at every frame and bounds the wait for ffmpeg;
+    a cancel kills ffmpeg at once. Either raises the deadline's own error.
     """
     if len(frames) < 1:
         raise ValueError("frames_to_video needs at least one frame")
@@ -188,7 +212,8 @@ def frames_to_video(
     limit = timeout_s or _ENCODE_BASE_S + _ENCODE_S_PER_FRAME * len(frames)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _encode(cmd, _rgb_frames(frames, (width, height), max_pixels), dest, limit)
+        rgb = _rgb_frames(frames, (width, height), max_pixels, deadline)
+        _encode(cmd, rgb, dest, limit, deadline)
     except BaseException:
         if dest.is_file():  # a half-written video must not be delivered
             dest.unlink()
@@ -205,8 +230,15 @@ def frames_to_video(
     return dest
 
 
-def _encode(cmd: list[str], frames: Iterator[bytes], dest: Path, timeout_s: float) -> None:
-    """Run ffmpeg on ``cmd``, feeding it raw frames; raise ``ItemError`` if it fails."""
+def _encode(
+    cmd: list[str],
+    frames: Iterator[bytes],
+    dest: Path,
+    timeout_s: float,
+    deadline: Deadline | None = None,
+) -> None:
+    """Run ffmpeg on ``cmd``, feeding it raw frames; raise ``ItemError`` if it fails, the
+    deadline's error once the job must stop."""
     # imageio_ffmpeg.write_frames never checks ffmpeg's exit status and lets its log go
     # to the worker's stderr, so a failed encode would pass silently; hence our own pipe.
     # The log goes to a file: a pipe nobody reads while frames are written can fill up.
@@ -217,36 +249,63 @@ def _encode(cmd: list[str], frames: Iterator[bytes], dest: Path, timeout_s: floa
         stdin = process.stdin
         if stdin is None:  # cannot happen with stdin=PIPE; narrows the type
             raise RuntimeError("ffmpeg was started without a stdin pipe")
-        try:
-            for frame in frames:
-                stdin.write(frame)
-        except BrokenPipeError:
-            pass  # ffmpeg quit early; its exit status and log say why
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-        finally:
-            with contextlib.suppress(BrokenPipeError):  # ffmpeg exited: nothing to flush
-                stdin.close()
-        try:
-            returncode = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise ItemError(
-                dest.name, f"ffmpeg did not finish encoding within {timeout_s:.0f} s"
-            ) from None
-        if returncode != 0:
-            reason = _tail(stderr).replace(str(dest), dest.name)
-            raise ItemError(dest.name, f"ffmpeg failed to encode it: {reason}")
+        stop = deadline.on_cancel(process.kill) if deadline else contextlib.nullcontext()
+        with stop:
+            _feed_and_wait(process, stdin, frames, dest, timeout_s, deadline, stderr)
+
+
+def _feed_and_wait(
+    process: subprocess.Popen[bytes],
+    stdin: IO[bytes],
+    frames: Iterator[bytes],
+    dest: Path,
+    timeout_s: float,
+    deadline: Deadline | None,
+    stderr: IO[bytes],
+) -> None:
+    """:func:`_encode`'s body, while a cancel kills ``process``."""
+    try:
+        for frame in frames:
+            stdin.write(frame)
+    except BrokenPipeError:
+        pass  # ffmpeg quit early (or a cancel killed it); its exit status and log say why
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        with contextlib.suppress(BrokenPipeError):  # ffmpeg exited: nothing to flush
+            stdin.close()
+    remaining = deadline.remaining() if deadline is not None else None
+    wait_s = timeout_s if remaining is None else min(timeout_s, remaining)
+    try:
+        returncode = process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        if deadline is not None and deadline.expired():
+            raise deadline.exceeded("while joining frames into a video") from None
+        raise ItemError(
+            dest.name, f"ffmpeg did not finish encoding within {timeout_s:.0f} s"
+        ) from None
+    if deadline is not None and deadline.expired():
+        raise deadline.exceeded("while joining frames into a video")
+    if returncode != 0:
+        reason = _tail(stderr).replace(str(dest), dest.name)
+        raise ItemError(dest.name, f"ffmpeg failed to encode it: {reason}")
 
 
 def _rgb_frames(
-    frames: Sequence[Path], size: tuple[int, int], max_pixels: int | None
+    frames: Sequence[Path],
+    size: tuple[int, int],
+    max_pixels: int | None,
+    deadline: Deadline | None = None,
 ) -> Iterator[bytes]:
-    """Each frame as raw RGB bytes at ``size``, read one at a time to bound memory."""
+    """Each frame as raw RGB bytes at ``size``, read one at a time to bound memory; the
+    deadline checked before each."""
     for path in frames:
+        if deadline is not None and deadline.expired():
+            raise deadline.exceeded("while joining frames into a video")
         try:
             with Image.open(path) as image:
                 _check_pixels(path, image.size, max_pixels)

@@ -446,6 +446,7 @@ class Worker:
                 frames_to_video=request.frames_to_video,
                 scratch_dir=files_of_job.scratch if request.frames_to_video else None,
                 max_pixels=self.settings.output_max_pixels,
+                deadline=deadline,
             )
             files = [_unscope(f, folder) for f in files]
             errors += [f"{path.name}: could not be written: {exc}" for path, exc in unwritten]

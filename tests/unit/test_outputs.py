@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from engine import video
+from engine.errors import JobTimeoutError
 from engine.outputs import OutputFile, _png_frames, collect_outputs, mime_type_for
 from engine.request import FramesToVideo
 from engine.runtime import Directories
@@ -22,7 +23,9 @@ from tests.media_factory import (
     make_jpeg,
     make_png,
     make_video,
+    tiny_frames_video,
 )
+from tests.unit.test_video import DeadlineAtLook
 
 
 @pytest.fixture
@@ -332,6 +335,17 @@ def test_unreadable_video_is_returned_with_an_error_line(dirs: Directories) -> N
     assert files[0].video is None
     assert len(errors) == 1
     assert errors[0].startswith("broken.mp4 (node 5): cannot be read as a video: Invalid data")
+
+
+def test_a_huge_output_video_is_read_only_while_the_job_has_time(dirs: Directories) -> None:
+    """A workflow wrote 5,000 frames: the job's limit, passing at the count's second look,
+    stops the reading of outputs with the job's own error (not an errors[] line: the job
+    must stop), after a few hundred packets."""
+    (dirs.output / "many.mkv").write_bytes(tiny_frames_video(5000))
+    deadline = DeadlineAtLook(60.0, at=2)
+    with pytest.raises(JobTimeoutError, match="stopped while reading output videos"):
+        collect_outputs({"7": {"gifs": [item("many.mkv")]}}, dirs, deadline=deadline)
+    assert len(deadline.looks) == 2
 
 
 class TestFramesToVideo:

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
 
 from engine import video
-from engine.errors import ItemError
-from engine.video import VideoInfo, frames_to_video, probe
-from tests.media_factory import frame_color, make_audio, make_frames, make_png, make_video
+from engine.deadline import Deadline
+from engine.errors import ItemError, JobInterruptedError, JobTimeoutError
+from engine.video import PACKETS_PER_CHECK, VideoInfo, frames_to_video, probe
+from tests.media_factory import (
+    frame_color,
+    make_audio,
+    make_frames,
+    make_png,
+    make_video,
+    tiny_frames_video,
+)
+
+
+@dataclass(frozen=True)
+class DeadlineAtLook(Deadline):
+    """A limit that passes at the ``at``-th time the code looks at it: the event is the
+    reader's own progress, not the clock. ``looks`` counts the looks."""
+
+    at: int = 2
+    looks: list[int] = field(default_factory=list)
+
+    def expired(self) -> bool:
+        self.looks.append(len(self.looks) + 1)
+        return len(self.looks) >= self.at
 
 
 def decode(path: Path) -> tuple[dict[str, object], list[bytes]]:
@@ -87,6 +109,29 @@ class TestProbe:
         monkeypatch.setattr(subprocess, "Popen", no_child)
         monkeypatch.setattr(os, "fork", no_child)
         assert probe(path).frames == 3
+
+    def test_the_job_limit_passing_mid_count_stops_the_probe(self, tmp_path: Path) -> None:
+        """A workflow's video of 5,000 frames: the limit passes at the probe's second look,
+        after 256 packets, and the probe stops there with the job's own error instead of
+        reading the file to its end (a hostile output would hold the job past its limit)."""
+        path = tmp_path / "many.mkv"
+        path.write_bytes(tiny_frames_video(5000))
+        assert probe(path).frames == 5000  # the file is whole: counted to its end
+        deadline = DeadlineAtLook(60.0, at=2)
+        with pytest.raises(JobTimeoutError) as caught:
+            probe(path, deadline)
+        assert caught.value.message == (
+            "The job ran longer than its time limit of 60 s and was stopped while reading "
+            "output videos"
+        )
+        assert len(deadline.looks) == 2 < 5000 // PACKETS_PER_CHECK
+
+    def test_a_cancel_stops_the_probe(self, tmp_path: Path) -> None:
+        path = make_video(tmp_path / "clip.mp4", frames=3, fps=8.0, size=(32, 32))
+        deadline = Deadline.start(None)
+        deadline.cancel()
+        with pytest.raises(JobInterruptedError, match="cancelled and stopped while reading"):
+            probe(path, deadline)
 
 
 class TestFramesToVideo:
@@ -184,6 +229,38 @@ class TestFramesToVideo:
         assert "libx264" in caught.value.reason
         assert "'webm'" in caught.value.reason
         assert video.encoder_for("webm") == "libvpx-vp9"
+
+    def test_the_job_limit_stops_the_join_between_frames(self, tmp_path: Path) -> None:
+        """The limit passes at the third frame's look: ffmpeg is stopped, no video is left."""
+        frames = make_frames(tmp_path, 6, size=(32, 32))
+        dest = tmp_path / "out" / "joined.mp4"
+        deadline = DeadlineAtLook(60.0, at=3)
+        with pytest.raises(JobTimeoutError, match="while joining frames into a video"):
+            frames_to_video(frames, dest, 8.0, "mp4", deadline=deadline)
+        assert not dest.exists()
+        assert len(deadline.looks) == 3
+
+    def test_a_cancel_during_the_join_fails_it_and_leaves_no_video(self, tmp_path: Path) -> None:
+        """The cancel comes as the last frame is read (the cue), after the last check
+        between frames: ffmpeg is killed (a cancel listener) and the job gets its cancel
+        error, not a video."""
+        frames = make_frames(tmp_path, 3, size=(32, 32))
+        deadline = Deadline.start(None)
+        real_open = video.Image.open
+        opened: list[Path] = []
+
+        def open_then_cancel_at_the_last(path: Path, *args: object, **kwargs: object) -> object:
+            opened.append(path)
+            if len(opened) == 1 + len(frames):  # the size probe, then each frame
+                deadline.cancel()
+            return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        dest = tmp_path / "joined.mp4"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(video.Image, "open", open_then_cancel_at_the_last)
+            with pytest.raises(JobInterruptedError, match="while joining frames into a video"):
+                frames_to_video(frames, dest, 8.0, "mp4", deadline=deadline)
+        assert not dest.exists()
 
     def test_bundled_ffmpeg_has_both_encoders(self) -> None:
         """imageio-ffmpeg's build encodes H.264 (libx264) and VP9 (libvpx-vp9)."""

@@ -375,6 +375,30 @@ def test_the_deadline_covers_delivery_and_the_next_job_runs(tmp_path: Path) -> N
     assert len(after["images"]) == 1 and after["errors"] == []
 
 
+def test_a_cancel_while_outputs_are_read_stops_the_video_count_and_the_next_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel lands as the job starts reading its outputs (the cue: the worker calls
+    collect_outputs): the count of the videos' frames stops at its first look, instead of
+    reading every packet and failing only before delivery."""
+    worker = make_worker(Settings(work_dir=tmp_path))
+    real_collect = engine.worker.collect_outputs
+
+    def cancel_then_collect(*args: Any, **kwargs: Any) -> Any:
+        worker.cancel("v")
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(engine.worker, "collect_outputs", cancel_then_collect)
+    body = worker.handle({"id": "v", "input": {"workflow": workflows.media(frames=4)}})
+    assert body["code"] == "execution_interrupted", body
+    assert body["message"] == ("The job was cancelled and stopped while reading output videos"), (
+        body
+    )
+    monkeypatch.setattr(engine.worker, "collect_outputs", real_collect)
+    after = worker.handle({"id": "next", "input": {"workflow": workflows.batch(1)}})
+    assert len(after["images"]) == 1 and after["errors"] == []
+
+
 def test_a_job_that_cannot_be_stopped_gets_the_worker_replaced(tmp_path: Path) -> None:
     """A node deaf to interrupts: the job is answered at its limit plus the grace, RunPod is
     asked for a fresh worker, and every later job is refused at once the same way instead
