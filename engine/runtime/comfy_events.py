@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import WorkerError
+from engine.errors import JobInterruptedError, JobTimeoutError, WorkerError
 from engine.runtime import JobSpec, ProgressEvent
 from engine.runtime.comfy_boot import Comfy
 
@@ -171,6 +171,12 @@ def deadline_passed(state: JobState) -> bool:
     return state.deadline_hit.is_set()
 
 
+# What ComfyUI reports as the exception type of a node stopped by the job's deadline.
+_DEADLINE_ERRORS = frozenset(
+    f"{cls.__module__}.{cls.__qualname__}" for cls in (JobInterruptedError, JobTimeoutError)
+)
+
+
 def raise_failure(
     state: JobState, failure: WorkerError, messages: list[tuple[str, Mapping[str, Any]]]
 ) -> None:
@@ -181,6 +187,11 @@ def raise_failure(
     node = data.get("node_id")
     if event == "execution_interrupted" and deadline_passed(state):
         where = f"at node {node} ({data.get('node_type')})" if node else "while it ran"
+        raise job.deadline.exceeded(where, node_id=str(node) if node else None) from failure
+    if event == "execution_error" and str(data.get("exception_type")) in _DEADLINE_ERRORS:
+        # A node stopped by the job's own limit or cancel (SaveImage's wait for a PNG
+        # encoder process): the job's error, not a node's failure.
+        where = f"at node {node} ({data.get('node_type')}) while writing output PNGs"
         raise job.deadline.exceeded(where, node_id=str(node) if node else None) from failure
     if event == "execution_error":
         log.error(

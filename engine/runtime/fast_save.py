@@ -22,7 +22,11 @@ it looks up in ``nodes`` pointing, for that call only, at a stand-in whose image
 hand ``save`` to a writer. The call returns once every file is written; an encoder
 error is raised from it as before. When an encoder process cannot be started, dies,
 or answers something that is not an answer, that image is saved in this process instead
-(logged): slower, same bytes, and never a failed job. A dead or broken process is ended
+(logged): slower, same bytes, and never a failed job. A process that stops answering
+(frozen, not dead) is ended when its answer is overdue (:func:`answer_bound_s`, far
+beyond any encode) and the image saved here the same way; when the job's time is up or it
+is cancelled first, it is ended then and the save fails with the job's own error, so a
+frozen helper never holds a job or the worker. A dead, broken or frozen process is ended
 and left out of the pool, which starts a fresh one for the next image that needs one.
 Real-engine tests compare the files with ComfyUI's own (bytes for ``pillow``, pixels and
 metadata for ``fast``).
@@ -50,6 +54,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # this file also runs alone, as the encoder process, without engine/
+    from engine.deadline import Deadline
     from engine.runtime.pending_files import PendingFiles
 
 ENCODERS = ("fast", "pillow")
@@ -63,8 +68,27 @@ _MAX_PROCESSES = 8
 _HEADER = struct.Struct("!Q")
 
 
+# An encoder process's answer is overdue after this long, plus this much per megapixel of
+# the image: Pillow encodes a megapixel in about 0.25 s on 2 CPU cores at ComfyUI's level 4
+# (docs/benchmarks.md), so 10 s per megapixel is 40 times that; only a process that has
+# stopped (a SIGSTOP, a deadlock) waits that long.
+_ANSWER_BASE_S = 10.0
+_ANSWER_S_PER_MEGAPIXEL = 10.0
+
+
+def answer_bound_s(image: Any) -> float:
+    """How long an encoder process may take to answer for ``image`` before it is ended."""
+    size = getattr(image, "size", None)
+    pixels = size[0] * size[1] if isinstance(size, tuple) and len(size) == 2 else 0
+    return _ANSWER_BASE_S + _ANSWER_S_PER_MEGAPIXEL * pixels / 1e6
+
+
 class _TransportError(Exception):
     """An encoder process could not be reached: the image is saved here instead."""
+
+
+class _Overdue(_TransportError):
+    """An encoder process did not answer in time (or the job had to stop): it was ended."""
 
 
 class _Encoder:
@@ -84,16 +108,45 @@ class _Encoder:
         """Whether the process still runs (one killed while idle is found here)."""
         return self.process.poll() is None
 
-    def save(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def save(
+        self,
+        image: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: Deadline | None = None,
+    ) -> None:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
+        bound = answer_bound_s(image)
+        remaining = deadline.remaining() if deadline is not None else None
+        wait_s = bound if remaining is None else min(bound, remaining)
+        ended = threading.Event()
+
+        def end() -> None:
+            # SIGKILL ends a stopped process too; its pipes close, so the send or the
+            # read that waits on it returns (EOF, EPIPE) on the saving thread.
+            ended.set()
+            with contextlib.suppress(OSError):
+                self.process.kill()
+
+        timer = threading.Timer(wait_s, end)
+        timer.daemon = True
+        timer.start()
+        stop = deadline.on_cancel(end) if deadline is not None else contextlib.nullcontext()
         try:
-            _send(stdin, (image, args, kwargs))
-            error = _receive(stdout)
+            with stop:
+                _send(stdin, (image, args, kwargs))
+                error = _receive(stdout)
         except Exception as exc:
+            if ended.is_set():
+                raise _Overdue(
+                    f"no answer within {wait_s:.1f} s; process {self.process.pid} ended"
+                ) from exc
             # A dead process (BrokenPipeError, EOF) or a broken one (bytes that do not
             # unpickle, or unpickle to anything at all): not the image's fault.
             raise _TransportError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            timer.cancel()
         if error is None:
             return
         if not isinstance(error, BaseException):
@@ -134,11 +187,24 @@ class EncoderPool:
         self._lock = threading.Lock()
         self._warned = False
 
-    def submit(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[None]:
-        """Save ``image`` (``image.save(*args, **kwargs)``) in an encoder process."""
-        return self._threads.submit(self._save, image, args, kwargs)
+    def submit(
+        self,
+        image: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: Deadline | None = None,
+    ) -> Future[None]:
+        """Save ``image`` (``image.save(*args, **kwargs)``) in an encoder process; its wait
+        for the process ends with ``deadline`` (the job's limit and cancel)."""
+        return self._threads.submit(self._save, image, args, kwargs, deadline)
 
-    def _save(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _save(
+        self,
+        image: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: Deadline | None = None,
+    ) -> None:
         try:
             encoder = self._take()
         except OSError as exc:
@@ -146,11 +212,16 @@ class EncoderPool:
             image.save(*args, **kwargs)
             return
         try:
-            encoder.save(image, args, kwargs)
+            encoder.save(image, args, kwargs, deadline)
         except _TransportError as exc:
             # Left out of the pool: the next image that needs a process gets a new one.
             encoder.kill()
-            self._fallback(exc)
+            if deadline is not None and deadline.expired():
+                raise deadline.exceeded("while writing output PNGs") from exc
+            if isinstance(exc, _Overdue):  # rare and worth its line each time
+                log.warning("PNG encoder process stopped answering (%s); saving here", exc)
+            else:
+                self._fallback(exc)
             image.save(*args, **kwargs)
             return
         except BaseException:
@@ -231,8 +302,17 @@ class FastWriter:
     def __init__(self, size: int) -> None:
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="png-write")
 
-    def submit(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[None]:
-        """Write ``image`` as ``image.save(*args, **kwargs)`` would (a :func:`writable` call)."""
+    def submit(
+        self,
+        image: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: Deadline | None = None,
+    ) -> Future[None]:
+        """Write ``image`` as ``image.save(*args, **kwargs)`` would (a :func:`writable` call).
+        In this process, on a thread: nothing to wait for but the write (``deadline``
+        unused)."""
+        del deadline
         return self._threads.submit(_write_fast, image, args, kwargs)
 
 
@@ -264,19 +344,20 @@ _handing_off = threading.local()
 
 
 @contextlib.contextmanager
-def saves_into(pending: PendingFiles | None) -> Iterator[None]:
+def saves_into(pending: PendingFiles | None, deadline: Deadline | None = None) -> Iterator[None]:
     """While the block runs on this thread (the engine's, during a job's run), SaveImage
     hands every image, one or many, to the encoder processes and returns at once; the
     files land in ``pending``, which the worker waits for after the run. Each file's name
     is taken on disk first (an empty file), so the next save's counter skips it; a
     LoadImage in the same run waits for them (:func:`wait_for_saves`). ``None``: saves
-    are waited for in the node, as without this."""
-    previous = getattr(_handing_off, "pending", None)
-    _handing_off.pending = pending
+    are waited for in the node, as without this. ``deadline`` (the job's) ends every wait
+    for an encoder process, in the node or after it."""
+    previous = getattr(_handing_off, "pending", None), getattr(_handing_off, "deadline", None)
+    _handing_off.pending, _handing_off.deadline = pending, deadline
     try:
         yield
     finally:
-        _handing_off.pending = previous
+        _handing_off.pending, _handing_off.deadline = previous
 
 
 def wait_for_saves() -> None:
@@ -295,11 +376,13 @@ class _DeferredImage:
         pending: list[tuple[Path | None, Future[None]]],
         take_name: bool,
         inline: bool,
+        deadline: Deadline | None = None,
     ) -> None:
         self._image = image
         self._pending = pending
         self._take_name = take_name
         self._inline = inline
+        self._deadline = deadline
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         fast = _fast_writable(self._image, args, kwargs)
@@ -314,7 +397,7 @@ class _DeferredImage:
         if fast:
             written = _shared_fast().submit(self._image, args, kwargs)
         else:
-            written = _shared_pool().submit(self._image, args, kwargs)
+            written = _shared_pool().submit(self._image, args, kwargs, self._deadline)
         self._pending.append((path, written))
 
     def __getattr__(self, name: str) -> Any:
@@ -330,15 +413,17 @@ class _DeferringPil:
         pending: list[tuple[Path | None, Future[None]]],
         take_name: bool,
         inline: bool,
+        deadline: Deadline | None = None,
     ) -> None:
         self._pil = pil_image
         self._pending = pending
         self._take_name = take_name
         self._inline = inline
+        self._deadline = deadline
 
     def fromarray(self, *args: Any, **kwargs: Any) -> _DeferredImage:
         image = self._pil.fromarray(*args, **kwargs)
-        return _DeferredImage(image, self._pending, self._take_name, self._inline)
+        return _DeferredImage(image, self._pending, self._take_name, self._inline, self._deadline)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pil, name)
@@ -365,6 +450,7 @@ def _parallel(nodes: Any, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def save_images(self: Any, images: Any, *args: Any, **kwargs: Any) -> Any:
         handed_off: PendingFiles | None = getattr(_handing_off, "pending", None)
+        deadline: Deadline | None = getattr(_handing_off, "deadline", None)
         alone = len(images) < 2 and handed_off is None
         if alone and not _fast:
             return original(self, images, *args, **kwargs)
@@ -372,7 +458,11 @@ def _parallel(nodes: Any, original: Callable[..., Any]) -> Callable[..., Any]:
         with _swap_lock:
             pil_image = nodes.Image
             nodes.Image = _DeferringPil(
-                pil_image, pending, take_name=handed_off is not None, inline=alone
+                pil_image,
+                pending,
+                take_name=handed_off is not None,
+                inline=alone,
+                deadline=deadline,
             )
             try:
                 result = original(self, images, *args, **kwargs)

@@ -17,6 +17,7 @@ import contextlib
 import io
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
 from tests.engine.support import ENGINE_MARKS
-from tests.unit.test_fast_save import GatedPool, encoder
+from tests.unit.test_fast_save import GatedPool, encoder, unread_bytes
+from tests.unit.test_pipeline import wait_until
 
 pytestmark = ENGINE_MARKS
 
@@ -76,6 +78,37 @@ def test_killed_encoder_helpers_do_not_fail_the_next_batch_job(
     assert answer(worker, "png-3") == first
     alive = helper_pids()
     assert alive and not set(alive) & set(killed)
+
+
+def test_a_frozen_encoder_helper_costs_only_the_cancelled_job(worker: Worker, pillow: None) -> None:
+    """Helpers stopped (SIGSTOP) between two batch jobs: the second job's encode sits in a
+    frozen helper's pipe (the cue) and the job is cancelled. It answers as cancelled (not
+    ``worker_stuck``), the frozen helpers are ended, and the next job is answered whole on
+    fresh helpers, byte for byte what the first got."""
+    first = answer(worker, "png-1")
+    pool = fast_save._pool
+    assert pool is not None
+    frozen = list(pool._idle)
+    for helper in frozen:
+        os.kill(helper.process.pid, signal.SIGSTOP)
+    answers: list[dict[str, Any]] = []
+    job = {"id": "png-frozen", "input": {"workflow": workflows.batch(4, size=96)}}
+    thread = threading.Thread(target=lambda: answers.append(worker.handle(job)))
+    try:
+        thread.start()
+        wait_until(lambda: any(unread_bytes(helper) > 0 for helper in frozen))
+        worker.cancel("png-frozen")
+        thread.join(60)
+    finally:
+        for helper in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper.process.pid, signal.SIGCONT)
+    (body,) = answers
+    assert body["code"] == "execution_interrupted", body
+    assert all(helper.process.poll() is not None for helper in frozen)
+    assert answer(worker, "png-3") == first
+    alive = helper_pids()
+    assert alive and not set(alive) & {helper.process.pid for helper in frozen}
 
 
 @pytest.mark.parametrize("name", ["fast", "pillow"])

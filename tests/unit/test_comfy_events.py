@@ -6,8 +6,12 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
+from engine.deadline import Deadline
+from engine.errors import JobInterruptedError, NodeExecutionError
 from engine.runtime import JobSpec
-from engine.runtime.comfy_events import EngineEvents, JobState
+from engine.runtime.comfy_events import EngineEvents, JobState, raise_failure
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui"
 
@@ -37,3 +41,30 @@ def test_a_node_that_starts_twice_adds_up_and_a_display_node_takes_the_time() ->
         events.on_event("executing", {"node": node, "display_node": "5", "prompt_id": "p"})
     events.on_event("executing", {"node": None, "prompt_id": "p"})
     assert list(state.node_seconds) == ["5"] and state.running is None
+
+
+def test_a_node_stopped_by_the_jobs_cancel_fails_the_job_as_cancelled() -> None:
+    """SaveImage's wait for a PNG encoder process raised the job's own cancel error inside
+    the node: ComfyUI reports a node error with that type; the job gets its cancel error,
+    naming the node, not a node failure."""
+    deadline = Deadline.start(None)
+    deadline.cancel()
+    job = JobSpec(prompt_id="p", workflow={}, deadline=deadline)
+    state = JobState(job=job, prompt=job.workflow, deadline_hit=threading.Event())
+    error = {
+        "node_id": "2",
+        "node_type": "SaveImage",
+        "exception_type": "engine.errors.JobInterruptedError",
+        "exception_message": "The job was cancelled and stopped while writing output PNGs",
+    }
+    failure = NodeExecutionError(
+        "2", "SaveImage", error["exception_type"], error["exception_message"]
+    )
+    with pytest.raises(JobInterruptedError) as caught:
+        raise_failure(state, failure, [("execution_error", error)])
+    assert caught.value.message == (
+        "The job was cancelled and stopped at node 2 (SaveImage) while writing output PNGs"
+    )
+    other = {**error, "exception_type": "RuntimeError"}
+    with pytest.raises(NodeExecutionError):
+        raise_failure(state, failure, [("execution_error", other)])

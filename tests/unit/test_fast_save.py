@@ -12,12 +12,15 @@ ComfyUI's ``nodes`` module is replaced by a small module with the same shape: a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import pickle
 import random
 import shutil
 import signal
+import struct
+import termios
 import threading
 import types
 from collections.abc import Iterator
@@ -27,8 +30,11 @@ from typing import Any
 
 import pytest
 
+from engine.deadline import Deadline
+from engine.errors import JobInterruptedError
 from engine.runtime import fast_save
 from engine.runtime.pending_files import PendingFiles
+from tests.unit.test_pipeline import wait_until
 
 _NODES_SOURCE = """
 import os
@@ -257,6 +263,107 @@ def test_an_encoder_that_answers_garbage_is_replaced(
     assert broken not in pool._idle
 
 
+def _frozen_idle_encoders(nodes: types.ModuleType, tmp_path: Path) -> list[Any]:
+    """Warm the pool with a batch, then SIGSTOP every idle encoder: alive, never answering."""
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    nodes.SaveImage(warm).save_images(_batch(2, seed=7), "warm")
+    pool = fast_save._pool
+    assert pool is not None and pool._idle
+    frozen = list(pool._idle)
+    for helper in frozen:
+        os.kill(helper.process.pid, signal.SIGSTOP)
+    return frozen
+
+
+def _thaw(frozen: list[Any]) -> None:
+    for helper in frozen:
+        with contextlib.suppress(ProcessLookupError):  # ended by the pool, as it should be
+            os.kill(helper.process.pid, signal.SIGCONT)
+
+
+def unread_bytes(helper: Any) -> int:
+    """Bytes sent to ``helper`` that it has not read (a frozen helper holds the image)."""
+    assert helper.process.stdin is not None
+    raw = fcntl.ioctl(helper.process.stdin.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", raw)[0])
+
+
+def test_a_frozen_encoder_is_ended_when_its_answer_is_overdue_and_the_image_saved_here(
+    nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helpers stopped (SIGSTOP), not dead: without a job's deadline, the answer is overdue
+    after the bound (0.2 s here: the helper never answers, however long), the helper is
+    killed and left out, the batch is written here with the same bytes, and the next batch
+    runs on fresh helpers."""
+    images = _batch(2, seed=8)
+    serial, expected = _save_serially(nodes, tmp_path, images, "f")
+    names = expected["ui"]["images"]
+    assert fast_save.install(nodes)
+    frozen = _frozen_idle_encoders(nodes, tmp_path)
+    monkeypatch.setattr(fast_save, "_ANSWER_BASE_S", 0.2)
+    monkeypatch.setattr(fast_save, "_ANSWER_S_PER_MEGAPIXEL", 0.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    saved: list[Any] = []
+    saver = threading.Thread(
+        target=lambda: saved.append(nodes.SaveImage(out).save_images(images, "f"))
+    )
+    try:
+        saver.start()
+        saver.join(30)  # far beyond the bound: only a wait without one reaches it
+        assert not saver.is_alive(), "the save waited on a frozen encoder"
+    finally:
+        _thaw(frozen)
+    assert saved == [expected]
+    assert _digests(out, names) == _digests(serial, names)
+    assert all(helper.process.poll() is not None for helper in frozen)  # ended
+    pool = fast_save._pool
+    assert pool is not None and not set(frozen) & set(pool._idle)
+    monkeypatch.undo()  # a fresh helper's start (Python, Pillow) takes longer than 0.2 s
+    again = tmp_path / "again"
+    again.mkdir()
+    nodes.SaveImage(again).save_images(images, "f")
+    assert _digests(again, names) == _digests(serial, names)
+    assert pool._idle and not set(frozen) & set(pool._idle)
+
+
+def test_a_cancel_ends_the_wait_for_a_frozen_encoder_and_the_next_job_saves(
+    nodes: types.ModuleType, tmp_path: Path
+) -> None:
+    """During a run the encode is handed off; its helper is frozen with the image in its
+    pipe (the cue). The answer bound is far off (10 s and more): the job's cancel ends the
+    helper at once, the file fails with the job's own error, and the next job saves on a
+    fresh helper."""
+    assert fast_save.install(nodes)
+    frozen = _frozen_idle_encoders(nodes, tmp_path)
+    deadline = Deadline.start(None)
+    pending = PendingFiles()
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        with fast_save.saves_into(pending, deadline):
+            nodes.SaveImage(out).save_images(_batch(1, seed=9), "c")
+        wait_until(lambda: any(unread_bytes(helper) > 0 for helper in frozen))
+        deadline.cancel()
+        failed: list[Any] = []
+        waiter = threading.Thread(target=lambda: failed.extend(pending.wait()))
+        waiter.start()
+        waiter.join(5)  # under the 10 s bound: only the cancel ends it in time
+        assert not waiter.is_alive(), "the job waited on a frozen encoder after its cancel"
+    finally:
+        _thaw(frozen)
+    ((path, error),) = failed
+    assert path == out / "c_00000_.png" and not path.exists()
+    assert isinstance(error, JobInterruptedError)
+    assert error.message == "The job was cancelled and stopped while writing output PNGs"
+    nxt = PendingFiles()
+    with fast_save.saves_into(nxt, Deadline.start(None)):
+        nodes.SaveImage(out).save_images(_batch(1, seed=9), "n")
+    assert nxt.wait() == []
+    assert (out / "n_00000_.png").stat().st_size > 0
+
+
 class GatedPool:
     """A writer as a run sees it (the encoder pool or the fast writer), each write held
     until the test opens the gate. ``write``: how it writes (default ``image.save``)."""
@@ -266,7 +373,9 @@ class GatedPool:
         self.submitted = 0
         self.write = write
 
-    def submit(self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[None]:
+    def submit(
+        self, image: Any, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: Any = None
+    ) -> Future[None]:
         self.submitted += 1
         done: Future[None] = Future()
 
