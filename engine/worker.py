@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from engine import logs
+from engine import logs, work_dir_lock
 from engine.answered import CLEANUP_HOLD_S, AnsweredJobs, run_cleanups
 from engine.convert import convert_outputs
 from engine.deadline import Deadline, JobDeadlines
@@ -158,6 +158,9 @@ class Worker:
         Image.MAX_IMAGE_PIXELS = self.settings.pillow_max_pixels
         # Before the runtime starts, while no job of this process can run: what a killed
         # worker's jobs left in the input, output, temp and scratch folders goes.
+        # Another worker process on the same folders would lose its running jobs' files
+        # to that sweep: the folder is claimed first (engine/work_dir_lock.py).
+        work_dir_lock.claim(self.settings.work_dir)
         sweep_leftovers(self.runtime.directories, self.settings.work_dir)
         self.runtime.boot()
         # Once the runtime knows its model folders: a killed worker's partial downloads.
