@@ -18,6 +18,7 @@ change.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -32,6 +33,11 @@ from engine.errors import JobInterruptedError, JobTimeoutError
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+_BOUND: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "job_deadline", default=None
+)
+"""The deadline of the job the calling thread works for (:meth:`Deadline.bound`)."""
 
 
 class _CancelSwitch:
@@ -158,6 +164,24 @@ class Deadline:
             ],
             node_id=node_id,
         )
+
+    # -- whose thread -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def bound(self) -> Iterator[None]:
+        """Make this the deadline :meth:`current` answers on this thread for the block:
+        code deep below the worker that must wait for another thread (a node pack
+        imported on the engine thread, ``import_turn``) waits only while it holds."""
+        token = _BOUND.set(self)
+        try:
+            yield
+        finally:
+            _BOUND.reset(token)
+
+    @staticmethod
+    def current() -> Deadline | None:
+        """The deadline bound on this thread (:meth:`bound`), or None."""
+        return _BOUND.get()
 
     # -- waiting ------------------------------------------------------------------------
 

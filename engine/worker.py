@@ -281,7 +281,9 @@ class Worker:
             cleanups: list[Callable[[], None]] | None = None if clean_up_after is None else []
             answer: Callable[[], None] | None = None
             try:
-                with logs.bind_job(job_id):  # the lane's lines are this job's
+                # The lane's lines are this job's; what waits for the engine thread on
+                # the lane (a pack imported there on first use) waits within its deadline.
+                with logs.bind_job(job_id), deadline.bound():
                     try:
                         result = self.run(
                             job_id, job_input, progress, deadline, phase, ticket, cleanups

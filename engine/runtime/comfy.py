@@ -57,6 +57,7 @@ from engine.runtime.comfy_boot import Comfy, collection_paused, find_checkout, i
 from engine.runtime.comfy_catalog import Catalog
 from engine.runtime.comfy_events import EngineEvents, JobState, raise_failure
 from engine.runtime.engine_loop import EngineLoop, cancel_leftover_tasks
+from engine.runtime.import_turn import ImportTurn
 from engine.runtime.patches import Patches
 from engine.settings import Settings
 
@@ -135,6 +136,8 @@ class ComfyRuntime:
         from comfy_api.internal import _ComfyNodeInternal
 
         self._catalog = Catalog(self._comfy, v3_base=_ComfyNodeInternal)
+        # A node pack deferred at boot is imported on the engine thread, between runs.
+        self._comfy.lazy_nodes.turn = ImportTurn(self._engine, self._comfy.server.loop)
         self.node_count = self._comfy.node_count
         self.boot_timings["total"] = time.perf_counter() - started
         log.info(

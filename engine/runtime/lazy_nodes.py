@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.runtime.pack_evidence import Evidence, FolderChange
+from engine.runtime.pack_imports import python_source
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +378,11 @@ class LazyNodes:
         """Deferred pack -> the built-in names ComfyUI told its import to leave alone."""
         self.on_pack_loaded: Callable[[str], None] | None = None
         """Called with a pack's path once it loaded lazily: the boot's pack fixes again."""
+        self.turn: Callable[[Callable[[], None]], None] | None = None
+        """Runs a first-use import where imports belong (``import_turn``: on the engine
+        thread, between runs); None: on the calling thread."""
+        self._indexed_now: set[str] = set()
+        """Packs whose entry this boot made (their evidence taken or borrowed)."""
         self._last_state: Any = None
         """The snapshot after the pack just imported with evidence: the next one's
         "before", as ComfyUI does nothing between two packs but time them (a snapshot
@@ -415,6 +422,7 @@ class LazyNodes:
             self._nodes.load_custom_node = original
             self.names_only = False
             self._mark_shared_names()
+            self._mark_named_packs()
 
     async def _boot_load(
         self, original: LoadCustomNode, path: str, ignore: Any, group: str
@@ -474,6 +482,8 @@ class LazyNodes:
             and (group != PACKS or (bool(added) and not evidence.eager_because)),
             evidence=evidence,
         )
+        if group == PACKS:
+            self._indexed_now.add(path)
         if group == PACKS and evidence.eager_because:
             log.info(
                 "custom node pack %s loads at boot: its import %s",
@@ -516,6 +526,57 @@ class LazyNodes:
             for path in sorted(shared & set(self.deferred)):
                 self._load_file(path)
 
+    def _mark_named_packs(self) -> None:
+        """Packs whose module another pack's code names load at boot from now on.
+
+        ComfyUI keeps a pack's module in ``sys.modules`` under its folder's path, and
+        packs find each other there by name (KJNodes' GGUF loader imports ComfyUI-GGUF's
+        module by its folder name) or import ``custom_nodes.<folder>``: a deferred pack
+        is not there until a job names one of its own node types. Read from the packs'
+        Python files when an index is made: a string literal that is another pack's
+        folder name (any case, ``custom_nodes.`` before it or not), or an import of
+        ``custom_nodes.<folder>``. A message that quotes the name alone counts too, and
+        only costs that pack's import at boot. Lookups through ComfyUI's node mapping
+        (``nodes.NODE_CLASS_MAPPINGS["Type"]``, Inspire Pack's way) need nothing: the
+        mapping imports a deferred pack when its type is named.
+        """
+        if self._packs is None or not self._indexed_now:
+            return  # the index was read whole: its marks stand
+        packs = {
+            _module_name(path): path for path, e in self._new.files.items() if e.group == PACKS
+        }
+        if len(packs) < 2:
+            return
+        names = "|".join(re.escape(n) for n in sorted(packs, key=len, reverse=True))
+        quoted = rf"(['\"])(?:custom_nodes[./])?({names})\1"
+        pattern = re.compile(rf"{quoted}|\bcustom_nodes\.({names})\b", re.IGNORECASE)
+        by_lower = {n.lower(): n for n in packs}
+        named: dict[str, str] = {}
+        for referrer, path in packs.items():
+            for match in pattern.finditer(python_source(Path(path))):
+                target = by_lower[(match.group(2) or match.group(3)).lower()]
+                if target != referrer:
+                    named.setdefault(target, referrer)
+        for target, referrer in named.items():
+            path = packs[target]
+            entry = self._new.files[path]
+            if not entry.lazy:
+                continue
+            why = f"its module is looked up by name in {referrer}'s code"
+            self._new.files[path] = FileEntry(
+                entry.group,
+                entry.size,
+                entry.mtime_ns,
+                entry.names,
+                lazy=False,
+                evidence=Evidence(entry.evidence.folders, entry.evidence.environ, (why,)),
+            )
+            log.info("custom node pack %s loads at boot: %s", target, why)
+            if any(self._pending.get(n) == path for n in entry.names):
+                # Deferred on an older index: loaded now, to stay exact.
+                self.deferred.remove(path)
+                self._load_file(path)
+
     def save(self, folder: Path) -> Path | None:
         """Write the index into ``folder`` if it differs from the one read; its path."""
         if self._old is not None and self._old.files == self._new.files:
@@ -553,18 +614,27 @@ class LazyNodes:
         path = self._pending.get(name)
         if path is None:
             return False
-        self._load_file(path)
+        self._in_turn(lambda: self._load_file(path))
         return True
 
     def load_all(self) -> None:
         """Import every pending file, in ComfyUI's order."""
-        if not self._pending:
-            return
+        if self._pending:
+            self._in_turn(self._load_pending)
+
+    def _load_pending(self) -> None:
         with self._lock:
             pending = set(self._pending.values())
             order = [p for p in self._new.files if p in pending]
         for path in order:
             self._load_file(path)
+
+    def _in_turn(self, load: Callable[[], None]) -> None:
+        turn = self.turn
+        if turn is None:
+            load()
+        else:
+            turn(load)
 
     def _load_file(self, path: str) -> None:
         with self._lock:
@@ -603,6 +673,12 @@ class LazyNodes:
         if ok and group == PACKS and self.on_pack_loaded is not None:
             self.on_pack_loaded(path)
         return ok
+
+
+def _module_name(path: str) -> str:
+    """A pack's folder name (a one-file pack: the file's name without ``.py``)."""
+    name = Path(path).name
+    return name[:-3] if name.endswith(".py") else name
 
 
 def _run_now(awaitable: Awaitable[bool]) -> bool:

@@ -19,7 +19,8 @@ pack's import, and :func:`compare` says what changed:
   added, rebound or removed (a class attribute of a class they define too, and a
   module-level list, dict or set of ComfyUI changed in place: packs add samplers that
   way), ``builtins``, ``sys.path``, ``sys.meta_path`` (but for finders appended at
-  its end), a signal handler, the root
+  its end), a signal handler (any signal: one can be set only on the main thread,
+  where the boot imports packs and a first use does not), the root
   logger's handlers or level, a thread left running, or a watched module replaced in
   ``sys.modules``. A submodule bound on its package by an import is not a change.
 
@@ -51,8 +52,10 @@ WATCHED_PACKAGES = frozenset({"torch", "torchvision", "torchaudio", "numpy", "PI
 """Top-level packages besides ComfyUI's own whose attributes a pack must leave alone."""
 
 _SIGNALS = tuple(
-    s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
+    sorted(s for s in signal.valid_signals() if s not in {signal.SIGKILL, signal.SIGSTOP})
 )
+"""Every signal a handler can be set for: only the main thread may set one, and only
+the boot imports packs there (a first-use import runs on the engine thread)."""
 
 _REPLAYED_NODES_ATTRS = frozenset(
     {
@@ -293,8 +296,9 @@ def compare(before: Snapshot, after: Snapshot, models_dir: str) -> Evidence:
         reasons.append("changed sys.path")
     if not _finders_only_appended(before.meta_path, after.meta_path):
         reasons.append("changed sys.meta_path")
-    if before.signals != after.signals:
-        reasons.append("installed a signal handler")
+    for number, old, new in zip(_SIGNALS, before.signals, after.signals, strict=True):
+        if old != new:
+            reasons.append(f"set a handler for {_signal_name(number)} (main thread only)")
     if before.root_logger != after.root_logger:
         reasons.append("changed the root logger's level or handlers")
     if after.threads - before.threads:
@@ -305,6 +309,13 @@ def compare(before: Snapshot, after: Snapshot, models_dir: str) -> Evidence:
         eager_because=tuple(reasons[:_MAX_REASONS])
         + ((f"and {len(reasons) - _MAX_REASONS} more",) if len(reasons) > _MAX_REASONS else ()),
     )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _finders_only_appended(

@@ -195,16 +195,21 @@ class PackImports:
         """The text of a pack's Python files, read once and kept."""
         text = self._sources.get(path)
         if text is None:
-            files = [path] if path.is_file() else sorted(path.rglob("*.py"))[:_MAX_FILES]
-            parts = []
-            for file in files:
-                try:
-                    if file.suffix == ".py" and file.stat().st_size <= _MAX_FILE_BYTES:
-                        parts.append(file.read_text(encoding="utf-8", errors="replace"))
-                except OSError:
-                    continue
-            text = self._sources[path] = "\n".join(parts)
+            text = self._sources[path] = python_source(path)
         return text
+
+
+def python_source(path: Path) -> str:
+    """The text of a pack's Python files (a one-file pack: the file), within bounds."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.py"))[:_MAX_FILES]
+    parts = []
+    for file in files:
+        try:
+            if file.suffix == ".py" and file.stat().st_size <= _MAX_FILE_BYTES:
+                parts.append(file.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    return "\n".join(parts)
 
 
 def skip_reason(module_path: str | Path, loaded: dict[str, Path]) -> str | None:

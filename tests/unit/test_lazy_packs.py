@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Iterator
@@ -23,7 +24,10 @@ from typing import Any
 
 import pytest
 
+from engine.deadline import Deadline, JobThread
+from engine.errors import JobInterruptedError
 from engine.runtime import lazy_nodes, pack_imports
+from engine.runtime.import_turn import ImportTurn
 from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_path
 from engine.runtime.pack_evidence import Recorder
 from tests.unit.test_lazy_nodes import FakeComfy, _node_file
@@ -282,3 +286,209 @@ def test_a_pack_folder_is_stamped_by_its_python_files(
     bounded = lazy_nodes.stamp(str(pack))
     (pack / "nodes" / "x.py").write_text("A = 222\n")
     assert lazy_nodes.stamp(str(pack)) == bounded
+
+
+def test_a_pack_whose_module_another_pack_names_loads_at_boot(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KJNodes imports ComfyUI-GGUF's module by its folder name: deferred, it is not in
+    ``sys.modules`` yet. The named pack loads at boot; the one naming it may wait."""
+    world.packs = [
+        _node_file(world.packs[0].parent, "gguf_like", ["GgufNode"]),
+        _node_file(
+            world.packs[0].parent,
+            "kj_like",
+            ["KjNode"],
+            extra='NAMES = ["GGUF_like", "custom_nodes.gguf_like"]\n',
+        ),
+        _node_file(world.packs[0].parent, "quiet", ["QuietNode"]),
+    ]
+    caplog.set_level(logging.INFO, logger="engine.runtime.lazy_nodes")
+    world.boot()
+    assert (
+        "custom node pack gguf_like loads at boot: its module is looked up by name in "
+        "kj_like's code" in caplog.text
+    )
+    comfy, lazy = world.boot()
+    assert comfy.imported == ["gguf_like.py"]
+    assert sorted(Path(p).name for p in lazy.deferred_packs()) == ["kj_like.py", "quiet.py"]
+
+
+def test_a_pack_named_by_a_new_pack_is_imported_at_that_boot(world: World, tmp_path: Path) -> None:
+    """A pack deferred on the index of the last boot, named by a pack added since: the
+    boot that indexes the newcomer imports the named pack at once, not on first use."""
+    world.boot()
+    world.boot()  # "clean" deferred from here on
+    world.packs.append(
+        _node_file(tmp_path / "volume_nodes", "volume_pack", ["VolumeNode"], extra="X = 'clean'\n")
+    )
+    comfy, lazy = world.boot(key="k", donor=None)
+    assert "clean.py" in comfy.imported
+    assert "clean.py" not in [Path(p).name for p in lazy.deferred_packs()]
+    comfy, lazy = world.boot()
+    assert "clean.py" in comfy.imported and lazy.deferred_packs() != []
+
+
+PROBE = """
+import asyncio, threading, lazytest_probe
+lazytest_probe.imported(threading.current_thread().name, asyncio.get_event_loop())
+"""
+
+
+class _Engine(JobThread):
+    """The engine thread, saying when a call was handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__("lazytest-engine")
+        self.handed = threading.Event()
+
+    def submit(self, fn: Any) -> Any:
+        future = super().submit(fn)
+        self.handed.set()
+        return future
+
+
+@pytest.fixture
+def probe(world: World) -> Iterator[types.SimpleNamespace]:
+    """A deferred pack whose import says on which thread and with which loop it ran."""
+    seen = types.SimpleNamespace(imports=[], moved=threading.Event())
+
+    def imported(thread: str, loop: Any) -> None:
+        seen.imports.append((thread, loop))
+        seen.moved.set()
+
+    module = types.ModuleType("lazytest_probe")
+    module.imported = imported  # type: ignore[attr-defined]
+    sys.modules["lazytest_probe"] = module
+    world.packs = [_node_file(world.packs[0].parent, "probe", ["ProbeNode"], extra=PROBE)]
+    try:
+        yield seen
+    finally:
+        sys.modules.pop("lazytest_probe", None)
+
+
+def test_a_first_use_on_a_lane_waits_for_the_run_on_the_engine_thread(
+    world: World, probe: types.SimpleNamespace
+) -> None:
+    """Job A runs on the engine thread; job B, validated on its lane meanwhile, names a
+    deferred pack. The pack is imported on the engine thread once A's run is over, with
+    node init's loop as the current one, never beside the run (each step waits on an
+    event: nothing here depends on timing)."""
+    world.boot()
+    comfy, lazy = world.boot()
+    assert [Path(p).name for p in lazy.deferred_packs()] == ["probe.py"]
+    probe.imports.clear()
+    engine, server_loop = _Engine(), asyncio.new_event_loop()
+    lazy.turn = ImportTurn(engine, server_loop)
+    a_running, release, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def run_a() -> None:
+        a_running.set()
+        release.wait()
+        a_done.set()
+
+    try:
+        run = engine.submit(run_a)
+        assert a_running.wait(30)
+        engine.handed.clear()
+        answers: list[bool] = []
+        deadline = Deadline.start(None)
+
+        def validate_b() -> None:
+            try:
+                with deadline.bound():
+                    answers.append("ProbeNode" in comfy.module.NODE_CLASS_MAPPINGS)  # type: ignore[attr-defined]
+            finally:
+                engine.handed.set()
+
+        lane = threading.Thread(target=validate_b, name="lazytest-lane")
+        lane.start()
+        # Either B's lane handed the import to the engine (right), or it is done (wrong:
+        # it imported the pack beside A's run, or failed to on a thread with no loop).
+        assert engine.handed.wait(30)
+        assert lane.is_alive() and answers == [], f"B's lane did not wait: {answers}"
+        assert probe.imports == [], "the pack was imported while job A ran"
+        release.set()
+        run.result(30)
+        lane.join(30)
+        assert answers == [True]
+        assert probe.imports == [("lazytest-engine", server_loop)]
+        assert a_done.is_set()
+    finally:
+        release.set()
+        server_loop.close()
+
+
+def test_a_lane_stops_waiting_for_an_import_when_its_job_is_cancelled(
+    world: World, probe: types.SimpleNamespace
+) -> None:
+    """The engine is busy with a run that does not end yet; B is cancelled meanwhile: its
+    lane gets the cancel error at once, and the import still happens after the run."""
+    world.boot()
+    comfy, lazy = world.boot()
+    probe.imports.clear()
+    engine, server_loop = _Engine(), asyncio.new_event_loop()
+    lazy.turn = ImportTurn(engine, server_loop)
+    release = threading.Event()
+    try:
+        run = engine.submit(release.wait)
+        engine.handed.clear()
+        deadline = Deadline.start(None)
+        errors: list[BaseException] = []
+
+        def validate_b() -> None:
+            with deadline.bound():
+                try:
+                    _ = "ProbeNode" in comfy.module.NODE_CLASS_MAPPINGS  # type: ignore[attr-defined]
+                except JobInterruptedError as exc:
+                    errors.append(exc)
+                finally:
+                    engine.handed.set()
+
+        lane = threading.Thread(target=validate_b)
+        lane.start()
+        assert engine.handed.wait(30)
+        deadline.cancel()
+        lane.join(30)
+        assert not lane.is_alive()
+        assert [str(e.message) for e in errors] == [
+            "The job was cancelled and stopped while a node pack it uses was imported on first use"
+        ]
+        assert probe.imports == []
+        release.set()
+        run.result(30)
+        engine.submit(lambda: None).result(30)  # the import queued behind the run is done
+        assert [thread for thread, _ in probe.imports] == ["lazytest-engine"]
+    finally:
+        release.set()
+        server_loop.close()
+
+
+def test_a_lookup_during_a_run_imports_at_once_on_the_engine_thread(
+    world: World, probe: types.SimpleNamespace
+) -> None:
+    """Inspire Pack looks other packs' node types up while its node runs: that lookup is
+    on the engine thread already, inside the run's loop, and cannot wait for itself."""
+    world.boot()
+    comfy, lazy = world.boot()
+    probe.imports.clear()
+    engine, server_loop = _Engine(), asyncio.new_event_loop()
+    lazy.turn = ImportTurn(engine, server_loop)
+
+    async def node() -> tuple[bool, Any]:
+        found = "ProbeNode" in comfy.module.NODE_CLASS_MAPPINGS  # type: ignore[attr-defined]
+        return found, asyncio.get_running_loop()
+
+    def run() -> tuple[bool, Any]:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(node())
+        finally:
+            loop.close()
+
+    try:
+        found, run_loop = engine.submit(run).result(30)
+        assert found
+        assert probe.imports == [("lazytest-engine", run_loop)]
+    finally:
+        server_loop.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import threading
 import types
@@ -151,6 +152,21 @@ def test_global_changes_keep_the_pack_eager(checkout: Path, tmp_path: Path) -> N
         "changed sys.meta_path",
         "left 1 thread(s) running",
     }
+
+
+def test_a_handler_for_any_signal_keeps_the_pack_eager(checkout: Path, tmp_path: Path) -> None:
+    """Only the main thread may set one: a first use imports on the engine thread, where
+    the pack's import would raise. SIGUSR1 is none of the signals a server watches."""
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        evidence = _evidence(
+            checkout,
+            _folder_paths(tmp_path / "models"),
+            lambda: signal.signal(signal.SIGUSR1, lambda number, frame: None),
+        )
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert evidence.eager_because == ("set a handler for SIGUSR1 (main thread only)",)
 
 
 def test_a_finder_appended_to_the_meta_path_is_not_a_change(checkout: Path, tmp_path: Path) -> None:
