@@ -63,7 +63,7 @@ LAZY_GROUPS = ("comfy_extras", "comfy_api_nodes")
 PACKS = "custom_nodes"
 """ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 """Bumped when the index file's layout changes: an older file is then rebuilt."""
 
 LoadCustomNode = Callable[..., Awaitable[bool]]
