@@ -64,7 +64,8 @@ PACKS = "custom_nodes"
 """ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
 
 INDEX_VERSION = 4
-"""Bumped when the index file's layout changes: an older file is then rebuilt."""
+"""Bumped when the index file's layout, or what decides a pack's entry, changes: an older
+file is then rebuilt."""
 
 LoadCustomNode = Callable[..., Awaitable[bool]]
 """ComfyUI's ``nodes.load_custom_node(module_path, ignore=set(), module_parent=...)``."""
