@@ -6,7 +6,9 @@ can be replayed), one that adds a sampler to ComfyUI's list (a patch), one that 
 switch is set (on the second boot only). The first boot
 makes the node index and records what each import changed; the next defers the first
 pack, replays its changes at boot, and imports it when a job names its node type;
-the second pack loads at boot. Where PuLID_ComfyUI is installed, a job naming its
+the second pack loads at boot. A job held in a node on the engine thread while another
+job's validation first names a deferred pack: the import waits for the run and happens
+on the engine thread (engine/runtime/import_turn.py). Where PuLID_ComfyUI is installed, a job naming its
 loader gets the same answer from a worker that deferred it as from one that loaded
 every pack at boot (``LAZY_PACKS=false``).
 """
@@ -28,7 +30,12 @@ _REPO = Path(__file__).resolve().parents[2]
 
 LAZY_PACK = """
 import os
+import threading
+import __main__
 import folder_paths
+
+# Where the import ran (the overlap test reads it).
+getattr(__main__, "IMPORTED", []).append(threading.current_thread().name)
 
 os.environ["WORKER_TEST_LAZY_PACK"] = "replayed"
 folder_paths.folder_names_and_paths["worker_test_lazy"] = (
@@ -97,6 +104,31 @@ class WorkerTestFlakyNode:
 NODE_CLASS_MAPPINGS = {"WorkerTestFlakyNode": WorkerTestFlakyNode}
 """
 
+GATE_PACK = """
+import __main__
+
+
+class WorkerTestGate:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "worker_test"
+
+    def run(self, image):
+        # Holds the engine thread until the test lets go (the overlap test's job A).
+        if hasattr(__main__, "RUNNING"):
+            __main__.RUNNING.set()
+            if not __main__.RELEASE.wait(240):
+                raise RuntimeError("worker test: the gate was never opened")
+        return (image,)
+
+
+NODE_CLASS_MAPPINGS = {"WorkerTestGate": WorkerTestGate}
+"""
+
 # Boots the runtime, reports what boot deferred and replayed, runs each workflow of
 # WORKFLOWS (its outputs, or its error's details), as JSON on the last line.
 _CHILD = """
@@ -118,7 +150,51 @@ report = {
     "patched": "worker_test_sampler" in sys.modules["comfy.samplers"].KSAMPLER_NAMES,
     "jobs": [],
 }
-for i, workflow in enumerate(json.loads(open(os.environ["WORKFLOWS"]).read())):
+workflows = json.loads(open(os.environ["WORKFLOWS"]).read())
+if os.environ.get("OVERLAP"):
+    # Job A holds the engine thread in a node; job B is validated on a lane meanwhile
+    # and names a deferred pack. Each step waits on an event, never on the clock.
+    import logging, threading
+    from engine.deadline import Deadline
+
+    IMPORTED, RUNNING, RELEASE, HANDED = [], threading.Event(), threading.Event(), threading.Event()
+
+    class _Handed(logging.Handler):
+        def emit(self, record):
+            HANDED.set()
+
+    turn_log = logging.getLogger("engine.runtime.import_turn")
+    turn_log.setLevel(logging.INFO)
+    turn_log.addHandler(_Handed())
+    results = {}
+
+    def run_a():
+        results["a"] = sorted(runtime.run(JobSpec(prompt_id="overlap-a", workflow=workflows[0])).outputs)
+
+    def check_b():
+        try:
+            with Deadline.start(None).bound():
+                job = runtime.validate(JobSpec(prompt_id="overlap-b", workflow=workflows[1]))
+                results["b_checked"] = job.checked is not None
+        except Exception as exc:
+            results["b_error"] = repr(exc)
+        finally:
+            HANDED.set()
+
+    job_a = threading.Thread(target=run_a)
+    job_a.start()
+    assert RUNNING.wait(240), "job A never reached its gate"
+    lane = threading.Thread(target=check_b, name="job-lane-1")
+    lane.start()
+    assert HANDED.wait(240), "job B's lane neither waited nor finished"
+    report["during_run"] = {"imported": list(IMPORTED), "lane_waiting": lane.is_alive()}
+    RELEASE.set()
+    job_a.join(240)
+    lane.join(240)
+    report["imported"] = IMPORTED
+    report["results"] = results
+    workflows = workflows[1:]
+for i, workflow in enumerate(workflows):
     try:
         result = runtime.run(JobSpec(prompt_id=f"lazy-pack-{i}", workflow=workflow))
         report["jobs"].append({"outputs": sorted(result.outputs)})
@@ -135,6 +211,7 @@ def _boot(root: Path, name: str, workflows: list[Any], **env: str) -> dict[str, 
         ("worker_test_lazy_pack", LAZY_PACK),
         ("worker_test_patch_pack", PATCH_PACK),
         ("worker_test_flaky_pack", FLAKY_PACK),
+        ("worker_test_gate_pack", GATE_PACK),
     ):
         (packs / pack).mkdir(parents=True, exist_ok=True)
         if not (packs / pack / "__init__.py").is_file():
@@ -228,3 +305,21 @@ def test_a_deferred_pulid_answers_as_a_pulid_loaded_at_boot(tmp_path: Path) -> N
     assert lazy["jobs"] == eager["jobs"]
     (job,) = lazy["jobs"]
     assert "worker-test-missing.safetensors" in " ".join(job["details"])
+
+
+def test_a_first_use_during_another_jobs_run_waits_for_the_engine_thread(tmp_path: Path) -> None:
+    """Job A runs on the engine thread (held in a node); job B, validated on a lane
+    meanwhile, is the first to name a deferred pack. The pack is imported on the engine
+    thread once A's run is over, never beside it (import_turn), and B then runs."""
+    gate = {
+        "1": empty_image(16, 16),
+        "2": node("WorkerTestGate", image=["1", 0]),
+        "3": node("SaveImage", images=["2", 0], filename_prefix="lazy-pack/gate"),
+    }
+    _boot(tmp_path, "first", [])
+    report = _boot(tmp_path, "overlap", [gate, INVERT], OVERLAP="1")
+    assert {"worker_test_lazy_pack", "worker_test_gate_pack"} <= set(report["deferred"])
+    assert report["during_run"] == {"imported": [], "lane_waiting": True}
+    assert report["imported"] == ["comfy-engine"]
+    assert report["results"] == {"a": ["3"], "b_checked": True}
+    assert report["jobs"] == [{"outputs": ["3"]}]
