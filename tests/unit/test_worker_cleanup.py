@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,51 @@ def test_close_does_not_wait_for_a_job_still_running(settings: Settings) -> None
     assert not running.is_alive() and len(answers) == 1
     assert worker._pipeline.wait_idle(_HANG_S)
     assert files_of(worker) == []  # answered after close(): its files went at once
+
+
+class _SeesFiles(FakeRuntime):
+    """Notes, at the start of each run, every file under the worker's folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.seen: dict[str, list[Path]] = {}
+
+    def run(self, job: Any) -> Any:
+        root = self._dirs.input.parent
+        self.seen[job.prompt_id] = sorted(p for p in root.rglob("*") if p.is_file())
+        return super().run(job)
+
+
+def test_with_one_job_at_a_time_a_run_shares_the_worker_with_no_other_jobs_files(
+    settings: Settings,
+) -> None:
+    """MAX_CONCURRENT_JOBS=1: the next job is admitted, and its inputs stored, only once
+    the last one's files are gone; a pack node that lists folders sees no other job's."""
+    settings = dataclasses.replace(settings, max_concurrent_jobs=1)
+    runtime = _SeesFiles(settings)
+    worker = Worker(settings, runtime)
+    worker.boot()
+    sent = threading.Event()
+    assert worker.handle(job("a", red=10), clean_up_after=sent)["errors"] == []
+    second: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: second.update(worker.handle(job("b", red=99))))
+    thread.start()
+    try:
+        assert worker_waits(worker), "job b was admitted while job a's files were still there"
+        assert len(files_of(worker)) == 2  # a's input and output; nothing of b's yet
+    finally:
+        sent.set()
+        thread.join(_HANG_S)
+    assert second["errors"] == [] and len(second["images"]) == 1, second
+    _, b_run = runtime.seen.values()
+    assert [p.suffix for p in b_run] == [".png"] and "input" in b_run[0].parts  # b's own input
+
+
+def worker_waits(worker: Worker) -> bool:
+    """Whether a job is waiting for admission within the hang bound (polled: admission
+    has no event of its own)."""
+    for _ in range(int(_HANG_S / 0.01)):
+        if worker._pipeline.waiting == 1:
+            return True
+        time.sleep(0.01)
+    return False
