@@ -97,8 +97,12 @@ def deliver(
     uploader: Uploader | None,
     budget_bytes: int,
     timeout_s: float | None = None,
+    data_uri: bool = True,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The response items for ``files`` and a line per file that could not be delivered.
+
+    A base64 item's ``data`` is a data URI, or with ``data_uri=False`` the payload alone
+    (``OUTPUT_BASE64=bare``, worker-comfyui's form).
 
     Without an uploader, raises ``ResponseTooLargeError`` before encoding anything if
     the base64 response would pass ``budget_bytes``. With one, uploads end by the
@@ -106,7 +110,7 @@ def deliver(
     left of the job's time); raises ``OutputDeliveryError`` when not one file was delivered.
     """
     if uploader is None:
-        items, errors = _as_base64(files, budget_bytes)
+        items, errors = _as_base64(files, budget_bytes, data_uri)
     else:
         items, errors = _to_bucket(files, job_id, uploader, timeout_s)
     for line in errors:
@@ -130,19 +134,19 @@ def _item(
     return item
 
 
-def _data_uri_prefix(file: OutputFile) -> str:
-    return f"data:{file.mime_type};base64,"
+def _prefix(file: OutputFile, data_uri: bool) -> str:
+    return f"data:{file.mime_type};base64," if data_uri else ""
 
 
-def _encoded_size(file: OutputFile, size: int) -> int:
+def _encoded_size(file: OutputFile, size: int, data_uri: bool) -> int:
     """Bytes this file adds to the JSON response as a base64 item."""
     base64_len = 4 * ((size + 2) // 3)
     skeleton = json.dumps(_item(file, "base64", "", size))
-    return len(skeleton) + len(_data_uri_prefix(file)) + base64_len + len(", ")
+    return len(skeleton) + len(_prefix(file, data_uri)) + base64_len + len(", ")
 
 
 def _as_base64(
-    files: Sequence[OutputFile], budget_bytes: int
+    files: Sequence[OutputFile], budget_bytes: int, data_uri: bool
 ) -> tuple[list[dict[str, Any]], list[str]]:
     errors: list[str] = []
     sized: list[tuple[OutputFile, int, int]] = []
@@ -152,7 +156,7 @@ def _as_base64(
         except OSError as exc:
             errors.append(f"{file.filename}: cannot be read: {exc.strerror or exc}")
             continue
-        sized.append((file, size, _encoded_size(file, size)))
+        sized.append((file, size, _encoded_size(file, size, data_uri)))
     total = _ENVELOPE_BYTES + sum(encoded for _, _, encoded in sized)
     if total > budget_bytes:
         raise _too_large(sized, total, budget_bytes)
@@ -163,7 +167,7 @@ def _as_base64(
         except OSError as exc:
             errors.append(f"{file.filename}: cannot be read: {exc.strerror or exc}")
             continue
-        data = _data_uri_prefix(file) + base64.b64encode(raw).decode("ascii")
+        data = _prefix(file, data_uri) + base64.b64encode(raw).decode("ascii")
         items.append(_item(file, "base64", data, len(raw)))
     log.info("returning %d output(s) as base64, %.1f MB", len(items), total / _MB)
     return items, errors

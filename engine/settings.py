@@ -245,6 +245,10 @@ class Settings:
     """``PNG_ENCODER``: how SaveImage and PreviewImage write PNGs. ``fast``: the Up filter
     and ISA-L's deflate (engine/png_writer.py), same pixels and metadata as ComfyUI's
     files, 15x less CPU, files a few percent larger; ``pillow``: ComfyUI's own bytes."""
+    output_base64: str = "data-uri"
+    """``OUTPUT_BASE64``: the form of a base64 item's ``data``. ``data-uri``: the contract's
+    ``data:<mime>;base64,<payload>``; ``bare``: the payload alone, as worker-comfyui 5.x
+    returns it, so its callers' ``b64decode(item["data"])`` keeps working."""
     output_metadata: bool = True
     """``OUTPUT_METADATA``: false leaves the workflow out of output files' metadata
     (ComfyUI's ``--disable-metadata``)."""
@@ -333,6 +337,10 @@ class Settings:
         if png_encoder not in {"fast", "pillow"}:
             problems.append(f"PNG_ENCODER must be fast or pillow, got {png_encoder!r}")
             png_encoder = cls.png_encoder
+        output_base64 = (get("OUTPUT_BASE64") or cls.output_base64).lower()
+        if output_base64 not in {"data-uri", "bare"}:
+            problems.append(f"OUTPUT_BASE64 must be data-uri or bare, got {output_base64!r}")
+            output_base64 = cls.output_base64
         cache_type = (get("COMFY_CACHE_TYPE") or "").lower() or None
         if cache_type not in {None, "classic", "lru", "none"}:
             problems.append(f"COMFY_CACHE_TYPE must be classic, lru or none, got {cache_type!r}")
@@ -382,6 +390,7 @@ class Settings:
             ),
             workflow_max_nodes=number(int, "WORKFLOW_MAX_NODES", cls.workflow_max_nodes, 1),
             png_encoder=png_encoder,
+            output_base64=output_base64,
             output_metadata=boolean("OUTPUT_METADATA", True),
             lazy_packs=boolean("LAZY_PACKS", True),
             comfy_patches_off=frozenset(

@@ -517,6 +517,7 @@ class Worker:
                 uploader=self.uploader,
                 budget_bytes=self.settings.response_budget_bytes,
                 timeout_s=deadline.remaining(),
+                data_uri=self.settings.output_base64 == "data-uri",
             )
 
         if self.uploader is not None:

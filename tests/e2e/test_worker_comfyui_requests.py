@@ -5,6 +5,7 @@ mode, both real subprocesses of ``handler.py`` with ComfyUI replaced by the fake
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import subprocess
@@ -70,6 +71,22 @@ def test_their_readme_example_with_a_real_image_runs(worker: WorkerServer) -> No
     assert body["status"] == "COMPLETED", body
     (item,) = body["output"]["images"]
     assert item["type"] == "base64" and item["data"].startswith("data:image/png;base64,")
+
+
+def test_their_callers_decode_bare_base64_with_output_base64_bare(
+    start_worker: Callable[..., WorkerServer],
+) -> None:
+    """A worker-comfyui caller's own decoding (``base64.b64decode(item["data"])``) works
+    unchanged on a worker started with OUTPUT_BASE64=bare."""
+    bare = start_worker(OUTPUT_BASE64="bare")
+    request = copy.deepcopy(README_REQUEST["input"])
+    request["images"][0]["image"] = data_uri(png_bytes())
+    request["workflow"] = with_titles(workflows.invert("input_image_1.png"))
+    body = bare.runsync(request)
+    assert body["status"] == "COMPLETED", body
+    (item,) = body["output"]["images"]
+    png = base64.b64decode(item["data"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and item["mime_type"] == "image/png"
 
 
 @pytest.mark.parametrize(

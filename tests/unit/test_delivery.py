@@ -128,6 +128,25 @@ class TestBase64:
             assert "video" not in item
         assert items[1]["node_id"] == "12"
 
+    def test_bare_items_hold_the_payload_alone_within_the_same_budget(self, tmp_path: Path) -> None:
+        """OUTPUT_BASE64=bare: worker-comfyui's form, b64decode(data) is the file; the
+        budget counts the shorter JSON exactly as it does the data URIs."""
+        files = [output(make_png(tmp_path / f"{i}.png", (40 + i, 40))) for i in range(3)]
+        with pytest.raises(ResponseTooLargeError) as caught:
+            deliver(files, job_id="j", uploader=None, budget_bytes=1, data_uri=False)
+        needed = caught.value.extra["response_bytes"]
+        items, errors = deliver(
+            files, job_id="j", uploader=None, budget_bytes=needed, data_uri=False
+        )
+        for item, file in zip(items, files, strict=True):
+            assert item["type"] == "base64" and item["mime_type"] == "image/png"
+            assert base64.b64decode(item["data"], validate=True) == file.path.read_bytes()
+        actual = len(json.dumps({"images": items, "errors": errors}))
+        assert needed - 1024 < actual <= needed
+        with pytest.raises(ResponseTooLargeError) as uri:
+            deliver(files, job_id="j", uploader=None, budget_bytes=1)
+        assert uri.value.extra["response_bytes"] - needed == 3 * len("data:image/png;base64,")
+
     def test_video_items_carry_their_numbers(self, tmp_path: Path) -> None:
         """A video item has duration, fps, size and frame count under ``video``."""
         clip = make_video(tmp_path / "clip.mp4")

@@ -45,6 +45,7 @@ def test_booleans_are_parsed_explicitly(raw: str, expected: bool) -> None:
         ),
         ({"WORKFLOW_MAX_STRING_BYTES": "1MB"}, "WORKFLOW_MAX_STRING_BYTES"),
         ({"OUTPUT_METADATA": "sometimes"}, "OUTPUT_METADATA"),
+        ({"OUTPUT_BASE64": "raw"}, "OUTPUT_BASE64 must be data-uri or bare, got 'raw'"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -281,3 +282,13 @@ def test_transfer_bounds_name_a_bad_value(name: str, raw: str) -> None:
 def test_png_encoder_is_fast_unless_pillow_is_asked_for(raw: str | None, expected: str) -> None:
     env = {} if raw is None else {"PNG_ENCODER": raw}
     assert Settings.from_env(env).png_encoder == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, "data-uri"), ("BARE", "bare"), ("data-uri", "data-uri")]
+)
+def test_output_base64_is_a_data_uri_unless_bare_is_asked_for(
+    raw: str | None, expected: str
+) -> None:
+    env = {} if raw is None else {"OUTPUT_BASE64": raw}
+    assert Settings.from_env(env).output_base64 == expected
