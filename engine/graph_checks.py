@@ -146,13 +146,15 @@ def check_values(
                         "limit (WORKFLOW_MAX_STRING_BYTES)",
                     )
                 if isinstance(child, str):
-                    check_text((*path, str(key)), child)
+                    if len(child) * 4 > max_string_bytes:  # else within it, whatever it holds
+                        check_text((*path, str(key)), child)
                 elif isinstance(child, (dict, list, tuple)):
                     stack.append(((*path, str(key)), child))
         else:
             for index, child in enumerate(value):
                 if isinstance(child, str):
-                    check_text((*path, index), child)
+                    if len(child) * 4 > max_string_bytes:
+                        check_text((*path, index), child)
                 elif isinstance(child, (dict, list, tuple)):
                     stack.append(((*path, index), child))
     if found:

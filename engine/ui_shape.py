@@ -11,13 +11,17 @@ expand to before anything is expanded: 3 KB of nested subgraph instances can sta
 million nodes. :func:`check_size` (the worker, before anything runs) and
 :func:`check_shape` (the converter) raise with what they find.
 
-All of it is linear in the size of the request; none of it recurses.
+All of it is linear in the size of the request; none of it recurses. A malformed request
+is refused at its ``MAX_PROBLEMS + 1``-th problem: the walk stops there, so 10 MB of
+malformed links costs what its first few links cost, not what all of them do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +31,7 @@ _MODES = frozenset({0, 1, 2, 3, 4})
 """LiteGraph's node modes: always, on event, never (muted), on trigger, bypass."""
 
 MAX_PROBLEMS = 50
-"""Problems named one by one; the rest are counted (a hostile request can hold millions)."""
+"""Problems named one by one; past them the check stops (a hostile request can hold millions)."""
 
 _DIGITS = re.compile(r"-?\d{1,18}")
 _LINK_FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot")
@@ -48,8 +52,15 @@ def whole_number(value: Any) -> int | None:
     return None
 
 
+# A value as a message shows it: a few levels, items and characters. ``repr`` would copy
+# a 10 MB text whole, and recurse through a list nested hundreds deep.
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict = 3, 6, 6, 4
+_SHOWN.maxstring = _SHOWN.maxother = 60
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _SHOWN.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -62,45 +73,62 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+class _Enough(Exception):
+    """More problems than are named: the walk stops."""
+
+
 class _Problems:
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.count = 0
+        self.more = False
 
     def add(self, where: str, what: str) -> None:
-        self.count += 1
-        if len(self.lines) < MAX_PROBLEMS:
-            self.lines.append(f"{where}: {what}")
+        if len(self.lines) >= MAX_PROBLEMS:
+            self.more = True
+            raise _Enough
+        self.lines.append(f"{where}: {what}")
 
     def result(self) -> list[str]:
-        extra = self.count - len(self.lines)
         return self.lines + (
-            [f"... and {extra:,} more problems of the same kinds"] if extra else []
+            [
+                f"... and more problems of the same kinds (the check stops after "
+                f"{MAX_PROBLEMS}): fix these, save the workflow again from the editor"
+            ]
+            if self.more
+            else []
         )
 
 
 def shape_problems(ui: Mapping[str, Any]) -> list[str]:
-    """Every place where ``ui`` does not have the shape the editor saves; [] when none.
+    """The places where ``ui`` does not have the shape the editor saves; [] when none.
 
     Each line starts with the path of the value (``nodes[2].inputs[0].link``) and, for a
-    node, its id; then what is wrong with it, and the value.
+    node, its id; then what is wrong with it, and the value. Past ``MAX_PROBLEMS`` the
+    walk stops and a last line says there are more.
     """
     problems = _Problems()
+    with contextlib.suppress(_Enough):  # the walk stops at one problem past the bound
+        _check_all(ui, problems)
+    return problems.result()
+
+
+def _check_all(ui: Mapping[str, Any], problems: _Problems) -> None:
+    """:func:`shape_problems`'s walk; :class:`_Enough` ends it early."""
     _check_graph(ui, "", problems)
     definitions = ui.get("definitions")
     if definitions is None:
-        return problems.result()
+        return
     if not isinstance(definitions, Mapping):
         problems.add(
             "definitions", f"must be an object holding 'subgraphs', not {_kind(definitions)}"
         )
-        return problems.result()
+        return
     subgraphs = definitions.get("subgraphs")
     if subgraphs is None:
-        return problems.result()
+        return
     if not isinstance(subgraphs, list):
         problems.add("definitions.subgraphs", f"must be a list, not {_kind(subgraphs)}")
-        return problems.result()
+        return
     seen: dict[str, int] = {}
     for index, sub in enumerate(subgraphs):
         where = f"definitions.subgraphs[{index}]"
@@ -121,7 +149,6 @@ def shape_problems(ui: Mapping[str, Any]) -> list[str]:
         _check_graph(sub, f"{where}.", problems)
         for side in ("inputs", "outputs"):
             _check_io(sub.get(side), f"{where}.{side}", problems)
-    return problems.result()
 
 
 def _check_graph(graph: Mapping[str, Any], prefix: str, problems: _Problems) -> None:
@@ -225,6 +252,19 @@ def _check_links(links: Any, where: str, problems: _Problems) -> None:
         return
     seen: dict[int, int] = {}
     for index, link in enumerate(links):
+        if type(link) is list and len(link) >= 5:
+            # The editor's own shape, first and cheaply: five plain ints (most requests).
+            link_id, origin, origin_slot, target, target_slot = link[:5]
+            if (
+                type(link_id) is int
+                and type(origin) is int
+                and type(origin_slot) is int
+                and type(target) is int
+                and type(target_slot) is int
+                and link_id not in seen
+            ):
+                seen[link_id] = index
+                continue
         at = f"{where}[{index}]"
         if isinstance(link, list):
             if len(link) < 5:

@@ -381,9 +381,12 @@ class Worker:
         deadline = deadline or Deadline.start(self.settings.job_timeout_s)
         phase = phase or Phase("start")
         request = parse_request(job_input)
-        # Over-long text, values nested too deep, a malformed editor graph and more nodes
-        # than WORKFLOW_MAX_NODES (subgraphs counted, not expanded) are refused before
-        # anything runs.
+        # A malformed editor graph and more nodes than WORKFLOW_MAX_NODES (subgraphs
+        # counted, not expanded), then over-long text and values nested too deep, are
+        # refused before anything runs. The shape first: it stops at its first 50
+        # problems, where the walk of every value costs the whole request (10 MB of
+        # malformed links: 1.3 s against 2 ms, docs/benchmarks.md).
+        check_size(request.workflow, self.settings.workflow_max_nodes)
         check_values(request.workflow, self.settings.workflow_max_string_bytes)
         if request.editor_graph is not None:  # a /prompt body's, embedded in the outputs
             check_values(
@@ -391,7 +394,6 @@ class Worker:
                 self.settings.workflow_max_string_bytes,
                 name="workflow.extra_data.extra_pnginfo.workflow",
             )
-        check_size(request.workflow, self.settings.workflow_max_nodes)
         folder = job_folder(job_id)
         scratch = request.frames_to_video is not None or request.convert_output is not None
         # The model files it resolves stay in use to its end: another job in flight that

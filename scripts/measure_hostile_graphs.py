@@ -4,7 +4,7 @@
     python scripts/measure_hostile_graphs.py [--max-nodes N]
 
 Each case is a request a stranger can send. It goes through what a job does with its
-workflow before the engine: ``check_values`` and ``check_size`` (as ``Worker.run``), the
+workflow before the engine: ``check_size`` and ``check_values`` (as ``Worker.run``), the
 UI conversion (``to_api_format``, with the node definitions recorded from the pinned
 engine) and the graph checks (``graph_checks.find_problems``). Prints, per case, the
 request's size, the outcome (nodes converted, or the first line of the refusal), the
@@ -142,15 +142,15 @@ def main() -> None:
     settings = Settings()
 
     def as_a_job(workflow: dict[str, Any]) -> str:
+        check_size(workflow, args.max_nodes)  # Worker.run's order: the shape first
         check_values(workflow, settings.workflow_max_string_bytes)
-        check_size(workflow, args.max_nodes)
         api = to_api_format(workflow, defs, rng=random.Random(1), max_nodes=args.max_nodes)  # noqa: S311
         problems = find_problems(api)
         return f"converted: {len(api):,} nodes, {len(problems)} graph problem(s)"
 
     def api_job(workflow: dict[str, Any]) -> str:
-        check_values(workflow, settings.workflow_max_string_bytes)
         check_size(workflow, args.max_nodes)
+        check_values(workflow, settings.workflow_max_string_bytes)
         return f"{len(find_problems(workflow))} graph problem(s)"
 
     print(f"# {platform.python_version()} on {platform.machine()}; max nodes {args.max_nodes:,}")

@@ -171,12 +171,68 @@ def test_a_node_id_that_an_expanded_subgraph_also_makes_is_refused() -> None:
     )
 
 
-def test_problems_are_listed_up_to_a_bound_and_the_rest_counted() -> None:
+def test_problems_are_listed_up_to_a_bound_and_the_rest_said_to_exist() -> None:
     workflow = invert_png_mp4_ui()
     workflow["links"] = [[math.inf, 1, 0, 2, 0, "IMAGE"]] * 10_000
     problems = refused(workflow)
     assert len(problems) == MAX_PROBLEMS + 1
-    assert problems[-1] == "... and 9,950 more problems of the same kinds"
+    assert problems[-1] == (
+        "... and more problems of the same kinds (the check stops after 50): fix these, "
+        "save the workflow again from the editor"
+    )
+
+
+class _Untouchable(dict[str, Any]):
+    """A link the walk must never reach: any look at it fails the test."""
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the walk went on past the problems it names")
+
+    def __getitem__(self, key: str) -> Any:
+        raise AssertionError("the walk went on past the problems it names")
+
+
+def test_the_walk_stops_one_problem_past_the_bound() -> None:
+    """A malformed request of any size costs what its first 51 problems cost: 10 MB of
+    bad links used to be walked to the end (1.3 s, docs/benchmarks.md)."""
+    workflow = invert_png_mp4_ui()
+    bad = [[math.inf, 1, 0, 2, 0, "IMAGE"] for _ in range(MAX_PROBLEMS + 1)]
+    workflow["links"] = [*bad, _Untouchable(), *bad]
+    assert len(shape_problems(workflow)) == MAX_PROBLEMS + 1
+
+
+def test_a_value_shown_in_a_problem_is_cut_short_not_walked() -> None:
+    """A link id nested 5,000 lists deep (repr would recurse past Python's limit) or a
+    text of 10 MB (repr would copy it whole) is named by a few levels or characters."""
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    workflow = invert_png_mp4_ui()
+    workflow["links"][0][0] = deep
+    workflow["nodes"][1]["mode"] = "m" * 10_000_000
+    problems = shape_problems(workflow)
+    assert "links[0] id: [[[[...]]]] is not a whole number" in problems, problems
+    assert any(p.endswith("is not a node mode (0 always, 2 muted, 4 bypassed)") for p in problems)
+    assert max(len(p) for p in problems) < 200
+
+
+def test_the_worker_checks_the_shape_before_walking_every_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malformed editor graph is refused by its shape, and the walk of every value
+    (linear in the request's size) never starts for it."""
+    import engine.worker
+
+    def walked(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("every value was walked before the shape was checked")
+
+    monkeypatch.setattr(engine.worker, "check_values", walked)
+    settings = Settings(work_dir=tmp_path)
+    worker = Worker(settings, FakeRuntime(settings))
+    workflow = invert_png_mp4_ui()
+    workflow["links"] = [[math.inf, 1, 0, 2, 0, "IMAGE"]] * 1000
+    with pytest.raises(WorkflowConversionError):
+        worker.run("shape", {"workflow": workflow})
 
 
 def test_whole_numbers() -> None:
