@@ -18,7 +18,10 @@ index is made (:mod:`engine.runtime.pack_evidence`): a pack's import may patch C
 or torch, which must happen at boot. A pack whose import changed nothing but its node
 mappings, folder entries of ``folder_paths`` and environment variables is deferred;
 those two are replayed at its place in the boot, so later steps see what an eager boot
-makes. Any other change keeps it eager, and the boot log says which. A deferred pack
+makes. Any other change keeps it eager, and the boot log says which, as does a pack that
+reaches another pack's modules its own way (:mod:`engine.runtime.pack_links`). A first
+use is imported on the engine thread, between runs (:attr:`LazyNodes.turn`,
+:mod:`engine.runtime.import_turn`). A deferred pack
 still claims its folder name at boot (a later folder of that name stays skipped,
 ``pack_imports``), is imported with ComfyUI's ``ignore`` set of built-in names, goes
 through the import recorder (a failure is reported as a boot failure is), and is
@@ -44,7 +47,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -54,7 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.runtime.pack_evidence import Evidence, FolderChange
-from engine.runtime.pack_imports import python_source
+from engine.runtime.pack_links import Misses, named_packs, provided_now
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ LAZY_GROUPS = ("comfy_extras", "comfy_api_nodes")
 PACKS = "custom_nodes"
 """ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
 
-INDEX_VERSION = 4
+INDEX_VERSION = 5
 """Bumped when the index file's layout, or what decides a pack's entry, changes: an older
 file is then rebuilt."""
 
@@ -384,6 +386,8 @@ class LazyNodes:
         thread, between runs); None: on the calling thread."""
         self._indexed_now: set[str] = set()
         """Packs whose entry this boot made (their evidence taken or borrowed)."""
+        self._misses: dict[str, tuple[str, ...]] = {}
+        """Pack -> the modules its import looked for in vain (``pack_links.Misses``)."""
         self._last_state: Any = None
         """The snapshot after the pack just imported with evidence: the next one's
         "before", as ComfyUI does nothing between two packs but time them (a snapshot
@@ -423,7 +427,7 @@ class LazyNodes:
             self._nodes.load_custom_node = original
             self.names_only = False
             self._mark_shared_names()
-            self._mark_named_packs()
+            self._mark_linked_packs()
 
     async def _boot_load(
         self, original: LoadCustomNode, path: str, ignore: Any, group: str
@@ -461,7 +465,12 @@ class LazyNodes:
             before_state = last_state if last_state is not None else watch.take()
         classes = self._nodes.NODE_CLASS_MAPPINGS
         before = {k: id(v) for k, v in dict.items(classes)}
-        ok = await original(path, ignore, module_parent=group)
+        if watch is not None:
+            with Misses() as misses:
+                ok = await original(path, ignore, module_parent=group)
+            self._misses[path] = misses.names
+        else:
+            ok = await original(path, ignore, module_parent=group)
         added = tuple(k for k, v in dict.items(classes) if before.get(k) != id(v))
         overrides = any(k in before for k in added)
         stamped = stamp(path)
@@ -486,11 +495,10 @@ class LazyNodes:
         if group == PACKS:
             self._indexed_now.add(path)
         if group == PACKS and evidence.eager_because:
-            log.info(
-                "custom node pack %s loads at boot: its import %s",
-                Path(path).name,
-                "; ".join(evidence.eager_because),
-            )
+            why = "; ".join(evidence.eager_because)
+            # The recorder's reasons say what the import did; pack_links' say it whole.
+            why = why if why.startswith("its ") else f"its import {why}"
+            log.info("custom node pack %s loads at boot: %s", Path(path).name, why)
         return ok
 
     def _defer_pack(self, load: LoadCustomNode, path: str, ignore: Any, entry: FileEntry) -> bool:
@@ -527,43 +535,31 @@ class LazyNodes:
             for path in sorted(shared & set(self.deferred)):
                 self._load_file(path)
 
-    def _mark_named_packs(self) -> None:
-        """Packs whose module another pack's code names load at boot from now on.
-
-        ComfyUI keeps a pack's module in ``sys.modules`` under its folder's path, and
-        packs find each other there by name (KJNodes' GGUF loader imports ComfyUI-GGUF's
-        module by its folder name) or import ``custom_nodes.<folder>``: a deferred pack
-        is not there until a job names one of its own node types. Read from the packs'
-        Python files when an index is made: a string literal that is another pack's
-        folder name (any case, ``custom_nodes.`` before it or not), or an import of
-        ``custom_nodes.<folder>``. A message that quotes the name alone counts too, and
-        only costs that pack's import at boot. Lookups through ComfyUI's node mapping
-        (``nodes.NODE_CLASS_MAPPINGS["Type"]``, Inspire Pack's way) need nothing: the
-        mapping imports a deferred pack when its type is named.
-        """
+    def _mark_linked_packs(self) -> None:
+        """Packs that reach another pack's modules their own way load at boot from now on
+        (:mod:`engine.runtime.pack_links`): one whose module another pack's code names, and
+        one whose import looked for a module that a pack loaded after it provides. Decided
+        on a boot that indexes a pack; an index read whole keeps its marks."""
         if self._packs is None or not self._indexed_now:
-            return  # the index was read whole: its marks stand
-        packs = {
-            _module_name(path): path for path, e in self._new.files.items() if e.group == PACKS
-        }
-        if len(packs) < 2:
             return
-        names = "|".join(re.escape(n) for n in sorted(packs, key=len, reverse=True))
-        quoted = rf"(['\"])(?:custom_nodes[./])?({names})\1"
-        pattern = re.compile(rf"{quoted}|\bcustom_nodes\.({names})\b", re.IGNORECASE)
-        by_lower = {n.lower(): n for n in packs}
-        named: dict[str, str] = {}
-        for referrer, path in packs.items():
-            for match in pattern.finditer(python_source(Path(path))):
-                target = by_lower[(match.group(2) or match.group(3)).lower()]
-                if target != referrer:
-                    named.setdefault(target, referrer)
-        for target, referrer in named.items():
-            path = packs[target]
-            entry = self._new.files[path]
-            if not entry.lazy:
+        packs = {
+            _module_name(path): Path(path)
+            for path, e in self._new.files.items()
+            if e.group == PACKS
+        }
+        reasons: dict[str, str] = {}
+        for target, referrer in named_packs(packs).items():
+            reasons[str(packs[target])] = f"its module is looked up by name in {referrer}'s code"
+        for path, names in self._misses.items():
+            found = provided_now(names)
+            if found is not None and path not in reasons:
+                reasons[path] = (
+                    f"its import looked for module {found}, which a pack loaded after it provides"
+                )
+        for path, why in reasons.items():
+            entry = self._new.files.get(path)
+            if entry is None or not entry.lazy:
                 continue
-            why = f"its module is looked up by name in {referrer}'s code"
             self._new.files[path] = FileEntry(
                 entry.group,
                 entry.size,
@@ -572,7 +568,7 @@ class LazyNodes:
                 lazy=False,
                 evidence=Evidence(entry.evidence.folders, entry.evidence.environ, (why,)),
             )
-            log.info("custom node pack %s loads at boot: %s", target, why)
+            log.info("custom node pack %s loads at boot: %s", Path(path).name, why)
             if any(self._pending.get(n) == path for n in entry.names):
                 # Deferred on an older index: loaded now, to stay exact.
                 self.deferred.remove(path)

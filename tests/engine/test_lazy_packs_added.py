@@ -136,9 +136,10 @@ places = {}
 for path, entry in lazy._new.files.items():
     if entry.group == "custom_nodes":
         name = os.path.basename(path)
-        places[name] = "on first use" if name in deferred else (
+        # The first folder of a name loads; a later copy is skipped (pack_imports).
+        places.setdefault(name, "on first use" if name in deferred else (
             "; ".join(entry.evidence.eager_because) or "at boot"
-        )
+        ))
 report = {
     "places": places,
     "failed": sorted(f.describe() for f in pack_imports.RECORD.failed),

@@ -306,7 +306,7 @@ def test_a_pack_whose_module_another_pack_names_loads_at_boot(
     caplog.set_level(logging.INFO, logger="engine.runtime.lazy_nodes")
     world.boot()
     assert (
-        "custom node pack gguf_like loads at boot: its module is looked up by name in "
+        "custom node pack gguf_like.py loads at boot: its module is looked up by name in "
         "kj_like's code" in caplog.text
     )
     comfy, lazy = world.boot()
@@ -492,3 +492,65 @@ def test_a_lookup_during_a_run_imports_at_once_on_the_engine_thread(
         assert probe.imports == [("lazytest-engine", run_loop)]
     finally:
         server_loop.close()
+
+
+def test_a_pack_that_found_no_module_a_later_pack_provides_loads_at_boot(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pack that tries a module at import and goes on without it made its choice in
+    ComfyUI's order; imported later, it would find what a pack after it provides. A module
+    nothing provides, and one a finder appended during the import resolves (``six``'s),
+    keep nothing at boot."""
+    linked = tmp_path / "provided"
+    linked.mkdir()
+    (linked / "lazytest_linked.py").write_text("X = 1\n")
+    own = str(tmp_path / "own" / "lazytest_own.py")  # only its pack's own finder finds it
+    Path(own).parent.mkdir()
+    Path(own).write_text("Y = 2\n")
+    packs_dir = world.packs[0].parent
+    world.packs = [
+        _node_file(
+            packs_dir,
+            "aaa_optional",
+            ["OptionalNode"],
+            extra="try:\n    import lazytest_linked\nexcept ImportError:\n    lazytest_linked = None\n",
+        ),
+        _node_file(
+            packs_dir,
+            "bbb_alone",
+            ["AloneNode"],
+            extra=(
+                "import sys\n"
+                "try:\n    import lazytest_never\nexcept ImportError:\n    pass\n"
+                "class _Own:\n"
+                "    def find_spec(self, name, path, target=None):\n"
+                "        if name == 'lazytest_own':\n"
+                "            import importlib.util\n"
+                f"            return importlib.util.spec_from_file_location(name, {own!r})\n"
+                "sys.meta_path.append(_Own())\n"
+                "import lazytest_own\n"
+            ),
+        ),
+        _node_file(
+            packs_dir,
+            "zzz_provider",
+            ["ProviderNode"],
+            extra=f"import sys\nsys.path.append({str(linked)!r})\n",
+        ),
+    ]
+    caplog.set_level(logging.INFO, logger="engine.runtime.lazy_nodes")
+    try:
+        world.boot()
+        assert (
+            "custom node pack aaa_optional.py loads at boot: its import looked for module "
+            "lazytest_linked, which a pack loaded after it provides" in caplog.text
+        )
+        comfy, lazy = world.boot()
+        assert "aaa_optional.py" in comfy.imported and "zzz_provider.py" in comfy.imported
+        assert [Path(p).name for p in lazy.deferred_packs()] == ["bbb_alone.py"]
+    finally:
+        while str(linked) in sys.path:
+            sys.path.remove(str(linked))
+        sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_Own"]
+        for name in ("lazytest_linked", "lazytest_own"):
+            sys.modules.pop(name, None)
