@@ -131,6 +131,9 @@ class FakeRuntime:
         self._job_thread = JobThread("job")
         self.validated_on: list[str] = []
         """The thread each :meth:`validate` call ran on, by name."""
+        self.deadline_bound: list[bool] = []
+        """Per validation: whether the job's deadline was the one bound on its thread
+        (``Deadline.current()``), which a real first-use import waits within."""
         self.checked_jobs: list[JobSpec] = []
         """Every job :meth:`validate` was given, also those it refused (``jobs``: the runs)."""
 
@@ -208,6 +211,7 @@ class FakeRuntime:
     def validate(self, job: JobSpec) -> JobSpec:
         """Check the workflow as the real runtime does (unknown types, links, values)."""
         self.validated_on.append(threading.current_thread().name)
+        self.deadline_bound.append(Deadline.current() is job.deadline)
         self.checked_jobs.append(job)
         started = time.perf_counter()
         self._validate(job.workflow)

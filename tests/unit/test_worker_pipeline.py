@@ -394,5 +394,7 @@ def test_a_workflow_the_engine_refuses_fails_while_another_jobs_run_is_held(
         runtime.release.set()
     assert answer_of(*a)["errors"] == []
     assert all(name.startswith("job-lane-") for name in runtime.validated_on), runtime.validated_on
+    # Each lane works within its own job's deadline: a first-use pack import waits in it.
+    assert runtime.deadline_bound == [True, True]
     assert [job.prompt_id for job in runtime.jobs] == ["a"]  # B never took the engine
     assert all(job.checked is not None for job in runtime.jobs)
