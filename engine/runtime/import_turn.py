@@ -9,7 +9,9 @@ lane came first. :class:`ImportTurn` hands the import to the engine thread inste
 runs take turns: it starts once the run before it ends, no run starts until it is done,
 and every deferred import happens on one thread, with ComfyUI's server loop as the
 thread's current event loop, as node init runs on it at boot (a pack that keeps
-``asyncio.get_event_loop()`` at import holds the loop that keeps running).
+``asyncio.get_event_loop()`` at import holds the loop that keeps running). Thread-local
+state a pack sets at import lives on the engine thread, where its nodes run (an eager
+pack's lives on the main thread, which runs no node: no worse).
 
 The lane waits for it within its job's deadline (:meth:`engine.deadline.Deadline.bound`):
 a job whose time runs out while the engine is still busy fails with its timeout, and the
