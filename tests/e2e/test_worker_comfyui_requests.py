@@ -45,6 +45,14 @@ def with_titles(workflow: dict[str, Any]) -> dict[str, Any]:
     return titled
 
 
+def readme_request_with_a_real_image() -> dict[str, Any]:
+    """Their README's request with a whole PNG and a graph that saves something."""
+    request = copy.deepcopy(README_REQUEST["input"])
+    request["images"][0]["image"] = data_uri(png_bytes())
+    request["workflow"] = with_titles(workflows.invert("input_image_1.png"))
+    return request
+
+
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., WorkerServer]) -> WorkerServer:
     return start_worker()
@@ -64,10 +72,7 @@ def test_their_readme_example_fails_on_its_cut_image_as_theirs_does(
 def test_their_readme_example_with_a_real_image_runs(worker: WorkerServer) -> None:
     """The example's shape (titled nodes, a data URI image) with a whole PNG and a graph
     that saves something: it completes, returning the image as a data URI."""
-    request = copy.deepcopy(README_REQUEST["input"])
-    request["images"][0]["image"] = data_uri(png_bytes())
-    request["workflow"] = with_titles(workflows.invert("input_image_1.png"))
-    body = worker.runsync(request)
+    body = worker.runsync(readme_request_with_a_real_image())
     assert body["status"] == "COMPLETED", body
     (item,) = body["output"]["images"]
     assert item["type"] == "base64" and item["data"].startswith("data:image/png;base64,")
@@ -79,10 +84,7 @@ def test_their_callers_decode_bare_base64_with_output_base64_bare(
     """A worker-comfyui caller's own decoding (``base64.b64decode(item["data"])``) works
     unchanged on a worker started with OUTPUT_BASE64=bare."""
     bare = start_worker(OUTPUT_BASE64="bare")
-    request = copy.deepcopy(README_REQUEST["input"])
-    request["images"][0]["image"] = data_uri(png_bytes())
-    request["workflow"] = with_titles(workflows.invert("input_image_1.png"))
-    body = bare.runsync(request)
+    body = bare.runsync(readme_request_with_a_real_image())
     assert body["status"] == "COMPLETED", body
     (item,) = body["output"]["images"]
     png = base64.b64decode(item["data"])
