@@ -30,9 +30,10 @@ MediaKind = Literal["video", "audio"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".mkv"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".m4a"})
-# The job's deadline is read every this many packets: demuxing one takes about a
-# microsecond, so a cancel is seen within a millisecond or so.
-_DEADLINE_EVERY = 256
+PACKETS_PER_CHECK = 256
+"""The job's deadline is read every this many packets while a file's packets are read
+(inputs here, outputs in engine/video.py): demuxing one takes about a microsecond, so a
+limit or a cancel is seen within a millisecond or so."""
 
 
 def media_kind(name: str) -> MediaKind | None:
@@ -82,7 +83,7 @@ def verify_media(
             # Every packet of every stream, one by one, so that the bounds are checked
             # between any two (a demux of one stream skips the others' packets in C).
             for read, packet in enumerate(container.demux()):
-                if read % _DEADLINE_EVERY == 0 and deadline is not None and deadline.expired():
+                if read % PACKETS_PER_CHECK == 0 and deadline is not None and deadline.expired():
                     raise deadline.exceeded("while checking input videos and audio")
                 count += 1 if packet.size else 0  # not the empty packets that flush decoders
                 if count > max_frames:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from engine.deadline import Deadline
 from engine.errors import ItemError
+from engine.media import PACKETS_PER_CHECK
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,6 @@ _EVEN_PAD = "pad=ceil(iw/2)*2:ceil(ih/2)*2"
 # Encoding is bounded by the number of frames: this is per frame, plus a start-up allowance.
 _ENCODE_S_PER_FRAME = 2.0
 _ENCODE_BASE_S = 60.0
-
-# The job's deadline is read every this many packets while a video's frames are counted:
-# demuxing one takes about a microsecond, so a limit or a cancel is seen within a
-# millisecond or so (engine/media.py reads inputs the same way).
-PACKETS_PER_CHECK = 256
 
 # The last lines of ffmpeg's log are the ones that say what went wrong.
 _STDERR_TAIL_LINES = 3
