@@ -46,8 +46,8 @@ from engine.errors import RuntimeBootError, WorkerError, new_incident, without_p
 from engine.worker import Worker  # noqa: E402
 
 if "--rp_serve_api" in sys.argv:
-    # The SDK imports its local API server (FastAPI, Starlette, pydantic models: about
-    # 18,000 objects that live as long as the process) only when it starts serving,
+    # The SDK imports its local API server (FastAPI, Starlette, pydantic models: objects
+    # that live as long as the process) only when it starts serving,
     # after the boot has frozen what was imported (gc.freeze, comfy_boot.import_comfy).
     # Imported now, they are frozen with the rest, and the collection the runtime runs
     # between jobs does not walk them every time.
