@@ -542,11 +542,10 @@ class LazyNodes:
         on a boot that indexes a pack; an index read whole keeps its marks."""
         if self._packs is None or not self._indexed_now:
             return
-        packs = {
-            _module_name(path): Path(path)
-            for path, e in self._new.files.items()
-            if e.group == PACKS
-        }
+        packs: dict[str, Path] = {}
+        for path, indexed in self._new.files.items():
+            if indexed.group == PACKS:  # the first folder of a name loads (pack_imports)
+                packs.setdefault(_module_name(path), Path(path))
         reasons: dict[str, str] = {}
         for target, referrer in named_packs(packs).items():
             reasons[str(packs[target])] = f"its module is looked up by name in {referrer}'s code"

@@ -302,14 +302,16 @@ def test_a_pack_whose_module_another_pack_names_loads_at_boot(
             extra='NAMES = ["GGUF_like", "custom_nodes.gguf_like"]\n',
         ),
         _node_file(world.packs[0].parent, "quiet", ["QuietNode"]),
+        # A volume's copy, skipped: the image's copy is the one looked up.
+        _node_file(world.root.parent / "volume_nodes", "gguf_like", ["GgufNode"]),
     ]
     caplog.set_level(logging.INFO, logger="engine.runtime.lazy_nodes")
-    world.boot()
+    world.boot(record=pack_imports.PackImports())
     assert (
         "custom node pack gguf_like.py loads at boot: its module is looked up by name in "
         "kj_like's code" in caplog.text
     )
-    comfy, lazy = world.boot()
+    comfy, lazy = world.boot(record=pack_imports.PackImports())
     assert comfy.imported == ["gguf_like.py"]
     assert sorted(Path(p).name for p in lazy.deferred_packs()) == ["kj_like.py", "quiet.py"]
 
