@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.runtime.pack_evidence import Evidence, FolderChange
-from engine.runtime.pack_links import Misses, named_packs, provided_now
+from engine.runtime.pack_links import Misses, named_packs, provided_now, registered_modules
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ LAZY_GROUPS = ("comfy_extras", "comfy_api_nodes")
 PACKS = "custom_nodes"
 """ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
 
-INDEX_VERSION = 5
+INDEX_VERSION = 6
 """Bumped when the index file's layout, or what decides a pack's entry, changes: an older
 file is then rebuilt."""
 
@@ -388,6 +388,9 @@ class LazyNodes:
         """Packs whose entry this boot made (their evidence taken or borrowed)."""
         self._misses: dict[str, tuple[str, ...]] = {}
         """Pack -> the modules its import looked for in vain (``pack_links.Misses``)."""
+        self._registered: dict[str, tuple[str, ...]] = {}
+        """Pack -> the modules its import put into ``sys.modules`` that nothing else
+        provides (``pack_links.registered_modules``)."""
         self._last_state: Any = None
         """The snapshot after the pack just imported with evidence: the next one's
         "before", as ComfyUI does nothing between two packs but time them (a snapshot
@@ -466,9 +469,11 @@ class LazyNodes:
         classes = self._nodes.NODE_CLASS_MAPPINGS
         before = {k: id(v) for k, v in dict.items(classes)}
         if watch is not None:
+            present = set(sys.modules)
             with Misses() as misses:
                 ok = await original(path, ignore, module_parent=group)
             self._misses[path] = misses.names
+            self._registered[path] = registered_modules(present)
         else:
             ok = await original(path, ignore, module_parent=group)
         added = tuple(k for k, v in dict.items(classes) if before.get(k) != id(v))
@@ -546,8 +551,9 @@ class LazyNodes:
         for path, indexed in self._new.files.items():
             if indexed.group == PACKS:  # the first folder of a name loads (pack_imports)
                 packs.setdefault(_module_name(path), Path(path))
+        registered = {_module_name(p): names for p, names in self._registered.items() if names}
         reasons: dict[str, str] = {}
-        for target, referrer in named_packs(packs).items():
+        for target, referrer in named_packs(packs, registered).items():
             reasons[str(packs[target])] = f"its module is looked up by name in {referrer}'s code"
         for path, names in self._misses.items():
             found = provided_now(names)

@@ -8,7 +8,9 @@ Two ways, each read when the node index is made (``lazy_nodes`` keeps such packs
   reads the packs' Python files for another pack's folder name as a string literal (any
   case, ``custom_nodes.`` before it or not) or an import of ``custom_nodes.<folder>``.
   A message that quotes the name alone counts too; it only costs that pack's import at
-  boot.
+  boot. So does a module a pack's import put into ``sys.modules`` that no finder
+  provides (:func:`registered_modules`): another pack's ``import`` of it, or the name as
+  a string literal, names the pack that registers it.
 - **By what was there when it imported.** A pack that tries a module at import and goes
   on without it (``try: import impact ... except ImportError``) made its choice in
   ComfyUI's load order; imported later, it would find a module that a pack loaded after it
@@ -25,9 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.machinery
+import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
@@ -35,25 +38,50 @@ from typing import Any
 from engine.runtime.pack_imports import python_source
 
 
-def named_packs(packs: Mapping[str, Path]) -> dict[str, str]:
+def named_packs(
+    packs: Mapping[str, Path], registered: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, str]:
     """Pack folder name -> the first other pack whose Python files name it.
 
     ``packs`` maps each pack's folder name (a one-file pack: its name without ``.py``)
-    to its path.
+    to its path; ``registered`` a pack's folder name to the modules its import put into
+    ``sys.modules`` that nothing else provides (:func:`registered_modules`): another
+    pack's ``import``/``from`` of one, or a string literal of it, names that pack too.
     """
     if len(packs) < 2:
         return {}
-    names = "|".join(re.escape(n) for n in sorted(packs, key=len, reverse=True))
-    quoted = rf"(['\"])(?:custom_nodes[./])?({names})\1"
-    pattern = re.compile(rf"{quoted}|\bcustom_nodes\.({names})\b", re.IGNORECASE)
+    folders = "|".join(re.escape(n) for n in sorted(packs, key=len, reverse=True))
+    quoted = rf"(['\"])(?:custom_nodes[./])?({folders})\1"
+    pattern = re.compile(rf"{quoted}|\bcustom_nodes\.({folders})\b", re.IGNORECASE)
     by_lower = {n.lower(): n for n in packs}
+    owner = {m: pack for pack, modules in (registered or {}).items() for m in modules}
+    modules = "|".join(re.escape(m) for m in sorted(owner, key=len, reverse=True))
+    imports = (
+        re.compile(rf"\b(?:import|from)\s+({modules})\b|(['\"])({modules})\2") if owner else None
+    )
     named: dict[str, str] = {}
     for referrer, path in packs.items():
-        for match in pattern.finditer(python_source(path)):
-            target = by_lower[(match.group(2) or match.group(3)).lower()]
+        source = python_source(path)
+        targets = [by_lower[(m.group(2) or m.group(3)).lower()] for m in pattern.finditer(source)]
+        if imports is not None:
+            targets += [owner[m.group(1) or m.group(3)] for m in imports.finditer(source)]
+        for target in targets:
             if target != referrer:
                 named.setdefault(target, referrer)
     return named
+
+
+def registered_modules(before: Set[str]) -> tuple[str, ...]:
+    """Top-level modules in ``sys.modules`` now but not in ``before`` that no finder on
+    ``sys.path`` provides: put there by the import that ran since (``sys.modules["x"] =
+    ...``), so another pack's ``import x`` works only once that import ran."""
+    return tuple(
+        sorted(
+            name
+            for name in sys.modules.keys() - before
+            if "." not in name and os.sep not in name and not _findable(name)
+        )
+    )
 
 
 class Misses:
@@ -103,6 +131,18 @@ def provided_now(names: Sequence[str]) -> str | None:
         if "." not in name and _on_path(name):
             return name
     return None
+
+
+def _findable(name: str) -> bool:
+    """Whether a finder of ``sys.meta_path`` provides ``name`` (built in, on ``sys.path``,
+    or a finder's own, as setuptools' for ``distutils``): not only ``sys.modules``."""
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None or isinstance(finder, Misses):
+            continue
+        if find_spec(name, None) is not None:
+            return True
+    return False
 
 
 def _on_path(name: str) -> bool:

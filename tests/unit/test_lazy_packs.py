@@ -556,3 +556,41 @@ def test_a_pack_that_found_no_module_a_later_pack_provides_loads_at_boot(
         sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_Own"]
         for name in ("lazytest_linked", "lazytest_own"):
             sys.modules.pop(name, None)
+
+
+def test_a_pack_that_registers_a_module_another_pack_imports_loads_at_boot(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pack puts a module of its own into ``sys.modules``; another pack's node imports
+    it when it runs. Deferred, the first would not have run when the second's node does."""
+    packs_dir = world.packs[0].parent
+    world.packs = [
+        _node_file(
+            packs_dir,
+            "registrar",
+            ["RegistrarNode"],
+            extra=(
+                "import sys, types\n"
+                "sys.modules['lazytest_shared'] = types.ModuleType('lazytest_shared')\n"
+            ),
+        ),
+        _node_file(
+            packs_dir,
+            "user",
+            ["UserNode"],
+            extra="def run():\n    from lazytest_shared import thing\n    return thing\n",
+        ),
+        _node_file(packs_dir, "quiet", ["QuietNode"], extra="import json\n"),
+    ]
+    caplog.set_level(logging.INFO, logger="engine.runtime.lazy_nodes")
+    try:
+        world.boot()
+        assert (
+            "custom node pack registrar.py loads at boot: its module is looked up by name in "
+            "user's code" in caplog.text
+        )
+        comfy, lazy = world.boot()
+        assert comfy.imported == ["registrar.py"]
+        assert sorted(Path(p).name for p in lazy.deferred_packs()) == ["quiet.py", "user.py"]
+    finally:
+        sys.modules.pop("lazytest_shared", None)
