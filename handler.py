@@ -96,11 +96,12 @@ def _start() -> None:
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """RunPod's handler: one job in, the contract's response out.
 
-    Async on purpose: the job runs in a thread, so the runpod SDK's event loop stays
-    free to notice a cancel (RunPod's stop signal for ``/cancel/{id}``) and cancel this
-    coroutine, which then cancels the job (``Worker.cancel``): a download, the run or a
-    delivery stops instead of letting a cancelled job hold the GPU to the end. The SDK's
-    local API server (``--rp_serve_api``) has no cancel route.
+    Async on purpose: the job runs on a thread of the worker's, and the runpod SDK's
+    event loop waits for it without blocking, so it stays free to notice a cancel
+    (RunPod's stop signal for ``/cancel/{id}``) and cancel this coroutine, which then
+    cancels the job (``Worker.handle_async``): a download, the run or a delivery stops
+    instead of letting a cancelled job hold the GPU to the end. The SDK's local API
+    server (``--rp_serve_api``) has no cancel route.
     """
     if _worker is None and _boot_error is None:
         _start()
@@ -110,12 +111,12 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
         return {**_boot_error.to_response(), "refresh_worker": True}
     answered = threading.Event()
     try:
-        return await asyncio.to_thread(_worker.handle, job, clean_up_after=answered)
+        # The job runs on its lane; this loop waits for it (Worker.handle_async).
+        return await _worker.handle_async(job, clean_up_after=answered)
     except asyncio.CancelledError:
         # The SDK cancels this task on RunPod's stop signal (/cancel, or the endpoint's
-        # execution timeout). The job's thread runs on: cancel it, in whatever phase.
+        # execution timeout); handle_async has cancelled the job, in whatever phase.
         log.warning("job %s cancelled: stopping it", job.get("id"))
-        _worker.cancel(str(job["id"]) if job.get("id") else None)
         raise
     finally:
         # The job's files go once its answer has gone on: the SDK's local API server

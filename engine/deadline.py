@@ -17,6 +17,7 @@ change.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from engine.errors import JobInterruptedError, JobTimeoutError
 
@@ -192,6 +193,24 @@ class Deadline:
         future.add_done_callback(lambda _: wake.set())
         with self.on_cancel(wake.set):
             wake.wait(self.remaining())
+        return future.done()
+
+    async def wait_for_async(self, future: Future[Any]) -> bool:
+        """:meth:`wait_for` on an event loop: the loop waits, and no thread blocks for it.
+
+        The future's thread wakes the loop directly (``call_soon_threadsafe``), one thread
+        hand-over where a thread waiting in between would add two.
+        """
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def set_wake(*_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(wake.set)
+
+        future.add_done_callback(set_wake)
+        with self.on_cancel(set_wake), contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), self.remaining())
         return future.done()
 
     def call(self, fn: Callable[[], T], where: str) -> T:

@@ -350,12 +350,19 @@ def configure(level: str = "INFO", secrets: Iterable[str | None] = ()) -> None:
 def job_context(job_id: str, secrets: Iterable[str | None] = ()) -> Iterator[None]:
     """Log this thread's lines under ``job_id``, and redact the job's own secrets from
     every line, until the block ends."""
+    with job_secrets(job_id, secrets), bind_job(job_id):
+        yield
+
+
+@contextlib.contextmanager
+def job_secrets(job_id: str, secrets: Iterable[str | None] = ()) -> Iterator[None]:
+    """Redact the job's own secrets from every line, any thread's, until the block ends
+    (an event loop's job binds its thread only where it does not await: :func:`bind_job`)."""
     token = object()
     with _active_lock:
         _active[token] = (job_id, tuple(s for s in secrets if s))
     try:
-        with bind_job(job_id):
-            yield
+        yield
     finally:
         with _active_lock:
             del _active[token]

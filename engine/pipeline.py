@@ -91,13 +91,24 @@ class JobPipeline:
                     self._changed.wait(deadline.remaining())
                 if self._stopped or deadline.expired():
                     return None
-                ticket = Ticket(self._next_number, self._lanes.pop())
-                self._next_number += 1
-                self._runs.append(ticket)
-                return ticket
+                return self._take_lane()
             finally:
                 self._arrivals.remove(arrival)
                 self._changed.notify_all()  # the next in line may go now
+
+    def try_admit(self) -> Ticket | None:
+        """A place at once, when no job waits for one and a lane is free; None when the
+        job would have to wait (then :meth:`admit`, which waits in arrival order)."""
+        with self._changed:
+            if self._stopped or self._arrivals or not self._lanes:
+                return None
+            return self._take_lane()
+
+    def _take_lane(self) -> Ticket:
+        ticket = Ticket(self._next_number, self._lanes.pop())
+        self._next_number += 1
+        self._runs.append(ticket)
+        return ticket
 
     def take_engine(self, ticket: Ticket, deadline: Deadline) -> bool:
         """Wait until every job admitted before this one has run or left, and the engine
