@@ -22,6 +22,8 @@ as ComfyUI's own ``main.py`` empties its temp folder at start.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -29,10 +31,11 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from engine.runtime import Directories, decoded_inputs
+from engine.runtime import Directories, UiOutputs, decoded_inputs
+from engine.runtime.pending_files import PendingFiles
 
 log = logging.getLogger(__name__)
 
@@ -324,3 +327,82 @@ def _remove(path: Path, removed: list[Path]) -> None:
         log.warning("could not remove leftover %s: %s", path, exc)
         return
     removed.append(path)
+
+
+@dataclasses.dataclass
+class JobFiles:
+    """The files one job makes, all removed when it ends (:meth:`JobFolders.of_job`)."""
+
+    scratch: Path
+    """The job's scratch folder (frames joined into a video), made only when asked for."""
+    input_folder: str | None = None
+    """The folder under ComfyUI's input folder holding the files the job sent."""
+    pending: PendingFiles = dataclasses.field(default_factory=PendingFiles)
+    """Output files the run handed off to be written after it (SaveImage's PNGs)."""
+    temp_outputs: list[Path] = dataclasses.field(default_factory=list)
+    """The files of ComfyUI's temp folder the run named as its outputs (previews)."""
+
+
+class JobFolders:
+    """Each job's folders: made when it starts, every file in them removed when it ends,
+    however it ends. All live under the job's folder name (:func:`job_folder`); a killed
+    worker's are swept at the next boot (:func:`sweep_leftovers`)."""
+
+    def __init__(self, dirs: Directories, work_dir: Path) -> None:
+        self._dirs = dirs
+        self._work_dir = work_dir
+        self.spares = SpareFolders()
+        """Emptied job folders, renamed into the next job's instead of made anew."""
+        self.inputs = SharedInputs(self.spares)
+        """Input folders named by their content, shared by jobs in flight that sent the same."""
+
+    @contextlib.contextmanager
+    def of_job(
+        self, folder: str, *, scratch: bool, cleanups: list[Callable[[], None]] | None = None
+    ) -> Iterator[JobFiles]:
+        """The files of the job whose folder name is ``folder``; every one is removed
+        when the block ends, or, with ``cleanups``, by the caller, which the removal is
+        appended to (``handler.py``'s removal after the answer)."""
+        files = JobFiles(scratch=scratch_root(self._work_dir) / folder)
+        if scratch:
+            files.scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            # Made here, from a spare, rather than by ComfyUI's first save (its makedirs
+            # then finds it); a job that saves nothing hands it back empty.
+            self.spares.make(self._dirs.output / folder)
+            yield files
+        finally:
+            if cleanups is None:
+                self.remove(files, folder)
+            else:
+                cleanups.append(functools.partial(self.remove, files, folder))
+
+    def remove(self, files: JobFiles, folder: str) -> None:
+        """Remove the job's files: its inputs (unless another job in flight shares
+        them), outputs, scratch and previews."""
+        dirs = self._dirs
+        # Files still being written would land after their folder went.
+        files.pending.wait()
+        if files.input_folder:
+            self.inputs.release(dirs.input, files.input_folder)
+        self.spares.remove(dirs.output / folder)
+        for leftover in (dirs.input / folder, files.scratch, dirs.temp / folder):
+            remove_job_folder(leftover)
+        # Its previews, named by the run: the temp folder as a whole is emptied only
+        # when no job is in flight (the runtime's after_job), as others' may be there.
+        for path in files.temp_outputs:
+            path.unlink(missing_ok=True)
+
+
+def temp_outputs(outputs: UiOutputs, dirs: Directories) -> list[Path]:
+    """The temp-folder files (previews) that a run's ui outputs name."""
+    paths = []
+    for output in outputs.values():
+        for items in output.values():
+            for item in items if isinstance(items, list) else ():
+                if isinstance(item, dict) and item.get("type") == "temp" and item.get("filename"):
+                    path = dirs.temp / str(item.get("subfolder") or "") / str(item["filename"])
+                    # A node's own name must not lead the cleanup out of the temp folder.
+                    if path.resolve().is_relative_to(dirs.temp.resolve()):
+                        paths.append(path)
+    return paths

@@ -42,20 +42,12 @@ from engine.errors import (
 )
 from engine.graph_checks import check_values
 from engine.inputs import BoundedFetcher, Fetcher, HttpFetcher, store_images
-from engine.job_files import (
-    SharedInputs,
-    SpareFolders,
-    job_folder,
-    remove_job_folder,
-    scratch_root,
-    sweep_leftovers,
-)
+from engine.job_files import JobFolders, job_folder, sweep_leftovers, temp_outputs
 from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
 from engine.pipeline import JobPipeline, Ticket
 from engine.request import JobRequest, parse_request, request_secrets
-from engine.runtime import Directories, JobSpec, ProgressEvent, Runtime, UiOutputs, load_runtime
-from engine.runtime.pending_files import PendingFiles
+from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
 from engine.s3 import S3Uploader
 from engine.settings import Settings
 from engine.stats import Phase, describe_stats, job_stats
@@ -158,10 +150,9 @@ class Worker:
         # Set when a job's thread would not stop after its deadline: every later job gets
         # this error (and RunPod a request for a fresh worker) instead of waiting on it.
         self._stuck: WorkerStuckError | None = None
-        # Emptied job folders, renamed into the next job's instead of made anew.
-        self._spares = SpareFolders()
-        # Input folders named by their content, shared by jobs in flight that sent the same.
-        self._inputs = SharedInputs(self._spares)
+        # Each job's folders, made when it starts and emptied when it ends (their spares
+        # renamed into the next job's, input folders shared by jobs that sent the same).
+        self._files = JobFolders(runtime.directories, settings.work_dir)
         # The deadline of every job in handle(), waiting or running: what cancel() flips.
         self._deadlines = JobDeadlines()
         # Answered jobs whose files are still to go (handle()'s clean_up_after).
@@ -533,13 +524,13 @@ class Worker:
         # downloads one cannot evict them from under this job's run.
         with (
             self.model_urls.pinning(),
-            self._job_files(folder, scratch=scratch, cleanups=cleanups) as files_of_job,
+            self._files.of_job(folder, scratch=scratch, cleanups=cleanups) as files_of_job,
         ):
             phase.enter("downloading inputs", deadline)
             # The job's own input folder: only this job's workflow names it (scope_inputs).
             inputs_dir = self.runtime.directories.input
             if request.images:
-                self._spares.make(inputs_dir / folder)
+                self._files.spares.make(inputs_dir / folder)
             stored = store_images(
                 request.images,
                 inputs_dir / folder,
@@ -548,7 +539,7 @@ class Worker:
                 deadline,
             )
             if stored:
-                files_of_job.input_folder = self._inputs.settle(
+                files_of_job.input_folder = self._files.inputs.settle(
                     inputs_dir, inputs_dir / folder, stored
                 )
             phase.enter("running the workflow", deadline)
@@ -576,7 +567,7 @@ class Worker:
                     self.runtime.file_inputs,
                 )
                 raise
-            files_of_job.temp_outputs = _temp_files(result.outputs, self.runtime.directories)
+            files_of_job.temp_outputs = temp_outputs(result.outputs, self.runtime.directories)
             phase.enter("reading outputs", deadline)
             # The PNGs the run handed off, written meanwhile: here, the engine is free.
             unwritten = files_of_job.pending.wait()
@@ -712,71 +703,6 @@ class Worker:
             sent_graph=sent_graph,
         )
         return dataclasses.replace(spec, on_progress=progress) if progress else spec
-
-    @contextmanager
-    def _job_files(
-        self, folder: str, *, scratch: bool, cleanups: list[Callable[[], None]] | None = None
-    ) -> Iterator[_JobFiles]:
-        """Files the job makes; every one is removed when the job ends, however it ends:
-        at the end of the block, or by the caller when ``cleanups`` takes the removal.
-
-        All live under ``folder`` (``engine.job_files``); a killed worker's are swept at
-        the next boot. The scratch folder (frames joined into a video) is made only when
-        asked for.
-        """
-        dirs = self.runtime.directories
-        files = _JobFiles(scratch=scratch_root(self.settings.work_dir) / folder)
-        if scratch:
-            files.scratch.mkdir(parents=True, exist_ok=True)
-        try:
-            # Made here, from a spare, rather than by ComfyUI's first save (its makedirs
-            # then finds it); a job that saves nothing hands it back empty.
-            self._spares.make(dirs.output / folder)
-            yield files
-        finally:
-            if cleanups is None:
-                self._remove_job_files(files, folder)
-            else:
-                cleanups.append(functools.partial(self._remove_job_files, files, folder))
-
-    def _remove_job_files(self, files: _JobFiles, folder: str) -> None:
-        dirs = self.runtime.directories
-        # Files still being written would land after their folder went.
-        files.pending.wait()
-        if files.input_folder:
-            self._inputs.release(dirs.input, files.input_folder)
-        self._spares.remove(dirs.output / folder)
-        for leftover in (dirs.input / folder, files.scratch, dirs.temp / folder):
-            remove_job_folder(leftover)
-        # Its previews, named by the run: the temp folder as a whole is emptied only
-        # when no job is in flight (the runtime's after_job), as others' may be there.
-        for path in files.temp_outputs:
-            path.unlink(missing_ok=True)
-
-
-@dataclasses.dataclass
-class _JobFiles:
-    scratch: Path
-    input_folder: str | None = None
-    """The folder under ComfyUI's input folder holding the files the job sent."""
-    pending: PendingFiles = dataclasses.field(default_factory=PendingFiles)
-    """Output files the run handed off to be written after it (SaveImage's PNGs)."""
-    temp_outputs: list[Path] = dataclasses.field(default_factory=list)
-    """The files of ComfyUI's temp folder the run named as its outputs (previews)."""
-
-
-def _temp_files(outputs: UiOutputs, dirs: Directories) -> list[Path]:
-    """The temp-folder files (previews) that a run's ui outputs name."""
-    paths = []
-    for output in outputs.values():
-        for items in output.values():
-            for item in items if isinstance(items, list) else ():
-                if isinstance(item, dict) and item.get("type") == "temp" and item.get("filename"):
-                    path = dirs.temp / str(item.get("subfolder") or "") / str(item["filename"])
-                    # A node's own name must not lead the cleanup out of the temp folder.
-                    if path.resolve().is_relative_to(dirs.temp.resolve()):
-                        paths.append(path)
-    return paths
 
 
 def _log_wait(in_flight: int) -> None:

@@ -117,7 +117,7 @@ def test_a_cleanup_that_fails_is_logged_and_frees_the_place(
     def broken(*args: Any) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(worker, "_remove_job_files", broken)
+    monkeypatch.setattr(worker._files, "remove", broken)
     sent = threading.Event()
     sent.set()
     assert worker.handle(job("a"), clean_up_after=sent)["errors"] == []
