@@ -217,8 +217,9 @@ class Worker:
 
         The job runs on its lane as with :meth:`handle`, under the same watchdog; what
         differs is who waits for it: the loop itself, not a thread of the loop's executor
-        that waits for the lane (two thread hand-overs fewer per job: a 64x64 job answers
-        1.04x sooner per pair through the SDK's local API server, docs/benchmarks.md). A
+        that waits for the lane (two thread hand-overs fewer per job: 64x64 jobs through
+        the SDK's local API server, four alternated runs, 0.99x-1.05x per pair,
+        docs/benchmarks.md). A
         wait for a place, and the grace after a limit, still block a thread: the loop's
         executor's, where they are rare. Log lines of the loop's own thread are bound to
         the job only between its awaits: other jobs' coroutines run on that thread too.
