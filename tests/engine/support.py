@@ -7,6 +7,7 @@ module here carries :data:`ENGINE_MARKS`, which skips them, saying why, elsewher
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,45 @@ def run_script(
         timeout=600,
         check=False,
     )
+
+
+def child_report(
+    script: str,
+    root: Path,
+    name: str,
+    config: Path,
+    env: Mapping[str, str],
+    *,
+    drop: frozenset[str] = frozenset(),
+    timeout_s: int = 300,
+) -> dict[str, Any]:
+    """Run ``script`` in a fresh Python on the real engine and return the JSON report its
+    last line prints: the worker's folders under ``root/name``, ``config`` as
+    ``EXTRA_MODEL_PATHS``, ``root/<name>.json`` as ``WORKFLOWS``, and ``env`` over the
+    test's own environment, less the variables in ``drop``."""
+    unwanted = {"WARMUP_WORKFLOW", "COMFY_ORG_API_KEY", *drop}
+    child_env = {k: v for k, v in os.environ.items() if k not in unwanted}
+    child_env.update(
+        REPO=str(REPO),
+        COMFYUI_PATH=str(COMFYUI_PATH),
+        WORKER_DIR=str(root / name),
+        EXTRA_MODEL_PATHS=str(config),
+        WORKFLOWS=str(root / f"{name}.json"),
+        COMFY_LOG_LEVEL="WARNING",
+        **env,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS, empty_image, node, pack_folders
+from tests.engine.support import (
+    COMFYUI_PATH,
+    ENGINE_MARKS,
+    child_report,
+    empty_image,
+    node,
+    pack_folders,
+)
 
 pytestmark = ENGINE_MARKS
 
 log = logging.getLogger(__name__)
 
-_REPO = Path(__file__).resolve().parents[2]
 
 # A 64x32 image, red on the left half and blue on the right, from ComfyUI's own nodes.
 _TWO_TONE = {
@@ -184,32 +187,9 @@ def _boot(root: Path, name: str, workflows: dict[str, Any], **env: str) -> dict[
     config.write_text(
         json.dumps({"lazy_added": {"custom_nodes": "\n".join(extra)}} if extra else {})
     )
-    child_env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"WARMUP_WORKFLOW", "COMFY_ORG_API_KEY", "LAZY_PACKS"}
-    }
-    child_env.update(
-        REPO=str(_REPO),
-        COMFYUI_PATH=str(COMFYUI_PATH),
-        WORKER_DIR=str(root / name),
-        EXTRA_MODEL_PATHS=str(config),
-        WORKFLOWS=str(root / f"{name}.json"),
-        COMFY_LOG_LEVEL="WARNING",
-        **env,
+    return child_report(
+        _CHILD, root, name, config, env, drop=frozenset({"LAZY_PACKS"}), timeout_s=600
     )
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        env=child_env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return report
 
 
 def test_popular_packs_answer_the_same_deferred_or_loaded_at_boot(tmp_path: Path) -> None:

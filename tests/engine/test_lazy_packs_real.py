@@ -16,17 +16,20 @@ every pack at boot (``LAZY_PACKS=false``).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS, empty_image, node, require_packs
+from tests.engine.support import (
+    COMFYUI_PATH,
+    ENGINE_MARKS,
+    child_report,
+    empty_image,
+    node,
+    require_packs,
+)
 
 pytestmark = ENGINE_MARKS
 
-_REPO = Path(__file__).resolve().parents[2]
 
 LAZY_PACK = """
 import os
@@ -219,33 +222,15 @@ def _boot(root: Path, name: str, workflows: list[Any], **env: str) -> dict[str, 
     config = root / "extra_model_paths.json"
     config.write_text(json.dumps({"worker_test_packs": {"custom_nodes": str(packs)}}))
     (root / f"{name}.json").write_text(json.dumps(workflows))
-    child_env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"WARMUP_WORKFLOW", "COMFY_ORG_API_KEY", "WORKER_TEST_BREAK_PACK"}
-        and k != "WORKER_TEST_LAZY_PACK"
-    }
-    child_env.update(
-        REPO=str(_REPO),
-        COMFYUI_PATH=str(COMFYUI_PATH),
-        WORKER_DIR=str(root / name),
-        EXTRA_MODEL_PATHS=str(config),
-        WORKFLOWS=str(root / f"{name}.json"),
-        COMFY_LOG_LEVEL="WARNING",
-        **env,
+    return child_report(
+        _CHILD,
+        root,
+        name,
+        config,
+        env,
+        drop=frozenset({"WORKER_TEST_BREAK_PACK", "WORKER_TEST_LAZY_PACK"}),
+        timeout_s=300,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        env=child_env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return report
 
 
 INVERT = {
