@@ -25,8 +25,9 @@ from engine.errors import RuntimeBootError
 from engine.runtime import Directories, comfy_args, fast_save, pack_evidence, pack_imports
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
-from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_key, index_path
+from engine.runtime.lazy_nodes import LazyNodes
 from engine.runtime.model_paths import read_model_paths
+from engine.runtime.node_index import NodeIndex, index_key, index_path
 from engine.runtime.patches import Patches, Target
 from engine.settings import Settings
 

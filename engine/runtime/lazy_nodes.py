@@ -1,17 +1,15 @@
-"""ComfyUI's own node files imported when a job first names one of their node types.
+"""The boot's side of loading node files lazily: which of ComfyUI's node files and custom
+node packs are imported at boot and which are registered by name, and the node index made
+from what each import added.
 
 ComfyUI's ``main.py`` imports every file of ``comfy_extras/`` (75 in 0.3.64) and of
 ``comfy_api_nodes/`` (21) at every start, for node types most jobs never use
 (docs/benchmarks.md has the seconds). Here the first boot imports them all, as
-ComfyUI does, and writes down which node types each file added: the *index*. Later
-boots with the same files register only the names; a file is imported the first time
-one of its node types is asked for.
-
-Invisible to callers: ``nodes.NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS``
-become :class:`LazyMapping`, a ``dict`` that imports the file behind a name on
-``m[name]``, ``name in m`` and ``m.get(name)``, and imports every file on a full walk
-(``keys``, ``items``, ``values``, iteration, ``len``). So ComfyUI's validation and
-execution, the packs and the UI-format converter see the same mapping as before.
+ComfyUI does, and writes down which node types each file added: the *index*
+(:mod:`engine.runtime.node_index`). Later boots with the same files register only the
+names; a file is imported the first time one of its node types is asked for
+(:mod:`engine.runtime.first_use`), through ComfyUI's node mappings, which become lazy
+ones (:mod:`engine.runtime.lazy_mapping`).
 
 Custom node packs may load lazily too, decided per pack from evidence taken when the
 index is made (:mod:`engine.runtime.pack_evidence`): a pack's import may patch ComfyUI
@@ -19,58 +17,35 @@ or torch, which must happen at boot. A pack whose import changed nothing but its
 mappings, folder entries of ``folder_paths`` and environment variables is deferred;
 those two are replayed at its place in the boot, so later steps see what an eager boot
 makes. Any other change keeps it eager, and the boot log says which, as does a pack that
-reaches another pack's modules its own way (:mod:`engine.runtime.pack_links`). A first
-use is imported on the engine thread, between runs (:attr:`LazyNodes.turn`,
-:mod:`engine.runtime.import_turn`). A deferred pack
-still claims its folder name at boot (a later folder of that name stays skipped,
-``pack_imports``), is imported with ComfyUI's ``ignore`` set of built-in names, goes
-through the import recorder (a failure is reported as a boot failure is), and is
-followed by the boot's pack fixes again (``on_pack_loaded``). Without a recorder
-(``LAZY_PACKS=false``) every pack loads at boot, as ComfyUI does.
+reaches another pack's modules its own way (:mod:`engine.runtime.pack_links`). A deferred
+pack still claims its folder name at boot (a later folder of that name stays skipped,
+``pack_imports``), and is imported on first use with ComfyUI's ``ignore`` set of
+built-in names. Without a recorder (``LAZY_PACKS=false``) every pack loads at boot, as
+ComfyUI does.
 
 Kept eager (imported at boot as today), so that what a job sees never depends on
 order: files that failed to import when the index was made (their warning shows at
 every boot, as in ComfyUI), files that define a node type another file also defines
 (the last one wins in ComfyUI), packs that defined no node type, and every file of a
 group named eager (the API nodes when a Comfy.org key is configured).
-
-The index is valid for one key (ComfyUI's version, the Python, the custom node
-folders' entries and mtimes) and each file's size and mtime; a file that changed is
-imported at boot and indexed again. Files with no node types of their own (the API
-nodes' ``canary.py``, which checks their dependencies) are imported before the first
-file of their group that loads lazily, in ComfyUI's order.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.runtime.pack_evidence import Evidence, FolderChange
+from engine.runtime.first_use import FirstUseImports, LoadCustomNode
+from engine.runtime.lazy_mapping import LazyMapping
+from engine.runtime.node_index import LAZY_GROUPS, PACKS, FileEntry, NodeIndex, index_path, stamp
+from engine.runtime.pack_evidence import Evidence
 from engine.runtime.pack_links import Misses, named_packs, provided_now, registered_modules
 
 log = logging.getLogger(__name__)
-
-LAZY_GROUPS = ("comfy_extras", "comfy_api_nodes")
-"""ComfyUI's ``module_parent`` values of its own node files: the ones that may load lazily."""
-PACKS = "custom_nodes"
-"""ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
-
-INDEX_VERSION = 6
-"""Bumped when the index file's layout, or what decides a pack's entry, changes: an older
-file is then rebuilt."""
-
-LoadCustomNode = Callable[..., Awaitable[bool]]
-"""ComfyUI's ``nodes.load_custom_node(module_path, ignore=set(), module_parent=...)``."""
 
 
 class PackRecorder(Protocol):
@@ -90,253 +65,7 @@ class PackRecorder(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    """One node file as the index knows it."""
-
-    group: str
-    size: int
-    mtime_ns: int
-    names: tuple[str, ...]
-    lazy: bool
-    """False: imported at every boot (it failed, or shares a node type with another file)."""
-    evidence: Evidence = field(default_factory=Evidence)
-    """A pack's: what its import changed (the replayable part, and why it stays eager)."""
-
-    def matches(self, path: str) -> bool:
-        """Whether the file (a pack: its Python files) on disk is still the one indexed."""
-        return stamp(path) == (self.size, self.mtime_ns)
-
-
-_STAMP_MAX_ENTRIES = 5000
-"""Entries a pack folder's stamp looks at, at most: a pack that ships a dataset or a
-``node_modules`` tree is not walked whole at every boot (a network volume lists slowly)."""
-
-
-def stamp(path: str) -> tuple[int, int] | None:
-    """A node file's size and mtime; a pack folder's: its Python files' total size and
-    newest mtime (~15 ms for the five packs' 239 files), so an update of any of its
-    modules is seen. Not the folder's own mtime: packs write caches and settings into
-    their folder when they start. Hidden folders and ``__pycache__`` are skipped, and
-    the walk stops after :data:`_STAMP_MAX_ENTRIES` entries (in the file system's
-    order, the same at every boot). None when it is gone."""
-    try:
-        if not Path(path).is_dir():
-            stat = Path(path).stat()
-            return stat.st_size, stat.st_mtime_ns
-        size, newest, seen = 0, 0, 0
-        for root, folders, files in os.walk(path):
-            folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
-            seen += len(folders) + len(files)
-            for name in files:
-                if name.endswith(".py"):
-                    stat = Path(root, name).stat()
-                    size, newest = size + stat.st_size, max(newest, stat.st_mtime_ns)
-            if seen >= _STAMP_MAX_ENTRIES:
-                break
-    except OSError:
-        return None
-    return size, newest
-
-
-@dataclass
-class NodeIndex:
-    """Node file path -> what it adds; in ComfyUI's load order."""
-
-    key: str
-    files: dict[str, FileEntry] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, path: Path, key: str | None) -> NodeIndex | None:
-        """The index at ``path`` if it was made for ``key`` (None: for any key); ``None``
-        if absent or stale."""
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(raw, dict) or raw.get("version") != INDEX_VERSION:
-            return None
-        if key is not None and raw.get("key") != key:
-            return None
-        key = str(raw.get("key"))
-        files = {
-            str(p): FileEntry(
-                group=str(e["group"]),
-                size=int(e["size"]),
-                mtime_ns=int(e["mtime_ns"]),
-                names=tuple(str(n) for n in e["names"]),
-                lazy=bool(e["lazy"]),
-                evidence=_evidence_from_json(e.get("evidence") or {}),
-            )
-            for p, e in raw.get("files", {}).items()
-        }
-        return cls(key=key, files=files)
-
-    def write(self, path: Path) -> None:
-        """Write atomically: a boot beside this one reads the old file or the new one."""
-        body = {
-            "version": INDEX_VERSION,
-            "key": self.key,
-            "files": {
-                p: {
-                    "group": e.group,
-                    "size": e.size,
-                    "mtime_ns": e.mtime_ns,
-                    "names": list(e.names),
-                    "lazy": e.lazy,
-                    **({"evidence": _evidence_to_json(e.evidence)} if e.group == PACKS else {}),
-                }
-                for p, e in self.files.items()
-            },
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(body, indent=1, sort_keys=True), encoding="utf-8")
-        tmp.replace(path)
-
-
-def _evidence_to_json(evidence: Evidence) -> dict[str, Any]:
-    return {
-        "folders": {k: v.to_json() for k, v in evidence.folders.items()},
-        "environ": {k: list(v) for k, v in evidence.environ.items()},
-        "eager_because": list(evidence.eager_because),
-    }
-
-
-def _evidence_from_json(raw: dict[str, Any]) -> Evidence:
-    return Evidence(
-        folders={str(k): FolderChange.from_json(v) for k, v in raw.get("folders", {}).items()},
-        environ={
-            str(k): (_text_or_none(old), _text_or_none(new))
-            for k, (old, new) in raw.get("environ", {}).items()
-        },
-        eager_because=tuple(str(r) for r in raw.get("eager_because", [])),
-    )
-
-
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def index_key(comfy_version: str, custom_node_dirs: Iterable[str]) -> str:
-    """What the whole index depends on besides each file's own size and mtime.
-
-    The Python (its version and its environment's path) decides what an import can
-    find; the custom node folders' entries change when a pack is added or removed, and
-    a pack's ``__init__.py`` (a single-file pack: the file) when it is updated. Not the
-    pack folder's own mtime: packs write caches and settings into their folder at their
-    first start (ReActor, rgthree), which would change the key on every new container.
-    """
-    packs: list[str] = []
-    for folder in custom_node_dirs:
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    marker = (
-                        Path(entry.path) / "__init__.py" if entry.is_dir() else Path(entry.path)
-                    )
-                    try:
-                        stamp = str(marker.stat().st_mtime_ns)
-                    except OSError:
-                        stamp = "-"
-                    packs.append(f"{folder}/{entry.name}:{stamp}")
-        except OSError:
-            packs.append(f"{folder}:absent")
-    parts = [comfy_version, sys.version, sys.prefix, *sorted(packs)]
-    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
-
-
-def index_path(folder: Path, key: str) -> Path:
-    """Where the index for ``key`` lives in ``folder``: one file per key and layout, so
-    two environments (a dev venv and the image's) or two worker versions sharing a
-    checkout keep one each instead of rewriting each other's."""
-    return folder / f"node-index-v{INDEX_VERSION}-{key[:16]}.json"
-
-
-class LazyMapping(dict[str, Any]):
-    """A node mapping that imports a node type's file when that type is first asked for.
-
-    Looking one name up (``m[k]``, ``k in m``, ``m.get(k)``) imports at most the file
-    that provides it; a full walk imports every pending file first, so it sees every
-    node type. Writes are plain ``dict`` writes (ComfyUI's loader fills it).
-    """
-
-    def __init__(self, data: dict[str, Any], owner: LazyNodes) -> None:
-        super().__init__(data)
-        self._owner = owner
-
-    def __missing__(self, key: str) -> Any:
-        if self._owner.load_for(key) and dict.__contains__(self, key):
-            return dict.__getitem__(self, key)
-        raise KeyError(key)
-
-    def __contains__(self, key: object) -> bool:
-        if dict.__contains__(self, key):
-            return True
-        return isinstance(key, str) and self._owner.load_for(key) and dict.__contains__(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """``dict.get``, after importing the file behind ``key`` if it is pending."""
-        if key in self:
-            return dict.__getitem__(self, key)
-        return default
-
-    def _full(self) -> None:
-        self._owner.load_all()
-
-    def keys(self) -> Any:
-        """Every node type; while ComfyUI loads packs, the pending names without importing."""
-        if self._owner.names_only:
-            return dict.keys(self) | self._owner.pending_names()
-        self._full()
-        return dict.keys(self)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def items(self) -> Any:
-        """Every node type and its class, after importing every pending file."""
-        self._full()
-        return dict.items(self)
-
-    def values(self) -> Any:
-        """Every class, after importing every pending file."""
-        self._full()
-        return dict.values(self)
-
-    def copy(self) -> dict[str, Any]:
-        """A plain ``dict`` of every node type."""
-        self._full()
-        return dict(dict.items(self))
-
-    def __repr__(self) -> str:
-        self._full()
-        return dict.__repr__(self)
-
-    def __eq__(self, other: object) -> bool:
-        self._full()
-        return dict.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = None
-
-    def pop(self, key: str, *default: Any) -> Any:
-        """``dict.pop``, after importing the file behind ``key`` if it is pending."""
-        _ = key in self
-        return dict.pop(self, key, *default)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        """``dict.setdefault``, after importing the file behind ``key`` if it is pending."""
-        _ = key in self
-        return dict.setdefault(self, key, default)
-
-
-class LazyNodes:
+class LazyNodes(FirstUseImports):
     """Owns the index and the two lazy mappings of one ComfyUI ``nodes`` module.
 
     Use: :meth:`install` before ComfyUI's ``init_extra_nodes`` runs, inside
@@ -353,7 +82,7 @@ class LazyNodes:
         packs: PackRecorder | None = None,
         evidence_from: NodeIndex | None = None,
     ) -> None:
-        self._nodes = nodes
+        super().__init__(nodes, NodeIndex(key=key))
         self._old = index if index is not None and index.key == key else None
         self._packs = packs
         """Set: custom node packs may load lazily, on their evidence (None: all at boot)."""
@@ -361,29 +90,9 @@ class LazyNodes:
         """An index made for another set of packs (the image's, where a network volume
         adds packs): a pack it knows, unchanged, keeps its evidence without a snapshot.
         Only the evidence: with another set of packs nothing is deferred this boot."""
-        self._new = NodeIndex(key=key)
         self._eager_groups = frozenset(eager_groups)
-        self._lock = threading.RLock()
-        self._pending: dict[str, str] = {}
-        """Node type -> the file that provides it, for files not imported yet."""
-        self._preludes: dict[str, list[str]] = {}
-        """Group -> its nameless files not imported yet, in order."""
-        self._load: LoadCustomNode | None = None
-        self.names_only = False
-        """True while ComfyUI loads packs: a walk of the keys lists pending names."""
-        self.loaded_lazily: list[str] = []
-        """Files imported after boot, in order (for logs and tests)."""
-        self.failed_lazily: dict[str, str] = {}
-        """File -> why it did not provide its node types when asked for."""
         self.deferred: list[str] = []
         """Files registered by name at boot instead of imported."""
-        self._ignore: dict[str, frozenset[str]] = {}
-        """Deferred pack -> the built-in names ComfyUI told its import to leave alone."""
-        self.on_pack_loaded: Callable[[str], None] | None = None
-        """Called with a pack's path once it loaded lazily: the boot's pack fixes again."""
-        self.turn: Callable[[Callable[[], None]], None] | None = None
-        """Runs a first-use import where imports belong (``import_turn``: on the engine
-        thread, between runs); None: on the calling thread."""
         self._indexed_now: set[str] = set()
         """Packs whose entry this boot made (their evidence taken or borrowed)."""
         self._misses: dict[str, tuple[str, ...]] = {}
@@ -591,111 +300,12 @@ class LazyNodes:
             return None
         return path
 
-    # -- after boot -------------------------------------------------------------------
-
-    def known(self, name: str) -> bool:
-        """Whether ``name`` is a node type, loaded or pending, without importing anything."""
-        return dict.__contains__(self._nodes.NODE_CLASS_MAPPINGS, name) or name in self._pending
-
-    def count(self) -> int:
-        """How many node types there are, loaded or pending, without importing anything."""
-        classes = self._nodes.NODE_CLASS_MAPPINGS
-        return len(dict.keys(classes) | self._pending.keys())
-
     def deferred_packs(self) -> list[str]:
         """Custom node packs registered by name at boot instead of imported."""
         return [p for p in self.deferred if self._new.files[p].group == PACKS]
-
-    def pending_names(self) -> set[str]:
-        """Node types registered by name whose file is not imported yet."""
-        with self._lock:
-            return set(self._pending)
-
-    def load_for(self, name: str) -> bool:
-        """Import the file that provides ``name``, if pending; whether one was imported."""
-        path = self._pending.get(name)
-        if path is None:
-            return False
-        self._in_turn(lambda: self._load_file(path))
-        return True
-
-    def load_all(self) -> None:
-        """Import every pending file, in ComfyUI's order."""
-        if self._pending:
-            self._in_turn(self._load_pending)
-
-    def _load_pending(self) -> None:
-        with self._lock:
-            pending = set(self._pending.values())
-            order = [p for p in self._new.files if p in pending]
-        for path in order:
-            self._load_file(path)
-
-    def _in_turn(self, load: Callable[[], None]) -> None:
-        turn = self.turn
-        if turn is None:
-            load()
-        else:
-            turn(load)
-
-    def _load_file(self, path: str) -> None:
-        with self._lock:
-            entry = self._new.files[path]
-            if not any(self._pending.get(n) == path for n in entry.names):
-                return  # imported already (by this thread, further up, or by another)
-            for name in entry.names:
-                self._pending.pop(name, None)
-            for prelude in self._preludes.pop(entry.group, []):
-                if not self._import(prelude, entry.group):
-                    # As ComfyUI: when the canary fails, none of its group loads.
-                    self._fail_group(entry.group, f"{Path(prelude).name} failed to import")
-                    return
-            if not self._import(path, entry.group):
-                self.failed_lazily[path] = "it failed to import (see the log above)"
-                return
-            missing = [
-                n for n in entry.names if not dict.__contains__(self._nodes.NODE_CLASS_MAPPINGS, n)
-            ]
-            if missing:
-                self.failed_lazily[path] = f"it no longer defines {', '.join(missing)}"
-                log.warning("%s no longer defines %s", path, ", ".join(missing))
-
-    def _fail_group(self, group: str, why: str) -> None:
-        for name, path in list(self._pending.items()):
-            if self._new.files[path].group == group:
-                self._pending.pop(name, None)
-                self.failed_lazily[path] = why
-
-    def _import(self, path: str, group: str) -> bool:
-        load = self._load or self._nodes.load_custom_node
-        log.info("importing %s for its node types, on first use", Path(path).name)
-        self.loaded_lazily.append(path)
-        ignore = self._ignore.get(path, frozenset())
-        ok = bool(_run_now(load(path, ignore, module_parent=group)))
-        if ok and group == PACKS and self.on_pack_loaded is not None:
-            self.on_pack_loaded(path)
-        return ok
 
 
 def _module_name(path: str) -> str:
     """A pack's folder name (a one-file pack: the file's name without ``.py``)."""
     name = Path(path).name
     return name[:-3] if name.endswith(".py") else name
-
-
-def _run_now(awaitable: Awaitable[bool]) -> bool:
-    """Run ComfyUI's ``load_custom_node`` coroutine to its end, here, without an event loop.
-
-    It awaits only a V3 file's ``comfy_entrypoint()`` and ``get_node_list()``, which
-    return without suspending in every ComfyUI node file. Running it in the calling
-    thread (not on a loop, which may already run in this thread: validation runs on one)
-    lets a file that looks a node type up while it imports load that one in turn.
-    """
-    coroutine: Any = awaitable
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return bool(done.value)
-    coroutine.close()
-    log.error("a node file's entry point waited on I/O while it loaded; its node types are lost")
-    return False

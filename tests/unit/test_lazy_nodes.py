@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from engine.runtime.lazy_nodes import LazyMapping, LazyNodes, NodeIndex, index_key, index_path
+from engine.runtime.lazy_mapping import LazyMapping
+from engine.runtime.lazy_nodes import LazyNodes
+from engine.runtime.node_index import NodeIndex, index_key, index_path
 
 
 def _node_file(folder: Path, name: str, classes: list[str], extra: str = "") -> Path:

@@ -26,9 +26,10 @@ import pytest
 
 from engine.deadline import Deadline, JobThread
 from engine.errors import JobInterruptedError
-from engine.runtime import lazy_nodes, pack_imports
+from engine.runtime import node_index, pack_imports
 from engine.runtime.import_turn import ImportTurn
-from engine.runtime.lazy_nodes import LazyNodes, NodeIndex, index_path
+from engine.runtime.lazy_nodes import LazyNodes
+from engine.runtime.node_index import NodeIndex, index_path
 from engine.runtime.pack_evidence import Recorder
 from tests.unit.test_lazy_nodes import FakeComfy, _node_file
 
@@ -273,19 +274,19 @@ def test_a_pack_folder_is_stamped_by_its_python_files(
     (pack / "nodes").mkdir(parents=True)
     (pack / "__init__.py").write_text("from .nodes import x\n")
     (pack / "nodes" / "x.py").write_text("A = 1\n")
-    first = lazy_nodes.stamp(str(pack))
+    first = node_index.stamp(str(pack))
     (pack / "settings.json").write_text("{}")
     (pack / "__pycache__").mkdir()
     (pack / "__pycache__" / "cached.py").write_text("B = 2\n")
-    assert lazy_nodes.stamp(str(pack)) == first
+    assert node_index.stamp(str(pack)) == first
     (pack / "nodes" / "x.py").write_text("A = 22\n")
-    assert lazy_nodes.stamp(str(pack)) != first
-    assert lazy_nodes.stamp(str(tmp_path / "gone")) is None
+    assert node_index.stamp(str(pack)) != first
+    assert node_index.stamp(str(tmp_path / "gone")) is None
     # Past the bound, the walk stops: the top folder's entries fill it here.
-    monkeypatch.setattr(lazy_nodes, "_STAMP_MAX_ENTRIES", 2)
-    bounded = lazy_nodes.stamp(str(pack))
+    monkeypatch.setattr(node_index, "_STAMP_MAX_ENTRIES", 2)
+    bounded = node_index.stamp(str(pack))
     (pack / "nodes" / "x.py").write_text("A = 222\n")
-    assert lazy_nodes.stamp(str(pack)) == bounded
+    assert node_index.stamp(str(pack)) == bounded
 
 
 def test_a_pack_whose_module_another_pack_names_loads_at_boot(

@@ -27,7 +27,8 @@ from engine.runtime import (
     patches,
 )
 from engine.runtime.headless_server import HeadlessPromptServer
-from engine.runtime.lazy_nodes import LazyMapping, LazyNodes
+from engine.runtime.lazy_mapping import LazyMapping
+from engine.runtime.lazy_nodes import LazyNodes
 from engine.runtime.model_paths import ModelPaths
 from engine.runtime.patches import NAMES, REGISTRY, Patches, Target, patch_named
 from engine.settings import Settings

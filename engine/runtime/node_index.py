@@ -1,0 +1,194 @@
+"""The node index on disk: which node types each of ComfyUI's node files and each custom
+node pack added when it was last imported, with the stamp that says it is unchanged.
+
+:mod:`engine.runtime.lazy_nodes` makes it on a boot that imports the files and reads it on
+later boots to register their node types by name. The index is valid for one key (ComfyUI's
+version, the Python, the custom node folders' entries and mtimes) and each file's size and
+mtime; a file that changed is imported at boot and indexed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.runtime.pack_evidence import Evidence, FolderChange
+
+LAZY_GROUPS = ("comfy_extras", "comfy_api_nodes")
+"""ComfyUI's ``module_parent`` values of its own node files: the ones that may load lazily."""
+PACKS = "custom_nodes"
+"""ComfyUI's ``module_parent`` of custom node packs: lazy only with evidence (module doc)."""
+
+INDEX_VERSION = 6
+"""Bumped when the index file's layout, or what decides a pack's entry, changes: an older
+file is then rebuilt."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One node file as the index knows it."""
+
+    group: str
+    size: int
+    mtime_ns: int
+    names: tuple[str, ...]
+    lazy: bool
+    """False: imported at every boot (it failed, or shares a node type with another file)."""
+    evidence: Evidence = field(default_factory=Evidence)
+    """A pack's: what its import changed (the replayable part, and why it stays eager)."""
+
+    def matches(self, path: str) -> bool:
+        """Whether the file (a pack: its Python files) on disk is still the one indexed."""
+        return stamp(path) == (self.size, self.mtime_ns)
+
+
+_STAMP_MAX_ENTRIES = 5000
+"""Entries a pack folder's stamp looks at, at most: a pack that ships a dataset or a
+``node_modules`` tree is not walked whole at every boot (a network volume lists slowly)."""
+
+
+def stamp(path: str) -> tuple[int, int] | None:
+    """A node file's size and mtime; a pack folder's: its Python files' total size and
+    newest mtime (~15 ms for the five packs' 239 files), so an update of any of its
+    modules is seen. Not the folder's own mtime: packs write caches and settings into
+    their folder when they start. Hidden folders and ``__pycache__`` are skipped, and
+    the walk stops after :data:`_STAMP_MAX_ENTRIES` entries (in the file system's
+    order, the same at every boot). None when it is gone."""
+    try:
+        if not Path(path).is_dir():
+            stat = Path(path).stat()
+            return stat.st_size, stat.st_mtime_ns
+        size, newest, seen = 0, 0, 0
+        for root, folders, files in os.walk(path):
+            folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
+            seen += len(folders) + len(files)
+            for name in files:
+                if name.endswith(".py"):
+                    stat = Path(root, name).stat()
+                    size, newest = size + stat.st_size, max(newest, stat.st_mtime_ns)
+            if seen >= _STAMP_MAX_ENTRIES:
+                break
+    except OSError:
+        return None
+    return size, newest
+
+
+@dataclass
+class NodeIndex:
+    """Node file path -> what it adds; in ComfyUI's load order."""
+
+    key: str
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path, key: str | None) -> NodeIndex | None:
+        """The index at ``path`` if it was made for ``key`` (None: for any key); ``None``
+        if absent or stale."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(raw, dict) or raw.get("version") != INDEX_VERSION:
+            return None
+        if key is not None and raw.get("key") != key:
+            return None
+        key = str(raw.get("key"))
+        files = {
+            str(p): FileEntry(
+                group=str(e["group"]),
+                size=int(e["size"]),
+                mtime_ns=int(e["mtime_ns"]),
+                names=tuple(str(n) for n in e["names"]),
+                lazy=bool(e["lazy"]),
+                evidence=_evidence_from_json(e.get("evidence") or {}),
+            )
+            for p, e in raw.get("files", {}).items()
+        }
+        return cls(key=key, files=files)
+
+    def write(self, path: Path) -> None:
+        """Write atomically: a boot beside this one reads the old file or the new one."""
+        body = {
+            "version": INDEX_VERSION,
+            "key": self.key,
+            "files": {
+                p: {
+                    "group": e.group,
+                    "size": e.size,
+                    "mtime_ns": e.mtime_ns,
+                    "names": list(e.names),
+                    "lazy": e.lazy,
+                    **({"evidence": _evidence_to_json(e.evidence)} if e.group == PACKS else {}),
+                }
+                for p, e in self.files.items()
+            },
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(body, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+
+
+def _evidence_to_json(evidence: Evidence) -> dict[str, Any]:
+    return {
+        "folders": {k: v.to_json() for k, v in evidence.folders.items()},
+        "environ": {k: list(v) for k, v in evidence.environ.items()},
+        "eager_because": list(evidence.eager_because),
+    }
+
+
+def _evidence_from_json(raw: dict[str, Any]) -> Evidence:
+    return Evidence(
+        folders={str(k): FolderChange.from_json(v) for k, v in raw.get("folders", {}).items()},
+        environ={
+            str(k): (_text_or_none(old), _text_or_none(new))
+            for k, (old, new) in raw.get("environ", {}).items()
+        },
+        eager_because=tuple(str(r) for r in raw.get("eager_because", [])),
+    )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def index_key(comfy_version: str, custom_node_dirs: Iterable[str]) -> str:
+    """What the whole index depends on besides each file's own size and mtime.
+
+    The Python (its version and its environment's path) decides what an import can
+    find; the custom node folders' entries change when a pack is added or removed, and
+    a pack's ``__init__.py`` (a single-file pack: the file) when it is updated. Not the
+    pack folder's own mtime: packs write caches and settings into their folder at their
+    first start (ReActor, rgthree), which would change the key on every new container.
+    """
+    packs: list[str] = []
+    for folder in custom_node_dirs:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    marker = (
+                        Path(entry.path) / "__init__.py" if entry.is_dir() else Path(entry.path)
+                    )
+                    try:
+                        stamp = str(marker.stat().st_mtime_ns)
+                    except OSError:
+                        stamp = "-"
+                    packs.append(f"{folder}/{entry.name}:{stamp}")
+        except OSError:
+            packs.append(f"{folder}:absent")
+    parts = [comfy_version, sys.version, sys.prefix, *sorted(packs)]
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+def index_path(folder: Path, key: str) -> Path:
+    """Where the index for ``key`` lives in ``folder``: one file per key and layout, so
+    two environments (a dev venv and the image's) or two worker versions sharing a
+    checkout keep one each instead of rewriting each other's."""
+    return folder / f"node-index-v{INDEX_VERSION}-{key[:16]}.json"
