@@ -325,7 +325,7 @@ def memory_run(worker: Worker, jobs: int) -> list[tuple[int, float, float]]:
     """``jobs`` more worker jobs, the kinds in turn; (jobs done, worker RSS, encoders' RSS) MiB.
 
     Sampled every tenth of the run. The encoders are the PNG encoder processes
-    (engine/runtime/fast_save.py), which live as long as the worker.
+    (engine/runtime/png_encoders.py), which live as long as the worker.
     """
     kinds = list(JOB_KINDS.values())
     step = max(1, jobs // 10)

@@ -32,7 +32,7 @@ import pytest
 
 from engine.deadline import Deadline
 from engine.errors import JobInterruptedError
-from engine.runtime import fast_save
+from engine.runtime import fast_save, png_encoders
 from engine.runtime.pending_files import PendingFiles
 from tests.unit.test_pipeline import wait_until
 
@@ -172,7 +172,7 @@ def test_without_encoder_processes_the_worker_saves_the_same_bytes_itself(
     def no_process(self: Any) -> None:
         raise OSError("cannot start a process")
 
-    monkeypatch.setattr(fast_save._Encoder, "__init__", no_process)
+    monkeypatch.setattr(png_encoders._Encoder, "__init__", no_process)
     parallel = tmp_path / "parallel"
     parallel.mkdir()
     images = _batch(3, seed=2)
@@ -252,7 +252,7 @@ def test_an_encoder_that_answers_garbage_is_replaced(
     try:
         fake = os.pipe()
         answer = pickle.dumps("not an answer")  # neither None nor an exception
-        os.write(fake[1], fast_save._HEADER.pack(len(answer)) + answer)
+        os.write(fake[1], png_encoders._HEADER.pack(len(answer)) + answer)
         os.close(fake[1])
         broken.process.stdout = os.fdopen(fake[0], "rb")
         nodes.SaveImage(out).save_images(images, "g")
@@ -301,8 +301,8 @@ def test_a_frozen_encoder_is_ended_when_its_answer_is_overdue_and_the_image_save
     names = expected["ui"]["images"]
     assert fast_save.install(nodes)
     frozen = _frozen_idle_encoders(nodes, tmp_path)
-    monkeypatch.setattr(fast_save, "_ANSWER_BASE_S", 0.2)
-    monkeypatch.setattr(fast_save, "_ANSWER_S_PER_MEGAPIXEL", 0.0)
+    monkeypatch.setattr(png_encoders, "_ANSWER_BASE_S", 0.2)
+    monkeypatch.setattr(png_encoders, "_ANSWER_S_PER_MEGAPIXEL", 0.0)
     out = tmp_path / "out"
     out.mkdir()
     saved: list[Any] = []
