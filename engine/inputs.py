@@ -34,11 +34,12 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.deadline import Deadline
 from engine.errors import InputImageError, ItemError
-from engine.fetch import HttpFetcher, is_url, redact_url
+from engine.fetch import HttpFetcher
 from engine.media import media_kind, verify_media
 from engine.request import InputImage
 from engine.runtime import decoded_inputs
 from engine.settings import Settings
+from engine.urls import is_url, redact_url
 
 T = TypeVar("T")
 

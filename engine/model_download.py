@@ -3,7 +3,7 @@
 Model files are gigabytes: the body is streamed to a temporary file in the folder it
 ends up in (never held in memory), hashed on the way (SHA-256), and cut at a size
 limit (refused up front when ``Content-Length`` says so). Redirects, address checks and
-DNS pinning are :class:`engine.fetch.GuardedHttp`'s.
+DNS pinning are :class:`engine.guarded_http.GuardedHttp`'s.
 
 Tokens: ``HF_TOKEN`` goes as ``Authorization: Bearer`` to ``huggingface.co`` and
 ``hf.co``, ``CIVITAI_TOKEN`` to ``civitai.com`` (and ``www.``), over https only, and
@@ -40,18 +40,14 @@ from typing import Protocol
 
 import httpx
 
+from engine.addresses import Resolver, resolve_host
 from engine.deadline import Deadline
 from engine.errors import ItemError, WorkerError
-from engine.fetch import (
-    DeadlinePassed,
-    GuardedHttp,
-    Resolver,
-    redact_url,
-    resolve_host,
-    status_reason,
-)
+from engine.fetch import status_reason
+from engine.guarded_http import DeadlinePassed, GuardedHttp
 from engine.settings import Settings
 from engine.transfer import ReadLimits, bounded_chunks
+from engine.urls import redact_url
 
 log = logging.getLogger(__name__)
 

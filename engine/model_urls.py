@@ -33,11 +33,11 @@ from pathlib import Path, PurePosixPath
 
 from engine.deadline import Deadline
 from engine.errors import ItemError, ModelFileError
-from engine.fetch import is_url, redact_url
 from engine.model_cache import CACHE_DIR_NAME, CacheEntry, ModelCache, url_key, url_lock
 from engine.model_download import Download, Downloader, HttpDownloader
 from engine.runtime import ModelFolder, ProgressEvent, Runtime, Workflow
 from engine.settings import Settings
+from engine.urls import is_url, redact_url
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ what each ``recv`` returned, up to 64 KB) is followed by four checks:
 - the job's :class:`~engine.deadline.Deadline`: its time limit, and a cancel;
 - the download's own time limit (``INPUT_DOWNLOAD_TIMEOUT_S`` for input files);
 - the stall limit, ``DOWNLOAD_STALL_S``: no byte for that long (a read timeout, which
-  every request of :class:`engine.fetch.GuardedHttp` carries, capped by the time left);
+  every request of :class:`engine.guarded_http.GuardedHttp` carries, capped by the time left);
 - the minimum rate, ``DOWNLOAD_MIN_KB_PER_S`` over every ``DOWNLOAD_RATE_WINDOW_S``.
 
 A read that blocks is cut when the job is cancelled: the cancel shuts the connection's

@@ -20,11 +20,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from engine.errors import ItemError, WorkflowConversionError
-from engine.fetch import is_url
 from engine.model_urls import is_absolute_path, relative_name
 from engine.pack_sources import ADD_COMMAND, ADD_COMMAND_HINT
 from engine.runtime import ModelFolder
 from engine.ui_workflow import is_frontend_only, is_ui_format, to_api_format
+from engine.urls import is_url
 
 _CORE_MODULES = ("nodes", "comfy_extras.", "comfy_api_nodes.")
 _MAX_NODES = 100_000  # a workflow is read whole; this bounds a hostile file's cost

@@ -22,9 +22,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from engine.addresses import IPAddress, refusal_reason
 from engine.deadline import Deadline
 from engine.errors import InputImageError, ItemError
-from engine.fetch import HttpFetcher, IPAddress, refusal_reason, trust_context
+from engine.fetch import HttpFetcher
+from engine.guarded_http import trust_context
 from engine.inputs import store_images
 from engine.model_download import HttpDownloader
 from engine.request import InputImage

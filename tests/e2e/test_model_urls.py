@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
+from engine.addresses import IPAddress
 from engine.deadline import Deadline
 from engine.errors import ItemError, JobInterruptedError
-from engine.fetch import IPAddress
 from engine.model_cache import CACHE_DIR_NAME, url_key
 from engine.model_download import HttpDownloader
 from engine.settings import Settings

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from engine.connections import SocketWatch, WatchedBackend, connecting, watched_client
-from engine.fetch import GuardedHttp, trust_context
+from engine.guarded_http import GuardedHttp, trust_context
 
 
 @pytest.fixture

@@ -21,11 +21,14 @@ import httpx
 import pytest
 from PIL import Image
 
+from engine.addresses import IPAddress, refusal_reason
 from engine.errors import InputImageError, ItemError
-from engine.fetch import USER_AGENT, HttpFetcher, IPAddress, redact_url, refusal_reason
+from engine.fetch import HttpFetcher
+from engine.guarded_http import USER_AGENT
 from engine.inputs import safe_input_path, store_images
 from engine.request import InputImage
 from engine.settings import Settings
+from engine.urls import redact_url
 
 # --- helpers -----------------------------------------------------------------------
 
@@ -495,7 +498,7 @@ class TestStoreImages:
         assert list(input_dir.iterdir()) == []
 
 
-# --- addresses and URLs (engine/fetch.py) ---------------------------------------------
+# --- addresses and URLs (engine/addresses.py, engine/urls.py) ---------------------------
 
 
 class TestRefusalReason:
