@@ -31,6 +31,7 @@ import logging
 import select
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -43,27 +44,37 @@ from engine.deadline import Deadline
 log = logging.getLogger(__name__)
 
 
-def shut(sock: socket.socket | None) -> None:
+def shut(sock: socket.socket | None, *, reset: bool = False) -> None:
     """Wake a thread blocked on ``sock`` (connecting, in a handshake, reading).
 
     The plain socket's own method, also for a TLS socket (whose ``shutdown`` would drop
     its TLS state under the blocked thread's feet). A socket still connecting is reset
-    by it (Linux: a connect in SYN_SENT returns ECONNRESET at once).
+    by it (Linux: a connect in SYN_SENT returns ECONNRESET at once). With ``reset``, its
+    close (by the thread it wakes) also drops what is still queued to send and resets
+    the connection: a shutdown alone sends all of it first (megabytes of a cut upload).
     """
     if sock is None:
         return
+    if reset:
+        with contextlib.suppress(OSError):
+            socket.socket.setsockopt(
+                sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
     with contextlib.suppress(OSError):  # already closed or never connected: nothing waits
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class SocketWatch:
-    """The socket a request is on, from before its connect to its last read, shut down
-    when :meth:`stop` is called (a cancel). A socket made after the stop is refused."""
+    """The sockets of a request (or of one client's connections), from before each
+    connect to its close, all shut down when :meth:`stop` is called (a cancel). A socket
+    made after the stop is refused. With ``reset``, the stop also drops what the sockets
+    still had queued to send (:func:`shut`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reset: bool = False) -> None:
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
+        self._socks: set[socket.socket] = set()
         self._stopped = False
+        self._reset = reset
 
     @property
     def stopped(self) -> bool:
@@ -72,15 +83,26 @@ class SocketWatch:
     def adopt(self, sock: socket.socket) -> None:
         """Follow ``sock`` from now on; raises ``ConnectionAbortedError`` once stopped."""
         with self._lock:
-            self._sock, stopped = sock, self._stopped
+            stopped = self._stopped
+            if not stopped:
+                # Closed ones go: a long-lived client's watch must not grow with them.
+                self._socks = {s for s in self._socks if s.fileno() >= 0}
+                self._socks.add(sock)
         if stopped:
-            shut(sock)
+            shut(sock, reset=self._reset)
             raise ConnectionAbortedError("the job was cancelled")
+
+    def forget(self, sock: socket.socket | None) -> None:
+        """Stop following ``sock`` (its connection is closed, or handed on)."""
+        if sock is not None:
+            with self._lock:
+                self._socks.discard(sock)
 
     def stop(self) -> None:
         with self._lock:
-            self._stopped, sock = True, self._sock
-        shut(sock)
+            self._stopped, socks = True, list(self._socks)
+        for sock in socks:
+            shut(sock, reset=self._reset)
 
 
 @contextlib.contextmanager
@@ -199,7 +221,7 @@ class WatchedBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         watch = _current.get()
         with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
-            sock = _connect(host, port, timeout, local_address, watch)
+            sock = connect(host, port, timeout, local_address, watch)
             for option in socket_options or ():
                 sock.setsockopt(*option)
         return WatchedStream(sock, watch)
@@ -213,7 +235,7 @@ class WatchedBackend(httpcore.NetworkBackend):
         raise httpcore.UnsupportedProtocol("the worker fetches over TCP only")
 
 
-def _connect(
+def connect(
     host: str,
     port: int,
     timeout: float | None,

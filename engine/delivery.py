@@ -4,9 +4,12 @@ Base64 is the default and is bounded by RunPod's payload cap, checked before
 anything is encoded. With a bucket configured, each file is uploaded (a few at a
 time, each retried with backoff) and its item carries a URL a plain HTTP GET can
 download. All uploads share one deadline, ``UPLOAD_TIMEOUT_S`` or what is left of the
-job's time if less: a stuck endpoint never holds the worker past it. A file that
-cannot be read or uploaded becomes one line of ``errors[]``; the others are still
-returned. When not one file got through, the job fails (``OutputDeliveryError``).
+job's time if less: a stuck endpoint never holds the worker past it. At that deadline,
+or the moment the job is cancelled, the uploads still going are cut (a bounded uploader
+stops its requests then, wherever they are) and none starts after: nothing is left
+uploading for a job that has answered. A file that cannot be read or uploaded becomes
+one line of ``errors[]``; the others are still returned. When not one file got through,
+the job fails (``OutputDeliveryError``).
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import dataclasses
 import json
 import logging
 import re
-import time
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from engine.deadline import Deadline
 from engine.errors import ItemError, OutputDeliveryError, ResponseTooLargeError
 from engine.outputs import OutputFile
 
@@ -33,6 +38,10 @@ _MB = 1024 * 1024
 # The response around the items (``{"images": [...], "errors": [...]}``) and what RunPod
 # wraps it in (id, status, timings): small, but counted so the cap is never passed.
 _ENVELOPE_BYTES = 512
+
+# After a cut, how long delivery waits for the uploads to end (a cut request fails at
+# once; a DNS lookup cannot be cut and is left to end on its own).
+_CUT_GRACE_S = 2.0
 
 # How many files are uploaded at once. Each upload is itself split into parts by boto3
 # above 8 MB (engine/s3.py), so a few files in flight already fill a worker's uplink.
@@ -58,8 +67,9 @@ class Uploader(Protocol):
 @runtime_checkable
 class BoundedUploader(Uploader, Protocol):
     """An :class:`Uploader` with its own time limit, that retries and bounds every request
-    by the deadline it is given. ``deliver`` stops waiting at that deadline whatever the
-    uploader does; this kind also stops working by then."""
+    by the deadline it is given, and stops the moment that deadline is cancelled.
+    ``deliver`` stops waiting at that deadline whatever the uploader does, and cancels it
+    there (and on the job's cancel): this kind stops working then too."""
 
     @property
     def timeout_s(self) -> float:
@@ -72,9 +82,9 @@ class BoundedUploader(Uploader, Protocol):
         ...
 
     def upload(
-        self, key: str, path: Path, content_type: str, *, deadline: float | None = None
+        self, key: str, path: Path, content_type: str, *, deadline: Deadline | None = None
     ) -> str:
-        """As :meth:`Uploader.upload`, given up by ``deadline`` (``time.monotonic()``)."""
+        """As :meth:`Uploader.upload`, given up by ``deadline``: its limit, or its cancel."""
         ...
 
 
@@ -98,6 +108,7 @@ def deliver(
     budget_bytes: int,
     timeout_s: float | None = None,
     data_uri: bool = True,
+    job: Deadline | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The response items for ``files`` and a line per file that could not be delivered.
 
@@ -108,11 +119,12 @@ def deliver(
     the base64 response would pass ``budget_bytes``. With one, uploads end by the
     smaller of the uploader's own limit (``UPLOAD_TIMEOUT_S``) and ``timeout_s`` (what is
     left of the job's time); raises ``OutputDeliveryError`` when not one file was delivered.
+    ``job``'s cancel cuts the uploads at once, and raises its cancel error.
     """
     if uploader is None:
         items, errors = _as_base64(files, budget_bytes, data_uri)
     else:
-        items, errors = _to_bucket(files, job_id, uploader, timeout_s)
+        items, errors = _to_bucket(files, job_id, uploader, timeout_s, job)
     for line in errors:
         log.warning("output not delivered: %s", line)
     return items, errors
@@ -226,13 +238,18 @@ def _upload_limit(uploader: Uploader, timeout_s: float | None) -> _Limit | None:
 
 
 def _to_bucket(
-    files: Sequence[OutputFile], job_id: str, uploader: Uploader, timeout_s: float | None
+    files: Sequence[OutputFile],
+    job_id: str,
+    uploader: Uploader,
+    timeout_s: float | None,
+    job: Deadline | None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     if not files:
         return [], []
     keys = _unique_keys([object_key(job_id, file) for file in files])
     limit = _upload_limit(uploader, timeout_s)
-    deadline = None if limit is None else time.monotonic() + limit.seconds
+    # The uploads' own deadline: cancelled at its limit, or with the job.
+    deadline = Deadline.start(None if limit is None else limit.seconds)
 
     def upload(file: OutputFile, key: str) -> dict[str, Any]:
         size = file.path.stat().st_size
@@ -243,21 +260,34 @@ def _to_bucket(
         return _item(file, "s3_url", url, size)
 
     # Not ``with``: leaving it would wait for every thread, and a stuck request is the
-    # very thing this must not wait for. A thread still uploading at the deadline is
-    # left to end on its own timeouts (an S3Uploader's fit in the deadline).
+    # very thing this must not wait for. At the deadline or the job's cancel the uploads
+    # are cut, and their threads get a moment to end; one that does not (an uploader
+    # that cannot be cut) is left to end on its own timeouts.
     pool = ThreadPoolExecutor(
         max_workers=min(MAX_PARALLEL_UPLOADS, len(files)), thread_name_prefix="upload"
     )
-    try:
-        futures = [pool.submit(upload, file, key) for file, key in zip(files, keys, strict=True)]
-        wait(futures, timeout=None if limit is None else limit.seconds)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+
+    def cut() -> None:
+        deadline.cancel()
+
+    with job.on_cancel(cut) if job is not None else nullcontext():
+        try:
+            futures = [
+                pool.submit(upload, file, key) for file, key in zip(files, keys, strict=True)
+            ]
+            in_time = _wait_all(futures, deadline)
+        finally:
+            deadline.cancel()  # whatever still runs is cut; nothing new starts
+            pool.shutdown(wait=False, cancel_futures=True)
+    if isinstance(uploader, BoundedUploader) and len(in_time) < len(futures):
+        _wait_all(futures, Deadline.start(_CUT_GRACE_S))  # the cut ones end
+    if job is not None and job.cancelled:
+        raise job.exceeded("while delivering outputs")
     items: list[dict[str, Any]] = []
     failures: list[tuple[str, str, str]] = []  # (file name, what failed, why)
     target = uploader.target if isinstance(uploader, BoundedUploader) else "the bucket"
     for file, future in zip(files, futures, strict=True):
-        if not future.done() or future.cancelled():
+        if future not in in_time or future.cancelled():
             assert limit is not None  # without a limit every future is done
             why = (
                 f"S3 did not answer in time: timed out after {limit.seconds:.3g} s "
@@ -276,6 +306,26 @@ def _to_bucket(
     if not items:
         raise _nothing_delivered(failures, errors)
     return items, errors
+
+
+def _wait_all(futures: list[Future[Any]], deadline: Deadline) -> set[Future[Any]]:
+    """Wait until every future is done, ``deadline`` passes or it is cancelled; the
+    futures done by then."""
+    wake = threading.Event()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0] == 0:
+                wake.set()
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    with deadline.on_cancel(wake.set):
+        wake.wait(deadline.remaining())
+    return {future for future in futures if future.done()}
 
 
 def _nothing_delivered(

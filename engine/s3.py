@@ -5,6 +5,12 @@ retried with backoff on failures that may pass (refused or dropped connections,
 timeouts, HTTP 5xx, throttling), never past the deadline ``deliver`` gives it, and a
 failure becomes an ``ItemError`` whose one line names the cause, the bucket and what to
 check, without secrets or local paths.
+
+That deadline's cancel (the job's cancel, or ``deliver`` at its limit) cuts the upload at
+once, wherever it is: each attempt leases a client of its own whose sockets are all in
+one watch (:mod:`engine.s3_sockets`), and the cancel shuts them, from the connect to
+S3's answer. A cut client is closed, never used again, so nothing more is sent for a
+stopped upload; the others go back to a few idle ones, their connections kept alive.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ from botocore.exceptions import (
     SSLError,
 )
 
+from engine.connections import SocketWatch
+from engine.deadline import Deadline
 from engine.delivery import MAX_PARALLEL_UPLOADS
 from engine.errors import ItemError
 from engine.logs import redact
+from engine.s3_sockets import watch_client
 from engine.settings import BucketSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,24 @@ _MIN_TIMEOUT_S = 0.1
 # No new attempt with less than this left after its pause: it could hardly upload
 # anything, and the failure seen so far tells the user more than a timeout would.
 _MIN_ATTEMPT_S = 0.5
+# Idle clients kept for the next uploads (their connections stay alive): as many as two
+# deliveries upload at once (MAX_CONCURRENT_JOBS=2, the default); more are closed.
+_IDLE_CLIENTS = 2 * MAX_PARALLEL_UPLOADS
+
+
+@dataclass(frozen=True)
+class _Lease:
+    """A client one attempt uses alone, and the watch that holds all its sockets."""
+
+    client: Any
+    watch: SocketWatch | None
+    reusable: bool
+    """False for a client made for the end of a deadline (shorter timeouts) or given in."""
+
+    def cut(self) -> None:
+        """Shut every socket of the client: what it is doing fails at once."""
+        if self.watch is not None:
+            self.watch.stop()
 
 
 @dataclass(frozen=True)
@@ -93,7 +120,10 @@ class S3Uploader:
         self._session = boto3.session.Session()
         self._session_lock = threading.Lock()
         self._fixed_client = client
+        # Signs URLs only (no request): never leased, never cut.
         self._client = client if client is not None else self._new_client(None)
+        self._idle: list[_Lease] = []
+        self._idle_lock = threading.Lock()
         self._transfer = TransferConfig(max_concurrency=_PARTS_PER_UPLOAD)
         # The deadlines of deliveries that met a stalled endpoint: a delivery's files share
         # one, so its files still queued fail at once instead of stalling one wave after
@@ -102,19 +132,27 @@ class S3Uploader:
         self._stalled_lock = threading.Lock()
 
     def upload(
-        self, key: str, path: Path, content_type: str, *, deadline: float | None = None
+        self, key: str, path: Path, content_type: str, *, deadline: Deadline | None = None
     ) -> str:
-        """Upload one file with its Content-Type; its URL, or ``ItemError`` saying why not."""
+        """Upload one file with its Content-Type; its URL, or ``ItemError`` saying why not.
+
+        Given up by ``deadline`` (``UPLOAD_TIMEOUT_S`` from now without one); its cancel
+        cuts the request in flight and starts no other.
+        """
         if deadline is None:
-            deadline = time.monotonic() + self.timeout_s
+            deadline = Deadline.start(self.timeout_s)
+        # One float per delivery, shared by its files: the key of the stalled set.
+        end = deadline.started + (deadline.limit_s or self.timeout_s)
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - time.monotonic()
+            remaining = end - time.monotonic()
+            if deadline.cancelled:
+                raise ItemError(key, f"the upload was stopped before it was sent; {self.target}")
             if remaining <= 0:  # queued behind other files until the deadline passed
                 raise ItemError(key, f"no time was left to upload it; {self.target}")
             with self._stalled_lock:
-                stalled = deadline in self._stalled
+                stalled = end in self._stalled
             if stalled:
                 raise ItemError(
                     key,
@@ -122,17 +160,15 @@ class S3Uploader:
                     f"{self._stall_s:g}); {self.target}: check that the S3 service answers",
                 )
             try:
-                self._client_for(remaining).upload_file(
-                    str(path),
-                    self._bucket.bucket,
-                    key,
-                    ExtraArgs={"ContentType": content_type},
-                    Config=self._transfer,
-                )
+                self._attempt(remaining, deadline, str(path), key, content_type)
                 break
             except (BotoCoreError, ClientError, Boto3Error) as exc:
+                if deadline.cancelled:  # cut: what the sockets said is not the cause
+                    raise ItemError(
+                        key, f"the upload was stopped while it was sent; {self.target}"
+                    ) from exc
                 failure = self._classify(exc, path)
-                if _is_read_timeout(exc) and time.monotonic() < deadline - _MIN_TIMEOUT_S:
+                if _is_read_timeout(exc) and time.monotonic() < end - _MIN_TIMEOUT_S:
                     # The stall limit ran out, not the deadline: another attempt would
                     # stall as long again, so the job hears now, not at UPLOAD_TIMEOUT_S.
                     failure = _Failure(
@@ -142,12 +178,12 @@ class S3Uploader:
                         "is known to be that slow",
                         retryable=False,
                     )
-                    self._mark_stalled(deadline)
+                    self._mark_stalled(end)
                 pause = _backoff_s(attempt)
                 if (
                     not failure.retryable
                     or attempt >= _MAX_ATTEMPTS
-                    or time.monotonic() + pause + _MIN_ATTEMPT_S > deadline
+                    or time.monotonic() + pause + _MIN_ATTEMPT_S > end
                 ):
                     raise ItemError(key, self._reason(failure, attempt)) from exc
                 log.info(
@@ -157,7 +193,7 @@ class S3Uploader:
                     attempt + 1,
                     pause,
                 )
-                time.sleep(pause)
+                _pause(deadline, pause)
         log.debug("uploaded %s to bucket %s", key, self._bucket.bucket)
         return self.url_for(key)
 
@@ -172,15 +208,53 @@ class S3Uploader:
         )
         return url
 
-    def _client_for(self, remaining: float) -> Any:
-        """A client whose connect + read timeouts fit in ``remaining`` seconds.
+    def _attempt(
+        self, remaining: float, deadline: Deadline, path: str, key: str, content_type: str
+    ) -> None:
+        """One attempt on a leased client, cut by ``deadline``'s cancel."""
+        lease = self._lease(remaining)
+        try:
+            with deadline.on_cancel(lease.cut):
+                lease.client.upload_file(
+                    path,
+                    self._bucket.bucket,
+                    key,
+                    ExtraArgs={"ContentType": content_type},
+                    Config=self._transfer,
+                )
+        finally:
+            self._give_back(lease)
 
-        With time to spare it is the shared one (its pooled connections are reused);
+    def _lease(self, remaining: float) -> _Lease:
+        """A client for one attempt alone, whose connect + read timeouts fit in
+        ``remaining`` seconds.
+
+        With time to spare an idle one (its pooled connections are reused) or a new one;
         near the deadline a fresh one, so a stuck request ends when the deadline does.
         """
-        if self._fixed_client is not None or remaining >= self._connect_s() + self._stall_s:
-            return self._client
-        return self._new_client(max(remaining, _MIN_TIMEOUT_S))
+        if self._fixed_client is not None:
+            return _Lease(self._fixed_client, None, reusable=False)
+        if remaining >= self._connect_s() + self._stall_s:
+            with self._idle_lock:
+                if self._idle:
+                    return self._idle.pop()
+            client = self._new_client(None)
+            return _Lease(client, watch_client(client), reusable=True)
+        client = self._new_client(max(remaining, _MIN_TIMEOUT_S))
+        return _Lease(client, watch_client(client), reusable=False)
+
+    def _give_back(self, lease: _Lease) -> None:
+        """Keep the client for another attempt, or close it: one that was cut (its
+        upload was stopped: nothing more goes out through it) or made for one attempt."""
+        if lease.client is self._fixed_client:
+            return
+        cut = lease.watch is not None and lease.watch.stopped
+        if lease.reusable and not cut:
+            with self._idle_lock:
+                if len(self._idle) < _IDLE_CLIENTS:
+                    self._idle.append(lease)
+                    return
+        lease.client.close()
 
     def _new_client(self, within_s: float | None) -> Any:
         """A client with the bucket's own credentials, never the host's."""
@@ -197,9 +271,9 @@ class S3Uploader:
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=connect,
             read_timeout=read,
-            # Enough for every file in flight, each in parts (urllib3 warns and drops
+            # One upload at a time per client (leased), in parts (urllib3 warns and drops
             # connections beyond the pool).
-            max_pool_connections=MAX_PARALLEL_UPLOADS * _PARTS_PER_UPLOAD,
+            max_pool_connections=_PARTS_PER_UPLOAD,
         )
         with self._session_lock:
             return self._session.client(
@@ -307,6 +381,13 @@ def _connect_cause(exc: BotoCoreError) -> str:
 def _is_read_timeout(exc: BaseException) -> bool:
     """Whether a request stalled (its read timeout passed), boto3's wrapper unwrapped."""
     return isinstance(exc, ReadTimeoutError) or isinstance(exc.__context__, ReadTimeoutError)
+
+
+def _pause(deadline: Deadline, seconds: float) -> None:
+    """Wait ``seconds`` before the next attempt, or less if ``deadline`` is cancelled."""
+    wake = threading.Event()
+    with deadline.on_cancel(wake.set):
+        wake.wait(seconds)
 
 
 def _backoff_s(attempt: int) -> float:

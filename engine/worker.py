@@ -645,6 +645,7 @@ class Worker:
                 budget_bytes=self.settings.response_budget_bytes,
                 timeout_s=deadline.remaining(),
                 data_uri=self.settings.output_base64 == "data-uri",
+                job=deadline,  # its cancel cuts the uploads, not only the waiting
             )
 
         if self.uploader is not None:

@@ -18,7 +18,8 @@ Modes, switchable at any time (a test usually picks one):
 Each fault answers the first request of a connection and closes it, so every request
 of a faulty mode is seen; a passed-through connection carries on untouched, keep-alive
 included. Counters and events (``faults``, ``passed``, ``hung``) let tests wait for what
-happened instead of guessing how long it takes.
+happened instead of guessing how long it takes; ``open_connections`` says when every
+client has let go.
 """
 
 from __future__ import annotations
@@ -191,6 +192,13 @@ class FaultProxy:
         with self._lock:
             self._open.discard(sock)
         _close(sock)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, clients' and the proxy's own to the server: 0 once
+        every client has let go (a client's close ends both of its sockets here)."""
+        with self._lock:
+            return len(self._open)
 
     def close(self) -> None:
         """Stop listening and drop every connection, hung ones included."""

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
+from engine import s3
+from engine.deadline import Deadline
 from engine.delivery import deliver, object_key
 from engine.errors import ItemError, OutputDeliveryError, ResponseTooLargeError
 from engine.outputs import OutputFile
@@ -358,7 +360,7 @@ class TestS3Uploader:
         """5xx, throttling and refused connections are tried again, after a doubling
         pause; the upload then succeeds."""
         pauses: list[float] = []
-        monkeypatch.setattr(time, "sleep", pauses.append)
+        monkeypatch.setattr(s3, "_pause", lambda _, seconds: pauses.append(seconds))
         client = StubS3Client(
             s3_answer(500, "InternalError"),
             s3_answer(503, "SlowDown"),
@@ -404,7 +406,7 @@ class TestS3Uploader:
         assert "attempts" not in caught.value.reason
 
     def test_retries_stop_after_five_attempts(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(time, "sleep", lambda _: None)
+        monkeypatch.setattr(s3, "_pause", lambda _, seconds: None)
         client = StubS3Client(*[s3_answer(500, "InternalError")] * 9)
         with pytest.raises(ItemError) as caught:
             S3Uploader(bucket(), client).upload("job/a.png", Path("a.png"), "image/png")
@@ -420,20 +422,22 @@ class TestS3Uploader:
         client = StubS3Client(s3_answer(500, "InternalError"))
         uploader = S3Uploader(bucket(), client)
         with pytest.raises(ItemError, match="S3 failed"):
-            uploader.upload("a", Path("a.png"), "image/png", deadline=time.monotonic() + 0.3)
+            uploader.upload("a", Path("a.png"), "image/png", deadline=Deadline.start(0.3))
         assert client.calls == 1
 
     @pytest.mark.parametrize("remaining", [0.5, 3.0, 40.0])
     def test_near_the_deadline_a_request_cannot_outlive_it(self, remaining: float) -> None:
         """Connect and read timeouts are cut so that together they fit in the time left."""
-        config = S3Uploader(bucket())._client_for(remaining).meta.config
+        config = S3Uploader(bucket())._lease(remaining).client.meta.config
         assert config.connect_timeout + config.read_timeout <= remaining
         assert config.retries["total_max_attempts"] == 1  # the retries are ours
 
     def test_with_time_to_spare_the_shared_client_is_used(self) -> None:
         uploader = S3Uploader(bucket())
-        assert uploader._client_for(600.0) is uploader._client_for(120.0)
-        config = uploader._client_for(600.0).meta.config
+        lease = uploader._lease(600.0)
+        uploader._give_back(lease)
+        assert uploader._lease(120.0) is lease  # an idle client, its connections kept
+        config = lease.client.meta.config
         # The read timeout is the stall limit (UPLOAD_STALL_S), not the whole upload's.
         assert (config.connect_timeout, config.read_timeout) == (10, 30)
 
@@ -451,7 +455,7 @@ class TestS3Uploader:
         error = EndpointConnectionError(endpoint_url="http://127.0.0.1:9000/x", error=socket_error)
         uploader = S3Uploader(bucket(), StubS3Client(error))
         with pytest.raises(ItemError) as caught:
-            uploader.upload("a", Path("a.png"), "image/png", deadline=time.monotonic() + 0.3)
+            uploader.upload("a", Path("a.png"), "image/png", deadline=Deadline.start(0.3))
         assert cause in caught.value.reason
         assert "check BUCKET_ENDPOINT_URL" in caught.value.reason
 
@@ -472,13 +476,22 @@ class StuckUploader:
         self.timeout_s = timeout_s
         self.target = "bucket 'outputs' at https://s3.example.com"
         self.release = threading.Event()
-        self.deadlines: list[float | None] = []
+        self.deadlines: list[Deadline | None] = []
+        self.cut = 0
+        """Uploads that ended because their deadline was cancelled."""
 
     def upload(
-        self, key: str, path: Path, content_type: str, *, deadline: float | None = None
+        self, key: str, path: Path, content_type: str, *, deadline: Deadline | None = None
     ) -> str:
         self.deadlines.append(deadline)
-        self.release.wait()
+        if deadline is None:
+            self.release.wait()
+        else:  # as the protocol asks: a cancel stops it
+            with deadline.on_cancel(self.release.set):
+                self.release.wait()
+            if deadline.cancelled:
+                self.cut += 1
+                raise ItemError(key, "cut")
         return f"https://cdn.example.com/{key}"
 
 
@@ -554,8 +567,9 @@ class TestDeliveryDeadline:
         )
         after = time.monotonic()
         (deadline,) = uploader.deadlines
-        assert deadline is not None
-        assert before + expected <= deadline <= after + expected
+        assert deadline is not None and deadline.limit_s is not None
+        end = deadline.started + deadline.limit_s
+        assert before + expected <= end <= after + expected
 
     @pytest.mark.parametrize(
         ("upload_limit", "job_left", "named"),
