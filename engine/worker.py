@@ -592,6 +592,7 @@ class Worker:
                     request.convert_output,
                     files_of_job.scratch,
                     max_pixels=self.settings.output_max_pixels,
+                    deadline=deadline,  # checked at every block read and written
                 )
                 errors += convert_errors
             phase.enter("delivering outputs", deadline)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ from PIL import Image
 
 from engine import convert
 from engine.convert import convert_outputs
+from engine.deadline import Deadline
+from engine.errors import JobInterruptedError, JobTimeoutError
 from engine.outputs import OutputFile, OutputKind, mime_type_for
 from engine.request import ConvertOutput
 from tests.media_factory import make_animated_webp, make_gif, make_jpeg, make_png, make_video
@@ -144,3 +148,71 @@ def test_a_file_that_cannot_be_converted_is_returned_as_it_was(tmp_path: Path) -
     (line,) = errors
     assert line.startswith("broken.png (node 4): could not convert to jpeg, returned as it was: ")
     assert not (tmp_path / "s" / "converted" / "0" / "broken.jpg").exists()
+
+
+def noise_png(path: Path, side: int) -> Path:
+    """A PNG that does not compress (about ``side * side * 3`` bytes): many blocks."""
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(path)
+    return path
+
+
+def count_checks(monkeypatch: pytest.MonkeyPatch, deadline: Deadline, cancel_at: int) -> list[int]:
+    """Count the deadline checks (before each file and at every block Pillow reads or
+    writes) and cancel ``deadline`` at check ``cancel_at`` (0: never)."""
+    counted = [0]
+    real_check = convert._check
+
+    def check(job: Deadline | None) -> None:
+        counted[0] += 1
+        if counted[0] == cancel_at:
+            deadline.cancel()
+        real_check(job)
+
+    monkeypatch.setattr(convert, "_check", check)
+    return counted
+
+
+@pytest.mark.parametrize("target", ["jpeg", "webp"])
+@pytest.mark.parametrize("where", ["decoding", "encoding"])
+def test_a_cancel_mid_file_stops_the_conversion_at_that_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, where: str
+) -> None:
+    """A 1024x1024 noise PNG (3 MB): a whole conversion passes many checks; cancelled at
+    the 10th (reading the PNG) or the second to last (writing the result, or for WEBP
+    just before its one encode call), it stops at that very check, with the job's cancel
+    error, and the file it was writing is removed."""
+    file = output(noise_png(tmp_path / "n.png", 1024))
+    request = ConvertOutput(format=target, quality=90)
+    whole = count_checks(monkeypatch, Deadline.start(600.0), cancel_at=0)
+    convert_outputs([file], request, tmp_path / "whole", deadline=Deadline.start(600.0))
+    assert whole[0] > 20
+    cancel_at = 10 if where == "decoding" else whole[0] - 1
+    deadline = Deadline.start(600.0)
+    counted = count_checks(monkeypatch, deadline, cancel_at)
+    with pytest.raises(JobInterruptedError) as caught:
+        convert_outputs([file], request, tmp_path / "cut", deadline=deadline)
+    assert caught.value.message == "The job was cancelled and stopped while converting outputs"
+    assert counted[0] == cancel_at  # not one block after the cancel
+    assert [p for p in (tmp_path / "cut").rglob("*") if p.is_file()] == []
+
+
+def test_files_not_started_are_not_converted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled at the first check: six files, none converted, none written."""
+    files = [output(make_png(tmp_path / f"{n}.png")) for n in range(6)]
+    deadline = Deadline.start(600.0)
+    count_checks(monkeypatch, deadline, cancel_at=1)
+    with pytest.raises(JobInterruptedError, match="cancelled"):
+        convert_outputs(files, ConvertOutput(format="jpeg"), tmp_path / "s", deadline=deadline)
+    assert [p for p in (tmp_path / "s").rglob("*") if p.is_file()] == []
+
+
+def test_a_passed_limit_stops_the_conversion_with_the_jobs_timeout(tmp_path: Path) -> None:
+    file = output(make_png(tmp_path / "a.png"))
+    passed = Deadline(limit_s=1.0, started=time.monotonic() - 2.0)
+    with pytest.raises(JobTimeoutError) as caught:
+        convert_outputs([file], ConvertOutput(format="jpeg"), tmp_path / "s", deadline=passed)
+    assert caught.value.message == (
+        "The job ran longer than its time limit of 1 s and was stopped while converting outputs"
+    )

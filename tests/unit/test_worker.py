@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import engine.convert
 import engine.worker
 import handler as handler_module
 from engine.errors import ItemError
@@ -397,6 +398,46 @@ def test_a_cancel_while_outputs_are_read_stops_the_video_count_and_the_next_job_
     monkeypatch.setattr(engine.worker, "collect_outputs", real_collect)
     after = worker.handle({"id": "next", "input": {"workflow": workflows.batch(1)}})
     assert len(after["images"]) == 1 and after["errors"] == []
+
+
+def test_a_cancel_while_outputs_convert_stops_the_conversion_and_the_next_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel lands as the conversion opens its first file (the cue: convert_output's
+    Image.open): nothing is encoded after it, and the job fails saying so, instead of
+    converting every output and failing only before delivery."""
+    worker = make_worker(Settings(work_dir=tmp_path))
+    cancelled = threading.Event()
+    encoded_after: list[object] = []
+
+    class CancelOnOpen:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(Image, name)
+
+        def open(self, *args: Any, **kwargs: Any) -> Any:
+            if not cancelled.is_set():
+                cancelled.set()
+                worker.cancel("c")
+            return Image.open(*args, **kwargs)
+
+    real_save = Image.Image.save
+
+    def save(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        if cancelled.is_set():
+            encoded_after.append(fp)
+        real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(engine.convert, "Image", CancelOnOpen())
+    monkeypatch.setattr(Image.Image, "save", save)
+    job = {"workflow": workflows.batch(2), "convert_output": {"format": "jpeg"}}
+    body = worker.handle({"id": "c", "input": job})
+    assert body["code"] == "execution_interrupted", body
+    assert body["message"] == "The job was cancelled and stopped while converting outputs", body
+    assert encoded_after == []
+    monkeypatch.undo()
+    after = worker.handle({"id": "next", "input": job})
+    assert [i["filename"] for i in after["images"]] == ["batch_00001_.jpg", "batch_00002_.jpg"]
+    assert after["errors"] == []
 
 
 def test_a_job_that_cannot_be_stopped_gets_the_worker_replaced(tmp_path: Path) -> None:
