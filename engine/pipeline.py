@@ -12,6 +12,12 @@ waits on them.
 
 With one job at a time the only lane is the runtime's own thread (ComfyUI's engine
 thread): a job runs there whole, as it did before jobs overlapped, with no hand-over.
+With more, a job admitted while no other is in flight may run there too
+(:meth:`JobPipeline.try_admit`'s ``alone_on_engine``): its run then needs no hand-over to
+the engine thread and back, and it still holds a lane of its own, where the end of its
+job goes (the wait for its answer to be sent, the removal of its files). The worker asks
+for it only when what follows the run is bounded local work: a job that arrives meanwhile
+runs after it, as it would anyway, and waits at most for that work.
 
 ComfyUI's interrupt is global: :meth:`JobPipeline.interrupt` interrupts for a job only
 while that job holds the engine, so a cancel or a limit that reaches a job in any other
@@ -30,10 +36,12 @@ from engine.deadline import Deadline, JobThread
 
 @dataclass(eq=False)
 class Ticket:
-    """One admitted job's place: its number in arrival order and its lane."""
+    """One admitted job's place: its number in arrival order, its lane, and the thread
+    its phases run on (its lane, or the engine thread for a job admitted alone)."""
 
     number: int
     lane: JobThread
+    runs_on: JobThread
 
 
 class JobPipeline:
@@ -43,6 +51,7 @@ class JobPipeline:
         if size < 1:
             raise ValueError(f"a worker holds at least one job at a time, got {size}")
         self.size = size
+        self._engine_thread = engine_thread
         self._changed = threading.Condition()
         # One job at a time: the engine thread itself (no hand-over for the run).
         self._lanes: list[JobThread] = (
@@ -69,13 +78,17 @@ class JobPipeline:
             return len(self._arrivals)
 
     def admit(
-        self, deadline: Deadline, on_wait: Callable[[int], None] | None = None
+        self,
+        deadline: Deadline,
+        on_wait: Callable[[int], None] | None = None,
+        *,
+        alone_on_engine: bool = False,
     ) -> Ticket | None:
         """Wait for a free lane, in arrival order, and take it.
 
         ``on_wait`` is told, once, how many jobs are in flight when the job has to wait.
         None when the job must stop first (its limit passed, it was cancelled) or the
-        pipeline was stopped (:meth:`stop`).
+        pipeline was stopped (:meth:`stop`). ``alone_on_engine``: as for :meth:`try_admit`.
         """
         arrival = object()
         with deadline.on_cancel(self._wake), self._changed:
@@ -91,21 +104,27 @@ class JobPipeline:
                     self._changed.wait(deadline.remaining())
                 if self._stopped or deadline.expired():
                     return None
-                return self._take_lane()
+                return self._take_lane(alone_on_engine)
             finally:
                 self._arrivals.remove(arrival)
                 self._changed.notify_all()  # the next in line may go now
 
-    def try_admit(self) -> Ticket | None:
+    def try_admit(self, *, alone_on_engine: bool = False) -> Ticket | None:
         """A place at once, when no job waits for one and a lane is free; None when the
-        job would have to wait (then :meth:`admit`, which waits in arrival order)."""
+        job would have to wait (then :meth:`admit`, which waits in arrival order).
+
+        ``alone_on_engine``: if no other job is in flight, the job runs on the engine
+        thread (``Ticket.runs_on``), keeping its lane for the end of its job.
+        """
         with self._changed:
             if self._stopped or self._arrivals or not self._lanes:
                 return None
-            return self._take_lane()
+            return self._take_lane(alone_on_engine)
 
-    def _take_lane(self) -> Ticket:
-        ticket = Ticket(self._next_number, self._lanes.pop())
+    def _take_lane(self, alone_on_engine: bool) -> Ticket:
+        alone = alone_on_engine and self._busy_lanes() == 0
+        lane = self._lanes.pop()
+        ticket = Ticket(self._next_number, lane, self._engine_thread if alone else lane)
         self._next_number += 1
         self._runs.append(ticket)
         return ticket

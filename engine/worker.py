@@ -92,6 +92,9 @@ class _Arrival:
     """Those and the worker's: redacted from the response."""
     deadline: Deadline
     progress: Callable[[ProgressEvent], None]
+    alone_on_engine: bool
+    """Whether the job, admitted while no other is in flight, runs on the engine thread
+    (engine/pipeline.py): only when what follows its run is bounded local work."""
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -253,7 +256,20 @@ class Worker:
             secrets=[*job_secrets, *self.settings.response_secrets()],
             deadline=Deadline.start(self.settings.job_timeout_s),
             progress=_Progress(job, self.progress),
+            alone_on_engine=self._local_after_run(job_input),
         )
+
+    def _local_after_run(self, job_input: Any) -> bool:
+        """Whether what follows the job's run is bounded local work (its outputs read and
+        sent as base64): no upload, no conversion, no video made of frames. Such a job,
+        if it arrives alone, runs on the engine thread, without handing its run over to
+        it and back (a 64x64 job's time: docs/benchmarks.md, "A job alone"). A job that
+        arrives meanwhile waits for that work before its run; never for an upload."""
+        if self.uploader is not None:
+            return False
+        if not isinstance(job_input, dict):
+            return True  # refused before it runs
+        return job_input.get("convert_output") is None and job_input.get("frames_to_video") is None
 
     def _failed(self, arrival: _Arrival, exc: Exception) -> dict[str, Any]:
         """The contract's error shape for a job that raised."""
@@ -320,7 +336,7 @@ class Worker:
         ``job_stop_grace_s`` to unwind; a job that does not is abandoned, and this worker
         takes no further job and asks RunPod for a fresh one (:meth:`_overdue`).
         """
-        ticket = self._admit(arrival.deadline)
+        ticket = self._admit(arrival.deadline, arrival.alone_on_engine)
         outcome, phase = self._start(arrival, ticket, clean_up_after)
         # wait_for(), then result(): a JobTimeoutError is also a TimeoutError, the very
         # class Future.result() raises when it gives up, so the two must not share an except.
@@ -334,9 +350,14 @@ class Worker:
         """:meth:`_run_within` with the loop waiting (:meth:`handle_async`)."""
         deadline = arrival.deadline
         self._refuse_if_stuck()
-        ticket = None if deadline.expired() else self._pipeline.try_admit()
+        alone_on_engine = arrival.alone_on_engine
+        ticket = None
+        if not deadline.expired():
+            ticket = self._pipeline.try_admit(alone_on_engine=alone_on_engine)
         if ticket is None:  # the job waits for a place: on a thread, the loop serves on
-            ticket = await asyncio.to_thread(_bound, arrival.job_id, self._admit, deadline)
+            ticket = await asyncio.to_thread(
+                _bound, arrival.job_id, self._admit, deadline, alone_on_engine
+            )
         with logs.bind_job(arrival.job_id):
             outcome, phase = self._start(arrival, ticket, clean_up_after)
         try:
@@ -372,11 +393,11 @@ class Worker:
             except Exception as exc:
                 self._failed(arrival, exc)
 
-    def _admit(self, deadline: Deadline) -> Ticket:
+    def _admit(self, deadline: Deadline, alone_on_engine: bool) -> Ticket:
         """A place among the jobs in flight, in arrival order; a cancel or the limit ends
         the wait with the job's own error."""
         self._refuse_if_stuck()
-        ticket = self._pipeline.admit(deadline, _log_wait)
+        ticket = self._pipeline.admit(deadline, _log_wait, alone_on_engine=alone_on_engine)
         if ticket is None:
             self._refuse_if_stuck()
             raise deadline.exceeded("while the job waited for the previous one to finish")
@@ -385,8 +406,9 @@ class Worker:
     def _start(
         self, arrival: _Arrival, ticket: Ticket, clean_up_after: threading.Event | None
     ) -> tuple[Future[dict[str, Any]], Phase]:
-        """Hand the job to its lane; its answer comes in the future, its phase is shown
-        in the :class:`Phase` (the watchdog's log line and error)."""
+        """Hand the job to its lane (or the engine thread: ``Ticket.runs_on``); its answer
+        comes in the future, its phase is shown in the :class:`Phase` (the watchdog's log
+        line and error)."""
         job_id, job_input, progress = arrival.job_id, arrival.job_input, arrival.progress
         deadline = arrival.deadline
         phase = Phase("start")
@@ -397,6 +419,7 @@ class Worker:
         def job() -> None:
             cleanups: list[Callable[[], None]] | None = None if clean_up_after is None else []
             answer: Callable[[], None] | None = None
+            held: list[Callable[[], None]] | None = None  # the cleanups that wait for the answer
             try:
                 # The lane's lines are this job's; what waits for the engine thread on
                 # the lane (a pack imported there on first use) waits within its deadline.
@@ -410,25 +433,41 @@ class Worker:
                         answer = functools.partial(outcome.set_exception, exc)
                     if clean_up_after is not None and cleanups is not None:
                         self._tails.begin()  # before the answer: close() waits for it
+                        held = cleanups
+                        answer()
+                        answer = None
+            finally:
+                if held is not None and ticket.runs_on is not ticket.lane:
+                    # A job alone, on the engine thread: the wait for its answer to be
+                    # sent and the removal of its files go to its own lane, so the
+                    # engine is free for the next run as soon as the answer is out.
+                    ticket.lane.submit(functools.partial(end, answer, held))
+                else:
+                    end(answer, held)
+
+        def end(answer: Callable[[], None] | None, held: list[Callable[[], None]] | None) -> None:
+            """The job's end: its files removed once its answer is sent (``held``), then
+            its place freed; ``answer`` is called last unless it is already out."""
+            with logs.bind_job(job_id):
+                try:
+                    if held is not None and clean_up_after is not None:
                         try:
-                            answer()
-                            answer = None
                             self._tails.hold(clean_up_after)
-                            run_cleanups(cleanups)
+                            run_cleanups(held)
                         finally:
                             self._tails.end()
-            finally:
-                try:
-                    self._pipeline.finish(ticket, self.runtime.after_job)
-                except Exception as exc:
-                    if answer is None:  # the answer is out: only the log can say
-                        log.exception("cleaning up after a finished job failed")
-                    else:
-                        answer = functools.partial(outcome.set_exception, exc)
-                if answer is not None:
-                    answer()
+                finally:
+                    try:
+                        self._pipeline.finish(ticket, self.runtime.after_job)
+                    except Exception as exc:
+                        if answer is None:  # the answer is out: only the log can say
+                            log.exception("cleaning up after a finished job failed")
+                        else:
+                            answer = functools.partial(outcome.set_exception, exc)
+                    if answer is not None:
+                        answer()
 
-        ticket.lane.submit(job)
+        ticket.runs_on.submit(job)
         return outcome, phase
 
     def _overdue(

@@ -134,6 +134,10 @@ class FakeRuntime:
         self.deadline_bound: list[bool] = []
         """Per validation: whether the job's deadline was the one bound on its thread
         (``Deadline.current()``), which a real first-use import waits within."""
+        self.runs_on_job_thread = False
+        """Run on :attr:`job_thread` as ComfyRuntime runs on its engine thread: inline when
+        called there, else handed to it and waited for (off by default: the fake runs
+        anywhere)."""
         self.checked_jobs: list[JobSpec] = []
         """Every job :meth:`validate` was given, also those it refused (``jobs``: the runs)."""
 
@@ -309,6 +313,8 @@ class FakeRuntime:
 
     def run(self, job: JobSpec) -> RunResult:
         """Validate, then run every output node, as ComfyUI's executor would."""
+        if self.runs_on_job_thread and not self._job_thread.is_current():
+            return self._job_thread.submit(lambda: self.run(job)).result()
         self.jobs.append(job)
         self._interrupt.clear()
         workflow = job.workflow

@@ -248,14 +248,24 @@ def test_the_reference_convert_output_example(worker: Worker) -> None:
     assert set(body["stats"]["nodes"]) <= {"1", "2"}
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize(
+    ("jobs", "extra", "in_place"),
+    [(1, {}, True), (2, {}, True), (2, {"convert_output": {"format": "png"}}, False)],
+    ids=["one-at-a-time", "alone", "alone-converting"],
+)
 def test_a_job_runs_on_the_engine_thread_with_no_hand_over(
-    worker: Worker, runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, jobs: int
+    worker: Worker,
+    runtime: ComfyRuntime,
+    monkeypatch: pytest.MonkeyPatch,
+    jobs: int,
+    extra: dict[str, Any],
+    in_place: bool,
 ) -> None:
-    """One job at a time: the worker runs each whole job on the runtime's engine thread,
-    so ComfyUI runs the workflow in place. Jobs overlapping: each job has a lane of its
-    own and hands its run over to the engine thread. A caller on another thread (the
-    warm-up, this test) hands it over too."""
+    """One job at a time, or a job alone whose end is local work: the worker runs the
+    whole job on the runtime's engine thread, so ComfyUI runs the workflow in place. A
+    job with a conversion to make after its run has a lane of its own and hands its run
+    over to the engine thread. A caller on another thread (the warm-up, this test) hands
+    it over too."""
     worker = Worker(dataclasses.replace(worker.settings, max_concurrent_jobs=jobs), runtime)
     threads: dict[str, int] = {}
     run_job = runtime._run_job
@@ -279,11 +289,12 @@ def test_a_job_runs_on_the_engine_thread_with_no_hand_over(
             "input": {
                 "workflow": workflows.invert("t.png", "in-place"),
                 "images": [{"name": "t.png", "image": image}],
+                **extra,
             },
         }
     )
     assert body.get("errors") == [], body
-    if jobs == 1:
+    if in_place:
         assert threads["comfyui"] == threads["job"] != threading.get_ident()
     else:
         assert len({threads["comfyui"], threads["job"], threading.get_ident()}) == 3

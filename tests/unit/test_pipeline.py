@@ -39,6 +39,22 @@ def test_one_job_at_a_time_runs_on_the_engine_thread() -> None:
     assert ticket is not None and ticket.lane is engine
 
 
+def test_a_job_admitted_alone_may_run_on_the_engine_thread_and_keeps_a_lane() -> None:
+    """``alone_on_engine``: only a job with no other in flight runs on the engine thread;
+    it still holds a lane of its own (for the end of its job), so the count holds."""
+    engine = JobThread("engine")
+    pipeline = JobPipeline(2, engine)
+    alone = pipeline.try_admit(alone_on_engine=True)
+    assert alone is not None and alone.runs_on is engine and alone.lane is not engine
+    second = pipeline.try_admit(alone_on_engine=True)  # the first is still in flight
+    assert second is not None and second.runs_on is second.lane is not engine
+    assert pipeline.in_flight == 2 and pipeline.try_admit(alone_on_engine=True) is None
+    pipeline.finish(alone, lambda: None)
+    pipeline.finish(second, lambda: None)
+    unasked = pipeline.admit(Deadline.start(None))  # alone, but the caller did not ask
+    assert unasked is not None and unasked.runs_on is unasked.lane
+
+
 def test_a_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one"):
         JobPipeline(0, JobThread("engine"))

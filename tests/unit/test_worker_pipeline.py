@@ -81,6 +81,22 @@ def make_worker(settings: Settings, jobs: int = 2, **kwargs: Any) -> Worker:
     return worker
 
 
+def job_with_image(job_id: str) -> dict[str, Any]:
+    """A job that sends an input image and writes an output: files of its own."""
+    image = base64.b64encode(png_bytes()).decode()
+    return {
+        "id": job_id,
+        "input": {
+            "workflow": workflows.invert("x.png"),
+            "images": [{"name": "x.png", "image": image}],
+        },
+    }
+
+
+def files_under(worker: Worker) -> list[Path]:
+    return sorted(p for p in Path(worker.settings.work_dir).rglob("*") if p.is_file())
+
+
 def fake(worker: Worker) -> FakeRuntime:
     assert isinstance(worker.runtime, FakeRuntime)
     return worker.runtime
@@ -393,8 +409,69 @@ def test_a_workflow_the_engine_refuses_fails_while_another_jobs_run_is_held(
     finally:
         runtime.release.set()
     assert answer_of(*a)["errors"] == []
-    assert all(name.startswith("job-lane-") for name in runtime.validated_on), runtime.validated_on
+    # A arrived alone: it ran on the engine thread. B's check ran on its own lane.
+    assert runtime.validated_on[0] == "job", runtime.validated_on
+    assert runtime.validated_on[1].startswith("job-lane-"), runtime.validated_on
     # Each lane works within its own job's deadline: a first-use pack import waits in it.
     assert runtime.deadline_bound == [True, True]
     assert [job.prompt_id for job in runtime.jobs] == ["a"]  # B never took the engine
     assert all(job.checked is not None for job in runtime.jobs)
+
+
+def test_a_job_alone_runs_on_the_engine_thread_and_ends_on_its_own_lane(
+    settings: Settings,
+) -> None:
+    """A job admitted while no other is in flight runs on the engine thread (no hand-over
+    of its run). Once answered, the wait for its answer to be sent and the removal of its
+    files go to its lane: a job arriving meanwhile runs and answers while A's files still
+    wait for A's caller, and A's files then go."""
+    worker = make_worker(settings)
+    runtime = fake(worker)
+    runtime.runs_on_job_thread = True  # as ComfyUI's runs: B's needs the engine thread
+    sent_a = threading.Event()
+    body = worker.handle(job_with_image("a"), clean_up_after=sent_a)
+    assert body["errors"] == [] and len(body["images"]) == 1, body
+    assert runtime.validated_on == ["job"]
+    a_files = files_under(worker)
+    assert a_files, "A's files wait for its caller"
+    b = answer_of(*handle_in_thread(worker, {"id": "b", "input": {"workflow": workflows.batch(1)}}))
+    assert b["errors"] == [] and len(b["images"]) == 1, b
+    # B arrived while A was in flight (its end held): B took a lane, and its run did not
+    # wait for A's end, which would have removed A's files first.
+    assert runtime.validated_on[1].startswith("job-lane-"), runtime.validated_on
+    assert not sent_a.is_set() and set(a_files) <= set(files_under(worker))
+    sent_a.set()
+    assert worker._pipeline.wait_idle(_HANG_S)
+    assert files_under(worker) == []
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"convert_output": {"format": "jpeg"}}, {"frames_to_video": {"fps": 8.0}}],
+    ids=["convert_output", "frames_to_video"],
+)
+def test_a_job_whose_end_is_not_bounded_local_work_runs_on_a_lane_even_alone(
+    settings: Settings, extra: dict[str, Any]
+) -> None:
+    """A conversion or a video made of frames follows the run: a job asking for one runs
+    on a lane, so a job arriving meanwhile never waits for that work before its run."""
+    worker = make_worker(settings)
+    runtime = fake(worker)
+    worker.handle({"id": "a", "input": {"workflow": workflows.batch(1), **extra}})
+    assert len(runtime.validated_on) == 1 and runtime.validated_on[0].startswith("job-lane-")
+
+
+def test_with_s3_delivery_a_job_alone_runs_on_a_lane(settings: Settings) -> None:
+    """An upload follows the run: never on the engine thread, even for a job alone."""
+    worker = make_worker(settings, uploader=HeldUploads("nobody"))
+    runtime = fake(worker)
+    body = worker.handle({"id": "a", "input": {"workflow": workflows.batch(1)}})
+    assert body["errors"] == [], body
+    assert len(runtime.validated_on) == 1 and runtime.validated_on[0].startswith("job-lane-")
+
+
+def test_with_one_job_at_a_time_the_engine_thread_is_the_only_lane(settings: Settings) -> None:
+    worker = make_worker(settings, jobs=1, uploader=HeldUploads("nobody"))
+    runtime = fake(worker)
+    worker.handle({"id": "a", "input": {"workflow": workflows.batch(1)}})
+    assert runtime.validated_on == ["job"]
