@@ -6,6 +6,7 @@ import io
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -212,3 +213,51 @@ def test_jobs_side_by_side_keep_each_others_secrets_out_of_every_line(
     text = stream.getvalue()
     assert "key-of-job-a" not in text and "key-of-job-b" not in text
     assert text.count("***") == 2
+
+
+class _Line:
+    """A log message that notes each time it is made into text (what redaction needs)."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.made = text, 0
+
+    def __str__(self) -> str:
+        self.made += 1
+        return self.text
+
+
+@pytest.fixture
+def sdk_logger() -> Iterator[Any]:
+    """The runpod SDK's own logger (a singleton), guarded, its level put back after."""
+    from runpod.serverless.modules.rp_logger import RunPodLogger
+
+    logger = RunPodLogger()
+    level = logger.level
+    logs.guard_sdk_logger(logger)
+    try:
+        yield logger
+    finally:
+        logger.level = level
+
+
+def test_sdk_lines_below_its_level_are_dropped_before_any_redaction(
+    sdk_logger: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DEBUG line (the SDK's ``Handler output``, a whole result) at INFO is never made
+    into text, let alone redacted; lines at or above the level are printed, redacted."""
+    sdk_logger.level = "INFO"
+    capsys.readouterr()
+    hidden = _Line("Handler output: https://user:pw@example.com/x?sig=abc")
+    sdk_logger.debug(hidden)
+    assert hidden.made == 0 and capsys.readouterr().out == ""
+    shown = _Line("Finished: https://user:pw@example.com/x?sig=abc")
+    sdk_logger.info(shown)
+    out = capsys.readouterr().out
+    assert shown.made == 1 and "Finished" in out and "sig=abc" not in out and "pw@" not in out
+    sdk_logger.level = "DEBUG"
+    sdk_logger.debug(hidden)
+    out = capsys.readouterr().out
+    assert hidden.made == 1 and "Handler output" in out and "sig=abc" not in out
+    sdk_logger.level = "NOTSET"
+    sdk_logger.error(shown)
+    assert shown.made == 1 and capsys.readouterr().out == ""
