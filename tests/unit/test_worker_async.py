@@ -110,7 +110,9 @@ def test_a_cancelled_task_stops_its_job_and_the_end_is_logged(
         run(scenario())
         assert worker._pipeline.wait_idle(_HANG_S)  # the job stopped and left its place
     lines = [r.getMessage() for r in caplog.records]
-    assert any("job cancelled while running the workflow; stopping it" in m for m in lines)
+    # "job cancelled while running the workflow; stopping it" comes only when the watchdog
+    # finds the job still running; the job may have stopped on its cancel first. Its end
+    # is logged either way (asyncio.run waits for the executor that logs it).
     assert any(m.startswith("job failed in") and "cancelled" in m for m in lines), lines
     after = worker.handle({"id": "next", "input": {"workflow": workflows.batch(1)}})
     assert len(after["images"]) == 1
