@@ -3,7 +3,7 @@
 The worker starts a :class:`Deadline` when a job arrives and hands it to every phase:
 the runtime arms ComfyUI's interrupt with what is left of it and checks it at every
 node and sampler step, the worker checks it between phases, and the worker's watchdog
-(``engine.worker``) stops waiting for the job when it passes, whatever the job is doing.
+(``engine.job_watch``) stops waiting for the job when it passes, whatever the job is doing.
 
 A cancel (RunPod's ``/cancel``, or its stop signal when the endpoint's own execution
 timeout passes) lands here too, with :meth:`Deadline.cancel`. It has to: ComfyUI

@@ -7,30 +7,30 @@ each node ComfyUI ran, rounded to the millisecond.
 fetcher, the S3 uploader), all passed in so tests can replace each one. Its
 :meth:`Worker.handle` is RunPod's handler body: expected failures become the
 contract's ``{"error", "details"}`` shape; anything else is a bug, logged with its
-traceback under an id that the answer (``internal_error``) names.
+traceback under an id that the answer (``internal_error``) names. Each job's flow
+(:meth:`Worker.run`) runs under the watchdog of ``engine.job_watch``, which answers by
+the job's deadline whatever the job does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from PIL import Image
 
 from engine import logs, work_dir_lock
-from engine.answered import CLEANUP_HOLD_S, AnsweredJobs, run_cleanups
+from engine.answered import CLEANUP_HOLD_S
 from engine.convert import convert_outputs
-from engine.deadline import Deadline, JobDeadlines
+from engine.deadline import Deadline
 from engine.delivery import Uploader, deliver
 from engine.errors import (
     InternalError,
@@ -43,9 +43,10 @@ from engine.errors import (
 from engine.graph_checks import check_values
 from engine.inputs import BoundedFetcher, Fetcher, HttpFetcher, store_images
 from engine.job_files import JobFolders, job_folder, sweep_leftovers, temp_outputs
+from engine.job_watch import Arrival, JobWatch
 from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
-from engine.pipeline import JobPipeline, Ticket
+from engine.pipeline import Ticket
 from engine.request import JobRequest, parse_request, request_secrets
 from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
 from engine.s3 import S3Uploader
@@ -64,8 +65,6 @@ from engine.workflow import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 NO_FILES = (
     "the workflow ran, but its output nodes saved no file (a node that only shows text or "
     "numbers returns none): add SaveImage, SaveVideo or another node that saves one"
@@ -78,30 +77,6 @@ ProgressSink = Callable[[dict[str, Any], str], None]
 # Per-step progress can arrive hundreds of times a second on a GPU; RunPod's
 # progress update is an HTTP POST each, so steps are sent at most this often.
 _PROGRESS_INTERVAL_S = 0.5
-
-
-@dataclasses.dataclass
-class _Arrival:
-    """One job as it arrived: what its watchdog and its answer need."""
-
-    job_id: str
-    job_input: Any
-    job_secrets: list[str]
-    """The request's own secrets (its Comfy.org key): redacted from every log line."""
-    secrets: list[str]
-    """Those and the worker's: redacted from the response."""
-    deadline: Deadline
-    progress: Callable[[ProgressEvent], None]
-    alone_on_engine: bool
-    """Whether the job, admitted while no other is in flight, runs on the engine thread
-    (engine/pipeline.py): only when what follows its run is bounded local work."""
-    started: float = dataclasses.field(default_factory=time.perf_counter)
-
-
-def _bound(job_id: str, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` with this thread's log lines bound to the job (a loop's executor)."""
-    with logs.bind_job(job_id):
-        return fn(*args)
 
 
 class _Progress:
@@ -146,20 +121,14 @@ class Worker:
         self.model_urls = ModelUrls(settings, runtime)
         self.uploader = uploader
         self.progress = progress
-        # Up to MAX_CONCURRENT_JOBS jobs in flight, each on a lane of its own; their runs
-        # take ComfyUI one at a time, in arrival order (engine/pipeline.py). A cancelled
-        # job's lane finishes (promptly, interrupted) before the lane takes another job.
-        self._pipeline = JobPipeline(settings.max_concurrent_jobs, runtime.job_thread)
-        # Set when a job's thread would not stop after its deadline: every later job gets
-        # this error (and RunPod a request for a fresh worker) instead of waiting on it.
-        self._stuck: WorkerStuckError | None = None
+        # Each job runs on its lane under its deadline (engine/job_watch.py); the watch
+        # reads this worker's settings and runtime at each use.
+        self._watch = JobWatch(self)
+        # The watch's pipeline: a job's run takes the engine's turn in it (_engine_turn).
+        self._pipeline = self._watch.pipeline
         # Each job's folders, made when it starts and emptied when it ends (their spares
         # renamed into the next job's, input folders shared by jobs that sent the same).
         self._files = JobFolders(runtime.directories, settings.work_dir)
-        # The deadline of every job in handle(), waiting or running: what cancel() flips.
-        self._deadlines = JobDeadlines()
-        # Answered jobs whose files are still to go (handle()'s clean_up_after).
-        self._tails = AnsweredJobs()
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: ProgressSink | None = None) -> Worker:
@@ -204,11 +173,11 @@ class Worker:
         """
         arrival = self._arrive(job)
         with (
-            self._deadlines.holding(arrival.job_id, arrival.deadline),
+            self._watch.deadlines.holding(arrival.job_id, arrival.deadline),
             logs.job_context(arrival.job_id, arrival.job_secrets),
         ):
             try:
-                result = self._run_within(arrival, clean_up_after)
+                result = self._watch.run_within(arrival, self.run, clean_up_after)
             except Exception as exc:
                 return self._failed(arrival, exc)
             return self._succeeded(arrival, result)
@@ -218,22 +187,20 @@ class Worker:
     ) -> dict[str, Any]:
         """:meth:`handle` for an event loop (``handler.py``, the runpod SDK's loop).
 
-        The job runs on its lane as with :meth:`handle`, under the same watchdog; what
-        differs is who waits for it: the loop itself, not a thread of the loop's executor
-        that waits for the lane (two thread hand-overs fewer per job: 64x64 jobs through
-        the SDK's local API server, four alternated runs, 0.99x-1.05x per pair,
-        docs/benchmarks.md). A
-        wait for a place, and the grace after a limit, still block a thread: the loop's
-        executor's, where they are rare. Log lines of the loop's own thread are bound to
-        the job only between its awaits: other jobs' coroutines run on that thread too.
+        The job runs on its lane as with :meth:`handle`, under the same watchdog, with
+        the loop waiting for it (``JobWatch.run_within_async``). Log lines of the loop's
+        own thread are bound to the job only between its awaits: other jobs' coroutines
+        run on that thread too.
         """
         arrival = self._arrive(job)
         with (
-            self._deadlines.holding(arrival.job_id, arrival.deadline),
+            self._watch.deadlines.holding(arrival.job_id, arrival.deadline),
             logs.job_secrets(arrival.job_id, arrival.job_secrets),
         ):
             try:
-                result = await self._run_within_async(arrival, clean_up_after)
+                result = await self._watch.run_within_async(
+                    arrival, self.run, clean_up_after, self._failed
+                )
             except asyncio.CancelledError:
                 # The caller stopped waiting (the runpod SDK cancels the handler's task on
                 # RunPod's stop): the job stops too, in whatever phase, as by cancel().
@@ -245,11 +212,11 @@ class Worker:
             with logs.bind_job(arrival.job_id):
                 return self._succeeded(arrival, result)
 
-    def _arrive(self, job: dict[str, Any]) -> _Arrival:
+    def _arrive(self, job: dict[str, Any]) -> Arrival:
         """What the job's watchdog and answer need, its deadline started."""
         job_input = job.get("input")
         job_secrets = request_secrets(job_input)
-        return _Arrival(
+        return Arrival(
             job_id=str(job.get("id") or f"local-{uuid.uuid4()}"),
             job_input=job_input,
             job_secrets=job_secrets,
@@ -271,7 +238,7 @@ class Worker:
             return True  # refused before it runs
         return job_input.get("convert_output") is None and job_input.get("frames_to_video") is None
 
-    def _failed(self, arrival: _Arrival, exc: Exception) -> dict[str, Any]:
+    def _failed(self, arrival: Arrival, exc: Exception) -> dict[str, Any]:
         """The contract's error shape for a job that raised."""
         took = time.perf_counter() - arrival.started
         if isinstance(exc, WorkerError):
@@ -285,7 +252,7 @@ class Worker:
         log.error("job failed in %.2f s: internal error %s", took, incident, exc_info=exc)
         return self._refresh(InternalError(incident, type(exc).__name__).to_response())
 
-    def _succeeded(self, arrival: _Arrival, result: dict[str, Any]) -> dict[str, Any]:
+    def _succeeded(self, arrival: Arrival, result: dict[str, Any]) -> dict[str, Any]:
         """The contract's response for a job that ran, redacted."""
         log.info(
             "job done in %.2f s: %d output(s), %d error(s); %s",
@@ -302,7 +269,7 @@ class Worker:
         """Before the process exits: remove the files of the jobs already answered now,
         rather than leave them to the next boot's sweep (``handler.py`` calls it at exit).
         Jobs still running are not waited for. Whether all went within ``timeout_s``."""
-        return self._tails.close(timeout_s)
+        return self._watch.close(timeout_s)
 
     def _refresh(self, response: dict[str, Any]) -> dict[str, Any]:
         """``REFRESH_WORKER=true`` (worker-comfyui's variable): every answer asks RunPod to
@@ -320,207 +287,12 @@ class Worker:
         flag), delivery stops waiting, and no later phase starts. It fails as
         interrupted, saying it was cancelled. False when no such job is here.
         """
-        reached = self._deadlines.cancel(job_id)
-        if reached:
-            log.warning("job %s cancelled", job_id or "(every job)")
-        return reached > 0
+        return self._watch.cancel(job_id)
 
-    def _run_within(
-        self, arrival: _Arrival, clean_up_after: threading.Event | None = None
-    ) -> dict[str, Any]:
-        """Run the job on its lane and answer by its deadline, whatever it does.
-
-        The lane is what makes the deadline hold: a job stuck anywhere (a child process
-        that never execs, an upload that never ends, a node deaf to interrupts) cannot
-        hold the answer back. Past the deadline ComfyUI is interrupted and the job gets
-        ``job_stop_grace_s`` to unwind; a job that does not is abandoned, and this worker
-        takes no further job and asks RunPod for a fresh one (:meth:`_overdue`).
-        """
-        ticket = self._admit(arrival.deadline, arrival.alone_on_engine)
-        outcome, phase = self._start(arrival, ticket, clean_up_after)
-        # wait_for(), then result(): a JobTimeoutError is also a TimeoutError, the very
-        # class Future.result() raises when it gives up, so the two must not share an except.
-        if arrival.deadline.wait_for(outcome):
-            return outcome.result()
-        return self._overdue(arrival, ticket, outcome, phase)
-
-    async def _run_within_async(
-        self, arrival: _Arrival, clean_up_after: threading.Event | None = None
-    ) -> dict[str, Any]:
-        """:meth:`_run_within` with the loop waiting (:meth:`handle_async`)."""
-        deadline = arrival.deadline
-        self._refuse_if_stuck()
-        alone_on_engine = arrival.alone_on_engine
-        ticket = None
-        if not deadline.expired():
-            ticket = self._pipeline.try_admit(alone_on_engine=alone_on_engine)
-        if ticket is None:  # the job waits for a place: on a thread, the loop serves on
-            ticket = await asyncio.to_thread(
-                _bound, arrival.job_id, self._admit, deadline, alone_on_engine
-            )
-        with logs.bind_job(arrival.job_id):
-            outcome, phase = self._start(arrival, ticket, clean_up_after)
-        try:
-            finished = await deadline.wait_for_async(outcome)
-        except asyncio.CancelledError:
-            # Nobody waits for the answer any more; the watchdog still does its part (the
-            # job's end logged, the worker out of service if the job does not stop).
-            deadline.cancel()
-            loop = asyncio.get_running_loop()
-            loop.run_in_executor(None, self._watch_unanswered, arrival, ticket, outcome, phase)
-            raise
-        if finished:
-            return outcome.result()
-        return await asyncio.to_thread(
-            _bound, arrival.job_id, self._overdue, arrival, ticket, outcome, phase
-        )
-
-    def _watch_unanswered(
-        self,
-        arrival: _Arrival,
-        ticket: Ticket,
-        outcome: Future[dict[str, Any]],
-        phase: Phase,
-    ) -> None:
-        """The watchdog of a job whose caller was cancelled: as :meth:`_run_within`
-        would go on after the cancel, with the answer logged and dropped."""
-        with logs.job_context(arrival.job_id, arrival.job_secrets):
-            try:
-                if outcome.done():
-                    outcome.result()
-                else:
-                    self._overdue(arrival, ticket, outcome, phase)
-            except Exception as exc:
-                self._failed(arrival, exc)
-
-    def _admit(self, deadline: Deadline, alone_on_engine: bool) -> Ticket:
-        """A place among the jobs in flight, in arrival order; a cancel or the limit ends
-        the wait with the job's own error."""
-        self._refuse_if_stuck()
-        ticket = self._pipeline.admit(deadline, _log_wait, alone_on_engine=alone_on_engine)
-        if ticket is None:
-            self._refuse_if_stuck()
-            raise deadline.exceeded("while the job waited for the previous one to finish")
-        return ticket
-
-    def _start(
-        self, arrival: _Arrival, ticket: Ticket, clean_up_after: threading.Event | None
-    ) -> tuple[Future[dict[str, Any]], Phase]:
-        """Hand the job to its lane (or the engine thread: ``Ticket.runs_on``); its answer
-        comes in the future, its phase is shown in the :class:`Phase` (the watchdog's log
-        line and error)."""
-        job_id, job_input, progress = arrival.job_id, arrival.job_input, arrival.progress
-        deadline = arrival.deadline
-        phase = Phase("start")
-        # The job's answer: set on its lane once its files are removed and its place is
-        # free, or, with ``clean_up_after``, as soon as it is known (the removal follows).
-        outcome: Future[dict[str, Any]] = Future()
-
-        def job() -> None:
-            cleanups: list[Callable[[], None]] | None = None if clean_up_after is None else []
-            answer: Callable[[], None] | None = None
-            held: list[Callable[[], None]] | None = None  # the cleanups that wait for the answer
-            try:
-                # The lane's lines are this job's; what waits for the engine thread on
-                # the lane (a pack imported there on first use) waits within its deadline.
-                with logs.bind_job(job_id), deadline.bound():
-                    try:
-                        result = self.run(
-                            job_id, job_input, progress, deadline, phase, ticket, cleanups
-                        )
-                        answer = functools.partial(outcome.set_result, result)
-                    except BaseException as exc:  # the watchdog below hands it on
-                        answer = functools.partial(outcome.set_exception, exc)
-                    if clean_up_after is not None and cleanups is not None:
-                        self._tails.begin()  # before the answer: close() waits for it
-                        held = cleanups
-                        answer()
-                        answer = None
-            finally:
-                if held is not None and ticket.runs_on is not ticket.lane:
-                    # A job alone, on the engine thread: the wait for its answer to be
-                    # sent and the removal of its files go to its own lane, so the
-                    # engine is free for the next run as soon as the answer is out.
-                    ticket.lane.submit(functools.partial(end, answer, held))
-                else:
-                    end(answer, held)
-
-        def end(answer: Callable[[], None] | None, held: list[Callable[[], None]] | None) -> None:
-            """The job's end: its files removed once its answer is sent (``held``), then
-            its place freed; ``answer`` is called last unless it is already out."""
-            with logs.bind_job(job_id):
-                try:
-                    if held is not None and clean_up_after is not None:
-                        try:
-                            self._tails.hold(clean_up_after)
-                            run_cleanups(held)
-                        finally:
-                            self._tails.end()
-                finally:
-                    try:
-                        self._pipeline.finish(ticket, self.runtime.after_job)
-                    except Exception as exc:
-                        if answer is None:  # the answer is out: only the log can say
-                            log.exception("cleaning up after a finished job failed")
-                        else:
-                            answer = functools.partial(outcome.set_exception, exc)
-                    if answer is not None:
-                        answer()
-
-        ticket.runs_on.submit(job)
-        return outcome, phase
-
-    def _overdue(
-        self,
-        arrival: _Arrival,
-        ticket: Ticket,
-        outcome: Future[dict[str, Any]],
-        phase: Phase,
-    ) -> dict[str, Any]:
-        """The job's limit passed or it was cancelled before it answered: interrupt it,
-        give it ``job_stop_grace_s`` to answer, else declare the worker stuck."""
-        job_id, deadline = arrival.job_id, arrival.deadline
-        if deadline.cancelled:
-            log.warning("job cancelled while %s; stopping it", phase.name)
-        else:
-            log.warning(
-                "job passed its %g s limit while %s; interrupting it", deadline.limit_s, phase.name
-            )
-        # Only while this job's run holds ComfyUI: its interrupt is global.
-        self._pipeline.interrupt(ticket, self.runtime.interrupt)
-        if wait([outcome], timeout=self.settings.job_stop_grace_s).done:
-            # Whatever the job makes of the interrupt (most often a JobTimeoutError that
-            # names the node) is its answer.
-            return outcome.result()
-        stuck = deadline.exceeded(f"while {phase.name}")
-        why = "was cancelled" if deadline.cancelled else "passed its time limit"
-        self._stuck = WorkerStuckError(
-            f"This worker is out of service: job {job_id} {why} while "
-            f"{phase.name} and did not stop within {self.settings.job_stop_grace_s:g} s",
-            ["RunPod replaces this worker; send the job again and a fresh worker takes it"],
-        )
-        self._pipeline.stop()  # the jobs waiting for a place or a turn stop waiting
-        log.error(
-            "job did not stop %g s after its %s (while %s): this worker takes no more "
-            "jobs and asks RunPod for a fresh one",
-            self.settings.job_stop_grace_s,
-            "cancel" if deadline.cancelled else "limit",
-            phase.name,
-        )
-        raise WorkerStuckError(
-            stuck.message,
-            [
-                *stuck.details,
-                f"The job did not stop within {self.settings.job_stop_grace_s:g} s of the limit "
-                "(JOB_STOP_GRACE_S), so RunPod is asked to replace this worker",
-            ],
-        )
-
-    def _refuse_if_stuck(self) -> None:
-        """Raise the stuck worker's error once a job would not stop (see :meth:`_run_within`)."""
-        if self._stuck is not None:
-            # A new exception each time: one raised again would grow its traceback per job.
-            raise WorkerStuckError(self._stuck.message, self._stuck.details)
+    @property
+    def _stuck(self) -> WorkerStuckError | None:
+        """The stuck worker's error once a job would not stop (``JobWatch.stuck``)."""
+        return self._watch.stuck
 
     def run(
         self,
@@ -534,8 +306,8 @@ class Worker:
     ) -> dict[str, Any]:
         """Run one job; raises a ``WorkerError`` for anything the user can fix.
 
-        Each phase starts only while the deadline holds; ``phase`` tells the watchdog in
-        :meth:`handle` where the job is, for its log line and error. With ``ticket`` (a
+        Each phase starts only while the deadline holds; ``phase`` tells the watchdog
+        (engine/job_watch.py) where the job is, for its log line and error. With ``ticket`` (a
         place in the pipeline) the run waits for the engine's turn; without one the
         caller sees to it that nothing else runs. With ``cleanups``, the removal of the
         job's files is appended there for the caller to run, however the job ends;
@@ -657,7 +429,7 @@ class Worker:
             return
         phase.enter("waiting for the engine", deadline)
         if not self._pipeline.take_engine(ticket, deadline):
-            self._refuse_if_stuck()
+            self._watch.refuse_if_stuck()
             raise deadline.exceeded("while the job waited for the run of the job before it")
         try:
             phase.enter("running the workflow", deadline)
@@ -745,10 +517,6 @@ class Worker:
             sent_graph=sent_graph,
         )
         return dataclasses.replace(spec, on_progress=progress) if progress else spec
-
-
-def _log_wait(in_flight: int) -> None:
-    log.info("job waits for a place: %d job(s) in flight (MAX_CONCURRENT_JOBS)", in_flight)
 
 
 def _unscope(file: OutputFile, folder: str) -> OutputFile:
