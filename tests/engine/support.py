@@ -1,18 +1,27 @@
 """Helpers for the real-engine tests: where ComfyUI is, workflows, test media.
 
 The tests run only where ``COMFYUI_PATH`` names a ComfyUI checkout, or where
-``scripts/setup.sh --with-comfyui`` installed one into ``comfyui/ComfyUI``; every
-module here carries :data:`ENGINE_MARKS`, which skips them, saying why, elsewhere (CI).
+``scripts/setup.sh --with-comfyui`` installed one into ``comfyui/ComfyUI``, and only in a
+Python that has torch (ComfyUI cannot start without it); every module here carries
+:data:`ENGINE_MARKS`, which skips them, saying why, elsewhere (CI, the dev venv).
+
+Custom node packs come from the folder ``COMFYUI_TEST_CUSTOM_NODES`` names or from the
+checkout's own ``custom_nodes/``. A pack named explicitly (the first) must import: its
+failure fails its tests, as the image environment's run must. A pack only found in the
+checkout (a developer's ComfyUI, used from a venv that may lack its requirements) that
+fails to import for a missing module has its tests skipped, naming the pack and the
+module (:func:`require_packs`, :func:`skip_packs_that_cannot_import`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,15 @@ def comfyui_checkout() -> tuple[Path | None, str]:
     path = Path(raw).expanduser()
     if not (path / "execution.py").is_file() or not (path / "comfy").is_dir():
         return None, f"COMFYUI_PATH={raw} is not a ComfyUI checkout (no execution.py, comfy/)"
+    if importlib.util.find_spec("torch") is None:
+        # Not a failure of the code under test: ComfyUI imports torch first thing. Any
+        # environment meant to run it (the image's, a CUDA host's) has torch, so there
+        # the tests still run, and fail on whatever else is missing.
+        return None, (
+            f"COMFYUI_PATH={raw} is set, but this Python has no torch, which ComfyUI needs "
+            "to start: run the real-engine tests with a venv that has ComfyUI's "
+            "requirements (the image environment, docs/runtime.md)"
+        )
     return path, ""
 
 
@@ -154,12 +172,55 @@ def pack_folders() -> list[Path]:
 
 
 def require_packs(*packs: str) -> None:
-    """Skip, saying where to put it, unless each pack is where the session loads packs."""
+    """Skip, saying where to put it, unless each pack is where the session loads packs;
+    skip, naming the missing module, when the session's ComfyUI could not import one
+    that is only in the checkout (:func:`skip_packs_that_cannot_import`)."""
     for pack in packs:
         if not any((folder / pack).is_dir() for folder in pack_folders()):
             pytest.skip(
                 f"custom node pack {pack} is not installed: put it in the folder "
                 f"{CUSTOM_NODES_ENV} names, or in the ComfyUI checkout's custom_nodes/"
+            )
+    skip_packs_that_cannot_import(failed_packs(), packs)
+
+
+def failed_packs() -> list[dict[str, str | None]]:
+    """The custom node packs this process's ComfyUI failed to import (at boot, or on
+    first use), as :func:`skip_packs_that_cannot_import` takes them (a child boot's
+    report carries its own)."""
+    from engine.runtime.pack_imports import RECORD
+
+    return [
+        {"pack": f.path.name, "module": f.missing_module, "error": f.error}
+        for f in RECORD.failed
+        if f.group == "custom_nodes"
+    ]
+
+
+def only_in_checkout(pack: str) -> bool:
+    """Whether ``pack`` comes from the checkout's ``custom_nodes/`` and not from the
+    folder ``COMFYUI_TEST_CUSTOM_NODES`` names (where a pack must import)."""
+    named = extra_custom_nodes()
+    if named is not None and (named / pack).exists():
+        return False
+    return COMFYUI_PATH is not None and (COMFYUI_PATH / "custom_nodes" / pack).exists()
+
+
+def skip_packs_that_cannot_import(
+    failed: Iterable[Mapping[str, str | None]], packs: Iterable[str] | None = None
+) -> None:
+    """Skip when one of ``packs`` (every pack when None) failed to import for a missing
+    module and is only in the checkout; a pack ``COMFYUI_TEST_CUSTOM_NODES`` names, or a
+    failure of another kind, is left to fail the test."""
+    wanted = None if packs is None else set(packs)
+    for entry in failed:
+        pack, module = str(entry["pack"]), entry.get("module")
+        if module and (wanted is None or pack in wanted) and only_in_checkout(pack):
+            pytest.skip(
+                f"custom node pack {pack} cannot be imported by this Python: module "
+                f"'{module}' is missing ({entry.get('error')}). It is in the ComfyUI "
+                f"checkout's custom_nodes/, so its tests skip: install its requirements, "
+                f"or name a folder holding it in {CUSTOM_NODES_ENV} to make this a failure"
             )
 
 

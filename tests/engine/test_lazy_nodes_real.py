@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from engine.runtime.comfy import ComfyRuntime
-from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS
+from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS, skip_packs_that_cannot_import
 from tests.unit.test_fast_save import encoder as png_encoder
 
 pytestmark = ENGINE_MARKS
@@ -36,6 +36,7 @@ sys.path.insert(0, os.environ["REPO"])
 from engine.runtime import JobSpec
 from engine.runtime.comfy import ComfyRuntime
 from engine.settings import Settings
+from engine.runtime.pack_imports import RECORD
 
 runtime = ComfyRuntime(Settings.from_env(os.environ))
 runtime.boot()
@@ -58,6 +59,8 @@ print(json.dumps({
     "count": count,
     "walked": walked,
     "pending_after_walk": len(lazy.pending_names()),
+    # As tests.engine.support.failed_packs (here the checkout's own tests/ shadows this repository's).
+    "failed_packs": [{"pack": f.path.name, "module": f.missing_module, "error": f.error} for f in RECORD.failed if f.group == "custom_nodes"],
 }))
 """
 
@@ -95,7 +98,9 @@ def test_a_deferred_node_type_runs_the_first_time_a_workflow_names_it(tmp_path: 
     assert report["outputs"] == ["3"]
     # Only the file the workflow needed was imported, and only when the job named it.
     assert report["loaded"] == ["nodes_post_processing.py"]
-    # A full walk imports the rest and sees exactly the types counted by name at boot.
+    # A full walk imports the rest and sees exactly the types counted by name at boot
+    # (a pack of the checkout that cannot import here is not this test's to judge).
+    skip_packs_that_cannot_import(report["failed_packs"])
     assert report["walked"] == report["count"]
     assert report["pending_after_walk"] == 0
 

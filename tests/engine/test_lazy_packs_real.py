@@ -26,6 +26,7 @@ from tests.engine.support import (
     empty_image,
     node,
     require_packs,
+    skip_packs_that_cannot_import,
 )
 
 pytestmark = ENGINE_MARKS
@@ -204,6 +205,9 @@ for i, workflow in enumerate(workflows):
     except WorkerError as exc:
         report["jobs"].append({"error": exc.message, "details": exc.details})
 report["loaded"] = [os.path.basename(p) for p in lazy.loaded_lazily]
+# As tests.engine.support.failed_packs (here the checkout's own tests/ shadows this repository's).
+from engine.runtime.pack_imports import RECORD
+report["failed_packs"] = [{"pack": f.path.name, "module": f.missing_module, "error": f.error} for f in RECORD.failed if f.group == "custom_nodes"]
 print(json.dumps(report))
 """
 
@@ -285,6 +289,9 @@ def test_a_deferred_pulid_answers_as_a_pulid_loaded_at_boot(tmp_path: Path) -> N
     _boot(tmp_path, "first", [])
     lazy = _boot(tmp_path, "lazy", [missing])
     eager = _boot(tmp_path, "eager", [missing], LAZY_PACKS="false")
+    skip_packs_that_cannot_import(
+        [*lazy["failed_packs"], *eager["failed_packs"]], ["PuLID_ComfyUI"]
+    )
     assert "PuLID_ComfyUI" in lazy["deferred"]
     assert "PuLID_ComfyUI" in lazy["loaded"]
     assert lazy["jobs"] == eager["jobs"]
