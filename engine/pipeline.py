@@ -129,6 +129,12 @@ class JobPipeline:
         self._runs.append(ticket)
         return ticket
 
+    def would_wait(self, ticket: Ticket) -> bool:
+        """Whether :meth:`take_engine` would wait now: another job's run holds the engine,
+        or a job admitted before this one has yet to run."""
+        with self._changed:
+            return self._engine is not None or (bool(self._runs) and self._runs[0] is not ticket)
+
     def take_engine(self, ticket: Ticket, deadline: Deadline) -> bool:
         """Wait until every job admitted before this one has run or left, and the engine
         is free; take it (True). False when the job must stop first, or the pipeline

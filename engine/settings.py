@@ -274,6 +274,10 @@ class Settings:
     model_cache_max_bytes: int = 100 * 1024**3
     # The largest single file: Wan 2.2 14B fp16 is 28.6 GB, the largest in ComfyUI's templates.
     model_max_file_bytes: int = 50 * 1024**3
+    model_prefetch_max_bytes: int = 16 * 1024**3
+    """``MODEL_PREFETCH_MAX_GB``: the most of a waiting job's model files read ahead into
+    the page cache while another job runs (engine.model_prefetch); 0: none. 16 GB holds
+    an SDXL checkpoint (6.5 GB) with its LoRAs and VAE, or a Flux fp8 set."""
     hf_token: str | None = field(default=None, repr=False)
     """``HF_TOKEN``: sent to huggingface.co and hf.co over https, nowhere else."""
     civitai_token: str | None = field(default=None, repr=False)
@@ -403,6 +407,7 @@ class Settings:
             on_runpod=get("RUNPOD_WEBHOOK_POST_OUTPUT") is not None,
             model_cache_max_bytes=int(number(float, "MODEL_CACHE_MAX_GB", 100.0, 0.001) * gb),
             model_max_file_bytes=int(number(float, "MODEL_MAX_FILE_GB", 50.0, 0.001) * gb),
+            model_prefetch_max_bytes=int(number(float, "MODEL_PREFETCH_MAX_GB", 16.0, 0) * gb),
             hf_token=get("HF_TOKEN"),
             civitai_token=get("CIVITAI_TOKEN"),
         )

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from engine.graph_checks import check_values
 from engine.inputs import BoundedFetcher, Fetcher, HttpFetcher, store_images
 from engine.job_files import JobFolders, job_folder, sweep_leftovers, temp_outputs
 from engine.job_watch import Arrival, JobWatch
+from engine.model_prefetch import Prefetcher
 from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
 from engine.pipeline import Ticket
@@ -114,11 +115,14 @@ class Worker:
         fetcher: Fetcher | None = None,
         uploader: Uploader | None = None,
         progress: ProgressSink | None = None,
+        prefetcher: Prefetcher | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.fetcher: Fetcher = fetcher or HttpFetcher(settings)
         self.model_urls = ModelUrls(settings, runtime)
+        # A waiting job's model files, read into the page cache while another job runs.
+        self.prefetcher = prefetcher or Prefetcher(settings.model_prefetch_max_bytes, runtime)
         self.uploader = uploader
         self.progress = progress
         # Each job runs on its lane under its deadline (engine/job_watch.py); the watch
@@ -368,7 +372,7 @@ class Worker:
                 # refuses fails while another job runs, not after it (ComfyUI's server
                 # validates a prompt while its prompt worker executes another, too).
                 spec = self.runtime.validate(spec)
-                with self._engine_turn(ticket, deadline, phase), logs.engine_job(job_id):
+                with self._engine_turn(ticket, deadline, phase, spec), logs.engine_job(job_id):
                     result = self.runtime.run(spec)
             except WorkflowValidationError as exc:
                 explain_unsent_files(
@@ -419,16 +423,20 @@ class Worker:
 
     @contextmanager
     def _engine_turn(
-        self, ticket: Ticket | None, deadline: Deadline, phase: Phase
+        self, ticket: Ticket | None, deadline: Deadline, phase: Phase, spec: JobSpec
     ) -> Iterator[None]:
         """Hold ComfyUI for the block (the run): after the jobs that arrived before this
-        one, and interrupted on a cancel only while this job holds it."""
+        one, and interrupted on a cancel only while this job holds it. While the job
+        waits for its turn, its model files are read ahead (engine/model_prefetch.py)."""
         if ticket is None:  # the caller runs one job at a time
             with deadline.on_cancel(self.runtime.interrupt):
                 yield
             return
         phase.enter("waiting for the engine", deadline)
-        if not self._pipeline.take_engine(ticket, deadline):
+        waits = self._pipeline.would_wait(ticket)  # alone, ComfyUI reads them at once
+        with self.prefetcher.during(spec.prompt_id, spec.workflow) if waits else nullcontext():
+            taken = self._pipeline.take_engine(ticket, deadline)
+        if not taken:
             self._watch.refuse_if_stuck()
             raise deadline.exceeded("while the job waited for the run of the job before it")
         try:

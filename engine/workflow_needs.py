@@ -330,6 +330,12 @@ def _missing_need(
     )
 
 
+def model_needs(workflow: Mapping[str, Any], engine: EngineView) -> tuple[ModelNeed, ...]:
+    """Every model file an API-format workflow's loaders name, found in the engine's
+    folders or not (``place`` tells no volume apart): what a job's run will load."""
+    return tuple(_model_needs(workflow, engine, ()))
+
+
 def _model_needs(
     api: Mapping[str, Any], engine: EngineView, volume_roots: Sequence[Path]
 ) -> Iterable[ModelNeed]:

@@ -292,3 +292,14 @@ def test_output_base64_is_a_data_uri_unless_bare_is_asked_for(
 ) -> None:
     env = {} if raw is None else {"OUTPUT_BASE64": raw}
     assert Settings.from_env(env).output_base64 == expected
+
+
+def test_model_prefetch_bound_defaults_to_16_gb_and_zero_turns_it_off() -> None:
+    assert Settings.from_env({}).model_prefetch_max_bytes == 16 * 1024**3
+    assert Settings.from_env({"MODEL_PREFETCH_MAX_GB": "0"}).model_prefetch_max_bytes == 0
+    assert (
+        Settings.from_env({"MODEL_PREFETCH_MAX_GB": "0.5"}).model_prefetch_max_bytes
+        == 512 * 1024**2
+    )
+    with pytest.raises(ConfigError, match="MODEL_PREFETCH_MAX_GB"):
+        Settings.from_env({"MODEL_PREFETCH_MAX_GB": "-1"})

@@ -1,0 +1,298 @@
+"""A waiting job's model files read ahead (engine/model_prefetch.py): which files, the
+bounds, the stop at the next chunk, and when the worker asks for it.
+
+The file system is a fake that counts chunks and can hold a read mid-file until the
+test lets it go: every stop is proven by events, never by timing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.model_prefetch import DiskReader, Prefetch, Prefetcher, files_to_read, mem_available
+from engine.settings import Settings
+from engine.worker import Worker
+from tests import workflows
+from tests.fake_runtime import FakeRuntime
+from tests.unit.test_worker_pipeline import answer_of, fake, handle_in_thread, make_worker
+
+_HANG_S = 10.0
+_GB = 1024**3
+
+
+class FakeFiles:
+    """Files by size; ``chunks`` counts what it hands out and, with ``hold_after``, waits
+    after that many chunks of a file until the test sets ``go``."""
+
+    def __init__(self, sizes: dict[Path, int], chunk: int = 10, hold_after: int | None = None):
+        self.sizes, self.chunk, self.hold_after = sizes, chunk, hold_after
+        self.unreadable: set[Path] = set()
+        self.opened: list[Path] = []
+        self.yielded: dict[Path, int] = {}
+        self.holding = threading.Event()
+        self.go = threading.Event()
+        self.closed: dict[Path, threading.Event] = {p: threading.Event() for p in sizes}
+
+    def size(self, path: Path) -> int:
+        if path not in self.sizes:
+            raise FileNotFoundError(path)
+        return self.sizes[path]
+
+    def chunks(self, path: Path) -> Generator[int, None, None]:
+        self.opened.append(path)
+        if path in self.unreadable:
+            raise PermissionError(path)
+        try:
+            done = chunks = 0
+            while done < self.sizes[path]:
+                if chunks == self.hold_after:
+                    self.holding.set()
+                    assert self.go.wait(_HANG_S)
+                step = min(self.chunk, self.sizes[path] - done)
+                done, chunks = done + step, chunks + 1
+                self.yielded[path] = done
+                yield step
+        finally:
+            self.closed[path].set()
+
+
+def meminfo(available_kb: int) -> str:
+    return f"MemTotal:       99999999 kB\nMemFree:  1 kB\nMemAvailable:   {available_kb} kB\n"
+
+
+def run_prefetch(prefetcher: Prefetcher, paths: list[Path]) -> Prefetch:
+    prefetch = prefetcher.start("job", lambda: paths)
+    assert prefetch.finished.wait(_HANG_S)
+    return prefetch
+
+
+# -- which files ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> FakeRuntime:
+    runtime = FakeRuntime(settings)
+    runtime.boot()
+    for folder in ("checkpoints", "loras"):
+        (runtime.models_dir / folder).mkdir(parents=True)
+    return runtime
+
+
+def put(path: Path, size: int = 4) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    return path
+
+
+def test_files_are_the_model_inputs_found_inside_the_model_folders(
+    runtime: FakeRuntime, tmp_path: Path
+) -> None:
+    """A loader's file, each once; a LoRA by link into another model folder; not an image
+    input, not a missing file, not a link that leads out of the model folders."""
+    models = runtime.models_dir
+    ckpt = put(models / "checkpoints" / "sd15" / "tiny.safetensors")
+    lora = put(models / "loras" / "styles" / "real.safetensors")
+    (models / "loras" / "linked.safetensors").symlink_to(lora)
+    outside = put(tmp_path / "elsewhere" / "secret.safetensors")
+    (models / "checkpoints" / "out.safetensors").symlink_to(outside)
+    put(runtime.directories.input / "x.png")
+    workflow: dict[str, Any] = {
+        "1": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": "sd15/tiny.safetensors"},
+        },
+        "2": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": "sd15/tiny.safetensors"},
+        },
+        "3": {"class_type": "LoraLoader", "inputs": {"lora_name": "linked.safetensors"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "out.safetensors"}},
+        "5": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "gone.safetensors"}},
+        "6": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+        "7": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "../../input/x.png"}},
+    }
+    assert files_to_read(workflow, runtime) == [ckpt.resolve(), lora.resolve()]
+
+
+def test_meminfo_gives_mem_available_in_bytes() -> None:
+    assert mem_available(meminfo(2048)) == 2048 * 1024
+    assert mem_available("MemTotal: 5 kB\n") is None
+    assert mem_available("") is None
+
+
+# -- the reading and its bounds ------------------------------------------------------------
+
+
+def test_files_are_read_through_within_the_max_bound_skipping_a_file_too_big(
+    runtime: FakeRuntime,
+) -> None:
+    """A 100-byte bound: 60 read, 50 skipped (over what remains), 30 still read after it."""
+    a, big, c = Path("/m/a"), Path("/m/big"), Path("/m/c")
+    files = FakeFiles({a: 60, big: 50, c: 30})
+    prefetcher = Prefetcher(100, runtime, files, meminfo=lambda: meminfo(10**9))
+    prefetch = run_prefetch(prefetcher, [a, big, c])
+    assert prefetch.read == [a, c] and prefetch.skipped == [big]
+    assert prefetch.bytes_read == 90 and files.yielded == {a: 60, c: 30}
+
+
+def test_never_more_than_half_of_mem_available(runtime: FakeRuntime) -> None:
+    """MemAvailable 100 kB: at most 50 kB read, whatever the configured bound."""
+    a, b = Path("/m/a"), Path("/m/b")
+    files = FakeFiles({a: 40 * 1024, b: 20 * 1024}, chunk=4096)
+    prefetcher = Prefetcher(16 * _GB, runtime, files, meminfo=lambda: meminfo(100))
+    prefetch = run_prefetch(prefetcher, [a, b])
+    assert prefetch.read == [a] and prefetch.skipped == [b]
+
+
+def test_an_unreadable_or_vanished_file_is_skipped_and_the_next_read(
+    runtime: FakeRuntime,
+) -> None:
+    locked, gone, ok = Path("/m/locked"), Path("/m/gone"), Path("/m/ok")
+    files = FakeFiles({locked: 10, ok: 10})
+    files.unreadable.add(locked)
+    prefetcher = Prefetcher(_GB, runtime, files, meminfo=lambda: "")
+    prefetch = run_prefetch(prefetcher, [locked, gone, ok])
+    assert prefetch.read == [ok] and prefetch.skipped == [locked, gone]
+
+
+def test_a_stop_ends_the_read_at_the_next_chunk(runtime: FakeRuntime) -> None:
+    """Held after the first chunk of five; stopped; the second chunk is the last."""
+    a, b = Path("/m/a"), Path("/m/b")
+    files = FakeFiles({a: 50, b: 10}, hold_after=1)
+    prefetcher = Prefetcher(_GB, runtime, files, meminfo=lambda: "")
+    prefetch = prefetcher.start("job", lambda: [a, b])
+    assert files.holding.wait(_HANG_S)
+    prefetch.stop()
+    files.go.set()
+    assert prefetch.finished.wait(_HANG_S)
+    assert files.yielded == {a: 20} and files.closed[a].is_set()
+    assert prefetch.read == [] and b not in files.opened
+
+
+def test_zero_turns_it_off(runtime: FakeRuntime, tmp_path: Path) -> None:
+    files = FakeFiles({})
+    prefetcher = Prefetcher(0, runtime, files)
+    with prefetcher.during("job", workflows.checkpoint("tiny.safetensors")) as prefetch:
+        assert prefetch is None
+
+
+def test_the_disk_reader_reads_a_real_file_through_in_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(bytes(range(256)) * 100)
+    reader = DiskReader(chunk_bytes=4096)
+    assert reader.size(path) == 25600
+    assert list(reader.chunks(path)) == [4096] * 6 + [1024]
+    with pytest.raises(FileNotFoundError):
+        list(reader.chunks(tmp_path / "missing"))
+
+
+# -- when the worker asks for it -----------------------------------------------------------
+
+
+def worker_with(settings: Settings, files: FakeFiles | None = None, jobs: int = 2) -> Worker:
+    worker = make_worker(settings, jobs=jobs)
+    if files is not None:
+        worker.prefetcher = Prefetcher(_GB, worker.runtime, files, meminfo=lambda: "")
+    return worker
+
+
+def checkpoint_on_disk(worker: Worker, size: int = 50) -> Path:
+    return put(fake(worker).models_dir / "checkpoints" / "tiny.safetensors", size).resolve()
+
+
+def waiting_with_checkpoint(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """A run that names a checkpoint and waits for the test's file (TestWaitFile)."""
+    cue, release = tmp_path / "cue", tmp_path / "release"
+    workflow = workflows.checkpoint("tiny.safetensors")
+    workflow["1"] = {
+        "class_type": "TestWaitFile",
+        "inputs": {"cue": str(cue), "release": str(release)},
+    }
+    return workflow, cue, release
+
+
+def test_a_job_that_waits_for_the_engine_reads_its_model_ahead_and_stops_at_its_turn(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A's run is held; B (a checkpoint, 5 chunks) reads its file meanwhile, held after
+    one chunk. When B's run starts (A let go), B's read stops at the next chunk while
+    B's run is still going."""
+    files = FakeFiles({}, hold_after=1)
+    worker = worker_with(settings, files)
+    ckpt = checkpoint_on_disk(worker)
+    files.sizes[ckpt], files.closed[ckpt] = 50, threading.Event()
+    runtime = fake(worker)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": workflows.hangs()}})
+    b_workflow, cue, release = waiting_with_checkpoint(tmp_path)
+    try:
+        assert runtime.hanging.wait(_HANG_S)
+        b = handle_in_thread(worker, {"id": "b", "input": {"workflow": b_workflow}})
+        assert files.holding.wait(_HANG_S)  # B reads while A's run holds the engine
+        assert files.opened == [ckpt] and a[0].is_alive()
+    finally:
+        runtime.release.set()
+    assert answer_of(*a)["errors"] == []
+    try:
+        wait_for_file(cue)  # B's run has begun: its turn came
+        files.go.set()
+        assert files.closed[ckpt].wait(_HANG_S)
+        assert files.yielded == {ckpt: 20}  # stopped at the next chunk, not read through
+        assert b[0].is_alive()  # and B's run still going: the turn stopped it
+    finally:
+        release.write_text("go")
+        files.go.set()
+    assert answer_of(*b)["errors"] == []
+
+
+def test_a_cancelled_waiting_job_stops_its_read_ahead(settings: Settings, tmp_path: Path) -> None:
+    files = FakeFiles({}, hold_after=1)
+    worker = worker_with(settings, files)
+    ckpt = checkpoint_on_disk(worker)
+    files.sizes[ckpt], files.closed[ckpt] = 50, threading.Event()
+    runtime = fake(worker)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": workflows.hangs()}})
+    try:
+        assert runtime.hanging.wait(_HANG_S)
+        b_input = {"workflow": workflows.checkpoint("tiny.safetensors")}
+        b = handle_in_thread(worker, {"id": "b", "input": b_input})
+        assert files.holding.wait(_HANG_S)
+        assert worker.cancel("b")
+        assert answer_of(*b)["code"] == "execution_interrupted"
+        files.go.set()
+        assert files.closed[ckpt].wait(_HANG_S)
+        assert files.yielded == {ckpt: 20}
+        assert a[0].is_alive()  # A's run untouched
+    finally:
+        runtime.release.set()
+        files.go.set()
+    assert answer_of(*a)["errors"] == []
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_job_alone_never_reads_ahead(settings: Settings, jobs: int) -> None:
+    """Nothing holds the engine: ComfyUI reads the file at once itself."""
+    worker = worker_with(settings, jobs=jobs)
+    checkpoint_on_disk(worker)
+    started: list[str] = []
+    original = worker.prefetcher.start
+
+    def noting(job_id: str, files: Any) -> Prefetch:
+        started.append(job_id)
+        return original(job_id, files)
+
+    worker.prefetcher.start = noting  # type: ignore[method-assign]
+    body = worker.handle(
+        {"id": "a", "input": {"workflow": workflows.checkpoint("tiny.safetensors")}}
+    )
+    assert body["errors"] == [] and started == []
+
+
+def wait_for_file(path: Path) -> None:
+    from tests.unit.test_pipeline import wait_until
+
+    wait_until(path.exists)
