@@ -296,3 +296,40 @@ def wait_for_file(path: Path) -> None:
     from tests.unit.test_pipeline import wait_until
 
     wait_until(path.exists)
+
+
+class CountingDisk(DiskReader):
+    """The real reader on real files, noting each file read through."""
+
+    def __init__(self) -> None:
+        super().__init__(chunk_bytes=64 * 1024)
+        self.read: dict[Path, int] = {}
+        self.through = threading.Event()
+
+    def chunks(self, path: Path) -> Generator[int, None, None]:
+        for count in super().chunks(path):
+            self.read[path] = self.read.get(path, 0) + count
+            yield count
+        self.through.set()
+
+
+def test_a_waiting_jobs_real_checkpoint_file_is_read_through_from_disk(
+    settings: Settings,
+) -> None:
+    """The worker with the real reader: B's 1 MiB checkpoint on disk is read whole while
+    A's run is held, and both jobs answer."""
+    disk = CountingDisk()
+    worker = make_worker(settings)
+    worker.prefetcher = Prefetcher(_GB, worker.runtime, disk)
+    ckpt = checkpoint_on_disk(worker, size=1024 * 1024)
+    runtime = fake(worker)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": workflows.hangs()}})
+    try:
+        assert runtime.hanging.wait(_HANG_S)
+        b_input = {"workflow": workflows.checkpoint("tiny.safetensors")}
+        b = handle_in_thread(worker, {"id": "b", "input": b_input})
+        assert disk.through.wait(_HANG_S)
+        assert disk.read == {ckpt: 1024 * 1024} and a[0].is_alive()
+    finally:
+        runtime.release.set()
+    assert answer_of(*a)["errors"] == [] and answer_of(*b)["errors"] == []
