@@ -19,7 +19,8 @@ its loader node's seconds and the pair's wall time (A sent to B answered) per se
 
     COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_prefetch.py --rounds 4
 
-Generated files live in a temporary folder. A benchmark, not a test: it prints figures.
+``--warm`` keeps the page cache: the file is cached, and read-ahead finds nothing to
+read (what it costs then). Generated files live in a temporary folder. A benchmark, not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -158,12 +159,17 @@ def main() -> int:
         "--rounds", type=int, default=4, help="alternated rounds (a pair per setting)"
     )
     parser.add_argument("--hold-s", type=float, default=6.0, help="seconds job A holds the engine")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="keep the page cache (the file stays cached): what read-ahead costs when it has nothing to do",
+    )
     parser.add_argument("--max-gb", type=float, default=16.0, help="MODEL_PREFETCH_MAX_GB when on")
     args = parser.parse_args()
     if not args.comfyui:
         print("set COMFYUI_PATH (or --comfyui): this benchmark runs the real engine")
         return 2
-    if not os.access(_DROP_CACHES, os.W_OK):
+    if not args.warm and not os.access(_DROP_CACHES, os.W_OK):
         print(f"skipped: {_DROP_CACHES} is not writable (run as root), so no read is cold")
         return 0
     logging.basicConfig(level=logging.WARNING)
@@ -203,7 +209,8 @@ def main() -> int:
         print(
             f"engine: ComfyUI at {args.comfyui}; {os.cpu_count()} CPU(s); load average"
             f" {os.getloadavg()[0]:.2f}; job A holds the engine {args.hold_s} s; job B loads a"
-            f" {size_gb:.2f} GB SD1.5-shaped checkpoint (random weights) from a cold page cache",
+            f" {size_gb:.2f} GB SD1.5-shaped checkpoint (random weights) from a"
+            f" {'warm' if args.warm else 'cold'} page cache",
             flush=True,
         )
         figures: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
@@ -215,7 +222,8 @@ def main() -> int:
                 os.link(source, checkpoints / name)  # a new name: ComfyUI's cache misses
                 runtime.forget_model_files("checkpoints")
                 worker.prefetcher.max_bytes = on_bytes if setting == "on" else 0
-                drop_caches()
+                if not args.warm:
+                    drop_caches()
                 result = pair(worker, runtime, serial, args.hold_s, name)
                 with contextlib.suppress(OSError):
                     (checkpoints / name).unlink()

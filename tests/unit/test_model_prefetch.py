@@ -7,6 +7,7 @@ test lets it go: every stop is proven by events, never by timing.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -189,6 +190,57 @@ def test_the_disk_reader_reads_a_real_file_through_in_chunks(tmp_path: Path) -> 
     assert list(reader.chunks(path)) == [4096] * 6 + [1024]
     with pytest.raises(FileNotFoundError):
         list(reader.chunks(tmp_path / "missing"))
+
+
+class CopyCounting(DiskReader):
+    """The real reader, counting the chunks it copies from the file."""
+
+    def __init__(self) -> None:
+        super().__init__(chunk_bytes=64 * 1024)
+        self.copied = 0
+
+    def _read(self, fd: int, offset: int) -> int:
+        self.copied += 1
+        return super()._read(fd, offset)
+
+
+def cached_page(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return bool(os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT))
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+_NOWAIT = pytest.mark.skipif(
+    not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT here (Linux only): every chunk is read"
+)
+
+
+@_NOWAIT
+def test_a_file_already_in_the_page_cache_is_not_copied_again(tmp_path: Path) -> None:
+    path = tmp_path / "warm.safetensors"
+    path.write_bytes(os.urandom(256 * 1024))  # just written: in the page cache
+    if not cached_page(path):
+        pytest.skip("this file system does not answer RWF_NOWAIT reads from its cache")
+    reader = CopyCounting()
+    assert sum(reader.chunks(path)) == 256 * 1024 and reader.copied == 0
+
+
+@_NOWAIT
+def test_a_file_out_of_the_page_cache_is_read_chunk_by_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "cold.safetensors"
+    with path.open("wb") as f:
+        f.write(os.urandom(256 * 1024))
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: evicted
+    if cached_page(path):
+        pytest.skip("this file system keeps the file in memory (tmpfs): nothing is cold")
+    reader = CopyCounting()
+    assert sum(reader.chunks(path)) == 256 * 1024 and reader.copied >= 1
 
 
 # -- when the worker asks for it -----------------------------------------------------------
