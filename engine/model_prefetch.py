@@ -38,6 +38,7 @@ CHUNK_BYTES = 8 * 1024 * 1024
 prompt (8 MiB at 100 MB/s: 80 ms)."""
 
 _PAGE_BYTES = 4096
+_SAMPLES = 16
 _MEMINFO = Path("/proc/meminfo")
 
 
@@ -63,23 +64,25 @@ class FileReader(Protocol):
 
 
 class DiskReader:
-    """:class:`FileReader` on the real file system: ``os.preadv`` into one reused buffer.
+    """:class:`FileReader` on the real file system: ``os.readv`` into one reused buffer.
 
     ``posix_fadvise(WILLNEED)`` was tried first and measured ineffective on a cloud VM's
     disk (the kernel may ignore it); a plain read fills the page cache everywhere. The
     read releases the GIL, so the engine thread runs on meanwhile.
 
-    A chunk already in the page cache is not copied again: where the kernel has
-    ``RWF_NOWAIT`` (Linux), the first and last page of each chunk are read with it, which
-    answers at once from the cache or refuses (``EAGAIN``, starting the kernel's own
-    read-ahead); a chunk whose two pages answered is counted and skipped. The usual
-    case, a model every job names, costs one small read per chunk, not a copy of the file.
+    A file already in the page cache is not copied again: where the kernel has
+    ``RWF_NOWAIT`` (Linux), pages spread over the file are read with it first, which
+    answers at once from the cache or refuses (``EAGAIN``); when every one answers, the
+    file is taken as cached and not read. The usual case, a model every job names, then
+    costs a few small reads, not a copy of the file. Otherwise the file is read whole,
+    front to back, so the kernel's own read-ahead keeps ahead of each read (skipping the
+    chunks found cached one by one broke that: 2.1 GB cold in 3.97 s against 2.83 s).
     """
 
-    def __init__(self, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, chunk_bytes: int = CHUNK_BYTES, *, skip_cached: bool = True) -> None:
         self._buffer = bytearray(chunk_bytes)  # one thread reads: one buffer
         self._page = bytearray(_PAGE_BYTES)
-        self._nowait: int | None = getattr(os, "RWF_NOWAIT", None)
+        self._nowait: int | None = getattr(os, "RWF_NOWAIT", None) if skip_cached else None
 
     def size(self, path: Path) -> int:
         return path.stat().st_size
@@ -87,35 +90,30 @@ class DiskReader:
     def chunks(self, path: Path) -> Generator[int, None, None]:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            size, offset = os.fstat(fd).st_size, 0
-            while offset < size:
-                step = min(len(self._buffer), size - offset)
-                if self._cached(fd, offset, step):
-                    count = step
-                else:
-                    count = self._read(fd, offset)
-                    if not count:  # the file shrank meanwhile
-                        return
-                offset += count
+            size = os.fstat(fd).st_size
+            if self._cached(fd, size):
+                yield size
+                return
+            while count := self._read(fd):
                 yield count
         finally:
             os.close(fd)
 
-    def _read(self, fd: int, offset: int) -> int:
-        """Read one chunk at ``offset`` into the buffer; the bytes read."""
-        return os.preadv(fd, [self._buffer], offset)
+    def _read(self, fd: int) -> int:
+        """Read the next chunk into the buffer; the bytes read (0 at the end)."""
+        return os.readv(fd, [self._buffer])
 
-    def _cached(self, fd: int, offset: int, step: int) -> bool:
-        """Whether the chunk's first and last pages are in the page cache."""
-        if self._nowait is None:
+    def _cached(self, fd: int, size: int) -> bool:
+        """Whether ``_SAMPLES`` pages spread over the file are all in the page cache."""
+        if self._nowait is None or size == 0:
             return False
         try:
-            for at in {offset, max(offset, offset + step - _PAGE_BYTES)}:
-                if not os.preadv(fd, [self._page], at, self._nowait):
+            for at in sorted({size * n // _SAMPLES for n in range(_SAMPLES)} | {size - 1}):
+                if not os.preadv(fd, [self._page], at - at % _PAGE_BYTES, self._nowait):
                     return False
-        except BlockingIOError:  # not cached: the kernel starts reading it
+        except BlockingIOError:  # not cached
             return False
-        except OSError:  # a file system without it: read every chunk
+        except OSError:  # a file system without it: read every file
             self._nowait = None
             return False
         return True
