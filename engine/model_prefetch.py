@@ -174,6 +174,9 @@ class Prefetch:
     read: list[Path] = field(default_factory=list)
     """Files read whole."""
     bytes_read: int = 0
+    """Bytes read, or found cached (:class:`DiskReader`)."""
+    seconds: float = 0.0
+    """How long the read-ahead took, to its end or its stop."""
     skipped: list[Path] = field(default_factory=list)
     """Files left out: over the bound, or not readable."""
 
@@ -263,11 +266,12 @@ class Prefetcher:
                 continue
             if self._read_file(prefetch, path):
                 prefetch.read.append(path)
+        prefetch.seconds = time.perf_counter() - started
         if prefetch.bytes_read:
             log.info(
                 "read %.2f GB of model files ahead of the run in %.2f s%s",
                 prefetch.bytes_read / 1e9,
-                time.perf_counter() - started,
+                prefetch.seconds,
                 " (stopped: the job's turn came, or it ended)" if prefetch.stopped.is_set() else "",
             )
 

@@ -203,6 +203,15 @@ def main() -> int:
         runtime = RunStarts(ComfyRuntime(settings))
         worker = Worker(settings, runtime)  # type: ignore[arg-type]
         worker.boot()
+        # Each pair's read-ahead, to say how much it read before B's turn.
+        prefetches: list[Any] = []
+        start = worker.prefetcher.start
+
+        def noting(job_id: str, files: Any) -> Any:
+            prefetches.append(start(job_id, files))
+            return prefetches[-1]
+
+        worker.prefetcher.start = noting  # type: ignore[method-assign]
         source = write_sd15_checkpoint(work / "sd15-random.safetensors")
         size_gb = source.stat().st_size / 1e9
         on_bytes = settings.model_prefetch_max_bytes
@@ -224,15 +233,20 @@ def main() -> int:
                 worker.prefetcher.max_bytes = on_bytes if setting == "on" else 0
                 if not args.warm:
                     drop_caches()
+                prefetches.clear()
                 result = pair(worker, runtime, serial, args.hold_s, name)
                 with contextlib.suppress(OSError):
                     (checkpoints / name).unlink()
+                for prefetch in prefetches:
+                    prefetch.finished.wait(60)
+                result["ahead_gb"] = sum(p.bytes_read for p in prefetches) / 1e9
+                result["ahead_s"] = sum(p.seconds for p in prefetches)
                 if round_no:
                     figures[setting].append(result)
                     print(
                         f"  round {round_no} read-ahead {setting:3}: B's run {result['execute_s']:.2f} s"
                         f" (loader {result['loader_s']:.2f} s, waited {result['wait_s']:.2f} s),"
-                        f" pair {result['wall_s']:.2f} s; load {os.getloadavg()[0]:.2f}",
+                        f" pair {result['wall_s']:.2f} s; read ahead {result['ahead_gb']:.2f} GB in {result['ahead_s']:.2f} s; load {os.getloadavg()[0]:.2f}",
                         flush=True,
                     )
         print("medians:")
