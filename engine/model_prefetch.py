@@ -269,7 +269,7 @@ class Prefetcher:
         prefetch.seconds = time.perf_counter() - started
         if prefetch.bytes_read:
             log.info(
-                "read %.2f GB of model files ahead of the run in %.2f s%s",
+                "model files ahead of the run: %.2f GB read or found cached in %.2f s%s",
                 prefetch.bytes_read / 1e9,
                 prefetch.seconds,
                 " (stopped: the job's turn came, or it ended)" if prefetch.stopped.is_set() else "",
