@@ -76,6 +76,41 @@ BUNDLED_CHECKOUT = Path(__file__).resolve().parents[1] / "comfyui" / "ComfyUI"
 """Where ``scripts/setup.sh --with-comfyui`` installs the pinned ComfyUI (the runtime's fallback)."""
 
 
+SLEEP_NODE = '''
+import time
+import comfy.model_management
+
+
+class BenchSleep:
+    """Sleeps holding no lock, as a GPU kernel keeps the engine busy and the CPU free."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.5})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # never served from the cache
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "bench"
+
+    def run(self, image, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(min(0.01, max(0.0, end - time.monotonic())))
+        return (image,)
+
+
+NODE_CLASS_MAPPINGS = {"BenchSleep": BenchSleep}
+'''
+"""A custom node, ``BenchSleep``: it holds the engine for ``seconds``, sleeping with no lock
+(as a GPU kernel keeps the engine busy and leaves the CPU free), interruptible, never
+cached; written into a temporary ``custom_nodes`` folder by the benchmarks that need it."""
+
+
 def comfyui_checkout(value: str | None) -> Path:
     """The checkout ``--comfyui`` or ``COMFYUI_PATH`` names, else setup.sh's; exits if none."""
     if not value:

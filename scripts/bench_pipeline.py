@@ -58,6 +58,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _bench_common import SLEEP_NODE  # noqa: E402
+
 BUCKET = "bench"
 _KEYS = {"BUCKET_ACCESS_KEY_ID": "bench-key", "BUCKET_SECRET_ACCESS_KEY": "bench-secret"}
 
@@ -206,37 +208,6 @@ def _world_flags(args: argparse.Namespace) -> list[str]:
 
 # -- the engine: a stand-in, or ComfyUI with a sleeping custom node ----------------------
 
-_SLEEP_NODE = '''
-import time
-import comfy.model_management
-
-
-class BenchSleep:
-    """Sleeps holding no lock, as a GPU kernel keeps the engine busy and the CPU free."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.5})}}
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")  # never served from the cache
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-    CATEGORY = "bench"
-
-    def run(self, image, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            time.sleep(min(0.01, max(0.0, end - time.monotonic())))
-        return (image,)
-
-
-NODE_CLASS_MAPPINGS = {"BenchSleep": BenchSleep}
-'''
-
 
 class SleepRuntime:
     """A stand-in engine for the three nodes of the benchmark's workflow: LoadImage reads
@@ -341,7 +312,7 @@ def make_runtime(args: argparse.Namespace, work: Path) -> tuple[Metered, dict[st
 
     nodes = work / "custom_nodes"
     (nodes / "bench_sleep").mkdir(parents=True)
-    (nodes / "bench_sleep" / "__init__.py").write_text(_SLEEP_NODE)
+    (nodes / "bench_sleep" / "__init__.py").write_text(SLEEP_NODE)
     yaml = work / "extra_model_paths.yaml"
     yaml.write_text(f"bench:\n  custom_nodes: {nodes}\n")
     env = {

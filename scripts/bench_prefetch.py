@@ -40,38 +40,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _bench_common import SLEEP_NODE  # noqa: E402
+
 _DROP_CACHES = Path("/proc/sys/vm/drop_caches")
-
-_HOLD_NODE = '''
-import time
-import comfy.model_management
-
-
-class BenchHold:
-    """Holds the engine, sleeping without a lock (as a GPU kernel would), then an image."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 1.0})}}
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")  # never served from the cache
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-    CATEGORY = "bench"
-
-    def run(self, image, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            time.sleep(min(0.01, max(0.0, end - time.monotonic())))
-        return (image,)
-
-
-NODE_CLASS_MAPPINGS = {"BenchHold": BenchHold}
-'''
 
 
 def holding(seconds: float, prefix: str) -> dict[str, Any]:
@@ -81,7 +52,7 @@ def holding(seconds: float, prefix: str) -> dict[str, Any]:
             "class_type": "EmptyImage",
             "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
         },
-        "2": {"class_type": "BenchHold", "inputs": {"image": ["1", 0], "seconds": seconds}},
+        "2": {"class_type": "BenchSleep", "inputs": {"image": ["1", 0], "seconds": seconds}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }
 
@@ -185,8 +156,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-prefetch-") as tmp:
         work = Path(tmp)
         nodes, checkpoints = work / "custom_nodes", work / "models" / "checkpoints"
-        (nodes / "bench_hold").mkdir(parents=True)
-        (nodes / "bench_hold" / "__init__.py").write_text(_HOLD_NODE)
+        (nodes / "bench_sleep").mkdir(parents=True)
+        (nodes / "bench_sleep" / "__init__.py").write_text(SLEEP_NODE)
         checkpoints.mkdir(parents=True)
         yaml = work / "extra_model_paths.yaml"
         yaml.write_text(f"bench:\n  custom_nodes: {nodes}\n  checkpoints: {checkpoints}\n")
