@@ -45,15 +45,30 @@ from _bench_common import SLEEP_NODE  # noqa: E402
 _DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
-def holding(seconds: float, prefix: str) -> dict[str, Any]:
-    """Job A: an image, a node that holds the engine, a save."""
-    return {
-        "1": {
+def holding(seconds: float, prefix: str, ckpt_name: str | None = None) -> dict[str, Any]:
+    """Job A: an image, a node that holds the engine, a save; with ``ckpt_name``, the
+    image is that checkpoint's VAE decoding an 8x8 latent, so A's run starts by loading
+    a model of its own, as a run on a GPU does."""
+    if ckpt_name is None:
+        image: dict[str, Any] = {
             "class_type": "EmptyImage",
             "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
-        },
+        }
+        extra: dict[str, Any] = {}
+    else:
+        image = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["5", 2]}}
+        extra = {
+            "5": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+            "6": {
+                "class_type": "EmptyLatentImage",
+                "inputs": {"width": 64, "height": 64, "batch_size": 1},
+            },
+        }
+    return {
+        "1": image,
         "2": {"class_type": "BenchSleep", "inputs": {"image": ["1", 0], "seconds": seconds}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+        **extra,
     }
 
 
@@ -90,8 +105,15 @@ def drop_caches() -> None:
     _DROP_CACHES.write_text("1\n")
 
 
-def pair(worker: Any, runtime: RunStarts, serial: int, hold_s: float, ckpt: str) -> dict[str, Any]:
-    """A then B, on two callers; B's stats and the pair's wall time."""
+def pair(
+    worker: Any,
+    runtime: RunStarts,
+    serial: int,
+    hold_s: float,
+    ckpt: str,
+    a_ckpt: str | None = None,
+) -> dict[str, Any]:
+    """A then B, on two callers; B's stats, A's run and the pair's wall time."""
     answers: dict[str, dict[str, Any]] = {}
     a_id, b_id = f"a-{serial}", f"b-{serial}"
     runtime.started[a_id] = threading.Event()
@@ -100,7 +122,7 @@ def pair(worker: Any, runtime: RunStarts, serial: int, hold_s: float, ckpt: str)
         answers[job_id] = worker.handle({"id": job_id, "input": {"workflow": workflow}})
 
     started = time.perf_counter()
-    a = threading.Thread(target=call, args=(a_id, holding(hold_s, "a")))
+    a = threading.Thread(target=call, args=(a_id, holding(hold_s, "a", a_ckpt)))
     a.start()
     if not runtime.started[a_id].wait(120):
         raise RuntimeError("job A's run never started")
@@ -118,6 +140,7 @@ def pair(worker: Any, runtime: RunStarts, serial: int, hold_s: float, ckpt: str)
         "execute_s": stats["execute_s"],
         "loader_s": stats["nodes"].get("1", 0.0),
         "wait_s": stats["wait_s"],
+        "a_execute_s": answers[a_id]["stats"]["execute_s"],
     }
 
 
@@ -136,6 +159,12 @@ def main() -> int:
         help="keep the page cache (the file stays cached): what read-ahead costs when it has nothing to do",
     )
     parser.add_argument("--max-gb", type=float, default=16.0, help="MODEL_PREFETCH_MAX_GB when on")
+    parser.add_argument(
+        "--a-loads",
+        action="store_true",
+        help="job A's run starts by loading a checkpoint of its own (another file, cold too):"
+        " B's read-ahead then shares the disk with A's load",
+    )
     args = parser.parse_args()
     if not args.comfyui:
         print("set COMFYUI_PATH (or --comfyui): this benchmark runs the real engine")
@@ -184,6 +213,8 @@ def main() -> int:
 
         worker.prefetcher.start = noting  # type: ignore[method-assign]
         source = write_sd15_checkpoint(work / "sd15-random.safetensors")
+        # A's own file: another inode, so reading one never caches the other.
+        a_source = write_sd15_checkpoint(work / "sd15-a.safetensors") if args.a_loads else None
         size_gb = source.stat().st_size / 1e9
         on_bytes = settings.model_prefetch_max_bytes
         print(
@@ -200,14 +231,18 @@ def main() -> int:
                 serial += 1
                 name = f"b-{serial}.safetensors"
                 os.link(source, checkpoints / name)  # a new name: ComfyUI's cache misses
+                a_name = f"a-{serial}.safetensors" if a_source is not None else None
+                if a_source is not None and a_name is not None:
+                    os.link(a_source, checkpoints / a_name)
                 runtime.forget_model_files("checkpoints")
                 worker.prefetcher.max_bytes = on_bytes if setting == "on" else 0
                 if not args.warm:
                     drop_caches()
                 prefetches.clear()
-                result = pair(worker, runtime, serial, args.hold_s, name)
-                with contextlib.suppress(OSError):
-                    (checkpoints / name).unlink()
+                result = pair(worker, runtime, serial, args.hold_s, name, a_name)
+                for used in [name] if a_name is None else [name, a_name]:
+                    with contextlib.suppress(OSError):
+                        (checkpoints / used).unlink()
                 for prefetch in prefetches:
                     prefetch.finished.wait(60)
                 result["ahead_gb"] = sum(p.bytes_read for p in prefetches) / 1e9
@@ -215,7 +250,8 @@ def main() -> int:
                 if round_no:
                     figures[setting].append(result)
                     print(
-                        f"  round {round_no} read-ahead {setting:3}: B's run {result['execute_s']:.2f} s"
+                        f"  round {round_no} read-ahead {setting:3}: A's run {result['a_execute_s']:.2f} s,"
+                        f" B's run {result['execute_s']:.2f} s"
                         f" (loader {result['loader_s']:.2f} s, waited {result['wait_s']:.2f} s),"
                         f" pair {result['wall_s']:.2f} s; read ahead {result['ahead_gb']:.2f} GB in {result['ahead_s']:.2f} s; load {os.getloadavg()[0]:.2f}",
                         flush=True,
@@ -224,7 +260,8 @@ def main() -> int:
         for setting in ("on", "off"):
             rows = figures[setting]
             print(
-                f"  read-ahead {setting:3}: B's run {statistics.median(r['execute_s'] for r in rows):.2f} s,"
+                f"  read-ahead {setting:3}: A's run {statistics.median(r['a_execute_s'] for r in rows):.2f} s,"
+                f" B's run {statistics.median(r['execute_s'] for r in rows):.2f} s,"
                 f" loader {statistics.median(r['loader_s'] for r in rows):.2f} s,"
                 f" pair {statistics.median(r['wall_s'] for r in rows):.2f} s"
             )
@@ -232,12 +269,18 @@ def main() -> int:
             off["wall_s"] / on["wall_s"]
             for on, off in zip(figures["on"], figures["off"], strict=True)
         ]
+        a_ratios = [
+            off["a_execute_s"] / on["a_execute_s"]
+            for on, off in zip(figures["on"], figures["off"], strict=True)
+        ]
         run_ratios = [
             off["execute_s"] / on["execute_s"]
             for on, off in zip(figures["on"], figures["off"], strict=True)
         ]
         print(
-            f"per round, off/on: B's run {statistics.median(run_ratios):.2f}x"
+            f"per round, off/on: A's run {statistics.median(a_ratios):.2f}x"
+            f" ({min(a_ratios):.2f}-{max(a_ratios):.2f}),"
+            f" B's run {statistics.median(run_ratios):.2f}x"
             f" ({min(run_ratios):.2f}-{max(run_ratios):.2f}), pair"
             f" {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         )
