@@ -165,6 +165,12 @@ def main() -> int:
         help="job A's run starts by loading a checkpoint of its own (another file, cold too):"
         " B's read-ahead then shares the disk with A's load",
     )
+    parser.add_argument(
+        "--a-cached",
+        action="store_true",
+        help="with --a-loads, A's file is in the page cache as the pair starts, as when A"
+        " waited behind another job and was read ahead itself: a stream's steady state",
+    )
     args = parser.parse_args()
     if not args.comfyui:
         print("set COMFYUI_PATH (or --comfyui): this benchmark runs the real engine")
@@ -238,6 +244,10 @@ def main() -> int:
                 worker.prefetcher.max_bytes = on_bytes if setting == "on" else 0
                 if not args.warm:
                     drop_caches()
+                if args.a_cached and a_source is not None:
+                    with a_source.open("rb") as cached:  # into the page cache, whole
+                        while cached.read(8 << 20):
+                            pass
                 prefetches.clear()
                 result = pair(worker, runtime, serial, args.hold_s, name, a_name)
                 for used in [name] if a_name is None else [name, a_name]:

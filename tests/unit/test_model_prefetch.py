@@ -7,6 +7,7 @@ test lets it go: every stop is proven by events, never by timing.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Generator
@@ -192,11 +193,26 @@ def test_the_disk_reader_reads_a_real_file_through_in_chunks(tmp_path: Path) -> 
         list(reader.chunks(tmp_path / "missing"))
 
 
-class CopyCounting(DiskReader):
-    """The real reader, counting the chunks it copies from the file."""
+def test_the_disk_reader_copies_where_sendfile_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(bytes(range(256)) * 100)
 
-    def __init__(self) -> None:
-        super().__init__(chunk_bytes=64 * 1024)
+    def refused(*args: object) -> int:
+        raise OSError(errno.EINVAL, "sendfile refused")
+
+    monkeypatch.setattr(os, "sendfile", refused)
+    reader = DiskReader(chunk_bytes=4096, skip_cached=False)
+    assert list(reader.chunks(path)) == [4096] * 6 + [1024]
+    assert list(reader.chunks(path)) == [4096] * 6 + [1024]  # and copies from then on
+
+
+class CopyCounting(DiskReader):
+    """The real reader, counting the chunks it reads from the file."""
+
+    def __init__(self, copy: bool = False) -> None:
+        super().__init__(chunk_bytes=64 * 1024, copy=copy)
         self.copied = 0
 
     def _read(self, fd: int) -> int:
@@ -230,7 +246,10 @@ def test_a_file_already_in_the_page_cache_is_not_copied_again(tmp_path: Path) ->
 
 
 @_NOWAIT
-def test_a_file_out_of_the_page_cache_is_read_chunk_by_chunk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy", [False, True], ids=["sendfile", "readv"])
+def test_a_file_out_of_the_page_cache_is_read_chunk_by_chunk_into_it(
+    tmp_path: Path, copy: bool
+) -> None:
     path = tmp_path / "cold.safetensors"
     with path.open("wb") as f:
         f.write(os.urandom(256 * 1024))
@@ -239,8 +258,9 @@ def test_a_file_out_of_the_page_cache_is_read_chunk_by_chunk(tmp_path: Path) -> 
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: evicted
     if cached_page(path):
         pytest.skip("this file system keeps the file in memory (tmpfs): nothing is cold")
-    reader = CopyCounting()
+    reader = CopyCounting(copy)
     assert sum(reader.chunks(path)) == 256 * 1024 and reader.copied >= 1
+    assert cached_page(path)  # what it is for: the run finds the file in the page cache
 
 
 # -- when the worker asks for it -----------------------------------------------------------
