@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024 * 1024
 """One read. Between two reads the reading thread takes the GIL back, and each time it
 does, the running job's Python (a model being loaded) waits for it: with 8 MiB reads a
-run that loaded a checkpoint while 2.1 GB was read ahead took 0.86x of its time alone,
-with 64 MiB 0.96x (``scripts/bench_prefetch.py --a-loads --a-cached``). A stop does not
+run that loaded a checkpoint while 2.1 GB was read ahead ran at 0.86x of its speed
+alone (its time alone over its time with them), with 64 MiB at 0.96x
+(``scripts/bench_prefetch.py --a-loads --a-cached``). A stop does not
 wait for the read under way (at most 64 MiB more of the file goes on being read)."""
 
 _PAGE_BYTES = 4096
