@@ -111,6 +111,22 @@ NODE_CLASS_MAPPINGS = {"BenchSleep": BenchSleep}
 cached; written into a temporary ``custom_nodes`` folder by the benchmarks that need it."""
 
 
+def sleep_node_paths(work: Path, **folders: Path) -> Path:
+    """A ``custom_nodes`` folder under ``work`` holding ``BenchSleep`` (:data:`SLEEP_NODE`),
+    and an ``extra_model_paths`` yaml naming it and ``folders`` (model folder name -> path,
+    each made): the yaml's path, for ``EXTRA_MODEL_PATHS``."""
+    nodes = work / "custom_nodes"
+    (nodes / "bench_sleep").mkdir(parents=True)
+    (nodes / "bench_sleep" / "__init__.py").write_text(SLEEP_NODE)
+    lines = ["bench:", f"  custom_nodes: {nodes}"]
+    for name, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        lines.append(f"  {name}: {folder}")
+    yaml = work / "extra_model_paths.yaml"
+    yaml.write_text("\n".join(lines) + "\n")
+    return yaml
+
+
 def comfyui_checkout(value: str | None) -> Path:
     """The checkout ``--comfyui`` or ``COMFYUI_PATH`` names, else setup.sh's; exits if none."""
     if not value:

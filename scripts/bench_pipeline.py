@@ -58,7 +58,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _bench_common import SLEEP_NODE  # noqa: E402
+from _bench_common import sleep_node_paths  # noqa: E402
 
 BUCKET = "bench"
 _KEYS = {"BUCKET_ACCESS_KEY_ID": "bench-key", "BUCKET_SECRET_ACCESS_KEY": "bench-secret"}
@@ -310,11 +310,7 @@ def make_runtime(args: argparse.Namespace, work: Path) -> tuple[Metered, dict[st
     from engine.runtime.comfy import ComfyRuntime
     from engine.settings import Settings
 
-    nodes = work / "custom_nodes"
-    (nodes / "bench_sleep").mkdir(parents=True)
-    (nodes / "bench_sleep" / "__init__.py").write_text(SLEEP_NODE)
-    yaml = work / "extra_model_paths.yaml"
-    yaml.write_text(f"bench:\n  custom_nodes: {nodes}\n")
+    yaml = sleep_node_paths(work)
     env = {
         "COMFYUI_PATH": args.comfyui,
         "EXTRA_MODEL_PATHS": str(yaml),

@@ -40,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _bench_common import SLEEP_NODE  # noqa: E402
+from _bench_common import sleep_node_paths  # noqa: E402
 
 _DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
@@ -190,12 +190,8 @@ def main() -> int:
     logs.configure("WARNING")
     with tempfile.TemporaryDirectory(prefix="bench-prefetch-") as tmp:
         work = Path(tmp)
-        nodes, checkpoints = work / "custom_nodes", work / "models" / "checkpoints"
-        (nodes / "bench_sleep").mkdir(parents=True)
-        (nodes / "bench_sleep" / "__init__.py").write_text(SLEEP_NODE)
-        checkpoints.mkdir(parents=True)
-        yaml = work / "extra_model_paths.yaml"
-        yaml.write_text(f"bench:\n  custom_nodes: {nodes}\n  checkpoints: {checkpoints}\n")
+        checkpoints = work / "models" / "checkpoints"
+        yaml = sleep_node_paths(work, checkpoints=checkpoints)
         env = {
             "COMFYUI_PATH": args.comfyui,
             "EXTRA_MODEL_PATHS": str(yaml),
