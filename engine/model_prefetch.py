@@ -12,11 +12,26 @@ fails or delays a job. Bounds: ``MODEL_PREFETCH_MAX_GB`` per job (``0``: never),
 never more than half of what the kernel says is available (``MemAvailable``), so the
 page cache is never asked for what the machine cannot hold. Only files under ComfyUI's
 registered model folders are read (links resolved first).
+
+The read-ahead yields the disk to the running job's own loads: while the engine executes
+one of the running job's loader nodes (a node with an input that names a model file,
+:func:`~engine.workflow_needs.model_needs`), it pauses between two chunks, and reads on
+when the next node starts or the run ends (:class:`RunningLoaders`, told by the worker
+of each node start). Both jobs' reads on one disk made the running job's run slower
+(0.90x); a running job is a paying job whose GPU waits for its load, a waiting job has
+time to spare. The pause follows the loader node, not the state of its files in the page
+cache: whether the node will read the disk is not known beforehand (the file may be
+cached in part, evicted since, or a loader may read several files), a loader whose file
+is cached ends soon and so does the pause, and a node is the unit the engine reports.
+Other nodes do not read model files (the checkpoint's weights are read in its loader).
+A pause never delays a job: it is only ever the read-ahead that waits, and its own job's
+turn, end or cancel stops it at once, paused or not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -28,7 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine import logs
-from engine.runtime import ModelFolder
+from engine.runtime import JobSpec, ModelFolder, ProgressEvent
 from engine.workflow_needs import EngineView, model_needs
 
 log = logging.getLogger(__name__)
@@ -206,10 +221,106 @@ class Prefetch:
     """How long the read-ahead took, to its end or its stop."""
     skipped: list[Path] = field(default_factory=list)
     """Files left out: over the bound, or not readable."""
+    paused_s: float = 0.0
+    """How long the reading waited for the running job's loaders."""
+    wake: Callable[[], None] = field(default=lambda: None, repr=False)
+    """Wakes a pause (:meth:`RunningLoaders.wake`), so a stop never waits for a loader."""
 
     def stop(self) -> None:
-        """Stop reading at the next chunk (the job took its turn, or ended)."""
+        """Stop reading at the next chunk (the job took its turn, or ended), or at once
+        while paused."""
         self.stopped.set()
+        self.wake()
+
+
+@dataclass(eq=False)
+class _Run:
+    """The running job as :class:`RunningLoaders` follows it."""
+
+    workflow: Mapping[str, Any]
+    node: str | None = None
+    """The node that started last; it runs until the next starts, or the run ends."""
+    loaders: frozenset[str] | None = None
+    """Its loader nodes' ids: found on the reading thread, when a read-ahead first asks."""
+
+
+class RunningLoaders:
+    """Whether the running job's engine executes one of its loader nodes now: fed by the
+    worker with the running job's node starts (the engine thread), waited on by the
+    read-ahead's thread between two chunks. Thread-safe."""
+
+    def __init__(self, engine: EngineView) -> None:
+        self._engine = engine
+        self._changed = threading.Condition()
+        self._run: _Run | None = None
+
+    @contextlib.contextmanager
+    def running(self, spec: JobSpec) -> Iterator[JobSpec]:
+        """``spec`` with its node starts told here, for the block (the job's run).
+
+        What it costs the run: a comparison per progress event, and a lock taken per
+        node started. Which nodes are loaders is found by the read-ahead, only if one
+        asks: a job alone finds out nothing.
+        """
+        run = _Run(spec.workflow)
+        forward = spec.on_progress
+
+        def seen(event: ProgressEvent) -> None:
+            # Steps report their node again; only a new node changes anything.
+            if event.node_id is not None and event.node_id != run.node:
+                with self._changed:
+                    run.node = event.node_id
+                    self._changed.notify_all()
+            forward(event)
+
+        with self._changed:
+            self._run = run
+        try:
+            yield dataclasses.replace(spec, on_progress=seen)
+        finally:
+            # The run's end is its last node's end (ComfyUI sends no event for it).
+            with self._changed:
+                self._run = None
+                self._changed.notify_all()
+
+    def wait_until_idle(self, stop: threading.Event) -> float:
+        """Return once no loader of the running job executes (at once when none does, or
+        no job runs), or as soon as ``stop`` is set (with :meth:`wake` called after);
+        the seconds waited."""
+        started, paused = time.perf_counter(), False
+        while True:
+            with self._changed:
+                run = self._run
+                if stop.is_set() or run is None or run.node is None:
+                    return time.perf_counter() - started if paused else 0.0
+                if run.loaders is not None:
+                    if run.node not in run.loaders:
+                        return time.perf_counter() - started if paused else 0.0
+                    if not paused:
+                        log.debug(
+                            "prefetch: paused while node %s of the running job loads", run.node
+                        )
+                    paused = True
+                    self._block()  # stop is checked under the lock first: no wake is missed
+                    continue
+            # Outside the lock, so the engine thread never waits for it; once per run.
+            run.loaders = self._loaders_of(run.workflow)
+
+    def wake(self) -> None:
+        """Wake a wait, to look at its stop again."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def _block(self) -> None:
+        """Wait for the next change (a node starts, the run ends, a wake); lock held."""
+        self._changed.wait()
+
+    def _loaders_of(self, workflow: Mapping[str, Any]) -> frozenset[str]:
+        try:
+            return frozenset(need.node_id for need in model_needs(workflow, self._engine))
+        except Exception:  # best-effort: a workflow the engine cannot read pauses nothing
+            log.debug("prefetch: the running job's loaders are unknown", exc_info=True)
+            return frozenset()
 
 
 class Prefetcher:
@@ -222,9 +333,12 @@ class Prefetcher:
         engine: ModelView,
         reader: FileReader | None = None,
         meminfo: Callable[[], str] = read_meminfo,
+        loaders: RunningLoaders | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self._engine = engine
+        self.loaders = loaders or RunningLoaders(engine)
+        """The running job's loaders, which the reading yields to (:meth:`running`)."""
         self._reader: FileReader = reader or DiskReader()
         self._meminfo = meminfo
         self._queue: deque[Prefetch] = deque()
@@ -244,9 +358,19 @@ class Prefetcher:
         finally:
             prefetch.stop()
 
+    @contextlib.contextmanager
+    def running(self, spec: JobSpec) -> Iterator[JobSpec]:
+        """The spec to run while the block holds the engine: its loader nodes pause the
+        read-ahead of the jobs that wait (:class:`RunningLoaders`). As is when turned off."""
+        if self.max_bytes <= 0:
+            yield spec
+            return
+        with self.loaders.running(spec) as watched:
+            yield watched
+
     def start(self, job_id: str, files: Callable[[], list[Path]]) -> Prefetch:
         """Queue one job's read-ahead; the caller stops it (:meth:`Prefetch.stop`)."""
-        prefetch = Prefetch(job_id, files)
+        prefetch = Prefetch(job_id, files, wake=self.loaders.wake)
         with self._changed:
             self._queue.append(prefetch)
             if self._thread is None:
@@ -296,9 +420,11 @@ class Prefetcher:
         prefetch.seconds = time.perf_counter() - started
         if prefetch.bytes_read:
             log.info(
-                "model files ahead of the run: %.2f GB read or found cached in %.2f s%s",
+                "model files ahead of the run: %.2f GB read or found cached in %.2f s"
+                " (%.2f s of it paused for the running job's loaders)%s",
                 prefetch.bytes_read / 1e9,
                 prefetch.seconds,
+                prefetch.paused_s,
                 " (stopped: the job's turn came, or it ended)" if prefetch.stopped.is_set() else "",
             )
 
@@ -307,10 +433,15 @@ class Prefetcher:
         try:
             chunks = self._reader.chunks(path)
             try:
-                for count in chunks:
-                    prefetch.bytes_read += count
+                while True:
+                    # Before each chunk, the first too: the running job's loads go first.
+                    prefetch.paused_s += self.loaders.wait_until_idle(prefetch.stopped)
                     if prefetch.stopped.is_set():
                         return False
+                    count = next(chunks, None)
+                    if count is None:
+                        break
+                    prefetch.bytes_read += count
             finally:
                 chunks.close()
         except OSError as exc:  # removed, unreadable: the run will say so if it matters

@@ -372,8 +372,11 @@ class Worker:
                 # refuses fails while another job runs, not after it (ComfyUI's server
                 # validates a prompt while its prompt worker executes another, too).
                 spec = self.runtime.validate(spec)
-                with self._engine_turn(ticket, deadline, phase, spec), logs.engine_job(job_id):
-                    result = self.runtime.run(spec)
+                with (
+                    self._engine_turn(ticket, deadline, phase, spec) as running,
+                    logs.engine_job(job_id),
+                ):
+                    result = self.runtime.run(running)
             except WorkflowValidationError as exc:
                 explain_unsent_files(
                     exc,
@@ -424,13 +427,15 @@ class Worker:
     @contextmanager
     def _engine_turn(
         self, ticket: Ticket | None, deadline: Deadline, phase: Phase, spec: JobSpec
-    ) -> Iterator[None]:
-        """Hold ComfyUI for the block (the run): after the jobs that arrived before this
-        one, and interrupted on a cancel only while this job holds it. While the job
-        waits for its turn, its model files are read ahead (engine/model_prefetch.py)."""
-        if ticket is None:  # the caller runs one job at a time
+    ) -> Iterator[JobSpec]:
+        """Hold ComfyUI for the block (the run of the spec it gives): after the jobs that
+        arrived before this one, and interrupted on a cancel only while this job holds it.
+        While the job waits for its turn, its model files are read ahead; while it holds
+        the engine, that read-ahead of the jobs behind it pauses as its loaders run
+        (engine/model_prefetch.py)."""
+        if ticket is None:  # the caller runs one job at a time: nobody reads ahead
             with deadline.on_cancel(self.runtime.interrupt):
-                yield
+                yield spec
             return
         phase.enter("waiting for the engine", deadline)
         waits = self._pipeline.would_wait(ticket)  # alone, ComfyUI reads them at once
@@ -447,8 +452,10 @@ class Worker:
             def interrupt() -> None:
                 self._pipeline.interrupt(ticket, self.runtime.interrupt)
 
-            with deadline.on_cancel(interrupt):
-                yield
+            # Told of its node starts even if alone now: a job that arrives during the
+            # run reads ahead, and must know whether a loader of this one runs.
+            with deadline.on_cancel(interrupt), self.prefetcher.running(spec) as running:
+                yield running
         finally:
             self._pipeline.give_engine_back(ticket)
 

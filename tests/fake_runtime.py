@@ -122,6 +122,11 @@ class FakeRuntime:
         # TestHang: set when a node hangs; the test sets `release` to let it go.
         self.hanging = threading.Event()
         self.release = threading.Event()
+        # Loaders (CheckpointLoaderSimple, LoraLoader): `loading` is set as one runs; with
+        # `hold_loads` set, it then waits for `loaded`, as a loader reading a slow disk.
+        self.loading = threading.Event()
+        self.loaded = threading.Event()
+        self.hold_loads = False
         self.booted = 0
         self.jobs: list[JobSpec] = []
         self._node_definitions: dict[str, Any] | None = None
@@ -536,10 +541,17 @@ class FakeRuntime:
         return {"gifs": [item]}
 
     def _node_CheckpointLoaderSimple(self, *_: Any) -> tuple[Any, ...]:
+        self._load()
         return (None, None, None)
 
     def _node_LoraLoader(self, *_: Any) -> tuple[Any, ...]:
+        self._load()
         return (None, None)
+
+    def _load(self) -> None:
+        self.loading.set()
+        if self.hold_loads:
+            assert self.loaded.wait(60), "the test never let the loader go"
 
 
 class _Run:

@@ -16,9 +16,18 @@ from typing import Any
 
 import pytest
 
-from engine.model_prefetch import DiskReader, Prefetch, Prefetcher, files_to_read, mem_available
+from engine.model_prefetch import (
+    DiskReader,
+    Prefetch,
+    Prefetcher,
+    RunningLoaders,
+    files_to_read,
+    mem_available,
+)
+from engine.runtime import JobSpec, ProgressEvent
 from engine.settings import Settings
 from engine.worker import Worker
+from engine.workflow_needs import EngineView
 from tests import workflows
 from tests.fake_runtime import FakeRuntime
 from tests.unit.test_worker_pipeline import answer_of, fake, handle_in_thread, make_worker
@@ -271,6 +280,147 @@ def test_a_file_out_of_the_page_cache_is_read_chunk_by_chunk_into_it(
     assert cached_page(path)  # what it is for: the run finds the file in the page cache
 
 
+# -- the pause while the running job's loaders run -----------------------------------------
+
+
+class Pausing(RunningLoaders):
+    """The real gate, saying when the read-ahead's thread blocks in a pause (the test's
+    next node event then waits for the lock until the thread is really waiting)."""
+
+    def __init__(self, engine: EngineView) -> None:
+        super().__init__(engine)
+        self.blocked = threading.Event()
+
+    def _block(self) -> None:
+        self.blocked.set()
+        super()._block()
+
+
+def loading_run() -> dict[str, Any]:
+    """A running job: an image (node 1), a checkpoint loader (node 4) feeding a node that
+    holds the run (TestHang, node 5), a save (node 2)."""
+    workflow = workflows.batch(1)
+    workflow["4"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.ckpt"}}
+    workflow["5"] = {"class_type": "TestHang", "inputs": {"model": ["4", 0], "images": ["1", 0]}}
+    workflow["2"]["inputs"]["images"] = ["5", 0]
+    return workflow
+
+
+_IMAGE = ProgressEvent(node_id="1", class_type="EmptyImage")
+_LOADER = ProgressEvent(node_id="4", class_type="CheckpointLoaderSimple")
+_HOLD = ProgressEvent(node_id="5", class_type="TestHang")
+
+
+def pausing_prefetcher(runtime: FakeRuntime, files: FakeFiles) -> tuple[Prefetcher, Pausing]:
+    loaders = Pausing(runtime)
+    return Prefetcher(_GB, runtime, files, meminfo=lambda: "", loaders=loaders), loaders
+
+
+def test_the_read_pauses_while_the_running_jobs_loader_runs_and_reads_on_after(
+    runtime: FakeRuntime,
+) -> None:
+    """One chunk read while the running job makes its image; its loader starts: the
+    chunk under way is the last until the next node starts, then the file is read through.
+    The run's own progress still reaches its callback, every event."""
+    a = Path("/m/a")
+    files = FakeFiles({a: 50}, hold_after=1)
+    prefetcher, loaders = pausing_prefetcher(runtime, files)
+    told: list[ProgressEvent] = []
+    with prefetcher.running(JobSpec("a", loading_run(), on_progress=told.append)) as spec:
+        spec.on_progress(_IMAGE)
+        prefetch = prefetcher.start("b", lambda: [a])
+        assert files.holding.wait(_HANG_S)  # a chunk read, the second under way
+        spec.on_progress(_LOADER)
+        files.go.set()
+        assert loaders.blocked.wait(_HANG_S)
+        assert files.yielded == {a: 20} and not prefetch.finished.is_set()
+        spec.on_progress(_HOLD)  # the loader is done; the run goes on
+        assert prefetch.finished.wait(_HANG_S)
+    assert prefetch.read == [a] and files.yielded == {a: 50} and prefetch.paused_s > 0
+    assert told == [_IMAGE, _LOADER, _HOLD]
+
+
+def test_the_runs_end_ends_a_pause(runtime: FakeRuntime) -> None:
+    """ComfyUI sends no event after the last node: the run's end is the loader's end."""
+    a = Path("/m/a")
+    files = FakeFiles({a: 30})
+    prefetcher, loaders = pausing_prefetcher(runtime, files)
+    with prefetcher.running(JobSpec("a", loading_run())) as spec:
+        spec.on_progress(_LOADER)
+        prefetch = prefetcher.start("b", lambda: [a])
+        assert loaders.blocked.wait(_HANG_S)
+        assert files.opened == []  # not a byte before the loader is done
+    assert prefetch.finished.wait(_HANG_S)
+    assert prefetch.read == [a] and files.yielded == {a: 30}
+
+
+def test_a_stop_during_a_pause_ends_the_read_ahead_at_once(runtime: FakeRuntime) -> None:
+    """The job's turn, end or cancel stops a paused read-ahead while the loader still runs."""
+    a, b = Path("/m/a"), Path("/m/b")
+    files = FakeFiles({a: 30, b: 30})
+    prefetcher, loaders = pausing_prefetcher(runtime, files)
+    with prefetcher.running(JobSpec("a", loading_run())) as spec:
+        spec.on_progress(_LOADER)
+        prefetch = prefetcher.start("b", lambda: [a, b])
+        assert loaders.blocked.wait(_HANG_S)
+        prefetch.stop()
+        assert prefetch.finished.wait(_HANG_S)  # the loader has not ended
+        assert prefetch.read == [] and files.yielded == {} and b not in files.opened
+
+
+@pytest.mark.parametrize("node", [None, _IMAGE, _HOLD], ids=["no-node-yet", "image", "hold"])
+def test_no_pause_while_no_loader_runs(runtime: FakeRuntime, node: ProgressEvent | None) -> None:
+    """The running job's node is not a loader (or none started yet): read through."""
+    a = Path("/m/a")
+    files = FakeFiles({a: 30})
+    prefetcher, loaders = pausing_prefetcher(runtime, files)
+    with prefetcher.running(JobSpec("a", loading_run())) as spec:
+        if node is not None:
+            spec.on_progress(node)
+        prefetch = run_prefetch(prefetcher, [a])
+    assert prefetch.read == [a] and prefetch.paused_s == 0 and not loaders.blocked.is_set()
+
+
+def test_no_pause_with_no_job_running(runtime: FakeRuntime) -> None:
+    a = Path("/m/a")
+    files = FakeFiles({a: 30})
+    prefetcher, loaders = pausing_prefetcher(runtime, files)
+    prefetch = run_prefetch(prefetcher, [a])
+    assert prefetch.read == [a] and not loaders.blocked.is_set()
+
+
+class AskCounting:
+    """The engine, counting what it is asked of loader inputs."""
+
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.runtime, self.asked = runtime, 0
+
+    def node_definitions(self) -> dict[str, Any]:
+        return self.runtime.node_definitions()
+
+    def file_inputs(self, class_type: str) -> frozenset[str]:
+        self.asked += 1
+        return self.runtime.file_inputs(class_type)
+
+    def model_folder_of(self, class_type: str, input_name: str) -> Any:
+        self.asked += 1
+        return self.runtime.model_folder_of(class_type, input_name)
+
+
+def test_a_run_with_no_read_ahead_asks_nothing_of_its_loaders(runtime: FakeRuntime) -> None:
+    """A job alone pays for a comparison per event and a lock per node: which nodes are
+    loaders is found only when a read-ahead asks. Off, the spec is the job's own."""
+    engine = AskCounting(runtime)
+    loaders = RunningLoaders(engine)
+    with loaders.running(JobSpec("a", loading_run())) as spec:
+        for event in (_IMAGE, _LOADER, _HOLD):
+            spec.on_progress(event)
+    assert engine.asked == 0
+    own = JobSpec("a", loading_run())
+    with Prefetcher(0, runtime).running(own) as spec:
+        assert spec is own
+
+
 # -- when the worker asks for it -----------------------------------------------------------
 
 
@@ -413,3 +563,75 @@ def test_a_waiting_jobs_real_checkpoint_file_is_read_through_from_disk(
     finally:
         runtime.release.set()
     assert answer_of(*a)["errors"] == [] and answer_of(*b)["errors"] == []
+
+
+def loading_job_and_waiting_one(
+    settings: Settings, tmp_path: Path
+) -> tuple[Worker, FakeFiles, Pausing, Path, list[Prefetch]]:
+    """A worker whose running job's loader will hold (``hold_loads``), with B's
+    checkpoint on a fake disk and each read-ahead noted."""
+    files = FakeFiles({})
+    worker = make_worker(settings)
+    loaders = Pausing(worker.runtime)
+    worker.prefetcher = Prefetcher(_GB, worker.runtime, files, meminfo=lambda: "", loaders=loaders)
+    put(fake(worker).models_dir / "checkpoints" / "a.ckpt")
+    b_ckpt = checkpoint_on_disk(worker)
+    files.sizes[b_ckpt], files.closed[b_ckpt] = 50, threading.Event()
+    started: list[Prefetch] = []
+    original = worker.prefetcher.start
+
+    def noting(job_id: str, chosen: Any) -> Prefetch:
+        started.append(original(job_id, chosen))
+        return started[-1]
+
+    worker.prefetcher.start = noting  # type: ignore[method-assign]
+    fake(worker).hold_loads = True
+    return worker, files, loaders, b_ckpt, started
+
+
+def test_a_waiting_job_reads_ahead_once_the_running_jobs_loader_is_done(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Through the worker: A's run starts with its loader (held); B waits for the engine
+    and its read-ahead pauses before its first byte; A's loader ends, A's run goes on
+    (held), and B's file is read through meanwhile."""
+    worker, files, loaders, b_ckpt, _ = loading_job_and_waiting_one(settings, tmp_path)
+    runtime = fake(worker)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": loading_run()}})
+    try:
+        assert runtime.loading.wait(_HANG_S)
+        b_input = {"workflow": workflows.checkpoint("tiny.safetensors")}
+        b = handle_in_thread(worker, {"id": "b", "input": b_input})
+        assert loaders.blocked.wait(_HANG_S)
+        assert files.opened == []  # B reads nothing while A loads
+        runtime.loaded.set()
+        assert files.closed[b_ckpt].wait(_HANG_S)
+        assert files.yielded == {b_ckpt: 50} and runtime.hanging.is_set() and a[0].is_alive()
+    finally:
+        runtime.loaded.set()
+        runtime.release.set()
+    assert answer_of(*a)["errors"] == [] and answer_of(*b)["errors"] == []
+
+
+def test_a_waiting_job_cancelled_while_its_read_ahead_pauses_ends_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """B is cancelled while A's loader still runs: B answers, its read-ahead ends having
+    read nothing, and A's run is untouched."""
+    worker, files, loaders, _, started = loading_job_and_waiting_one(settings, tmp_path)
+    runtime = fake(worker)
+    a = handle_in_thread(worker, {"id": "a", "input": {"workflow": loading_run()}})
+    try:
+        assert runtime.loading.wait(_HANG_S)
+        b_input = {"workflow": workflows.checkpoint("tiny.safetensors")}
+        b = handle_in_thread(worker, {"id": "b", "input": b_input})
+        assert loaders.blocked.wait(_HANG_S)
+        assert worker.cancel("b")
+        assert answer_of(*b)["code"] == "execution_interrupted"
+        (prefetch,) = started
+        assert prefetch.finished.wait(_HANG_S)
+        assert files.yielded == {} and not runtime.loaded.is_set() and a[0].is_alive()
+    finally:
+        runtime.loaded.set()
+        runtime.release.set()
+    assert answer_of(*a)["errors"] == []
