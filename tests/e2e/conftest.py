@@ -4,6 +4,7 @@ and a fault proxy in front of S3."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -84,8 +85,14 @@ def worker_env(work_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
         "WORKER_RUNTIME": FAKE_RUNTIME,
         "WORKER_DIR": str(work_dir),
         "COMFY_LOG_LEVEL": "INFO",
+        # WorkerServer waits for uvicorn's "running on" line: a shell's quieter level would hide it.
+        "UVICORN_LOG_LEVEL": "info",
         **extra,
     }
+
+
+# uvicorn's line once the worker's socket listens (UVICORN_LOG_LEVEL=info, worker_env).
+_LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+) ")
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -100,9 +107,15 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 class WorkerServer:
     """``python handler.py --rp_serve_api`` in a subprocess, talked to over real HTTP."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, work_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(
+        self, env: dict[str, str], log_path: Path, work_dir: Path, port: int | None = None
+    ) -> None:
+        """Start the worker and wait until it serves.
+
+        Without ``port`` the worker binds a free port itself (``--rp_api_port 0``), so no
+        other process can take it between a probe and the bind; ``port`` is for a test that
+        must name the URL before the worker starts.
+        """
         self.log_path = log_path
         self.work_dir = work_dir
         full_env = worker_env(work_dir, env)
@@ -115,29 +128,51 @@ class WorkerServer:
                 "--rp_api_host",
                 "127.0.0.1",
                 "--rp_api_port",
-                str(self.port),
+                str(port or 0),
             ],
             cwd=REPO,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        try:
+            self.port = self._wait_listening(port)
+        except BaseException:
+            stop(self.proc)
+            self._log.close()
+            raise
+        self.url = f"http://127.0.0.1:{self.port}"
         # Bounds against a hang only, generous for a loaded 2-core machine: the SDK's local
         # /status answers when the job ends, and the worker starts in seconds.
         self.client = httpx.Client(base_url=self.url, timeout=300)
-        self._wait_ready()
 
-    def _wait_ready(self, timeout_s: float = 120.0) -> None:
+    def _wait_listening(self, port: int | None, timeout_s: float = 120.0) -> int:
+        """The port the worker listens on, once its own log says so (uvicorn logs it after
+        the socket listens and the app has started).
+
+        Its own word, not an answer on the port: whatever server holds the port answers
+        that, and a test would go on against it with the worker not started (its log empty).
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            found = _LISTENING.search(self.log_path.read_bytes())
+            if found is not None:
+                listening = int(found[1])
+                if port is not None and listening != port:
+                    raise RuntimeError(f"worker listens on {listening}, not {port}:\n{self.log()}")
+                return listening
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log()}")
-            try:
-                self.client.get("/openapi.json")
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
+                raise RuntimeError(
+                    f"worker exited early (exit code {self.proc.returncode}):\n{self.log()}"
+                )
+            time.sleep(0.05)  # the log is a file: read again for the line
         raise RuntimeError(f"worker did not start in {timeout_s} s:\n{self.log()}")
+
+    def state(self) -> str:
+        """The process's state and its whole log, for a failing test's message."""
+        code = self.proc.poll()
+        alive = "running" if code is None else f"exited with code {code}"
+        return f"worker pid {self.proc.pid} at {self.url}, {alive}; its log:\n{self.log()}"
 
     def log(self) -> str:
         """Everything the worker printed so far."""

@@ -327,3 +327,15 @@ def test_malformed_requests_get_clear_errors_and_the_worker_keeps_serving(
         assert expected in body["error"], (expected, body["error"])
         assert "Traceback" not in body["error"]
     assert worker.runsync({"workflow": workflows.batch(1)})["status"] == "COMPLETED"
+
+
+def test_a_worker_is_ready_on_its_own_word_not_on_another_servers_answer(
+    image_server: str, tmp_path: Path
+) -> None:
+    """The harness (WorkerServer): another server holding the worker's port answers any
+    request there; that is not taken for the worker being up. The worker's start fails
+    instead, saying the port was taken."""
+    taken = int(image_server.rsplit(":", 1)[1])
+    with pytest.raises(RuntimeError, match="worker exited early") as failed:
+        WorkerServer({}, tmp_path / "worker.log", tmp_path / "work", port=taken)
+    assert "address already in use" in str(failed.value)

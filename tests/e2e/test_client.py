@@ -220,23 +220,23 @@ class Client:
         )
         self.err_lines: list[str] = []
 
-    def wait_for_line(self, text: str) -> None:
-        """Read stderr until a line holds ``text``; fail if the client exits first."""
+    def wait_for_line(self, text: str, worker: WorkerServer | None = None) -> None:
+        """Read stderr until a line holds ``text``; fail if the client exits first (saying
+        what ``worker`` printed, if given)."""
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.err_lines.append(line)
             if text in line:
                 return
-        raise AssertionError(f"the client exited without saying {text!r}: {self.err_lines}")
+        seen = "" if worker is None else f"\n{worker.state()}"
+        raise AssertionError(f"the client exited without saying {text!r}: {self.err_lines}{seen}")
 
     def finish(self) -> Result:
         out, err = self.proc.communicate(timeout=120)
         return Result(self.proc.returncode, out, "".join(self.err_lines) + err)
 
 
-def test_the_client_waits_for_a_worker_that_starts_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_client_waits_for_a_worker_that_starts_later(tmp_path: Path) -> None:
     """Run back to back, the README's commands: the client meets a refused connection while
     the worker boots, says it waits, and sends the job once the worker listens."""
     port = e2e_conftest.free_port()
@@ -246,8 +246,7 @@ def test_the_client_waits_for_a_worker_that_starts_later(
     server = None
     try:
         client.wait_for_line(f"waiting for the worker at {url} to start")
-        monkeypatch.setattr(e2e_conftest, "free_port", lambda: port)
-        server = WorkerServer({}, tmp_path / "worker.log", tmp_path / "work")
+        server = WorkerServer({}, tmp_path / "worker.log", tmp_path / "work", port=port)
         result = client.finish()
     finally:
         if client.proc.poll() is None:
@@ -295,13 +294,14 @@ def test_ctrl_c_with_cancel_on_interrupt_on_the_local_server(
     write_json(tmp_path / "slow.json", workflows.sleeps(60))
     client = Client(tmp_path, "slow.json", "--url", worker.url, "--cancel-on-interrupt")
     try:
-        client.wait_for_line("note: this is the runpod SDK's local API server")
+        client.wait_for_line("note: this is the runpod SDK's local API server", worker)
         client.proc.send_signal(signal.SIGINT)
         result = client.finish()
     finally:
         if client.proc.poll() is None:
             client.proc.kill()
-    assert result.code == 130, result
+    # What the worker printed and whether it still runs: a failure here says what it saw.
+    assert result.code == 130, (result, worker.state())
     assert "could not be cancelled: the runpod SDK's local API server has no /cancel" in (
         result.stderr
-    )
+    ), (result, worker.state())
