@@ -172,13 +172,14 @@ def import_comfy(
     model_management = importlib.import_module("comfy.model_management")
     hook_breaker = importlib.import_module("hook_breaker_ac10a0")
     executing_context = importlib.import_module("comfy_execution.utils")
+    comfy_api = importlib.import_module("comfy_api.latest")  # nodes.py imported it already
     timings["comfy_import"] = time.perf_counter() - started
 
     # Where the node index is read from, first to last; it is written to the first.
     index_dirs = _node_index_dirs(checkout, dirs)
     lazy = _lazy_nodes(nodes, index_dirs, settings, folder_paths, checkout)
     target.nodes, target.execution, target.server_module = nodes, execution, server_module
-    target.lazy_nodes = lazy
+    target.lazy_nodes, target.comfy_api = lazy, comfy_api
     patches.apply_phase("before_node_init", target)
     server = target.server
     assert server is not None  # headless_server cannot be skipped: its check raised

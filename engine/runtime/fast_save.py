@@ -153,6 +153,12 @@ def saves_into(pending: PendingFiles | None, deadline: Deadline | None = None) -
         _handing_off.pending, _handing_off.deadline = previous
 
 
+def handed_off() -> tuple[PendingFiles | None, Deadline | None]:
+    """Where this thread's run hands its files off, and the job's deadline (:func:`saves_into`);
+    ``(None, None)`` outside such a run. Other save patches (``video_save``) hand off here too."""
+    return getattr(_handing_off, "pending", None), getattr(_handing_off, "deadline", None)
+
+
 def wait_for_saves() -> None:
     """Wait for the files this thread's run handed off (a node about to read one back)."""
     pending: PendingFiles | None = getattr(_handing_off, "pending", None)

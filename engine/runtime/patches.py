@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from engine.runtime import (
     output_scope,
     pack_fixes,
     pack_imports,
+    video_save,
 )
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.model_paths import ModelPaths
@@ -65,6 +67,8 @@ class Target:
     """The boot's :class:`~engine.runtime.lazy_nodes.LazyNodes`."""
     server: HeadlessPromptServer | None = None
     """Set by the ``headless_server`` patch."""
+    comfy_api: Any = None
+    """ComfyUI's ``comfy_api.latest`` (its ``InputImpl`` video classes)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,53 @@ def _apply_parallel_png(target: Target) -> None:
     fast_save.install(target.nodes)
 
 
+# What VideoFromComponents.save_to does that video_encode.VideoFile.save does the same way:
+# the constants and the names its code uses (ComfyUI 0.3.64).
+_SAVE_TO_CONSTANTS = ("h264", "yuv420p", "rgb24", "aac", "flt", "movflags", "use_metadata_tags")
+_SAVE_TO_NAMES = ("open", "add_stream", "from_ndarray", "reformat", "encode", "mux", "dumps")
+
+
+def _video_class(target: Target) -> Any:
+    return getattr(getattr(target.comfy_api, "InputImpl", None), "VideoFromComponents", None)
+
+
+def _check_deferred_video(target: Target) -> str | None:
+    video_class = _video_class(target)
+    if video_class is None:
+        return "comfy_api.latest.InputImpl.VideoFromComponents"
+    function: Any = getattr(video_class, "save_to", None)
+    if not callable(function) or _missing(video_class, "get_components"):
+        return "VideoFromComponents.save_to and get_components"
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    if code is None:
+        return "VideoFromComponents.save_to's code (not a Python function)"
+    parameters = list(inspect.signature(function).parameters)
+    if parameters != ["self", "path", "format", "codec", "metadata"]:
+        return "VideoFromComponents.save_to(self, path, format, codec, metadata)"
+    absent = [c for c in _SAVE_TO_CONSTANTS if c not in code.co_consts]
+    if absent:
+        return f"save_to's {', '.join(absent)} (its stream settings)"
+    module = sys.modules.get(video_class.__module__)
+    for name in ("VideoContainer", "VideoCodec"):
+        if _missing(module, name):
+            return f"{name} in VideoFromComponents' module"
+    return _names_used(function, *_SAVE_TO_NAMES) or _missing(
+        target.folder_paths, "get_output_directory"
+    )
+
+
+def _apply_deferred_video(target: Target) -> None:
+    video_class = _video_class(target)
+    module = sys.modules[video_class.__module__]
+    containers, codecs = module.VideoContainer, module.VideoCodec
+    video_save.install(
+        video_class,
+        target.folder_paths.get_output_directory,
+        # save_to raises ValueError for any other: then its own code runs, and raises.
+        ((containers.AUTO, containers.MP4), (codecs.AUTO, codecs.H264)),
+    )
+
+
 def _check_decoded_inputs(target: Target) -> str | None:
     nodes = target.nodes
     return (
@@ -387,6 +438,22 @@ REGISTRY: tuple[Patch, ...] = (
         "save on the image; nodes.Image is PIL.Image",
         check=_check_parallel_png,
         apply=_apply_parallel_png,
+    ),
+    Patch(
+        name="deferred_video",
+        phase="after_node_init",
+        replaces="comfy_api's VideoFromComponents.save_to (wrapped: while another job is in "
+        "flight, a file under the output folder is encoded in a helper process after the "
+        "node returns)",
+        why="SaveVideo's H.264 encode ran on the engine thread for seconds, time the next "
+        "job's run waited",
+        without="SaveVideo encodes on the engine thread, as ComfyUI does; the next job waits",
+        expects="VideoFromComponents.save_to(self, path, format, codec, metadata) encoding "
+        "with PyAV: av.open(movflags=use_metadata_tags), json.dumps metadata, h264 yuv420p "
+        "from rgb24 frames, aac audio; get_components(); VideoContainer and VideoCodec in "
+        "its module; folder_paths.get_output_directory",
+        check=_check_deferred_video,
+        apply=_apply_deferred_video,
     ),
     Patch(
         name="decoded_inputs",

@@ -1,6 +1,10 @@
 """Pillow's PNG encodes in helper processes (``PNG_ENCODER=pillow``): the pool of encoder
 processes, the pipe protocol between the worker and each, and the process's own loop.
 
+The pool and its processes save any picklable object that has a ``save`` method, the
+way they save a Pillow image: :mod:`engine.runtime.video_save` sends SaveVideo's frames
+(``engine.runtime.video_encode``) to a pool of its own.
+
 :mod:`engine.runtime.fast_save` hands a batch's ``Image.save`` calls to the pool. When an
 encoder process cannot be started, dies, or answers something that is not an answer, that
 image is saved in this process instead (logged): slower, same bytes, and never a failed
@@ -11,8 +15,8 @@ the job's own error, so a frozen helper never holds a job or the worker. A dead,
 frozen process is ended and left out of the pool, which starts a fresh one for the next
 image that needs one.
 
-This file also runs alone, as the encoder process (``--encoder``), without the engine
-package.
+This file also runs alone, as the encoder process (``--encoder [FOLDER ...]``), without the
+engine package unless a pool names the folder that holds it (``importable``).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ _ANSWER_S_PER_MEGAPIXEL = 10.0
 
 
 def answer_bound_s(image: Any) -> float:
-    """How long an encoder process may take to answer for ``image`` before it is ended."""
+    """How long an encoder process may take to answer for ``image`` before it is ended
+    (a video's ``size`` counts the pixels of all its frames)."""
     size = getattr(image, "size", None)
     pixels = size[0] * size[1] if isinstance(size, tuple) and len(size) == 2 else 0
     return _ANSWER_BASE_S + _ANSWER_S_PER_MEGAPIXEL * pixels / 1e6
@@ -62,10 +67,11 @@ class _Overdue(_TransportError):
 class _Encoder:
     """One encoder process: a pickled ``(image, args, kwargs)`` in, ``None`` or the error out."""
 
-    def __init__(self) -> None:
-        # -P: the script's own folder (engine/runtime) stays off sys.path.
+    def __init__(self, importable: tuple[str, ...] = ()) -> None:
+        # -P: the script's own folder (engine/runtime) stays off sys.path; ``importable``
+        # goes first on it (where the objects sent are defined).
         self.process = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__).resolve()), "--encoder"],
+            [sys.executable, "-P", str(Path(__file__).resolve()), "--encoder", *importable],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
@@ -146,11 +152,19 @@ class _Encoder:
 
 
 class EncoderPool:
-    """Encoder processes started on first use, reused for the life of the worker."""
+    """Encoder processes started on first use, reused for the life of the worker.
 
-    def __init__(self, size: int) -> None:
+    ``what`` names the files in log lines and errors (``PNG``, ``video``); ``importable``:
+    folders the processes import the objects sent from (``engine``'s parent for a class
+    of the engine package)."""
+
+    def __init__(self, size: int, what: str = "PNG", importable: tuple[str, ...] = ()) -> None:
         self.size = size
-        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="png-encode")
+        self.what = what
+        self._importable = importable
+        self._threads = ThreadPoolExecutor(
+            max_workers=size, thread_name_prefix=f"{what.lower()}-encode"
+        )
         self._idle: list[_Encoder] = []
         self._lock = threading.Lock()
         self._warned = False
@@ -185,9 +199,11 @@ class EncoderPool:
             # Left out of the pool: the next image that needs a process gets a new one.
             encoder.kill()
             if deadline is not None and deadline.expired():
-                raise deadline.exceeded("while writing output PNGs") from exc
+                raise deadline.exceeded(f"while writing output {self.what}s") from exc
             if isinstance(exc, _Overdue):  # rare and worth its line each time
-                log.warning("PNG encoder process stopped answering (%s); saving here", exc)
+                log.warning(
+                    "%s encoder process stopped answering (%s); saving here", self.what, exc
+                )
             else:
                 self._fallback(exc)
             image.save(*args, **kwargs)
@@ -207,12 +223,13 @@ class EncoderPool:
             if encoder.alive():
                 return encoder
             log.warning(
-                "PNG encoder process %d ended (exit code %s); starting a new one",
+                "%s encoder process %d ended (exit code %s); starting a new one",
+                self.what,
                 encoder.process.pid,
                 encoder.process.returncode,
             )
             encoder.kill()
-        return _Encoder()
+        return _Encoder(self._importable)
 
     def _give_back(self, encoder: _Encoder) -> None:
         with self._lock:
@@ -223,7 +240,12 @@ class EncoderPool:
         # image), then at DEBUG.
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
-        log.log(level, "PNG encoder process unavailable (%s); saving in the worker itself", exc)
+        log.log(
+            level,
+            "%s encoder process unavailable (%s); saving in the worker itself",
+            self.what,
+            exc,
+        )
 
     def close(self) -> None:
         """End every encoder process (they also end on their own when the worker exits)."""
@@ -272,5 +294,6 @@ def _encoder_main() -> int:
             _send(stdout, OSError(f"{type(error).__name__}: {error}"))
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--encoder"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["--encoder"]:
+    sys.path[:0] = sys.argv[2:]
     sys.exit(_encoder_main())

@@ -169,7 +169,7 @@ def test_an_encoder_error_is_raised_from_the_node(nodes: types.ModuleType, tmp_p
 def test_without_encoder_processes_the_worker_saves_the_same_bytes_itself(
     nodes: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_process(self: Any) -> None:
+    def no_process(self: Any, importable: tuple[str, ...] = ()) -> None:
         raise OSError("cannot start a process")
 
     monkeypatch.setattr(png_encoders._Encoder, "__init__", no_process)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from engine.runtime import (
     output_scope,
     pack_imports,
     patches,
+    video_save,
 )
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_mapping import LazyMapping
@@ -108,7 +110,7 @@ def test_a_phase_applies_its_patches_in_order_and_the_summary_lists_them(
     tmp_path: Path,
 ) -> None:
     nodes = _module(_SAVE_IMAGE + _LOAD_IMAGE)
-    applied = Patches(off=frozenset({"decoded_inputs"}))
+    applied = Patches(off=frozenset({"decoded_inputs", "deferred_video"}))
     folder_paths = types.SimpleNamespace(
         models_dir=str(tmp_path), folder_names_and_paths={}, filename_list_cache={}
     )
@@ -117,7 +119,7 @@ def test_a_phase_applies_its_patches_in_order_and_the_summary_lists_them(
     applied.apply_phase("after_node_init", target)
     assert applied.applied == ["folder_paths_restore", "parallel_png"]
     assert applied.summary() == (
-        "in force: folder_paths_restore, parallel_png; off: decoded_inputs; "
+        "in force: folder_paths_restore, parallel_png; off: deferred_video, decoded_inputs; "
         "not needed: reactor_restorers"
     )
 
@@ -433,6 +435,87 @@ def test_parallel_png_skipped(caplog: pytest.LogCaptureFixture) -> None:
     _skipped_once("parallel_png", _apply("parallel_png", Target(nodes=nodes)), caplog)
     assert nodes.SaveImage.save_images is original
     assert "fromarray" in caplog.text
+
+
+# -- deferred_video --------------------------------------------------------------------------
+
+_VIDEO_TYPES = """
+import json
+import types
+import av
+from enum import Enum
+
+class VideoContainer(str, Enum):
+    AUTO = "auto"
+    MP4 = "mp4"
+
+class VideoCodec(str, Enum):
+    AUTO = "auto"
+    H264 = "h264"
+
+class VideoFromComponents:
+    def get_components(self):
+        return None
+
+    def save_to(self, path, format="auto", codec="auto", metadata=None):
+        with av.open(path, mode="w", options={"movflags": "use_metadata_tags"}) as output:
+            for key, value in (metadata or {}).items():
+                output.metadata[key] = json.dumps(value)
+            stream = output.add_stream("h264", rate=24)
+            stream.pix_fmt = "yuv420p"
+            audio = output.add_stream("aac", rate=44100)
+            frame = av.VideoFrame.from_ndarray(None, format="rgb24").reformat(format="yuv420p")
+            output.mux(stream.encode(frame))
+            output.mux(audio.encode(av.AudioFrame.from_ndarray(None, format="flt")))
+
+InputImpl = types.SimpleNamespace(VideoFromComponents=VideoFromComponents)
+"""
+
+
+def _video_target(source: str, monkeypatch: pytest.MonkeyPatch) -> Target:
+    module = _module(source, "stand_in_video_types")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    folders = types.SimpleNamespace(get_output_directory=lambda: "/nowhere")
+    return Target(comfy_api=module, folder_paths=folders)
+
+
+def test_deferred_video_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = _video_target(_VIDEO_TYPES, monkeypatch)
+    video_class = target.comfy_api.VideoFromComponents
+    original = video_class.save_to
+    assert _apply("deferred_video", target).is_applied("deferred_video")
+    assert video_class.save_to.__wrapped__ is original
+    assert video_save._pool is None  # started on the first hand-off, which this test has not
+
+
+@pytest.mark.parametrize(
+    ("moved", "named"),
+    [
+        ('"yuv420p"', "yuv420p"),  # another pixel format: another file than VideoFile's
+        ('add_stream("aac"', "aac"),
+        ("json.dumps(value)", "dumps"),
+        ("metadata=None)", "save_to(self, path, format, codec, metadata)"),
+        ("class VideoCodec(", "VideoCodec"),
+    ],
+)
+def test_deferred_video_skipped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, moved: str, named: str
+) -> None:
+    replacement = {
+        '"yuv420p"': '"yuv444p"',
+        'add_stream("aac"': 'add_stream("opus"',
+        "json.dumps(value)": "str(value)",
+        "metadata=None)": "metadata=None, audio=True)",
+        "class VideoCodec(": "class Codec(",
+    }[moved]
+    source = _VIDEO_TYPES.replace(moved, replacement)
+    if moved == "class VideoCodec(":
+        source = source.replace("VideoCodec", "Codec")
+    target = _video_target(source, monkeypatch)
+    original = target.comfy_api.VideoFromComponents.save_to
+    _skipped_once("deferred_video", _apply("deferred_video", target), caplog)
+    assert target.comfy_api.VideoFromComponents.save_to is original
+    assert named in caplog.text
 
 
 # -- decoded_inputs --------------------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""SaveVideo's encode handed off during a run (the ``deferred_video`` patch) on the real engine.
+
+ComfyUI's own CreateVideo -> SaveVideo: while the run hands its files off, the run returns
+with the file's name taken and its bytes not written; once written by the encoder
+process, the file is byte for byte the one ComfyUI writes itself in the node. ComfyUI's
+own ``VideoFromComponents`` with audio and metadata: the same. A job cancelled while its
+encode sits in a frozen helper ends with its own error, and the next video is written by
+a fresh helper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.deadline import Deadline
+from engine.errors import JobInterruptedError
+from engine.runtime import JobSpec, fast_save, video_save
+from engine.runtime.comfy import ComfyRuntime
+from engine.runtime.pending_files import PendingFiles
+from tests.engine.support import ENGINE_MARKS, node
+from tests.unit.test_fast_save import GatedPool, unread_bytes
+from tests.unit.test_pipeline import wait_until
+
+pytestmark = ENGINE_MARKS
+
+
+def _workflow(prefix: str, frames: int = 6) -> dict[str, Any]:
+    return {
+        # Frames that differ from one another: a gradient blended into a colour, by batch.
+        "1": node("EmptyImage", width=64, height=48, batch_size=frames, color=0x3366CC),
+        "2": node("ImageInvert", image=["1", 0]),
+        "3": node(
+            "ImageBlend", image1=["1", 0], image2=["2", 0], blend_factor=0.3, blend_mode="multiply"
+        ),
+        "4": node("CreateVideo", images=["3", 0], fps=12.0),
+        "5": node("SaveVideo", video=["4", 0], filename_prefix=prefix, format="auto", codec="auto"),
+    }
+
+
+def _saved(runtime: ComfyRuntime, result: Any) -> Path:
+    (item,) = result.outputs["5"]["images"]
+    return runtime.directories.output / item["subfolder"] / item["filename"]
+
+
+@pytest.fixture
+def no_metadata() -> Iterator[None]:
+    """Files that embed no prompt: two runs with two prefixes then write the same bytes."""
+    from comfy.cli_args import args
+
+    before, args.disable_metadata = args.disable_metadata, True
+    try:
+        yield
+    finally:
+        args.disable_metadata = before
+
+
+def test_the_patch_is_in_force(runtime: ComfyRuntime) -> None:
+    from comfy_api.latest import InputImpl
+
+    assert getattr(InputImpl.VideoFromComponents.save_to, "_deferred_video", False)
+
+
+def test_during_a_run_savevideo_returns_before_its_encode_and_writes_comfyuis_bytes(
+    runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, prefix: str, no_metadata: None
+) -> None:
+    pool = GatedPool()
+    monkeypatch.setattr(video_save, "_shared_pool", lambda: pool)
+    pending = PendingFiles()
+    handed = runtime.run(
+        JobSpec(
+            prompt_id="video-handoff", workflow=_workflow(f"{prefix}/handed"), pending_files=pending
+        )
+    )
+    path = _saved(runtime, handed)
+    try:
+        assert pool.submitted == 1 and len(pending) == 1
+        assert path.stat().st_size == 0  # the run is over; its video is not written yet
+    finally:
+        pool.gate.set()
+    assert pending.wait() == []
+    # The same frames, ComfyUI's own save_to in the node (no hand-off: a lone job).
+    plain = runtime.run(JobSpec(prompt_id="video-plain", workflow=_workflow(f"{prefix}/plain")))
+    assert pool.submitted == 1
+    own = _saved(runtime, plain)
+    try:
+        assert own.stat().st_size > 0
+        assert path.read_bytes() == own.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+        own.unlink(missing_ok=True)
+
+
+def _video(frames: int, audio: bool) -> Any:
+    import torch
+    from comfy_api.latest import InputImpl, Types
+
+    generator = torch.Generator().manual_seed(frames)
+    images = torch.rand(frames, 48, 64, 3, generator=generator)
+    sound = None
+    if audio:
+        wave = torch.sin(torch.linspace(0, 900, 2 * 22050)).view(1, 2, 22050) * 0.4
+        sound = {"waveform": wave, "sample_rate": 22050}
+    components = Types.VideoComponents(images=images, audio=sound, frame_rate=Fraction(24))
+    return InputImpl.VideoFromComponents(components)
+
+
+@pytest.mark.parametrize("audio", [False, True], ids=["video", "video-and-audio"])
+def test_the_encoder_process_writes_the_bytes_comfyui_writes(
+    runtime: ComfyRuntime, audio: bool
+) -> None:
+    """ComfyUI's own class, its metadata as SaveVideo passes it, the real encoder process."""
+    video = _video(8, audio)
+    metadata = {
+        "prompt": {"1": {"class_type": "CreateVideo", "inputs": {"fps": 24}}},
+        "workflow": {"nodes": [], "links": []},
+    }
+    folder = runtime.directories.output / f"video-bytes-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    handed, own = folder / f"handed-{audio}.mp4", folder / f"own-{audio}.mp4"
+    pending = PendingFiles()
+    try:
+        with fast_save.saves_into(pending, Deadline.start(120)):
+            video.save_to(str(handed), format="mp4", codec="h264", metadata=metadata)
+        assert len(pending) == 1
+        assert pending.wait() == []
+        type(video).save_to.__wrapped__(
+            video, str(own), format="mp4", codec="h264", metadata=metadata
+        )
+        assert handed.read_bytes() == own.read_bytes()
+        pool = video_save._pool
+        assert pool is not None and pool._idle, "not written by an encoder process"
+    finally:
+        handed.unlink(missing_ok=True)
+        own.unlink(missing_ok=True)
+        folder.rmdir()
+
+
+def test_a_cancelled_job_does_not_wait_for_a_frozen_encoder(runtime: ComfyRuntime) -> None:
+    """The encode sits in a frozen helper's pipe (the cue), the job is cancelled: the wait
+    for its file ends with the job's cancel error, the helper is ended, and the next video
+    is written by a fresh one."""
+    folder = runtime.directories.output / f"video-frozen-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    first, frozen_file, after = (folder / f"{n}.mp4" for n in ("first", "frozen", "after"))
+    try:
+        # A helper started and idle, then stopped.
+        warm = PendingFiles()
+        with fast_save.saves_into(warm):
+            _video(4, False).save_to(str(first))
+        assert warm.wait() == []
+        pool = video_save._pool
+        assert pool is not None
+        frozen = list(pool._idle)
+        assert frozen
+        for helper in frozen:
+            os.kill(helper.process.pid, signal.SIGSTOP)
+        try:
+            deadline = Deadline.start(600)
+            pending = PendingFiles()
+            with fast_save.saves_into(pending, deadline):
+                _video(60, False).save_to(str(frozen_file))
+            wait_until(lambda: any(unread_bytes(helper) > 0 for helper in frozen))
+            deadline.cancel()
+            ((path, error),) = pending.wait()
+        finally:
+            for helper in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(helper.process.pid, signal.SIGCONT)
+        assert path == frozen_file and not frozen_file.exists()
+        assert isinstance(error, JobInterruptedError)
+        assert "while writing output videos" in str(error)
+        assert all(helper.process.poll() is not None for helper in frozen)
+        again = PendingFiles()
+        with fast_save.saves_into(again):
+            _video(4, False).save_to(str(after))
+        assert again.wait() == []
+        assert after.read_bytes()[4:8] == b"ftyp"
+        assert pool._idle and not set(pool._idle) & set(frozen)
+    finally:
+        for leftover in (first, frozen_file, after):
+            leftover.unlink(missing_ok=True)
+        folder.rmdir()
