@@ -27,7 +27,7 @@ from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scrip
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyNodes
 from engine.runtime.model_paths import read_model_paths
-from engine.runtime.node_index import NodeIndex, index_key, index_path
+from engine.runtime.node_index import NodeIndex, environment_key, index_key, index_path
 from engine.runtime.patches import Patches, Target
 from engine.settings import Settings
 
@@ -288,7 +288,8 @@ def _lazy_nodes(
 ) -> LazyNodes:
     """The node index for this checkout and environment, read from ``folders``
     (:func:`_node_index_dirs`) if one was made before."""
-    key = index_key(_comfy_version(), folder_paths.get_folder_paths("custom_nodes"))
+    environment = environment_key()
+    key = index_key(_comfy_version(), folder_paths.get_folder_paths("custom_nodes"), environment)
     index = None
     for folder in folders:
         index = NodeIndex.read(index_path(folder, key), key)
@@ -306,7 +307,15 @@ def _lazy_nodes(
     eager = ("comfy_api_nodes",) if settings.comfy_org_api_key else ()
     # LAZY_PACKS=false: every custom node pack at boot, as ComfyUI does.
     packs = pack_evidence.Recorder(checkout, folder_paths) if settings.lazy_packs else None
-    return LazyNodes(nodes, index, key, eager_groups=eager, packs=packs, evidence_from=donor)
+    return LazyNodes(
+        nodes,
+        index,
+        key,
+        eager_groups=eager,
+        packs=packs,
+        evidence_from=donor,
+        environment=environment,
+    )
 
 
 def _mtime(path: Path) -> float:

@@ -81,15 +81,19 @@ class LazyNodes(FirstUseImports):
         eager_groups: Sequence[str] = (),
         packs: PackRecorder | None = None,
         evidence_from: NodeIndex | None = None,
+        environment: str = "",
     ) -> None:
-        super().__init__(nodes, NodeIndex(key=key))
+        super().__init__(nodes, NodeIndex(key=key, environment=environment))
         self._old = index if index is not None and index.key == key else None
         self._packs = packs
         """Set: custom node packs may load lazily, on their evidence (None: all at boot)."""
-        self._donor = evidence_from if self._old is None else None
+        same_environment = evidence_from is not None and evidence_from.environment == environment
+        self._donor = evidence_from if self._old is None and same_environment else None
         """An index made for another set of packs (the image's, where a network volume
         adds packs): a pack it knows, unchanged, keeps its evidence without a snapshot.
-        Only the evidence: with another set of packs nothing is deferred this boot."""
+        Only the evidence: with another set of packs nothing is deferred this boot. Not
+        one made in another environment (``environment``, node_index.environment_key): a
+        dependency installed or removed since may change what a pack's import does."""
         self._eager_groups = frozenset(eager_groups)
         self.deferred: list[str] = []
         """Files registered by name at boot instead of imported."""

@@ -3,8 +3,9 @@ node pack added when it was last imported, with the stamp that says it is unchan
 
 :mod:`engine.runtime.lazy_nodes` makes it on a boot that imports the files and reads it on
 later boots to register their node types by name. The index is valid for one key (ComfyUI's
-version, the Python, the custom node folders' entries and mtimes) and each file's size and
-mtime; a file that changed is imported at boot and indexed again.
+version, the Python, the distributions installed in its environment, the custom node
+folders' entries and mtimes) and each file's size and mtime; a file that changed is
+imported at boot and indexed again.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class NodeIndex:
 
     key: str
     files: dict[str, FileEntry] = field(default_factory=dict)
+    environment: str = ""
+    """The :func:`environment_key` it was made in ("" in a file older than the field)."""
 
     @classmethod
     def read(cls, path: Path, key: str | None) -> NodeIndex | None:
@@ -111,13 +114,14 @@ class NodeIndex:
             )
             for p, e in raw.get("files", {}).items()
         }
-        return cls(key=key, files=files)
+        return cls(key=key, files=files, environment=str(raw.get("environment", "")))
 
     def write(self, path: Path) -> None:
         """Write atomically: a boot beside this one reads the old file or the new one."""
         body = {
             "version": INDEX_VERSION,
             "key": self.key,
+            "environment": self.environment,
             "files": {
                 p: {
                     "group": e.group,
@@ -159,14 +163,19 @@ def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def index_key(comfy_version: str, custom_node_dirs: Iterable[str]) -> str:
+def index_key(
+    comfy_version: str, custom_node_dirs: Iterable[str], environment: str | None = None
+) -> str:
     """What the whole index depends on besides each file's own size and mtime.
 
-    The Python (its version and its environment's path) decides what an import can
-    find; the custom node folders' entries change when a pack is added or removed, and
-    a pack's ``__init__.py`` (a single-file pack: the file) when it is updated. Not the
-    pack folder's own mtime: packs write caches and settings into their folder at their
-    first start (ReActor, rgthree), which would change the key on every new container.
+    The Python's environment (:func:`environment_key`, this one's by default) decides what
+    an import can find: a pack's dependency installed or removed with pip in the same
+    environment makes a new index, so a pack that no longer imports fails at boot, not at
+    a job's first use of it, and one that now imports is indexed again. The custom node
+    folders' entries change when a pack is added or removed, and a pack's ``__init__.py``
+    (a single-file pack: the file) when it is updated. Not the pack folder's own mtime:
+    packs write caches and settings into their folder at their first start (ReActor,
+    rgthree), which would change the key on every new container.
     """
     packs: list[str] = []
     for folder in custom_node_dirs:
@@ -183,8 +192,52 @@ def index_key(comfy_version: str, custom_node_dirs: Iterable[str]) -> str:
                     packs.append(f"{folder}/{entry.name}:{stamp}")
         except OSError:
             packs.append(f"{folder}:absent")
-    parts = [comfy_version, sys.version, sys.prefix, *sorted(packs)]
+    environment = environment_key() if environment is None else environment
+    parts = [comfy_version, environment, *sorted(packs)]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+def environment_key(site_dirs: Iterable[str] | None = None) -> str:
+    """The Python (its version and prefix) and the distributions installed in its
+    environment (:func:`installed`, from ``site_dirs``: by default the site-packages
+    folders on ``sys.path``). Kept in the index too: an index made in another environment
+    lends no pack its evidence (``LazyNodes``), as a pack's import may change other
+    things once a dependency is added or removed."""
+    dists = installed(_site_dirs() if site_dirs is None else site_dirs)
+    parts = [sys.version, sys.prefix, *dists]
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+_DIST_SUFFIXES = (".dist-info", ".egg-info", ".pth")
+"""The entries of a site folder that say what is installed: each distribution's metadata
+folder (its name carries the version, so an upgrade changes it too) and the ``.pth``
+files that add paths (an editable install's among them)."""
+
+
+def installed(site_dirs: Iterable[str]) -> list[str]:
+    """The distributions installed in ``site_dirs`` (and their ``.pth`` files), by entry
+    name, sorted: one listing of each folder (with :func:`environment_key`'s hash,
+    0.32-0.33 ms a boot for the image environment's 241 entries: docs/benchmarks.md).
+
+    Names, not the folders' mtimes: an mtime also moves when Python writes
+    ``__pycache__`` beside a top-level module at a first import, which would make a new
+    index at the first start of every container made from an image that baked one.
+    """
+    found: list[str] = []
+    for folder in dict.fromkeys(site_dirs):
+        try:
+            with os.scandir(folder) as entries:
+                found += [f"{folder}/{e.name}" for e in entries if e.name.endswith(_DIST_SUFFIXES)]
+        except OSError:
+            found.append(f"{folder}:absent")
+    return sorted(found)
+
+
+def _site_dirs() -> list[str]:
+    """The site-packages folders on ``sys.path`` (the environment's, the system's when the
+    venv sees them, the user's): the same for every script run by this Python, unlike
+    ``sys.path`` as a whole (the script's own folder comes first)."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
 
 
 def index_path(folder: Path, key: str) -> Path:

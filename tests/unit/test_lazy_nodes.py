@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from engine.runtime import node_index
 from engine.runtime.lazy_mapping import LazyMapping
 from engine.runtime.lazy_nodes import LazyNodes
 from engine.runtime.node_index import NodeIndex, index_key, index_path
@@ -301,6 +302,42 @@ def test_the_index_key_follows_the_pack_folders(tmp_path: Path) -> None:
     (packs / "new_pack" / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}")
     assert index_key("0.3.64", [str(packs)]) != with_pack
     assert index_key("0.3.65", [str(packs)]) != index_key("0.3.64", [str(packs)])
+
+
+def test_the_index_key_follows_the_installed_distributions(tmp_path: Path) -> None:
+    """pip install, upgrade or uninstall in the same environment makes a new index;
+    what Python writes beside the distributions at an import (bytecode) does not."""
+    packs, site = tmp_path / "custom_nodes", tmp_path / "site-packages"
+    packs.mkdir()
+    site.mkdir()
+    (site / "numpy-1.26.4.dist-info").mkdir()
+
+    def key() -> str:
+        return index_key("0.3.64", [str(packs)], node_index.environment_key([str(site)]))
+
+    before = key()
+    assert key() == before
+    (site / "onnxruntime-1.19.2.dist-info").mkdir()  # a pack's dependency installed
+    with_dep = key()
+    assert with_dep != before
+    (site / "__pycache__").mkdir()  # a first import of a top-level module
+    (site / "six.py").write_text("")
+    assert key() == with_dep
+    (site / "onnxruntime-1.19.2.dist-info").rename(site / "onnxruntime-1.20.0.dist-info")
+    assert key() not in {with_dep, before}  # upgraded
+    (site / "onnxruntime-1.20.0.dist-info").rmdir()  # uninstalled
+    assert key() == before
+    (site / "__editable__.my_pack-0.1.pth").write_text("")  # pip install -e
+    assert key() != before
+
+
+def test_the_index_key_reads_this_pythons_site_packages_by_default() -> None:
+    """Without an environment: the site-packages on sys.path, where pytest is installed."""
+    site = node_index._site_dirs()
+    assert any(Path(entry).name.startswith("pytest-") for entry in node_index.installed(site))
+    assert node_index.environment_key() == node_index.environment_key(site)
+    assert node_index.environment_key() != node_index.environment_key([])
+    assert index_key("0.3.64", []) == index_key("0.3.64", [], node_index.environment_key(site))
 
 
 def test_a_damaged_index_file_is_ignored(tmp_path: Path) -> None:

@@ -73,9 +73,11 @@ class World:
         record: pack_imports.PackImports | None = None,
         key: str = "k",
         donor: str | None = None,
+        environment: str = "env",
     ) -> tuple[FakeComfy, LazyNodes]:
         """One boot as comfy_boot does it; ``record``: the import recorder wraps the loader;
-        ``donor``: the key of an index that lends its packs' evidence."""
+        ``donor``: the key of an index that lends its packs' evidence; ``environment``:
+        the Python environment's key (node_index.environment_key)."""
         self.reset()
         comfy = FakeComfy([self.root / "comfy_extras" / "nodes_b.py"], [], self.packs)
         if record is not None:
@@ -89,6 +91,7 @@ class World:
             evidence_from=None
             if donor is None
             else NodeIndex.read(index_path(self.index, donor), donor),
+            environment=environment,
         )
         lazy.on_pack_loaded = self.loaded.append
         with lazy.booting():
@@ -263,6 +266,23 @@ def test_another_set_of_packs_borrows_the_known_packs_evidence(
     comfy, lazy = world.boot(key="with-volume")
     assert sorted(Path(p).name for p in lazy.deferred_packs()) == ["clean.py", "volume_pack.py"]
     assert world.snapshots == 2  # the index now knows every pack
+
+
+def test_an_index_made_in_another_environment_lends_no_evidence(
+    world: World, tmp_path: Path
+) -> None:
+    """pip changed the environment since the index was made (a dependency installed or
+    removed): a pack's import may now change other things, so every pack is snapshotted
+    again instead of keeping what the old index recorded."""
+    world.boot(environment="before-pip")
+    world.packs.append(_node_file(tmp_path / "volume_nodes", "volume_pack", ["VolumeNode"]))
+    world.snapshots = 0
+    comfy, lazy = world.boot(key="after-pip", donor="k", environment="after-pip")
+    assert comfy.imported == ["nodes_b.py", "clean.py", "patcher.py", "volume_pack.py"]
+    assert world.snapshots == 4  # before the first pack, after each of the three
+    made = NodeIndex.read(index_path(world.index, "after-pip"), "after-pip")
+    assert made is not None and made.environment == "after-pip"  # what the next one compares
+    assert lazy.deferred_packs() == []
 
 
 def test_a_pack_folder_is_stamped_by_its_python_files(
