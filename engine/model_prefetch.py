@@ -18,8 +18,9 @@ one of the running job's loader nodes (a node with an input that names a model f
 :func:`~engine.workflow_needs.model_needs`), it pauses between two chunks, and reads on
 when the next node starts or the run ends (:class:`RunningLoaders`, told by the worker
 of each node start). Both jobs' reads on one disk made the running job's run slower
-(0.90x); a running job is a paying job whose GPU waits for its load, a waiting job has
-time to spare. The pause follows the loader node, not the state of its files in the page
+(0.83x-0.93x of its speed alone, loading a 2.1 GB checkpoint from a cold cache; with the
+pause 0.96x-1.01x: ``scripts/bench_prefetch.py --a-loads``, docs/benchmarks.md); a
+running job's GPU waits for its load, a waiting job has time to spare. The pause follows the loader node, not the state of its files in the page
 cache: whether the node will read the disk is not known beforehand (the file may be
 cached in part, evicted since, or a loader may read several files), a loader whose file
 is cached ends soon and so does the pause, and a node is the unit the engine reports.
@@ -280,7 +281,8 @@ class RunningLoaders:
         finally:
             # The run's end is its last node's end (ComfyUI sends no event for it).
             with self._changed:
-                self._run = None
+                if self._run is run:  # one run at a time holds the engine; never another's
+                    self._run = None
                 self._changed.notify_all()
 
     def wait_until_idle(self, stop: threading.Event) -> float:

@@ -20,7 +20,9 @@ its loader node's seconds and the pair's wall time (A sent to B answered) per se
     COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_prefetch.py --rounds 4
 
 ``--warm`` keeps the page cache: the file is cached, and read-ahead finds nothing to
-read (what it costs then). Generated files live in a temporary folder. A benchmark, not a test: it prints figures.
+read (what it costs then). ``--a-loads``: A's run starts by loading a checkpoint of its
+own; each pair then says how long the read-ahead paused for A's loader, and how much of
+B's file the page cache held as B's run started (sampled ``RWF_NOWAIT`` reads). Generated files live in a temporary folder. A benchmark, not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -91,13 +93,39 @@ class RunStarts:
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.started: dict[str, threading.Event] = {}
+        self.probe: dict[str, Path] = {}
+        """A file to look at as a job's run starts: how much of it is in the page cache."""
+        self.cached: dict[str, float] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def run(self, job: Any) -> Any:
+        if job.prompt_id in self.probe:
+            self.cached[job.prompt_id] = cached_fraction(self.probe[job.prompt_id])
         self.started.setdefault(job.prompt_id, threading.Event()).set()
         return self._inner.run(job)
+
+
+def cached_fraction(path: Path, step: int = 16 << 20) -> float:
+    """The share of pages, one per ``step`` bytes, that a read that may not wait for the
+    disk (``RWF_NOWAIT``) finds in the page cache; -1 where the kernel cannot say."""
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return -1.0
+    page = bytearray(4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offsets = range(0, os.fstat(fd).st_size, step)
+        found = 0
+        for at in offsets:
+            with contextlib.suppress(BlockingIOError):  # not cached
+                found += os.preadv(fd, [page], at, nowait) > 0
+        return found / max(len(offsets), 1)
+    except OSError:
+        return -1.0
+    finally:
+        os.close(fd)
 
 
 def drop_caches() -> None:
@@ -112,11 +140,14 @@ def pair(
     hold_s: float,
     ckpt: str,
     a_ckpt: str | None = None,
+    b_file: Path | None = None,
 ) -> dict[str, Any]:
     """A then B, on two callers; B's stats, A's run and the pair's wall time."""
     answers: dict[str, dict[str, Any]] = {}
     a_id, b_id = f"a-{serial}", f"b-{serial}"
     runtime.started[a_id] = threading.Event()
+    if b_file is not None:
+        runtime.probe[b_id] = b_file
 
     def call(job_id: str, workflow: dict[str, Any]) -> None:
         answers[job_id] = worker.handle({"id": job_id, "input": {"workflow": workflow}})
@@ -141,6 +172,8 @@ def pair(
         "loader_s": stats["nodes"].get("1", 0.0),
         "wait_s": stats["wait_s"],
         "a_execute_s": answers[a_id]["stats"]["execute_s"],
+        "a_loader_s": answers[a_id]["stats"]["nodes"].get("5", 0.0),
+        "b_cached": runtime.cached.get(b_id, -1.0),
     }
 
 
@@ -245,7 +278,9 @@ def main() -> int:
                         while cached.read(8 << 20):
                             pass
                 prefetches.clear()
-                result = pair(worker, runtime, serial, args.hold_s, name, a_name)
+                result = pair(
+                    worker, runtime, serial, args.hold_s, name, a_name, checkpoints / name
+                )
                 for used in [name] if a_name is None else [name, a_name]:
                     with contextlib.suppress(OSError):
                         (checkpoints / used).unlink()
@@ -253,13 +288,17 @@ def main() -> int:
                     prefetch.finished.wait(60)
                 result["ahead_gb"] = sum(p.bytes_read for p in prefetches) / 1e9
                 result["ahead_s"] = sum(p.seconds for p in prefetches)
+                result["paused_s"] = sum(getattr(p, "paused_s", 0.0) for p in prefetches)
                 if round_no:
                     figures[setting].append(result)
                     print(
-                        f"  round {round_no} read-ahead {setting:3}: A's run {result['a_execute_s']:.2f} s,"
+                        f"  round {round_no} read-ahead {setting:3}: A's run {result['a_execute_s']:.2f} s"
+                        f" (loader {result['a_loader_s']:.2f} s),"
                         f" B's run {result['execute_s']:.2f} s"
                         f" (loader {result['loader_s']:.2f} s, waited {result['wait_s']:.2f} s),"
-                        f" pair {result['wall_s']:.2f} s; read ahead {result['ahead_gb']:.2f} GB in {result['ahead_s']:.2f} s; load {os.getloadavg()[0]:.2f}",
+                        f" pair {result['wall_s']:.2f} s; read ahead {result['ahead_gb']:.2f} GB in {result['ahead_s']:.2f} s"
+                        f" ({result['paused_s']:.2f} s of it paused for A's loader);"
+                        f" B's file {result['b_cached']:.0%} cached as its run started; load {os.getloadavg()[0]:.2f}",
                         flush=True,
                     )
         print("medians:")
