@@ -3,7 +3,7 @@ process while the engine goes on (the ``deferred_video`` patch).
 
 ComfyUI's ``SaveVideo`` calls ``VideoFromComponents.save_to`` (CreateVideo's video),
 which encodes the frames one by one with PyAV's H.264 on the engine thread: 81 frames
-of 832x480 took seconds on 2 CPU cores, time a GPU would sit idle with the next job
+of 832x480 took 9.5 s on 2 CPU cores, time a GPU would sit idle with the next job
 waiting. While a worker's run hands its files off (``fast_save.saves_into``: another
 job is in flight) and the file goes under ComfyUI's output folder, the wrapped
 ``save_to`` takes the file's name on disk (an empty file, so ComfyUI's counter never
@@ -12,10 +12,13 @@ encoder process (``engine.runtime.video_encode`` makes ``save_to``'s PyAV calls 
 and returns: SaveVideo returns its ui result at once, and the job waits for the file
 after the run (``engine.runtime.pending_files``), with its deadline and cancel.
 
-A process, not a thread: beside an encode on a thread, a stand-in for a sampler's loop
-(short Python bursts between waits that release the GIL) ran at 0.80-0.83 of its speed
-alone, beside the same encode in a process at 0.86-0.95; and a pure-Python loop beside
-the thread stretched the encode itself 2-4x (docs/benchmarks.md).
+A process, not a thread, measured (``scripts/bench_video_save.py --gil``, docs/benchmarks.md):
+the next job's Python ran at the same speed beside either (a sampler-like loop, medians
+of 5: 0.88 and 0.90 of its speed alone, cores apart; PyAV 19 releases the GIL while it scales,
+encodes and muxes). What differs: beside a pure-Python loop the encode on a thread took
+1.3-1.5x as long (its GIL waits), and a process is ended when the job's time is up or it
+is cancelled (``png_encoders``), where a thread inside PyAV's encoder cannot be stopped.
+Sending the frames costs a copy through a pipe, on a pool thread.
 
 Every other call runs ComfyUI's own ``save_to``: no hand-off (a lone job: sending the
 frames to a process would only add to its time), a file object or a path outside the
