@@ -127,7 +127,10 @@ def video_file(components: Any, metadata: dict[str, Any] | None) -> VideoFile | 
     if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] % 2 or images.shape[2] % 2:
         return None
     # save_to converts frame by frame on the frames' device, then copies to the CPU: the
-    # same element-wise operations on the whole tensor give the same bytes.
+    # same element-wise operations on the whole tensor give the same bytes. Here, in the
+    # node, as save_to reads them (0.5 s for 81 frames of 832x480 on 2 CPU cores): the
+    # frames as they are now, whatever a later node does to a cached tensor, and no GPU
+    # memory held past the node.
     frames = (images * 255).clamp(0, 255).byte().cpu().numpy()
     frame_rate = Fraction(round(components.frame_rate * 1000), 1000)
     text = None if metadata is None else {k: json.dumps(v) for k, v in metadata.items()}

@@ -5,14 +5,18 @@ with the file's name taken and its bytes not written; once written by the encode
 process, the file is byte for byte the one ComfyUI writes itself in the node. ComfyUI's
 own ``VideoFromComponents`` with audio and metadata: the same. A job cancelled while its
 encode sits in a frozen helper ends with its own error, and the next video is written by
-a fresh helper.
+a fresh helper. Through the worker, a job behind another hands its video off, and gets
+it whole, or an error naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -22,14 +26,19 @@ import pytest
 
 from engine.deadline import Deadline
 from engine.errors import JobInterruptedError
+from engine.pipeline import Ticket
 from engine.runtime import JobSpec, fast_save, video_save
 from engine.runtime.comfy import ComfyRuntime
 from engine.runtime.pending_files import PendingFiles
-from tests.engine.support import ENGINE_MARKS, node
+from engine.settings import Settings
+from engine.worker import Worker
+from tests.engine.support import ENGINE_MARKS, empty_image, node
 from tests.unit.test_fast_save import GatedPool, unread_bytes
 from tests.unit.test_pipeline import wait_until
 
 pytestmark = ENGINE_MARKS
+
+_HANG_S = 60.0
 
 
 def _workflow(prefix: str, frames: int = 6) -> dict[str, Any]:
@@ -188,3 +197,80 @@ def test_a_cancelled_job_does_not_wait_for_a_frozen_encoder(runtime: ComfyRuntim
         for leftover in (first, frozen_file, after):
             leftover.unlink(missing_ok=True)
         folder.rmdir()
+
+
+@pytest.mark.parametrize("encode", ["whole", "failing"])
+def test_a_job_behind_another_hands_its_video_off_through_the_worker(
+    runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, prefix: str, encode: str
+) -> None:
+    """Job A's run is held on the engine (the progress sink blocks at its WorkerTestSteps
+    node); job B, sent meanwhile, has another job in flight, so its run hands its video
+    off. B's answer holds the whole MP4 (``whole``), or names the file that could not be
+    written and why (``failing``: the encoder process raises)."""
+    handed: list[str] = []
+    submit = video_save.submit
+
+    def counting(video: Any, path: str, deadline: Any = None) -> Any:
+        handed.append(Path(path).name)
+        return submit(video, path, deadline)
+
+    monkeypatch.setattr(video_save, "submit", counting)
+    if encode == "failing":
+        from tests.unit.test_video_save import _Broken
+
+        monkeypatch.setattr(video_save, "video_file", lambda components, metadata: _Broken())
+    at_steps, go_on, waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def sink(job: dict[str, Any], line: str) -> None:
+        if job["id"] == "a" and "WorkerTestSteps" in line and not at_steps.is_set():
+            at_steps.set()
+            assert go_on.wait(_HANG_S)
+
+    settings = Settings(work_dir=runtime.directories.input.parent)
+    worker = Worker(dataclasses.replace(settings, max_concurrent_jobs=2), runtime, progress=sink)
+    take_engine = worker._pipeline.take_engine
+
+    def noting(ticket: Ticket, deadline: Any) -> bool:
+        if ticket.number == 1:
+            waiting.set()
+        return take_engine(ticket, deadline)
+
+    worker._pipeline.take_engine = noting  # type: ignore[method-assign]
+    held = {
+        "1": empty_image(32, 32),
+        "2": node("WorkerTestSteps", images=["1", 0], steps=2, seconds_per_step=0.0),
+        "3": node("SaveImage", images=["2", 0], filename_prefix=f"{prefix}/a"),
+    }
+    answers: dict[str, dict[str, Any]] = {}
+
+    def send(job_id: str, workflow: dict[str, Any]) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: answers.setdefault(
+                job_id, worker.handle({"id": job_id, "input": {"workflow": workflow}})
+            ),
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    a = send("a", held)
+    try:
+        assert at_steps.wait(_HANG_S)  # A's run holds the engine thread
+        b = send("b", _workflow(f"{prefix}/b"))
+        assert waiting.wait(_HANG_S)  # B waits for the engine, A still in flight
+    finally:
+        go_on.set()
+    a.join(_HANG_S)
+    b.join(_HANG_S)
+    assert answers["a"].get("errors") == [], answers["a"]
+    body = answers["b"]
+    assert len(handed) == 1 and handed[0].endswith(".mp4")
+    if encode == "whole":
+        assert body.get("errors") == [], body
+        (item,) = body["images"]
+        assert item["filename"] == handed[0] and item["mime_type"] == "video/mp4"
+        assert item["video"]["frames"] == 6
+    else:
+        text = json.dumps(body)
+        assert f"{handed[0]}: could not be written" in text, body
+        assert "the encoder refused the frames" in text, body
