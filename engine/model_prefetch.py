@@ -19,7 +19,7 @@ one of the running job's loader nodes (a node with an input that names a model f
 when the next node starts or the run ends (:class:`RunningLoaders`, told by the worker
 of each node start). Both jobs' reads on one disk made the running job's run slower
 (0.83x-0.93x of its speed alone, loading a 2.1 GB checkpoint from a cold cache; with the
-pause 0.96x-1.01x: ``scripts/bench_prefetch.py --a-loads``, docs/benchmarks.md); a
+pause 0.96x-1.03x: ``scripts/bench_prefetch.py --a-loads``, docs/benchmarks.md); a
 running job's GPU waits for its load, a waiting job has time to spare. The pause follows the loader node, not the state of its files in the page
 cache: whether the node will read the disk is not known beforehand (the file may be
 cached in part, evicted since, or a loader may read several files), a loader whose file
