@@ -274,3 +274,23 @@ def test_a_job_behind_another_hands_its_video_off_through_the_worker(
         text = json.dumps(body)
         assert f"{handed[0]}: could not be written" in text, body
         assert "the encoder refused the frames" in text, body
+
+
+def test_frames_h264_cannot_take_fail_in_the_node_as_in_comfyui(runtime: ComfyRuntime) -> None:
+    """Odd sizes (4:2:0 needs even ones): nothing is handed off; ComfyUI's own save_to
+    runs in the node and raises its own error there."""
+    import torch
+    from comfy_api.latest import InputImpl, Types
+
+    components = Types.VideoComponents(
+        images=torch.rand(3, 49, 65, 3), audio=None, frame_rate=Fraction(24)
+    )
+    video = InputImpl.VideoFromComponents(components)
+    path = runtime.directories.output / f"video-odd-{os.getpid()}.mp4"
+    pending = PendingFiles()
+    try:
+        with fast_save.saves_into(pending), pytest.raises(Exception, match="libx264"):
+            video.save_to(str(path))
+        assert len(pending) == 0
+    finally:
+        path.unlink(missing_ok=True)
