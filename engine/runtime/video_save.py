@@ -55,6 +55,9 @@ _PROCESSES = 2
 # :class:`VideoFile` from there.
 _ENGINE_PARENT = str(Path(__file__).resolve().parents[2])
 
+# Frames converted to bytes at a time (float temporaries of that many frames only).
+_CONVERT_FRAMES = 8
+
 _pool: EncoderPool | None = None
 _pool_lock = threading.Lock()
 
@@ -127,11 +130,17 @@ def video_file(components: Any, metadata: dict[str, Any] | None) -> VideoFile | 
     if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] % 2 or images.shape[2] % 2:
         return None
     # save_to converts frame by frame on the frames' device, then copies to the CPU: the
-    # same element-wise operations on the whole tensor give the same bytes. Here, in the
-    # node, as save_to reads them (0.5 s for 81 frames of 832x480 on 2 CPU cores): the
-    # frames as they are now, whatever a later node does to a cached tensor, and no GPU
-    # memory held past the node.
-    frames = (images * 255).clamp(0, 255).byte().cpu().numpy()
+    # same element-wise operations give the same bytes. Here, in the node, as save_to
+    # reads them (0.5 s for 81 frames of 832x480 on 2 CPU cores): the frames as they are
+    # now, whatever a later node does to a cached tensor, and no GPU memory held past the
+    # node. A few frames at a time into one uint8 array: on the whole tensor at once, the
+    # float temporaries would be twice the video's size again (on a GPU, in its VRAM).
+    import numpy  # here: where frames come, torch and numpy are; the module loads without
+
+    frames = numpy.empty(tuple(images.shape), dtype=numpy.uint8)
+    for first in range(0, images.shape[0], _CONVERT_FRAMES):
+        last = first + _CONVERT_FRAMES
+        frames[first:last] = (images[first:last] * 255).clamp(0, 255).byte().cpu().numpy()
     frame_rate = Fraction(round(components.frame_rate * 1000), 1000)
     text = None if metadata is None else {k: json.dumps(v) for k, v in metadata.items()}
     video = VideoFile(frames=frames, frame_rate=frame_rate, metadata=text)

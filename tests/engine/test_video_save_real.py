@@ -126,7 +126,7 @@ def test_the_encoder_process_writes_the_bytes_comfyui_writes(
     runtime: ComfyRuntime, audio: bool
 ) -> None:
     """ComfyUI's own class, its metadata as SaveVideo passes it, the real encoder process."""
-    video = _video(8, audio)
+    video = _video(11, audio)  # more than one conversion chunk (_CONVERT_FRAMES), not a multiple
     metadata = {
         "prompt": {"1": {"class_type": "CreateVideo", "inputs": {"fps": 24}}},
         "workflow": {"nodes": [], "links": []},

@@ -606,7 +606,9 @@ def test_a_waiting_job_reads_ahead_once_the_running_jobs_loader_is_done(
         assert files.opened == []  # B reads nothing while A loads
         runtime.loaded.set()
         assert files.closed[b_ckpt].wait(_HANG_S)
-        assert files.yielded == {b_ckpt: 50} and runtime.hanging.is_set() and a[0].is_alive()
+        # A's next node starts (which lets B read) before that node says it holds.
+        assert runtime.hanging.wait(_HANG_S)
+        assert files.yielded == {b_ckpt: 50} and a[0].is_alive()
     finally:
         runtime.loaded.set()
         runtime.release.set()
