@@ -252,7 +252,14 @@ class JobWatch:
                     # A job alone, on the engine thread: the wait for its answer to be
                     # sent and the removal of its files go to its own lane, so the
                     # engine is free for the next run as soon as the answer is out.
-                    ticket.lane.submit(functools.partial(end, answer, held))
+                    try:
+                        ticket.lane.submit(functools.partial(end, answer, held))
+                    except RuntimeError:
+                        # The lane's thread starts on first use, and no thread starts once
+                        # the interpreter is exiting: a local test's one job, answered
+                        # just before. Its end runs here, so Worker.close (at exit)
+                        # still sees its files go.
+                        end(answer, held)
                 else:
                     end(answer, held)
 

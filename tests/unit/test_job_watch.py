@@ -303,3 +303,30 @@ def test_close_says_whether_every_answered_jobs_files_went(tmp_path: Path) -> No
     gate.set()
     assert watch.close(_HANG_S) is True
     assert removed.is_set()
+
+
+def test_a_lone_jobs_end_runs_on_the_engine_thread_when_no_thread_can_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job alone runs on the engine thread and hands its end to its lane, whose thread
+    starts on first use; at the interpreter's exit no thread starts (a local test's one
+    job, answered just before). Its end then runs where the job ran, so close() (at exit)
+    sees its files go."""
+    watch, _ = make_watch(tmp_path)
+    removed = threading.Event()
+
+    def job(*args: Any) -> dict[str, Any]:
+        ticket, cleanups = args[-2], args[-1]
+        assert ticket.runs_on is not ticket.lane  # alone: on the engine thread
+
+        def no_thread(fn: Callable[[], object]) -> Future[object]:
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+
+        monkeypatch.setattr(ticket.lane, "submit", no_thread)
+        cleanups.append(removed.set)
+        return {"job": "a"}
+
+    came = Arrival("a", {}, [], [], Deadline.start(None), lambda _: None, alone_on_engine=True)
+    assert watch.run_within(came, job, clean_up_after=threading.Event()) == {"job": "a"}
+    assert watch.close(_HANG_S) is True
+    assert removed.is_set()
