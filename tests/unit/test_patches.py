@@ -480,6 +480,9 @@ def _video_target(source: str, monkeypatch: pytest.MonkeyPatch) -> Target:
 
 
 def test_deferred_video_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pool is the module's, for the worker's life: an earlier test's hand-off (a
+    # real-engine one, in the same session) may have started it. This test starts afresh.
+    monkeypatch.setattr(video_save, "_pool", None)
     target = _video_target(_VIDEO_TYPES, monkeypatch)
     video_class = target.comfy_api.VideoFromComponents
     original = video_class.save_to
