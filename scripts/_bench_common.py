@@ -1057,3 +1057,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     align = ["---"] + ["---:"] * (len(header) - 1)
     lines = [header, align, *rows]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+class Metered:
+    """The runtime, with the time spent in ``run`` (the engine busy) added up."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.busy_s = 0.0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def run(self, job: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._inner.run(job)
+        finally:
+            with self._lock:
+                self.busy_s += time.perf_counter() - started

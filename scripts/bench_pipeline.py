@@ -58,7 +58,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _bench_common import sleep_node_paths  # noqa: E402
+from _bench_common import Metered, sleep_node_paths  # noqa: E402
 
 BUCKET = "bench"
 _KEYS = {"BUCKET_ACCESS_KEY_ID": "bench-key", "BUCKET_SECRET_ACCESS_KEY": "bench-secret"}
@@ -278,26 +278,6 @@ class SleepRuntime:
 
     def interrupt(self) -> None:
         self._interrupt.set()
-
-
-class Metered:
-    """The runtime, with the time spent in ``run`` (the engine busy) added up."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.busy_s = 0.0
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def run(self, job: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self._inner.run(job)
-        finally:
-            with self._lock:
-                self.busy_s += time.perf_counter() - started
 
 
 def make_runtime(args: argparse.Namespace, work: Path) -> tuple[Metered, dict[str, str]]:

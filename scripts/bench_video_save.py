@@ -57,7 +57,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts._bench_common import command_line, load_average, sleep_node_paths  # noqa: E402
+from scripts._bench_common import (  # noqa: E402
+    Metered,
+    command_line,
+    load_average,
+    sleep_node_paths,
+)
 
 FRAMES_NODE = '''
 import torch
@@ -233,26 +238,6 @@ def workflow(seed: int, args: argparse.Namespace, run_s: float) -> dict[str, Any
             },
         },
     }
-
-
-class Metered:
-    """The runtime, with the time spent in ``run`` (the engine busy) added up."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.busy_s = 0.0
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def run(self, job: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self._inner.run(job)
-        finally:
-            with self._lock:
-                self.busy_s += time.perf_counter() - started
 
 
 @dataclass
