@@ -57,7 +57,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts._bench_common import (  # noqa: E402
+# From the script's own folder (on sys.path as Python runs a script), not as
+# scripts._bench_common: importing this repository's scripts folder as the package
+# `scripts` would hide ComfyUI-ReActor's own `scripts` package, and ReActor would fail
+# to import in the benchmark's ComfyUI.
+from _bench_common import (  # noqa: E402
     Metered,
     command_line,
     load_average,
