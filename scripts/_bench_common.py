@@ -1077,3 +1077,37 @@ class Metered:
         finally:
             with self._lock:
                 self.busy_s += time.perf_counter() - started
+
+
+def stream_jobs(
+    worker: Any, runtime: Metered, jobs: list[dict[str, Any]], callers: int
+) -> tuple[float, float]:
+    """Send ``jobs`` through ``worker.handle`` with ``callers`` in flight at once, as the
+    runpod SDK's job loop keeps that many in progress: the stream's wall seconds and the
+    engine's busy seconds in it. Each answer must hold one output and no error; a stream
+    with a failed job ends the benchmark (SystemExit, with the first answer)."""
+    pending = list(reversed(jobs))
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def caller() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                job = pending.pop()
+            answer = worker.handle(job)
+            if "error" in answer or answer.get("errors") or len(answer.get("images", [])) != 1:
+                failures.append(json.dumps(answer)[:400])
+
+    busy_before = runtime.busy_s
+    started = time.perf_counter()
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"{len(failures)} job(s) failed, first: {failures[0]}")
+    return wall, runtime.busy_s - busy_before

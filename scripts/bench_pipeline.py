@@ -58,7 +58,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _bench_common import Metered, sleep_node_paths  # noqa: E402
+from _bench_common import Metered, sleep_node_paths, stream_jobs  # noqa: E402
 
 BUCKET = "bench"
 _KEYS = {"BUCKET_ACCESS_KEY_ID": "bench-key", "BUCKET_SECRET_ACCESS_KEY": "bench-secret"}
@@ -329,31 +329,8 @@ def workflow(image: str, seconds: float, prefix: str) -> dict[str, Any]:
 
 def stream(worker: Any, runtime: Metered, jobs: list[dict[str, Any]], callers: int) -> Figures:
     """Send ``jobs`` through ``worker`` with ``callers`` in flight at once, as the SDK does."""
-    pending = list(reversed(jobs))
-    lock = threading.Lock()
-    failures: list[str] = []
-
-    def caller() -> None:
-        while True:
-            with lock:
-                if not pending:
-                    return
-                job = pending.pop()
-            answer = worker.handle(job)
-            if "error" in answer or answer.get("errors") or len(answer.get("images", [])) != 1:
-                failures.append(json.dumps(answer)[:400])
-
-    busy_before = runtime.busy_s
-    started = time.perf_counter()
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    if failures:
-        raise SystemExit(f"{len(failures)} job(s) failed, first: {failures[0]}")
-    return Figures(len(jobs), wall, runtime.busy_s - busy_before)
+    wall, busy = stream_jobs(worker, runtime, jobs, callers)
+    return Figures(len(jobs), wall, busy)
 
 
 def run_streams(

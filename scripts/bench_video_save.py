@@ -42,7 +42,6 @@ A benchmark, not a test: it prints figures and the settings that made them.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -66,6 +65,7 @@ from _bench_common import (  # noqa: E402
     command_line,
     load_average,
     sleep_node_paths,
+    stream_jobs,
 )
 
 FRAMES_NODE = '''
@@ -258,32 +258,8 @@ class Figures:
 
 def stream(worker: Any, runtime: Metered, jobs: list[dict[str, Any]], run_s: float) -> Figures:
     """``jobs`` through ``worker`` with two in flight at once, as the SDK sends them."""
-    pending = list(reversed(jobs))
-    lock = threading.Lock()
-    failures: list[str] = []
-
-    def caller() -> None:
-        while True:
-            with lock:
-                if not pending:
-                    return
-                job = pending.pop()
-            answer = worker.handle(job)
-            videos = answer.get("images", [])
-            if "error" in answer or answer.get("errors") or len(videos) != 1:
-                failures.append(json.dumps(answer)[:400])
-
-    busy_before = runtime.busy_s
-    started = time.perf_counter()
-    threads = [threading.Thread(target=caller) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    if failures:
-        raise SystemExit(f"{len(failures)} job(s) failed, first: {failures[0]}")
-    return Figures(len(jobs), wall, runtime.busy_s - busy_before, len(jobs) * run_s)
+    wall, busy = stream_jobs(worker, runtime, jobs, 2)
+    return Figures(len(jobs), wall, busy, len(jobs) * run_s)
 
 
 def main() -> int:
