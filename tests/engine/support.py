@@ -15,6 +15,7 @@ module (:func:`require_packs`, :func:`skip_packs_that_cannot_import`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -30,7 +31,10 @@ import pytest
 from PIL import Image, ImageChops
 
 from engine.deadline import Deadline
-from engine.runtime import Directories, RunResult
+from engine.pipeline import Ticket
+from engine.runtime import Directories, RunResult, Runtime
+from engine.settings import Settings
+from engine.worker import Worker
 
 CUSTOM_NODES_ENV = "COMFYUI_TEST_CUSTOM_NODES"
 """A folder of extra custom node packs (e.g. one holding ComfyUI-VideoHelperSuite)."""
@@ -363,3 +367,56 @@ def make_volume_packs(folder: Path) -> Path:
     shadow.mkdir()
     (shadow / "__init__.py").write_text("raise RuntimeError('a second copy must not load')\n")
     return folder
+
+
+class HeldRun:
+    """Two jobs in flight on the real engine, the first one's run held.
+
+    A worker with ``MAX_CONCURRENT_JOBS=2`` whose progress sink blocks job ``held_id``'s
+    run at its ``WorkerTestSteps`` node (:func:`held_workflow`): ``at_steps`` is set
+    there, and the run goes on once ``go_on`` is set. ``waiting`` is set when the job
+    admitted second asks for the engine. :meth:`send` hands a job to the worker on a
+    thread of its own; its answer lands in ``answers``.
+    """
+
+    def __init__(self, runtime: Runtime, held_id: str = "a", hang_s: float = 60.0) -> None:
+        self.at_steps, self.go_on, self.waiting = (threading.Event() for _ in range(3))
+        self.answers: dict[str, dict[str, Any]] = {}
+
+        def sink(job: dict[str, Any], line: str) -> None:
+            if job["id"] == held_id and "WorkerTestSteps" in line and not self.at_steps.is_set():
+                self.at_steps.set()
+                assert self.go_on.wait(hang_s)
+
+        settings = Settings(work_dir=runtime.directories.input.parent)
+        self.worker = Worker(
+            dataclasses.replace(settings, max_concurrent_jobs=2), runtime, progress=sink
+        )
+        take_engine = self.worker._pipeline.take_engine
+
+        def noting(ticket: Ticket, deadline: Deadline) -> bool:
+            if ticket.number == 1:
+                self.waiting.set()
+            return take_engine(ticket, deadline)
+
+        self.worker._pipeline.take_engine = noting  # type: ignore[method-assign]
+
+    def send(self, job_id: str, job_input: dict[str, Any]) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: self.answers.setdefault(
+                job_id, self.worker.handle({"id": job_id, "input": job_input})
+            ),
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+
+def held_workflow(prefix: str, steps: int) -> dict[str, Any]:
+    """An image through ``WorkerTestSteps`` (``steps`` steps) to SaveImage under ``prefix``:
+    the run :class:`HeldRun` holds at its steps."""
+    return {
+        "1": empty_image(32, 32),
+        "2": node("WorkerTestSteps", images=["1", 0], steps=steps, seconds_per_step=0.0),
+        "3": node("SaveImage", images=["2", 0], filename_prefix=prefix),
+    }

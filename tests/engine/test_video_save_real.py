@@ -12,11 +12,9 @@ it whole, or an error naming the file.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -26,13 +24,10 @@ import pytest
 
 from engine.deadline import Deadline
 from engine.errors import JobInterruptedError
-from engine.pipeline import Ticket
 from engine.runtime import JobSpec, fast_save, video_save
 from engine.runtime.comfy import ComfyRuntime
 from engine.runtime.pending_files import PendingFiles
-from engine.settings import Settings
-from engine.worker import Worker
-from tests.engine.support import ENGINE_MARKS, empty_image, node
+from tests.engine.support import ENGINE_MARKS, HeldRun, held_workflow, node
 from tests.unit.test_fast_save import GatedPool, unread_bytes
 from tests.unit.test_pipeline import wait_until
 
@@ -219,51 +214,18 @@ def test_a_job_behind_another_hands_its_video_off_through_the_worker(
         from tests.unit.test_video_save import _Broken
 
         monkeypatch.setattr(video_save, "video_file", lambda components, metadata: _Broken())
-    at_steps, go_on, waiting = threading.Event(), threading.Event(), threading.Event()
-
-    def sink(job: dict[str, Any], line: str) -> None:
-        if job["id"] == "a" and "WorkerTestSteps" in line and not at_steps.is_set():
-            at_steps.set()
-            assert go_on.wait(_HANG_S)
-
-    settings = Settings(work_dir=runtime.directories.input.parent)
-    worker = Worker(dataclasses.replace(settings, max_concurrent_jobs=2), runtime, progress=sink)
-    take_engine = worker._pipeline.take_engine
-
-    def noting(ticket: Ticket, deadline: Any) -> bool:
-        if ticket.number == 1:
-            waiting.set()
-        return take_engine(ticket, deadline)
-
-    worker._pipeline.take_engine = noting  # type: ignore[method-assign]
-    held = {
-        "1": empty_image(32, 32),
-        "2": node("WorkerTestSteps", images=["1", 0], steps=2, seconds_per_step=0.0),
-        "3": node("SaveImage", images=["2", 0], filename_prefix=f"{prefix}/a"),
-    }
-    answers: dict[str, dict[str, Any]] = {}
-
-    def send(job_id: str, workflow: dict[str, Any]) -> threading.Thread:
-        thread = threading.Thread(
-            target=lambda: answers.setdefault(
-                job_id, worker.handle({"id": job_id, "input": {"workflow": workflow}})
-            ),
-            daemon=True,
-        )
-        thread.start()
-        return thread
-
-    a = send("a", held)
+    run = HeldRun(runtime, hang_s=_HANG_S)
+    a = run.send("a", {"workflow": held_workflow(f"{prefix}/a", steps=2)})
     try:
-        assert at_steps.wait(_HANG_S)  # A's run holds the engine thread
-        b = send("b", _workflow(f"{prefix}/b"))
-        assert waiting.wait(_HANG_S)  # B waits for the engine, A still in flight
+        assert run.at_steps.wait(_HANG_S)  # A's run holds the engine thread
+        b = run.send("b", {"workflow": _workflow(f"{prefix}/b")})
+        assert run.waiting.wait(_HANG_S)  # B waits for the engine, A still in flight
     finally:
-        go_on.set()
+        run.go_on.set()
     a.join(_HANG_S)
     b.join(_HANG_S)
-    assert answers["a"].get("errors") == [], answers["a"]
-    body = answers["b"]
+    assert run.answers["a"].get("errors") == [], run.answers["a"]
+    body = run.answers["b"]
     assert len(handed) == 1 and handed[0].endswith(".mp4")
     if encode == "whole":
         assert body.get("errors") == [], body
