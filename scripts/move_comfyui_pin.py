@@ -155,9 +155,9 @@ def probe(checkout: Path, custom_nodes: Path | None) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     index_dir = checkout / ".worker-node-index"
-    before = (
-        {p: p.stat().st_mtime_ns for p in index_dir.glob("*.json")} if index_dir.is_dir() else {}
-    )
+    # By inode: a write replaces the file (node_index.NodeIndex.write), while a boot
+    # that only read one moves its mtime (node_index.mark_used).
+    before = {p: p.stat().st_ino for p in index_dir.glob("*.json")} if index_dir.is_dir() else {}
     with tempfile.TemporaryDirectory(prefix="move-pin-boot-") as tmp:
         extra = None
         if custom_nodes is not None:
@@ -178,7 +178,7 @@ def probe(checkout: Path, custom_nodes: Path | None) -> dict[str, Any]:
         written = sorted(
             str(p)
             for p in (index_dir.glob("*.json") if index_dir.is_dir() else [])
-            if before.get(p) != p.stat().st_mtime_ns
+            if before.get(p) != p.stat().st_ino
         )
         return {
             "node_types": node_types,

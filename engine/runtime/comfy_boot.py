@@ -22,12 +22,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import RuntimeBootError
-from engine.runtime import Directories, comfy_args, fast_save, pack_evidence, pack_imports
+from engine.runtime import (
+    Directories,
+    comfy_args,
+    fast_save,
+    node_index,
+    pack_evidence,
+    pack_imports,
+)
 from engine.runtime.comfy_folders import log_model_folders, run_prestartup_scripts
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_nodes import LazyNodes
 from engine.runtime.model_paths import read_model_paths
-from engine.runtime.node_index import NodeIndex, environment_key, index_key, index_path
+from engine.runtime.node_index import environment_key, index_key
 from engine.runtime.patches import Patches, Target
 from engine.settings import Settings
 
@@ -290,19 +297,13 @@ def _lazy_nodes(
     (:func:`_node_index_dirs`) if one was made before."""
     environment = environment_key()
     key = index_key(_comfy_version(), folder_paths.get_folder_paths("custom_nodes"), environment)
-    index = None
-    for folder in folders:
-        index = NodeIndex.read(index_path(folder, key), key)
-        if index is not None:
-            break
+    index = node_index.find(folders, key)
     # None for this set of packs (a network volume adds some): the newest index of this
-    # layout (the image's, made at build) lends its packs' evidence, so the boot that
-    # makes this one snapshots only the packs it does not know.
+    # layout and environment (the image's, made at build) lends its packs' evidence, so
+    # the boot that makes this one snapshots only the packs it does not know.
     donor = None
     if index is None and settings.lazy_packs:
-        made = [p for f in folders for p in f.glob(index_path(f, "*").name) if p.is_file()]
-        for path in sorted(made, key=_mtime, reverse=True)[:1]:
-            donor = NodeIndex.read(path, None)
+        donor = node_index.newest_of(folders, environment)
     # With a Comfy.org key configured, API nodes are expected: loaded at boot, as before.
     eager = ("comfy_api_nodes",) if settings.comfy_org_api_key else ()
     # LAZY_PACKS=false: every custom node pack at boot, as ComfyUI does.
@@ -316,13 +317,6 @@ def _lazy_nodes(
         evidence_from=donor,
         environment=environment,
     )
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _configure_paths(

@@ -41,7 +41,17 @@ from typing import Any, Protocol
 
 from engine.runtime.first_use import FirstUseImports, LoadCustomNode
 from engine.runtime.lazy_mapping import LazyMapping
-from engine.runtime.node_index import LAZY_GROUPS, PACKS, FileEntry, NodeIndex, index_path, stamp
+from engine.runtime.node_index import (
+    KEEP_AT_MOST,
+    KEEP_UNUSED_DAYS,
+    LAZY_GROUPS,
+    PACKS,
+    FileEntry,
+    NodeIndex,
+    index_path,
+    prune,
+    stamp,
+)
 from engine.runtime.pack_evidence import Evidence
 from engine.runtime.pack_links import Misses, named_packs, provided_now, registered_modules
 
@@ -293,7 +303,8 @@ class LazyNodes(FirstUseImports):
                 self._load_file(path)
 
     def save(self, folder: Path) -> Path | None:
-        """Write the index into ``folder`` if it differs from the one read; its path."""
+        """Write the index into ``folder`` if it differs from the one read, then prune the
+        folder (:func:`~engine.runtime.node_index.prune`); the path written."""
         if self._old is not None and self._old.files == self._new.files:
             return None
         path = index_path(folder, self._new.key)
@@ -302,6 +313,16 @@ class LazyNodes(FirstUseImports):
         except OSError as exc:
             log.warning("could not write the node index %s: %s", path, exc)
             return None
+        # Only a write adds a file, so only a write prunes: the folder stays bounded, and
+        # a boot that read its index pays nothing but mark_used's stat.
+        removed = prune(folder, path)
+        if removed:
+            log.info(
+                "node index: removed %d file(s) unused for %d days or beyond the newest %d",
+                len(removed),
+                KEEP_UNUSED_DAYS,
+                KEEP_AT_MOST,
+            )
         return path
 
     def deferred_packs(self) -> list[str]:

@@ -6,16 +6,23 @@ later boots to register their node types by name. The index is valid for one key
 version, the Python, the distributions installed in its environment, the custom node
 folders' entries and mtimes) and each file's size and mtime; a file that changed is
 imported at boot and indexed again.
+
+The folder holds one file per key, and several keys are in use at once where endpoints of
+different images share a network volume's checkout, so it is kept bounded by use, not by
+key: a boot that reads an index marks it used (:func:`mark_used`), and a boot that writes
+one removes the files nobody used for a long time (:func:`prune`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import sys
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,3 +252,144 @@ def index_path(folder: Path, key: str) -> Path:
     two environments (a dev venv and the image's) or two worker versions sharing a
     checkout keep one each instead of rewriting each other's."""
     return folder / f"node-index-v{INDEX_VERSION}-{key[:16]}.json"
+
+
+INDEX_FILES = "node-index-*.json"
+"""Every index file's name, of this layout and the older ones (``node-index-<key>.json``
+before :data:`INDEX_VERSION` was in the name): a worker of another version may share the
+folder and still read its own, so older layouts age out like the rest."""
+
+KEEP_UNUSED_DAYS = 30
+"""An index no boot read for this long goes at the next write. A removed index costs one
+boot that imports every node file and writes it again (the lazy boot's saving, seconds:
+docs/benchmarks.md), so the age only has to outlast the gaps between an endpoint's cold
+starts: a month covers an endpoint scaled to zero for weeks. The count is bounded
+apart (:data:`KEEP_AT_MOST`): a pip install or a pack edit a day is a new key a day."""
+
+KEEP_AT_MOST = 8
+"""Index files a folder keeps, the one just written included, newest use first, whatever
+their age. Several keys are in use at once only where endpoints of different images (one
+environment each) share a checkout on a network volume; 8 holds four images across one
+change of packs or pin each (old and new key), at 30-45 KB a file (the five packs'), and
+bounds a folder that a day of pip installs or pack edits would otherwise fill."""
+
+MARK_USED_AFTER_S = 24 * 3600.0
+"""A read moves the file's mtime only when it is older than this: most boots then only
+read it (no write to a shared volume, no copy of an image's file into the container's
+layer), and a day is fine grain against :data:`KEEP_UNUSED_DAYS`."""
+
+_TMP_STALE_S = 24 * 3600.0
+"""A writer's temporary file (:meth:`NodeIndex.write`) lives milliseconds; one a day old
+is a killed writer's leftover, and one younger may be another worker's write in progress."""
+
+
+def find(folders: Sequence[Path], key: str, now: float | None = None) -> NodeIndex | None:
+    """The index for ``key`` from the first of ``folders`` that holds one, marked used
+    (:func:`mark_used`; ``now`` for tests); None when none does."""
+    for folder in folders:
+        path = index_path(folder, key)
+        index = NodeIndex.read(path, key)
+        if index is not None:
+            mark_used(path, now)
+            return index
+    return None
+
+
+def newest_of(folders: Sequence[Path], environment: str) -> NodeIndex | None:
+    """The most recently used index of this layout in ``folders`` that was made in
+    ``environment`` (:func:`environment_key`), whatever its key: the one whose packs'
+    evidence a boot with a new set of packs may borrow (``LazyNodes``). Newest first,
+    at most :data:`KEEP_AT_MOST` read: where endpoints of other images share the folder,
+    the newest may be another environment's."""
+    pattern = index_path(Path(), "*").name
+    made = [
+        (mtime, path)
+        for folder in folders
+        for path, mtime in _index_files(folder)
+        if fnmatch.fnmatchcase(path.name, pattern)
+    ]
+    for _, path in sorted(made, reverse=True)[:KEEP_AT_MOST]:
+        index = NodeIndex.read(path, None)
+        if index is not None and index.environment == environment:
+            return index
+    return None
+
+
+def mark_used(path: Path, now: float | None = None) -> None:
+    """Note that a boot read the index at ``path``, so :func:`prune` keeps it: its mtime
+    moves to now (``now``: that time instead, for tests) when older than
+    :data:`MARK_USED_AFTER_S`. Never fails a boot: a read-only checkout, a file of
+    another owner or one another worker removed just now stays as it is."""
+    try:
+        mtime = path.stat().st_mtime
+        if (time.time() if now is None else now) - mtime < MARK_USED_AFTER_S:
+            return
+        # None (the current time) needs write access only; explicit times, ownership.
+        os.utime(path, None if now is None else (now, now))
+    except OSError:
+        return
+
+
+def prune(folder: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove from ``folder`` the index files unused (mtime, :func:`mark_used`) for
+    :data:`KEEP_UNUSED_DAYS`, and those beyond the :data:`KEEP_AT_MOST` newest; never
+    ``keep`` (the one this boot wrote). Writers' temporary files go after a day. The
+    files removed.
+
+    Workers sharing the folder may read, mark, write or prune at the same time: a file
+    gone already is skipped, and one whose mtime moved since the listing (a boot marked
+    it) is kept. What remains of the race (a boot marks a file between the second look
+    and the removal) costs that boot's environment one full boot, which writes it again.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    ranked: list[tuple[float, Path]] = []
+    for path, mtime in _index_files(folder):
+        if path.name == keep.name:
+            continue
+        if not path.name.endswith(".tmp"):
+            ranked.append((mtime, path))
+        elif now - mtime > _TMP_STALE_S and _remove(path, mtime):
+            removed.append(path)
+    ranked.sort(reverse=True)
+    for rank, (mtime, path) in enumerate(ranked):
+        fresh = now - mtime <= KEEP_UNUSED_DAYS * 86400
+        if fresh and rank < KEEP_AT_MOST - 1:  # the one kept (``keep``) counts too
+            continue
+        if _remove(path, mtime):
+            removed.append(path)
+    return removed
+
+
+def _index_files(folder: Path) -> list[tuple[Path, float]]:
+    """The index files and writers' temporary files in ``folder``, with their mtimes:
+    regular files only, one listing (a network volume lists slowly)."""
+    found: list[tuple[Path, float]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                index = fnmatch.fnmatchcase(name, INDEX_FILES)
+                tmp = name.startswith(".node-index-") and name.endswith(".tmp")
+                if not (index or tmp):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((Path(entry.path), entry.stat(follow_symlinks=False).st_mtime))
+                except OSError:
+                    continue  # removed by another worker since the listing
+    except OSError:
+        return []
+    return found
+
+
+def _remove(path: Path, listed_mtime: float) -> bool:
+    """Remove ``path`` unless a boot marked it used since it was listed; False when it
+    stays or another worker removed it first."""
+    try:
+        if path.stat().st_mtime != listed_mtime:
+            return False
+        path.unlink()
+    except OSError:
+        return False
+    return True

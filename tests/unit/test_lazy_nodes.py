@@ -346,3 +346,22 @@ def test_a_damaged_index_file_is_ignored(tmp_path: Path) -> None:
     assert NodeIndex.read(path, "k") is None
     NodeIndex(key="other").write(path)
     assert NodeIndex.read(path, "k") is None
+
+
+def test_a_boot_that_writes_its_index_prunes_the_folder_one_that_reads_does_not(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """node_index.prune's rules are tested in test_node_index.py; here: who calls it."""
+    folder = tmp_path / "index"
+    folder.mkdir()
+    stale = index_path(folder, "unused-for-years")
+    NodeIndex(key="unused-for-years").write(stale)
+    os.utime(stale, (0, 0))
+    _boot(files, folder)  # the first boot writes its index
+    assert index_path(folder, "k1").exists()
+    assert not stale.exists()
+    NodeIndex(key="unused-for-years").write(stale)
+    os.utime(stale, (0, 0))
+    _comfy, lazy = _boot(files, folder)  # reads it: nothing written, nothing pruned
+    assert lazy.deferred
+    assert stale.exists()
