@@ -211,9 +211,10 @@ def import_comfy(
     if written is not None:
         log.info("node index written to %s", written)
     patches.apply_phase("after_node_init", target)
-    # From here on a pack deferred at boot loads on first use: the fixes above follow it,
-    # and an import failure then is one on first use.
-    lazy.on_pack_loaded = lambda path: patches.after_lazy_pack(target)
+    # From here on a file deferred at boot loads on first use: the pack fixes above follow
+    # a pack, a patch of a node class waits for the file that defines it, and an import
+    # failure then is one on first use.
+    lazy.on_loaded = lambda path, group: patches.after_lazy_load(target, group)
     pack_imports.RECORD.booted = True
     log.info("patches to ComfyUI and packs (engine/runtime/patches.py): %s", patches.summary())
     # Counted and checked by name: a walk of the mapping would import every deferred file.

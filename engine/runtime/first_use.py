@@ -4,11 +4,12 @@ their node types.
 A first use is imported on the engine thread, between runs (:attr:`FirstUseImports.turn`,
 :mod:`engine.runtime.import_turn`), with ComfyUI's ``ignore`` set of built-in names the
 boot gave the file, through the loader the boot used (for a pack: the import recorder of
-``pack_imports``, so a failure is reported as a boot failure is), and a pack is followed
-by the boot's pack fixes again (:attr:`FirstUseImports.on_pack_loaded`). Files with no
-node types of their own (the API nodes' ``canary.py``, which checks their dependencies)
-are imported before the first file of their group that loads lazily, in ComfyUI's order;
-when one fails, none of its group loads, as in ComfyUI.
+``pack_imports``, so a failure is reported as a boot failure is); then the boot's patches
+that follow a load run (:attr:`FirstUseImports.on_loaded`): the pack fixes again after a
+pack, and a patch of a node class the file defines. Files with no node types of their
+own (the API nodes' ``canary.py``, which checks their dependencies) are imported before
+the first file of their group that loads lazily, in ComfyUI's order; when one fails, none
+of its group loads, as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine.runtime.node_index import PACKS, NodeIndex
+from engine.runtime.node_index import NodeIndex
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ class FirstUseImports:
         """File -> why it did not provide its node types when asked for."""
         self._ignore: dict[str, frozenset[str]] = {}
         """Deferred pack -> the built-in names ComfyUI told its import to leave alone."""
-        self.on_pack_loaded: Callable[[str], None] | None = None
-        """Called with a pack's path once it loaded lazily: the boot's pack fixes again."""
+        self.on_loaded: Callable[[str, str], None] | None = None
+        """Called with a file's path and group once it loaded lazily, a pack or one of
+        ComfyUI's own: the patches that follow a load (``Patches.after_lazy_load``)."""
         self.turn: Callable[[Callable[[], None]], None] | None = None
         """Runs a first-use import where imports belong (``import_turn``: on the engine
         thread, between runs); None: on the calling thread."""
@@ -133,8 +135,8 @@ class FirstUseImports:
         self.loaded_lazily.append(path)
         ignore = self._ignore.get(path, frozenset())
         ok = bool(_run_now(load(path, ignore, module_parent=group)))
-        if ok and group == PACKS and self.on_pack_loaded is not None:
-            self.on_pack_loaded(path)
+        if ok and self.on_loaded is not None:
+            self.on_loaded(path, group)
         return ok
 
 

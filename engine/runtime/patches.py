@@ -12,6 +12,12 @@ own code there: the worker runs as plain ComfyUI would, slower or with a plainer
 A patch that cannot be skipped (the headless server: ComfyUI's executor and nodes need
 a server object) stops the boot with what to do instead.
 
+A patch of node classes names their types (``Patch.node_types``): ComfyUI's node files
+and packs may load on a job's first use of one of their types (``lazy_nodes``), after
+the boot's phases, so such a patch waits for the file that defines them and is checked
+and applied when it loads (:meth:`Patches.after_lazy_load`), or at its phase when the
+boot imported it.
+
 ``COMFY_PATCHES_OFF=name,name`` switches patches off by name (``engine.settings``);
 the boot log lists the patches in force. ``scripts/move_comfyui_pin.py`` boots a moved
 pin and reports the patches its checks skipped.
@@ -33,6 +39,7 @@ from typing import Any, Literal
 
 from engine.errors import RuntimeBootError
 from engine.runtime import (
+    animated_save,
     decoded_inputs,
     fast_save,
     output_metadata,
@@ -43,6 +50,7 @@ from engine.runtime import (
 )
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.model_paths import ModelPaths
+from engine.runtime.node_index import PACKS
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +101,12 @@ class Patch:
     after_lazy_pack: bool = False
     """Applied again once a pack deferred at boot has loaded (``lazy_nodes``): it fixes
     what packs do at import. Such a patch must be safe to apply twice."""
+    node_types: tuple[str, ...] = ()
+    """The node types whose classes it changes. When their file has not loaded at the
+    patch's phase (``lazy_nodes`` defers ComfyUI's node files and packs to the first job
+    naming one of their types), the patch waits, and is checked and applied once that
+    file has loaded (:meth:`Patches.after_lazy_load`); a boot that imports the file
+    applies it at its phase."""
 
 
 def _missing(owner: Any, dotted: str) -> str | None:
@@ -297,6 +311,44 @@ def _apply_deferred_video(target: Target) -> None:
     )
 
 
+def _node_class(target: Target, name: str) -> Any:
+    """The class of node type ``name`` if its file is loaded (never imports one)."""
+    classes = getattr(target.nodes, "NODE_CLASS_MAPPINGS", None)
+    return dict.get(classes, name) if isinstance(classes, dict) else None
+
+
+def _loaded(target: Target, names: tuple[str, ...]) -> bool:
+    return all(_node_class(target, name) is not None for name in names)
+
+
+# The keyword arguments of the one save call SaveAnimatedWEBP and SaveAnimatedPNG make for
+# every frame (ComfyUI 0.3.64): what animated_save.AnimatedFile replays in a process.
+_ANIMATED_SAVE_KEYWORDS = ("save_all", "append_images")
+
+
+def _check_deferred_animated(target: Target) -> str | None:
+    for name in animated_save.NODES:
+        function = getattr(_node_class(target, name), "save_images", None)
+        if not inspect.isfunction(function) or function.__closure__ is not None:
+            # Run with other globals for one call: ComfyUI's own function, no wrapper.
+            return f"{name}.save_images as a plain function"
+        keywords = {k for c in function.__code__.co_consts if isinstance(c, tuple) for k in c}
+        absent = [k for k in _ANIMATED_SAVE_KEYWORDS if k not in keywords]
+        if absent:
+            return f"{name}.save_images's save({', '.join(absent)}=...)"
+        if _missing(function.__globals__.get("Image"), "fromarray"):
+            return f"Image (PIL.Image) in {name}'s module"
+        missing = _names_used(function, "Image", "fromarray", "save")
+        if missing is not None:
+            return f"{name}.save_images's {missing.removeprefix('its ')}"
+    return _missing(target.folder_paths, "get_output_directory")
+
+
+def _apply_deferred_animated(target: Target) -> None:
+    for name in animated_save.NODES:
+        animated_save.install(_node_class(target, name), target.folder_paths.get_output_directory)
+
+
 def _check_decoded_inputs(target: Target) -> str | None:
     nodes = target.nodes
     return (
@@ -456,6 +508,24 @@ REGISTRY: tuple[Patch, ...] = (
         apply=_apply_deferred_video,
     ),
     Patch(
+        name="deferred_animated",
+        phase="after_node_init",
+        replaces="comfy_extras' SaveAnimatedWEBP.save_images and SaveAnimatedPNG.save_images "
+        "(wrapped: while another job is in flight, ComfyUI's own code runs with a Pillow "
+        "stand-in whose save of a file under the output folder goes to a helper process)",
+        why="the Pillow encode of every frame (WEBP, APNG) ran on the engine thread for "
+        "seconds, time the next job's run waited",
+        without="SaveAnimatedWEBP and SaveAnimatedPNG encode on the engine thread, as ComfyUI "
+        "does; the next job waits",
+        expects="SaveAnimatedWEBP.save_images and SaveAnimatedPNG.save_images as plain "
+        "functions looking Image (PIL.Image) up in their module, making each frame with "
+        "Image.fromarray and writing all with one save(path, save_all=True, "
+        "append_images=...); folder_paths.get_output_directory",
+        check=_check_deferred_animated,
+        apply=_apply_deferred_animated,
+        node_types=animated_save.NODES,
+    ),
+    Patch(
         name="decoded_inputs",
         phase="after_node_init",
         replaces="nodes.LoadImage.load_image and nodes.LoadImage.IS_CHANGED (wrapped)",
@@ -492,6 +562,8 @@ class Patches:
     skipped: dict[str, str] = field(default_factory=dict)
     """Name -> what of the expected shape was missing."""
     not_in_use: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    """Patches of node types whose file loads on first use: applied when it does."""
 
     def __post_init__(self) -> None:
         known = {p.name for p in self.registry}
@@ -524,6 +596,11 @@ class Patches:
             self.not_in_use.append(patch.name)
             log.debug("patch %s: what it fixes is not loaded", patch.name)
             return False
+        if patch.node_types and not _loaded(target, patch.node_types):
+            if patch.name not in self.waiting:
+                self.waiting.append(patch.name)
+            log.debug("patch %s waits for the file of %s", patch.name, ", ".join(patch.node_types))
+            return False
         missing = patch.check(target)
         if missing is not None:
             if not patch.can_skip:
@@ -547,6 +624,17 @@ class Patches:
         patch.apply(target)
         self.applied.append(patch.name)
         return True
+
+    def after_lazy_load(self, target: Target, group: str) -> None:
+        """Once a file deferred at boot has loaded (``lazy_nodes``; ``group``: ComfyUI's
+        ``module_parent``): each patch waiting for node types it defined, checked and
+        applied now; after a pack, the pack fixes again (:meth:`after_lazy_pack`)."""
+        for patch in self.registry:
+            if patch.name in self.waiting and _loaded(target, patch.node_types):
+                self.waiting.remove(patch.name)
+                self.apply(patch, target)
+        if group == PACKS:
+            self.after_lazy_pack(target)
 
     def after_lazy_pack(self, target: Target) -> None:
         """Once a deferred pack has loaded: its patches of phase ``after_node_init`` again
@@ -575,4 +663,6 @@ class Patches:
             parts.append(f"skipped: {', '.join(self.skipped)}")
         if self.not_in_use:
             parts.append(f"not needed: {', '.join(self.not_in_use)}")
+        if self.waiting:
+            parts.append(f"waiting for their node files: {', '.join(self.waiting)}")
         return "; ".join(parts)

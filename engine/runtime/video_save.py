@@ -24,8 +24,8 @@ Every other call runs ComfyUI's own ``save_to``: no hand-off (a lone job: sendin
 frames to a process would only add to its time), a file object or a path outside the
 output folder (a node that reads its file back), a format or codec ``save_to`` refuses
 (it raises, as before), odd frame sizes (H.264's 4:2:0 needs even ones: ComfyUI's error).
-VideoFromFile (a loaded video saved again), SaveWEBM, SaveAnimatedWEBP/PNG and
-VHS_VideoCombine are not changed.
+VideoFromFile (a loaded video saved again), SaveWEBM and VHS_VideoCombine are not
+changed; SaveAnimatedWEBP/PNG hand off to the same encoder processes (``animated_save``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.runtime import fast_save
 from engine.runtime.png_encoders import EncoderPool
@@ -92,7 +92,7 @@ def _deferring(
         self: Any, path: Any, format: Any = "auto", codec: Any = "auto", metadata: Any = None
     ) -> Any:
         pending, deadline = fast_save.handed_off()
-        target = _output_path(path, output_directory) if pending is not None else None
+        target = output_path(path, output_directory) if pending is not None else None
         if target is None or format not in containers or codec not in codecs:
             return original(self, path, format=format, codec=codec, metadata=metadata)
         video = video_file(self.get_components(), metadata)
@@ -107,13 +107,22 @@ def _deferring(
     return save_to
 
 
-def submit(video: VideoFile, path: str, deadline: Deadline | None = None) -> Future[None]:
-    """Write ``video`` at ``path`` in an encoder process; ends with ``deadline`` at the latest."""
+class Encoded(Protocol):
+    """What an encoder process writes: picklable, importable there, written by ``save``."""
+
+    def save(self, path: str) -> None: ...
+
+
+def submit(video: Encoded, path: str, deadline: Deadline | None = None) -> Future[None]:
+    """Write ``video`` at ``path`` in an encoder process; ends with ``deadline`` at the latest.
+    The one pool of the hand-offs: SaveVideo's :class:`VideoFile` and SaveAnimatedWEBP's /
+    SaveAnimatedPNG's ``animated_save.AnimatedFile``."""
     return _shared_pool().submit(video, (path,), {}, deadline)
 
 
-def _output_path(path: Any, output_directory: Callable[[], str]) -> Path | None:
-    """``path`` when it names a file under the output folder, else ``None``."""
+def output_path(path: Any, output_directory: Callable[[], str]) -> Path | None:
+    """``path`` when it names a file under the output folder, else ``None`` (a file object,
+    a file elsewhere: a node that reads its file back)."""
     if not isinstance(path, (str, os.PathLike)):
         return None
     target = Path(path)

@@ -28,8 +28,10 @@ pytestmark = ENGINE_MARKS
 
 _REPO = Path(__file__).resolve().parents[2]
 
-# Boots the runtime, runs one workflow with ImageBlur (comfy_extras/nodes_post_processing.py)
-# and prints what the lazy loader did, as JSON on the last line.
+# Boots the runtime, runs one workflow with ImageBlur (comfy_extras/nodes_post_processing.py),
+# then one with SaveAnimatedWEBP (comfy_extras/nodes_images.py, whose classes the
+# deferred_animated patch changes), and prints what the lazy loader and the patches did,
+# as JSON on the last line.
 _CHILD = """
 import json, os, sys
 sys.path.insert(0, os.environ["REPO"])
@@ -41,6 +43,8 @@ from engine.runtime.pack_imports import RECORD
 runtime = ComfyRuntime(Settings.from_env(os.environ))
 runtime.boot()
 lazy = runtime._comfy.lazy_nodes
+patches = runtime._comfy.patches
+waiting_at_boot = list(patches.waiting)
 deferred = [os.path.basename(p) for p in lazy.deferred]
 workflow = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 255}},
@@ -49,6 +53,12 @@ workflow = {
 }
 result = runtime.run(JobSpec(prompt_id="lazy-1", workflow=workflow))
 loaded = [os.path.basename(p) for p in lazy.loaded_lazily]
+animated = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 2, "color": 255}},
+    "2": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["1", 0], "filename_prefix": "lazy/a", "fps": 6.0, "lossless": True, "quality": 80, "method": "default"}},
+}
+animated_outputs = list(runtime.run(JobSpec(prompt_id="lazy-2", workflow=animated)).outputs)
+save_images = sys.modules["nodes"].NODE_CLASS_MAPPINGS["SaveAnimatedWEBP"].save_images
 count = lazy.count()
 nodes = sys.modules["nodes"]
 walked = len(nodes.NODE_CLASS_MAPPINGS)
@@ -59,6 +69,11 @@ print(json.dumps({
     "count": count,
     "walked": walked,
     "pending_after_walk": len(lazy.pending_names()),
+    "waiting_at_boot": waiting_at_boot,
+    "waiting_after": list(patches.waiting),
+    "animated_applied": patches.is_applied("deferred_animated"),
+    "animated_wrapped": getattr(save_images, "_deferred_animated", False),
+    "animated_outputs": animated_outputs,
     # As tests.engine.support.failed_packs (here the checkout's own tests/ shadows this repository's).
     "failed_packs": [{"pack": f.path.name, "module": f.missing_module, "error": f.error} for f in RECORD.failed if f.group == "custom_nodes"],
 }))
@@ -89,7 +104,9 @@ def _boot_in_child(work: Path) -> dict[str, object]:
 
 
 def test_a_deferred_node_type_runs_the_first_time_a_workflow_names_it(tmp_path: Path) -> None:
-    _boot_in_child(tmp_path / "first")  # makes the index if this checkout has none yet
+    first = _boot_in_child(tmp_path / "first")  # makes the index if this checkout has none yet
+    if "nodes_images.py" not in first["deferred"]:  # imported at boot: patched at boot
+        assert first["waiting_at_boot"] == [] and first["animated_applied"]
     report = _boot_in_child(tmp_path / "second")
     deferred = report["deferred"]
     assert isinstance(deferred, list)
@@ -98,6 +115,12 @@ def test_a_deferred_node_type_runs_the_first_time_a_workflow_names_it(tmp_path: 
     assert report["outputs"] == ["3"]
     # Only the file the workflow needed was imported, and only when the job named it.
     assert report["loaded"] == ["nodes_post_processing.py"]
+    # The patch of nodes_images.py's classes waited for that file, and applied when the
+    # second job's SaveAnimatedWEBP loaded it.
+    assert report["waiting_at_boot"] == ["deferred_animated"]
+    assert report["animated_outputs"] == ["2"]
+    assert report["animated_applied"] and report["animated_wrapped"]
+    assert report["waiting_after"] == []
     # A full walk imports the rest and sees exactly the types counted by name at boot
     # (a pack of the checkout that cannot import here is not this test's to judge).
     skip_packs_that_cannot_import(report["failed_packs"])

@@ -55,7 +55,7 @@ class World:
     folder_paths: Any
     packs: list[Path]
     index: Path
-    loaded: list[str] = field(default_factory=list)
+    loaded: list[tuple[str, str]] = field(default_factory=list)
     snapshots: int = 0
 
     def reset(self) -> None:
@@ -93,7 +93,7 @@ class World:
             else NodeIndex.read(index_path(self.index, donor), donor),
             environment=environment,
         )
-        lazy.on_pack_loaded = self.loaded.append
+        lazy.on_loaded = lambda path, group: self.loaded.append((Path(path).name, group))
         with lazy.booting():
             asyncio.run(comfy.module.init_extra_nodes())  # type: ignore[attr-defined]
         lazy.save(self.index)
@@ -162,9 +162,13 @@ def test_a_pack_that_changes_only_what_replays_is_deferred(world: World) -> None
     classes = comfy.module.NODE_CLASS_MAPPINGS  # type: ignore[attr-defined]
     assert classes["CleanNode"].__name__ == "CleanNode"
     assert comfy.imported == ["patcher.py", "clean.py"]
-    assert world.loaded == [str(world.packs[0])]  # the boot's pack fixes ran again
+    # The patches that follow a load ran (the boot's pack fixes again).
+    assert world.loaded == [(world.packs[0].name, "custom_nodes")]
     # Imported with ComfyUI's ignore set: the built-in B1 still wins over the pack's.
     assert classes["B1"].__module__ == "fake_nodes_b"
+    # One of ComfyUI's own files deferred at boot is followed the same way, by its group
+    # (a patch of a node class it defines waits for it: Patches.after_lazy_load).
+    assert world.loaded[1:] == [("nodes_b.py", "comfy_extras")]
 
 
 def test_a_pack_that_patches_comfyui_loads_at_boot_saying_why(

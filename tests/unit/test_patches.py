@@ -10,6 +10,7 @@ runs a job with them all off.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import types
@@ -20,6 +21,7 @@ import pytest
 
 from engine.errors import RuntimeBootError
 from engine.runtime import (
+    animated_save,
     decoded_inputs,
     fast_save,
     output_metadata,
@@ -34,6 +36,7 @@ from engine.runtime.lazy_nodes import LazyNodes
 from engine.runtime.model_paths import ModelPaths
 from engine.runtime.patches import NAMES, REGISTRY, Patches, Target, patch_named
 from engine.settings import Settings
+from tests.unit.test_animated_save import _NODES_SOURCE as _ANIMATED_NODES
 
 
 def _module(source: str, name: str = "stand_in") -> types.ModuleType:
@@ -120,7 +123,7 @@ def test_a_phase_applies_its_patches_in_order_and_the_summary_lists_them(
     assert applied.applied == ["folder_paths_restore", "parallel_png"]
     assert applied.summary() == (
         "in force: folder_paths_restore, parallel_png; off: deferred_video, decoded_inputs; "
-        "not needed: reactor_restorers"
+        "not needed: reactor_restorers; waiting for their node files: deferred_animated"
     )
 
 
@@ -519,6 +522,95 @@ def test_deferred_video_skipped(
     _skipped_once("deferred_video", _apply("deferred_video", target), caplog)
     assert target.comfy_api.VideoFromComponents.save_to is original
     assert named in caplog.text
+
+
+# -- deferred_animated -----------------------------------------------------------------------
+
+
+def _animated_target(source: str = _ANIMATED_NODES) -> Target:
+    module = _module(source, "stand_in_nodes_images")
+    nodes = types.SimpleNamespace(
+        NODE_CLASS_MAPPINGS={name: getattr(module, name) for name in animated_save.NODES}
+    )
+    return Target(nodes=nodes, folder_paths=types.SimpleNamespace(get_output_directory=str))
+
+
+def test_deferred_animated_applied() -> None:
+    target = _animated_target()
+    classes = target.nodes.NODE_CLASS_MAPPINGS
+    originals = [classes[name].save_images for name in animated_save.NODES]
+    assert _apply("deferred_animated", target).is_applied("deferred_animated")
+    assert [classes[name].save_images.__wrapped__ for name in animated_save.NODES] == originals
+
+
+@pytest.mark.parametrize(
+    ("moved", "replacement", "named"),
+    [
+        # Frames made another way: Image.fromarray is no longer where they come from.
+        ("append(Image.fromarray(image))", "append(to_pil(image))", "fromarray"),
+        # One file per frame: no single save of the whole animation to replay.
+        ("save_all=True, duration", "duration", "save(save_all=...)"),
+        # Image is another module: its fromarray is not Pillow's to stand in for.
+        ("from PIL import Image\n", "import PIL as Image\n", "Image (PIL.Image)"),
+    ],
+)
+def test_deferred_animated_skipped(
+    caplog: pytest.LogCaptureFixture, moved: str, replacement: str, named: str
+) -> None:
+    assert moved in _ANIMATED_NODES
+    target = _animated_target(_ANIMATED_NODES.replace(moved, replacement))
+    classes = target.nodes.NODE_CLASS_MAPPINGS
+    originals = [classes[name].save_images for name in animated_save.NODES]
+    _skipped_once("deferred_animated", _apply("deferred_animated", target), caplog)
+    assert [classes[name].save_images for name in animated_save.NODES] == originals
+    assert named in caplog.text
+
+
+def test_a_patch_of_node_classes_waits_for_the_file_that_defines_them() -> None:
+    """``node_types``: at boot the file is deferred to first use (lazy_nodes), so the patch
+    waits, and is checked and applied when a first use loads it (``after_lazy_load``),
+    whatever the group (ComfyUI's own files, a pack); a pack's load also runs the pack
+    fixes again."""
+    calls: list[str] = []
+    waiting = patches.Patch(
+        name="node_patch",
+        phase="after_node_init",
+        replaces="x",
+        why="x",
+        without="x",
+        expects="x",
+        check=lambda target: None,
+        apply=lambda target: calls.append("node_patch"),
+        node_types=("Late1", "Late2"),
+    )
+    restore = dataclasses.replace(
+        waiting,
+        name="restore",
+        node_types=(),
+        after_lazy_pack=True,
+        apply=lambda t: calls.append("restore"),
+    )
+    classes: dict[str, Any] = {"Early": object}
+    target = Target(nodes=types.SimpleNamespace(NODE_CLASS_MAPPINGS=classes))
+    applied = Patches(registry=(waiting, restore))
+    applied.apply_phase("after_node_init", target)
+    assert calls == ["restore"] and applied.waiting == ["node_patch"]
+    assert applied.summary() == "in force: restore; waiting for their node files: node_patch"
+    classes["Late1"] = object  # a file that defines only one of them
+    applied.after_lazy_load(target, "comfy_extras")
+    assert calls == ["restore"] and applied.waiting == ["node_patch"]
+    classes["Late2"] = object
+    applied.after_lazy_load(target, "comfy_extras")
+    assert calls == ["restore", "node_patch"] and applied.waiting == []
+    applied.after_lazy_load(target, "custom_nodes")  # a pack: the pack fixes, nothing twice
+    assert calls == ["restore", "node_patch", "restore"]
+    assert applied.applied == ["restore", "node_patch"]
+    # Loaded at boot (no lazy nodes, or an index-making boot): applied at its phase.
+    calls.clear()
+    eager = Patches(registry=(waiting,))
+    eager.apply_phase("after_node_init", target)
+    assert calls == ["node_patch"] and eager.waiting == []
+    assert [p.name for p in REGISTRY if p.node_types] == ["deferred_animated"]
 
 
 # -- decoded_inputs --------------------------------------------------------------------------
