@@ -186,11 +186,63 @@ def machine_lines(checkout: Path, torch_version: str, device: str, load_before: 
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now, and maybe not a moment later: another
+    process may bind it before the server this is for does. Only for ComfyUI's
+    ``main.py``, which must be told its port (:class:`ComfyServer` says how that race is
+    caught); a server that can bind port 0 and say which it got does that instead."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+PORT_ATTEMPTS = 3
+"""Starts of ComfyUI's server on a freshly picked port before giving up: a taken port is
+a rare race with another process on the machine, twice in a row rarer still."""
+
+
+class PortTaken(RuntimeError):
+    """Another process bound the port picked for ComfyUI's server before it did: start
+    again on another port (:data:`PORT_ATTEMPTS`)."""
+
+
+class LogTail:
+    """The lines a child process appends to its log file, read as they come.
+
+    Each call reads only what is new since the last, so polling every 10 ms while a
+    worker boots costs an ``open`` and a small ``read``, not its whole log again (the
+    boot being timed shares 2 cores with this poll).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def new_lines(self) -> list[str]:
+        """The complete lines written since the last call (none while the file is absent)."""
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+        except OSError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [line.decode("utf-8", errors="replace") for line in lines]
+
+
+UVICORN_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+) ")
+"""uvicorn's line once the runpod SDK's local API server listens (at log level info),
+with the port it bound: the port the benchmark then talks to. tests/e2e/conftest.py
+reads the same line for the e2e harness's workers; scripts/ does not import tests/ (it
+runs from a checkout without them), and one regex is not worth a module both import."""
+
+
+def listening_port(line: str) -> int | None:
+    """The port in uvicorn's "running on" line (:data:`UVICORN_LISTENING`); else None."""
+    found = UVICORN_LISTENING.search(line)
+    return int(found[1]) if found else None
 
 
 @contextlib.contextmanager
@@ -382,6 +434,10 @@ def same_pixels(first: bytes, second: bytes) -> bool:
 # -- ComfyUI as a server ----------------------------------------------------------------
 
 
+_COMFY_LISTENING = re.compile(r"To see the GUI go to: https?://\S+:(\d+)\s*$")
+"""ComfyUI's (0.3.64 ``server.py``) line after its socket is bound, with the port."""
+
+
 class ComfyServer:
     """ComfyUI's own ``main.py`` in a child process, on 127.0.0.1, with its folders in ``root``.
 
@@ -416,7 +472,8 @@ class ComfyServer:
         """Spawn ``main.py`` as worker-comfyui's start.sh does; returns at once.
 
         Its flags: ``--disable-auto-launch --disable-metadata --listen``, here on
-        127.0.0.1 and a free port, with the folders and database in ``root``.
+        127.0.0.1 and a picked port (:meth:`bound` says whether it got it), with the
+        folders and database in ``root``.
         ``extra_model_paths`` (a yaml that may list ``custom_nodes`` folders) gives it
         the same packs as the worker. ``cpu``: ``--cpu``, without which ComfyUI 0.3.64
         does not start on a machine with no GPU. ``peer``: start.sh's RunPod line as it
@@ -426,6 +483,10 @@ class ComfyServer:
         dirs = {name: self.root / name for name in ("input", "output", "temp", "user")}
         for folder in dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
+        # Picked here, not port 0: ComfyUI logs the port it was given, not the one it
+        # bound, and the peer's handler must be told where ComfyUI is before it starts.
+        # Another process may take the port before ComfyUI binds it (seconds later):
+        # bound() tells, start_bound() and the cold-start samples start again.
         self.port = free_port()
         listen = [] if peer else ["--listen", "127.0.0.1"]
         argv = [
@@ -450,6 +511,7 @@ class ComfyServer:
         if extra_model_paths is not None:
             argv += ["--extra-model-paths-config", str(extra_model_paths)]
         env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+        self.log_lines = []  # a start again (start_bound) reads only its own
         self.started_at = time.time()
         self.process = subprocess.Popen(
             argv,
@@ -471,6 +533,56 @@ class ComfyServer:
             for line in self.process.stdout:
                 self.log_lines.append((time.time(), line.rstrip("\n")))
                 log.write(line)
+
+    def bound(self) -> bool | None:
+        """Whether this server holds its port: True once its log says it listens there
+        (ComfyUI logs "To see the GUI go to: URL" after its socket is bound), False when
+        its bind failed because another process holds the port, None while neither.
+
+        Checked because the port is picked before ComfyUI starts (:func:`free_port`) and
+        bound seconds later, after its imports: another process may take it meanwhile,
+        and a client polling the port would then be answered by that process.
+        """
+        for _, line in list(self.log_lines):
+            found = _COMFY_LISTENING.search(line)
+            if found and int(found[1]) == self.port:
+                return True
+            if "address already in use" in line.lower():
+                return False
+        return None
+
+    def wait_bound(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+        """Wait until :meth:`bound` says True; :class:`PortTaken` when it says False."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.bound()
+            if state is not None:
+                if not state:
+                    raise PortTaken(f"port {self.port} was taken before ComfyUI bound it")
+                return
+            if self.process is None or self.process.poll() is not None:
+                if self._reader is not None:
+                    self._reader.join(timeout=5)  # its last lines, the bind error among them
+                if self.bound() is False:
+                    raise PortTaken(f"port {self.port} was taken before ComfyUI bound it")
+                raise RuntimeError(f"ComfyUI's server exited during start:\n{self.log_tail()}")
+            time.sleep(POLL_INTERVAL_S)
+        raise RuntimeError(f"ComfyUI's server did not listen in {timeout_s:.0f} s")
+
+    def start_bound(self, cpu: bool, extra_model_paths: Path | None = None) -> None:
+        """:meth:`start`, then :meth:`wait_bound`, on another port when the picked one was
+        taken (up to :data:`PORT_ATTEMPTS` starts). For a benchmark that does not time
+        the server's start; one that does checks :meth:`bound` after the sample."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.start(cpu, extra_model_paths)
+            try:
+                self.wait_bound()
+                return
+            except PortTaken as exc:
+                self.stop()
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                print(f"{exc}: starting ComfyUI again on another port", file=sys.stderr)
 
     def log_time(self, needle: str) -> float | None:
         """When the first log line containing ``needle`` was read, or ``None``."""
@@ -755,7 +867,8 @@ class ApiProcess:
 
     def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path):
         self.argv, self.cwd, self.env, self.log_path = list(argv), cwd, env, log_path
-        self.port = free_port()
+        self.port = 0
+        """The port the API server bound; known once :meth:`wait_listening` returns."""
         self.process: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
         self._client: Any = None
@@ -766,26 +879,43 @@ class ApiProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> float:
-        """Spawn it; the ``time.time()`` just before."""
+        """Spawn it; the ``time.time()`` just before.
+
+        On port 0: the server binds a free port itself and names it in uvicorn's "running
+        on" line (:meth:`wait_listening`), so no other process can take it between a pick
+        and the bind, as with a port picked here.
+        """
         argv = [*self.argv, "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-                "--rp_api_port", str(self.port)]  # fmt: skip
+                "--rp_api_port", "0"]  # fmt: skip
+        # The SDK's default level, named: a quieter one set in the caller's shell would
+        # hide the "running on" line this waits for.
+        env = {**self.env, "UVICORN_LOG_LEVEL": "info"}
+        self.port = 0
         self.spawned_at = time.time()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         return self.spawned_at
 
     def wait_listening(self, timeout_s: float = API_START_TIMEOUT_S) -> float:
-        """Poll a TCP connect every 10 ms until the API server accepts; the ``time.time()``."""
+        """Read its log every 10 ms until uvicorn says it listens (after the app has
+        started), take the port from that line; the ``time.time()`` it was read.
+
+        Its own word, not an answer on a port: whatever process holds a port answers
+        there, and the benchmark would go on against it.
+        """
+        tail = LogTail(self.log_path)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            for line in tail.new_lines():
+                port = listening_port(line)
+                if port is not None:
+                    self.port = port
+                    return time.time()
             if self.process is None or self.process.poll() is not None:
                 raise RuntimeError(f"{self.argv[1]} exited during start:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return time.time()
             time.sleep(POLL_INTERVAL_S)
         raise RuntimeError(f"{self.argv[1]} did not listen in {timeout_s:.0f} s")
 
@@ -859,11 +989,12 @@ class PeerSide:
     ``python -u main.py --disable-auto-launch --disable-metadata --verbose LEVEL
     --log-stdout &`` with its pid in a file, then ``python -u handler.py`` (here with
     ``--rp_serve_api``, start.sh's local-API line, on 127.0.0.1). What differs, each
-    because this is a shared machine or has no GPU: ComfyUI gets a free ``--port``, its
-    folders and database in ``root``, ``--cpu`` without a GPU and the packs through
-    ``--extra-model-paths-config``; the handler's module constants ``COMFY_HOST`` and
-    ``COMFY_PID_FILE`` point at that port and pid file (``_peer_handler.py``);
-    ComfyUI-Manager's offline switch is skipped (not installed).
+    because this is a shared machine or has no GPU: ComfyUI gets a picked ``--port``
+    (:meth:`ComfyServer.start` says why not port 0, :meth:`start_bound` what a taken
+    one does), its folders and database in ``root``, ``--cpu`` without a GPU and the
+    packs through ``--extra-model-paths-config``; the handler's module constants
+    ``COMFY_HOST`` and ``COMFY_PID_FILE`` point at that port and pid file
+    (``_peer_handler.py``); ComfyUI-Manager's offline switch is skipped (not installed).
     """
 
     def __init__(
@@ -906,6 +1037,22 @@ class PeerSide:
         )
         self.api.start()
         return self.started_at
+
+    def start_bound(self, cuda: bool) -> None:
+        """:meth:`start`, then wait until ComfyUI holds its port; both started again on
+        another port when another process took it first (up to :data:`PORT_ATTEMPTS`).
+        For a benchmark that does not time the start; bench_cold_start checks
+        ``server.bound()`` after each sample instead, so its start stays start.sh's."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.start(cuda)
+            try:
+                self.server.wait_bound()
+                return
+            except PortTaken as exc:
+                self.stop()
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                print(f"{exc}: starting worker-comfyui again on another port", file=sys.stderr)
 
     def stop(self) -> None:
         """End the handler and ComfyUI."""
@@ -961,7 +1108,8 @@ def peer_lines(peer: PeerCheckout) -> list[str]:
         "also with --rp_serve_api. One HTTP client sends both the same POST /runsync.",
         "",
         "Differences from start.sh, each for a shared machine or one without a GPU: "
-        "ComfyUI on a free --port with its folders in a temporary directory (and --cpu "
+        "ComfyUI on a picked --port (started again on another when a process took it "
+        "first) with its folders in a temporary directory (and --cpu "
         "and no GPU pre-flight when there is no GPU), the packs through "
         "--extra-model-paths-config; the handler's COMFY_HOST and COMFY_PID_FILE pointed "
         "at them (scripts/_peer_handler.py); tcmalloc preloaded only where ldconfig "

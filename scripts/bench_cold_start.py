@@ -257,7 +257,7 @@ def run_server(
     checkout: Path, root: Path, job_input: dict[str, Any], cpu: bool, packs_yaml: Path | None
 ) -> dict[str, float]:
     """Start ComfyUI's server and the handler process together; times in seconds."""
-    from _bench_common import ComfyServer, clean_env, run_child
+    from _bench_common import ComfyServer, PortTaken, clean_env, run_child
 
     root.mkdir(parents=True)
     server = ComfyServer(sys.executable, checkout, root)
@@ -279,6 +279,7 @@ def run_server(
         )
         if not report["ok"]:
             raise RuntimeError("the server's first job returned no image")
+        _check_own_port(server)
         start = server.started_at
         phases = {
             "handler_imported": report["imported_at"] - start,
@@ -291,11 +292,27 @@ def run_server(
             stamp = server.log_time(needle)
             phases[needle] = math.nan if stamp is None else stamp - start
         return phases
-    except Exception:
+    except PortTaken:
+        raise
+    except Exception as exc:
+        if server.bound() is False:
+            raise PortTaken(f"port {server.port} was taken before ComfyUI bound it") from exc
         print(f"server log, last lines:\n{server.log_tail()}", file=sys.stderr)
         raise
     finally:
         server.stop()
+
+
+def _check_own_port(server: Any) -> None:
+    """Raise :class:`PortTaken` unless ``server`` (``_bench_common.ComfyServer``) holds
+    the port it was started on. Asked after the sample, not waited for before: the
+    handler starts beside the server, as start.sh starts them, and polls it itself (the
+    time measured). A port another process took means the handler's answer came from
+    that process: the sample is run again (:func:`main`)."""
+    from _bench_common import PortTaken
+
+    if server.bound() is not True:
+        raise PortTaken(f"port {server.port} was not ComfyUI's when its first job ran")
 
 
 def run_ours_api(
@@ -363,7 +380,7 @@ def run_peer(
     packs_yaml: Path | None,
 ) -> dict[str, float]:
     """Peer mode, worker-comfyui's side: start.sh's steps, to its handler's first answer."""
-    from _bench_common import JOB_KINDS, PeerSide, check_outputs, clean_env
+    from _bench_common import JOB_KINDS, PeerSide, PortTaken, check_outputs, clean_env
 
     side = PeerSide(sys.executable, checkout, peer, root, clean_env(), packs_yaml)
     try:
@@ -373,7 +390,12 @@ def run_peer(
         output = side.api.runsync(job_input)
         done = time.time()
         check_outputs(JOB_KINDS["64"], output)
-    except Exception:
+        _check_own_port(side.server)
+    except PortTaken:
+        raise
+    except Exception as exc:
+        if side.server.bound() is False:
+            raise PortTaken(f"port {side.server.port} was taken before ComfyUI bound it") from exc
         api_log = side.api.log_tail() if side.api else ""
         print(
             f"peer handler log:\n{api_log}\nComfyUI log:\n{side.server.log_tail()}", file=sys.stderr
@@ -624,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from _bench_common import (
         JOB_KINDS,
+        PORT_ATTEMPTS,
+        PortTaken,
         comfyui_checkout,
         load_average,
         machine_lines,
@@ -651,17 +675,25 @@ def main(argv: list[str] | None = None) -> int:
                 folder = root / f"{side}-{i}"
                 label = ("lever on" if side == "worker" else "lever off") if args.ab else side
                 print(f"{'start' if timed else 'warm-up start'} {i + 1}: {label}", file=sys.stderr)
-                if args.ab is not None:
-                    off = AB_LEVERS[args.ab] if side == "server" else {}
-                    run = run_ours_api(checkout, folder, job_input, packs_yaml, off)
-                elif peer is not None and side == "worker":
-                    run = run_ours_api(checkout, folder, job_input, packs_yaml)
-                elif peer is not None:
-                    run = run_peer(checkout, peer, folder, job_input, cuda, packs_yaml)
-                elif side == "worker":
-                    run = run_worker(checkout, folder, job_input, packs_yaml, args.without)
-                else:
-                    run = run_server(checkout, folder, job_input, not cuda, packs_yaml)
+                for attempt in range(1, PORT_ATTEMPTS + 1):
+                    try:
+                        if args.ab is not None:
+                            off = AB_LEVERS[args.ab] if side == "server" else {}
+                            run = run_ours_api(checkout, folder, job_input, packs_yaml, off)
+                        elif peer is not None and side == "worker":
+                            run = run_ours_api(checkout, folder, job_input, packs_yaml)
+                        elif peer is not None:
+                            run = run_peer(checkout, peer, folder, job_input, cuda, packs_yaml)
+                        elif side == "worker":
+                            run = run_worker(checkout, folder, job_input, packs_yaml, args.without)
+                        else:
+                            run = run_server(checkout, folder, job_input, not cuda, packs_yaml)
+                        break
+                    except PortTaken as exc:  # ComfyUI's picked port: _check_own_port
+                        if attempt == PORT_ATTEMPTS:
+                            raise
+                        print(f"  {exc}: this start again", file=sys.stderr)
+                        folder = root / f"{side}-{i}-again-{attempt}"
                 print(f"  first job done at {run['done']:.2f} s", file=sys.stderr)
                 if timed:
                     (worker_runs if side == "worker" else server_runs).append(run)

@@ -408,7 +408,7 @@ def peer_main(args: argparse.Namespace, checkout: Path, peer: PeerCheckout) -> i
         try:
             print("starting this worker and worker-comfyui ...", file=sys.stderr)
             ours.start()
-            side.start(cuda)
+            side.start_bound(cuda)
             assert side.api is not None
             ours.wait_listening()
             side.api.wait_listening()
@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         client: HandlerClient | None = None
         try:
             print("starting ComfyUI's server (main.py) ...", file=sys.stderr)
-            server.start(cpu=not cuda, extra_model_paths=packs_yaml)
+            server.start_bound(cpu=not cuda, extra_model_paths=packs_yaml)
             client = HandlerClient(server.base_url)
             client.wait_up()
             results = []

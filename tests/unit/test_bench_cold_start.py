@@ -33,3 +33,21 @@ def test_the_boot_phases_come_from_the_log_lines_the_worker_writes(bench: Module
         1.77,
     )
     assert bench.boot_phases("no such lines", 0.0) == {}
+
+
+class _Server:
+    def __init__(self, bound: bool | None) -> None:
+        self.port, self._bound = 8190, bound
+
+    def bound(self) -> bool | None:
+        return self._bound
+
+
+def test_a_sample_whose_comfyui_did_not_hold_its_port_is_run_again(bench: ModuleType) -> None:
+    """The handler's answer came from whatever held the port: PortTaken, which main()
+    answers with the same start again."""
+    common = load_script("_bench_common")  # imported by name inside the function
+    bench._check_own_port(_Server(True))
+    for state in (None, False):
+        with pytest.raises(common.PortTaken, match="8190"):
+            bench._check_own_port(_Server(state))
