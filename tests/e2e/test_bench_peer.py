@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -96,3 +97,30 @@ def test_the_launcher_points_the_peer_handler_at_the_benchmarks_comfyui(
 def test_a_folder_that_is_not_worker_comfyui_is_named(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"is not a worker-comfyui checkout \(no handler.py"):
         peer_checkout(tmp_path, None, sys.executable)
+
+
+def test_the_latency_probes_floor_handler_answers_and_notes_its_times(tmp_path: Path) -> None:
+    """scripts/_latency_probe.py's ``floor`` behind the SDK's local API server, over real
+    HTTP: an answer of the size asked for, and one record per job with the handler's start
+    and return on the client's clock (CLOCK_MONOTONIC), between its send and its read."""
+    import time
+
+    log = tmp_path / "floor.jsonl"
+    env = {**clean_env(), "PROBE_LOG": str(log), "PROBE_ANSWER_BYTES": "1234"}
+    api = ApiProcess(
+        [sys.executable, str(REPO / "scripts" / "_latency_probe.py"), "floor"],
+        tmp_path,
+        env,
+        tmp_path / "floor.log",
+    )
+    api.start()
+    try:
+        api.wait_listening()
+        sent = time.perf_counter()
+        answer = api.runsync({"workflow": {}})
+        read = time.perf_counter()
+    finally:
+        api.stop()
+    assert len(answer["images"][0]["data"]) == 1234
+    (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sent < record["in"] <= record["out"] < read
