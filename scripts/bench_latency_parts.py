@@ -100,21 +100,28 @@ def median_ms(values: list[float]) -> str:
     return fmt_ms(statistics.median(values) * 1000) if values else "-"
 
 
+def _ins(records: list[dict[str, Any]], sent: list[tuple[float, float]]) -> list[float]:
+    return [r["in"] - s for r, (s, _) in zip(records, sent, strict=True)]
+
+
+def _outs(records: list[dict[str, Any]], sent: list[tuple[float, float]]) -> list[float]:
+    return [e - r["out"] for r, (_, e) in zip(records, sent, strict=True)]
+
+
 def parts(worker: Side, floor: Side) -> dict[str, str]:
     """The median of each part for one pause, as table cells."""
     records = worker.records()
     steps = [r["steps"] for r in records]
+    floor_records = floor.records()
     cells = {
         "/runsync, the SDK's server around a handler that returns at once": fmt_ms(
             statistics.median(floor.runsync_ms)
         ),
+        "  in, around that handler": median_ms(_ins(floor_records, floor.sent)),
+        "  out, around that handler": median_ms(_outs(floor_records, floor.sent)),
         "/runsync, this worker": fmt_ms(statistics.median(worker.runsync_ms)),
-        "in: send to the handler's start": median_ms(
-            [r["in"] - s for r, (s, _) in zip(records, worker.sent, strict=True)]
-        ),
-        "out: the handler's return to the answer read": median_ms(
-            [e - r["out"] for r, (_, e) in zip(records, worker.sent, strict=True)]
-        ),
+        "in: send to the handler's start": median_ms(_ins(records, worker.sent)),
+        "out: the handler's return to the answer read": median_ms(_outs(records, worker.sent)),
         "the handler": median_ms([r["out"] - r["in"] for r in records]),
         "hand-offs: the handler outside Worker.run": median_ms(
             [r["out"] - r["in"] - s["Worker.run"][0] for r, s in zip(records, steps, strict=True)]

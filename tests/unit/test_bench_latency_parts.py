@@ -37,8 +37,10 @@ def test_the_parts_are_the_probes_times_against_the_clients(
     # Sent at 100.000 s, read 10 ms later; the handler ran from 100.002 to 100.009 s.
     records = [{"in": 100.002, "out": 100.009, "steps": steps}]
     worker = _side(bench, tmp_path / "w.jsonl", records, [100.0])
-    floor = _side(bench, tmp_path / "f.jsonl", [{"in": 0, "out": 0}], [0.0])
+    floor = _side(bench, tmp_path / "f.jsonl", [{"in": 50.001, "out": 50.002}], [50.0])
     cells = bench.parts(worker, floor)
+    assert cells["  in, around that handler"] == "1.00"
+    assert cells["  out, around that handler"] == "8.00"
     assert cells["in: send to the handler's start"] == "2.00"
     assert cells["out: the handler's return to the answer read"] == "1.00"
     assert cells["the handler"] == "7.00"
