@@ -385,6 +385,12 @@ def job_secrets(job_id: str, secrets: Iterable[str | None] = ()) -> Iterator[Non
             del _active[token]
 
 
+def current_job_id() -> str:
+    """The job this thread's lines are logged under now (``-`` for none): for work that
+    a job hands to a thread of its own, whose lines stay that job's (:func:`bind_job`)."""
+    return _job_id()
+
+
 @contextlib.contextmanager
 def bind_job(job_id: str) -> Iterator[None]:
     """Log this thread's lines under ``job_id`` until the block ends (a job's lane)."""

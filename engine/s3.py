@@ -11,6 +11,8 @@ once, wherever it is: each attempt leases a client of its own whose sockets are 
 one watch (:mod:`engine.s3_sockets`), and the cancel shuts them, from the connect to
 S3's answer. A cut client is closed, never used again, so nothing more is sent for a
 stopped upload; the others go back to a few idle ones, their connections kept alive.
+A multipart upload (above 8 MB) cut part-way is aborted afterwards, off the job's path,
+by :mod:`engine.s3_multipart`, which knows its UploadId from the leased client's events.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from engine.deadline import Deadline
 from engine.delivery import MAX_PARALLEL_UPLOADS
 from engine.errors import ItemError
 from engine.logs import redact
+from engine.s3_multipart import MultipartCleaner, MultipartLedger
 from engine.s3_sockets import watch_client
 from engine.settings import BucketSettings
 
@@ -73,6 +76,9 @@ _MIN_ATTEMPT_S = 0.5
 # Idle clients kept for the next uploads (their connections stay alive): as many as two
 # deliveries upload at once (MAX_CONCURRENT_JOBS=2, the default); more are closed.
 _IDLE_CLIENTS = 2 * MAX_PARALLEL_UPLOADS
+# Each request of the abort after a cut: connect within 2 s, S3's answer within the rest
+# (an abort or a listing answers in milliseconds when S3 is up).
+_ABORT_REQUEST_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,17 @@ class _Lease:
     watch: SocketWatch | None
     reusable: bool
     """False for a client made for the end of a deadline (shorter timeouts) or given in."""
+    ledger: MultipartLedger | None = None
+    """The multipart uploads the client started and has not ended (None: given in)."""
 
     def cut(self) -> None:
         """Shut every socket of the client: what it is doing fails at once."""
         if self.watch is not None:
             self.watch.stop()
+
+    @property
+    def was_cut(self) -> bool:
+        return self.watch is not None and self.watch.stopped
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,10 @@ class S3Uploader:
         # another (16 outputs, 4 at a time, would otherwise stall 4 times over).
         self._stalled: set[float] = set()
         self._stalled_lock = threading.Lock()
+        self.cleaner = MultipartCleaner(
+            bucket.bucket, lambda: self._new_client(_ABORT_REQUEST_S), self._secrets
+        )
+        """Aborts the multipart uploads cut part-way; ``cleaner.wait`` says when it has."""
 
     def upload(
         self, key: str, path: Path, content_type: str, *, deadline: Deadline | None = None
@@ -213,6 +229,8 @@ class S3Uploader:
     ) -> None:
         """One attempt on a leased client, cut by ``deadline``'s cancel."""
         lease = self._lease(remaining)
+        if lease.ledger is not None:
+            lease.ledger.clear()
         try:
             with deadline.on_cancel(lease.cut):
                 lease.client.upload_file(
@@ -223,6 +241,12 @@ class S3Uploader:
                     Config=self._transfer,
                 )
         finally:
+            # upload_file has returned: s3transfer's threads are done with the client,
+            # and what it started is in the ledger for good.
+            if lease.was_cut and lease.ledger is not None:
+                unfinished = lease.ledger.unfinished()
+                if unfinished:
+                    self.cleaner.abort(key, unfinished)
             self._give_back(lease)
 
     def _lease(self, remaining: float) -> _Lease:
@@ -239,17 +263,16 @@ class S3Uploader:
                 if self._idle:
                     return self._idle.pop()
             client = self._new_client(None)
-            return _Lease(client, watch_client(client), reusable=True)
+            return _Lease(client, watch_client(client), True, MultipartLedger(client))
         client = self._new_client(max(remaining, _MIN_TIMEOUT_S))
-        return _Lease(client, watch_client(client), reusable=False)
+        return _Lease(client, watch_client(client), False, MultipartLedger(client))
 
     def _give_back(self, lease: _Lease) -> None:
         """Keep the client for another attempt, or close it: one that was cut (its
         upload was stopped: nothing more goes out through it) or made for one attempt."""
         if lease.client is self._fixed_client:
             return
-        cut = lease.watch is not None and lease.watch.stopped
-        if lease.reusable and not cut:
+        if lease.reusable and not lease.was_cut:
             with self._idle_lock:
                 if len(self._idle) < _IDLE_CLIENTS:
                     self._idle.append(lease)

@@ -1,7 +1,9 @@
 """A cancel, or the job's own limit, cuts an S3 upload at once: wherever the upload is
 (connecting, in its TLS handshake, sending its body, waiting for S3's answer), the job
 answers, the upload's thread and socket end with it, nothing is stored under the job's
-name afterwards, and the worker serves the next job.
+name afterwards, and the worker serves the next job. A multipart upload (above 8 MB) cut
+part-way is aborted afterwards, off the job's path: no parts are left in the bucket,
+and where the abort is refused the job answers as before and the log says why.
 
 A real S3 server (moto) behind the fault proxy on 127.0.0.1, and the dead ends of
 tests/e2e/dead_ends.py for the connect and the handshake. The stall limit
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +27,10 @@ from typing import Any
 import boto3
 import pytest
 
+from engine.deadline import Deadline
 from engine.delivery import deliver
-from engine.errors import OutputDeliveryError
+from engine.errors import JobInterruptedError, OutputDeliveryError
+from engine.outputs import OutputFile
 from engine.s3 import S3Uploader
 from engine.settings import BucketSettings, Settings
 from engine.worker import Worker
@@ -116,6 +122,42 @@ def stored(endpoint: str, bucket: str) -> list[str]:
     )
     listed = client.list_objects_v2(Bucket=bucket)
     return [item["Key"] for item in listed.get("Contents", [])]
+
+
+def multipart_uploads(endpoint: str, bucket: str) -> list[str]:
+    """The keys of the bucket's unfinished multipart uploads, asked of the S3 server."""
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )
+    listed = client.list_multipart_uploads(Bucket=bucket)
+    return [upload["Key"] for upload in listed.get("Uploads", [])]
+
+
+def big_file(folder: Path, mb: int = 20) -> OutputFile:
+    """A file above boto3's 8 MB multipart threshold: three parts of up to 8 MB."""
+    (file,) = pngs(folder, "small.png")
+    path = folder / "big.png"
+    path.write_bytes(os.urandom(mb * 1024 * 1024))
+    return dataclasses.replace(file, filename="big.png", path=path)
+
+
+def deliver_cut(uploader: S3Uploader, file: OutputFile, cue: Callable[[], bool]) -> str:
+    """Deliver ``file`` as job ``cut``, cancel the job once ``cue()`` holds; the answer
+    (the cancel's message)."""
+    job = Deadline.start(None)
+
+    def cancel() -> None:
+        until(cue, 60.0)
+        job.cancel()
+
+    threading.Thread(target=cancel, daemon=True).start()
+    with pytest.raises(JobInterruptedError) as raised:
+        deliver([file], job_id="cut", uploader=uploader, budget_bytes=1, job=job)
+    return raised.value.message
 
 
 def serves_the_next_job(worker: Worker, proxy: FaultProxy) -> None:
@@ -215,3 +257,95 @@ def test_a_cancel_cuts_an_upload_in_its_tls_handshake(bucket: str, tmp_path: Pat
         assert until(lambda: not upload_threads()), upload_threads()
     finally:
         silent.close()
+
+
+def parts_moving(proxy: FaultProxy) -> Callable[[], bool]:
+    """The parts' bodies are on their way (CreateMultipartUpload, one read, has answered)."""
+    return lambda: proxy.pauses >= 20
+
+
+def test_a_multipart_upload_cut_part_way_is_aborted_after_the_answer(
+    fault_proxy: FaultProxy,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 20 MB file goes out in parts, throttled; cancelled while they move, the job
+    answers, and the upload S3 holds for it is aborted afterwards by its UploadId: no
+    parts are left (before, one unfinished multipart upload stayed, billed)."""
+    caplog.set_level(logging.INFO, logger="engine.s3_multipart")
+    fault_proxy.throttle(65536, 0.05)
+    uploader = S3Uploader(settings_for(fault_proxy.url, bucket))
+    message = deliver_cut(uploader, big_file(tmp_path), parts_moving(fault_proxy))
+    assert message.startswith("The job was cancelled and stopped while delivering outputs")
+    assert uploader.cleaner.wait(1, 30.0), "the cleanup never ended"
+    (outcome,) = uploader.cleaner.outcomes()
+    assert (outcome.key, len(outcome.aborted), outcome.failure) == ("cut/big.png", 1, None)
+    assert multipart_uploads(s3_endpoint, bucket) == []
+    assert stored(s3_endpoint, bucket) == []
+    assert "aborted the unfinished multipart upload of cut/big.png" in caplog.text
+
+
+def test_a_refused_abort_leaves_the_answer_as_it_was_and_says_why(
+    fault_proxy: FaultProxy,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The key may not AbortMultipartUpload (S3 answers 403 to the DELETE): the job
+    answers its cancel as before, and one log line says the parts stay and why."""
+    caplog.set_level(logging.INFO, logger="engine.s3_multipart")
+    fault_proxy.throttle(65536, 0.05)
+    uploader = S3Uploader(settings_for(fault_proxy.url, bucket))
+    moving = parts_moving(fault_proxy)
+
+    def cue() -> bool:
+        if not moving():
+            return False
+        fault_proxy.answer(403, match="DELETE ")  # the parts' connections stay throttled
+        return True
+
+    message = deliver_cut(uploader, big_file(tmp_path), cue)
+    assert message.startswith("The job was cancelled and stopped while delivering outputs")
+    assert uploader.cleaner.wait(1, 30.0), "the cleanup never ended"
+    assert fault_proxy.faults == 1
+    assert multipart_uploads(s3_endpoint, bucket) == ["cut/big.png"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "engine.s3_multipart"]
+    assert len(lines) == 1, lines
+    assert "could not abort the unfinished multipart upload of cut/big.png" in lines[0]
+    assert "HTTP 403 AccessDenied" in lines[0]
+    assert "not allowed s3:AbortMultipartUpload" in lines[0]
+    assert "lifecycle rule" in lines[0]
+    assert SECRET not in caplog.text and KEY_ID not in caplog.text
+
+
+def test_an_abort_s3_never_answers_holds_neither_the_answer_nor_the_next_job(
+    fault_proxy: FaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    """S3 holds the abort unanswered: the cancelled job has answered already and the next
+    delivery completes while the abort is still held (it ends with the connection)."""
+    fault_proxy.throttle(65536, 0.05)
+    uploader = S3Uploader(settings_for(fault_proxy.url, bucket))
+    moving = parts_moving(fault_proxy)
+
+    def cue() -> bool:
+        if not moving():
+            return False
+        fault_proxy.hang()
+        return True
+
+    message = deliver_cut(uploader, big_file(tmp_path), cue)
+    assert message.startswith("The job was cancelled and stopped while delivering outputs")
+    assert until(fault_proxy.hung.is_set, 30.0), "the abort never reached S3"
+    assert fault_proxy.held == 1  # the abort's request, not a part's
+    fault_proxy.pass_through()  # the abort's own connection stays held
+    items, errors = deliver(
+        pngs(tmp_path, "next.png"), job_id="next", uploader=uploader, budget_bytes=1
+    )
+    assert ([i["type"] for i in items], errors) == (["s3_url"], [])
+    assert uploader.cleaner.finished == 0, "the abort ended before it was let go"
+    fault_proxy.close()  # drops the held abort
+    assert uploader.cleaner.wait(1, 30.0), "the cleanup never ended"
+    assert uploader.cleaner.outcomes()[0].failure is not None
