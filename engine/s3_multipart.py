@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 # The whole cleanup of one cut upload (a listing at most, and an abort): it runs after
 # the job has answered, so it may take a moment, but never lingers on a dead endpoint.
 ABORT_BOUND_S = 15.0
+# How long after the cut the cleanup starts. A cancel's answer goes out within
+# milliseconds of the cut (0.007-0.016 s, scripts/bench_s3_cut.py --cases multipart on
+# two shared cores), a job's limit answers once its cut uploads end (a moment more);
+# started at once, the cleanup's own CPU (a fresh botocore client and a signed request,
+# about 15 ms of pure Python under the GIL) slowed that answer by about 5 ms (median).
+START_AFTER_S = 1.0
 # The outcomes kept for anyone asking (tests, benchmarks); the count is kept whole.
 _KEPT_OUTCOMES = 16
 
@@ -70,6 +76,8 @@ class Outcome:
     failure: str | None
     """Why not every unfinished upload could be aborted (None: all were, or none was
     found to abort)."""
+    gone: tuple[str, ...] = ()
+    """The UploadIds S3 no longer had (NoSuchUpload): completed or aborted already."""
 
 
 class MultipartLedger:
@@ -137,7 +145,8 @@ class MultipartLedger:
 
 class MultipartCleaner:
     """Aborts unfinished multipart uploads of one bucket, each cleanup on a thread of its
-    own (never the job's), bounded by ``bound_s``; logs one line per cleanup."""
+    own (never the job's), ``start_after_s`` after it is asked for (once the job has
+    answered) and bounded by ``bound_s``; logs one line per cleanup."""
 
     def __init__(
         self,
@@ -145,11 +154,13 @@ class MultipartCleaner:
         new_client: Callable[[], Any],
         secrets: Sequence[str] = (),
         bound_s: float | None = None,
+        start_after_s: float | None = None,
     ) -> None:
         self._bucket = bucket
         self._new_client = new_client
         self._secrets = tuple(secrets)
         self._bound_s = ABORT_BOUND_S if bound_s is None else bound_s
+        self._start_after_s = START_AFTER_S if start_after_s is None else start_after_s
         self._done = threading.Condition()
         self._finished = 0
         self._outcomes: deque[Outcome] = deque(maxlen=_KEPT_OUTCOMES)
@@ -179,6 +190,7 @@ class MultipartCleaner:
             return self._done.wait_for(lambda: self._finished >= count, timeout_s)
 
     def _clean(self, job: str, key: str, unfinished: tuple[Unfinished, ...]) -> None:
+        time.sleep(self._start_after_s)  # the job's answer first (START_AFTER_S)
         with logs.bind_job(job):
             try:
                 outcome = self._abort_all(key, unfinished)
@@ -201,6 +213,7 @@ class MultipartCleaner:
             timer.daemon = True
             timer.start()
         aborted: list[str] = []
+        gone: list[str] = []
         try:
             ids = [u.upload_id for u in unfinished if u.upload_id]
             unanswered = [u for u in unfinished if u.upload_id is None]
@@ -208,16 +221,23 @@ class MultipartCleaner:
                 since = min(u.sent_at for u in unanswered)
                 ids += [i for i in self._listed(client, key, since) if i not in ids]
             for upload_id in ids:
-                client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
-                aborted.append(upload_id)
+                try:
+                    client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+                    aborted.append(upload_id)
+                except ClientError as exc:
+                    # The cut came as its completion went out, and S3 completed it; or
+                    # it was aborted already: nothing is left to abort.
+                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                        raise
+                    gone.append(upload_id)
         except (BotoCoreError, ClientError) as exc:
-            return Outcome(key, tuple(aborted), self._why(exc, watch))
+            return Outcome(key, tuple(aborted), self._why(exc, watch), tuple(gone))
         finally:
             if timer is not None:
                 timer.cancel()
             with contextlib.suppress(Exception):
                 client.close()
-        return Outcome(key, tuple(aborted), None)
+        return Outcome(key, tuple(aborted), None, tuple(gone))
 
     def _listed(self, client: Any, key: str, since: float) -> list[str]:
         """UploadIds of exactly ``key``, initiated no earlier than the second ``since``:
@@ -260,6 +280,12 @@ class MultipartCleaner:
                 "its parts deleted)",
                 outcome.key,
                 len(outcome.aborted),
+            )
+        elif outcome.gone:
+            log.info(
+                "the multipart upload of %s that a cut left had ended already (S3 no longer "
+                "has it: completed or aborted)",
+                outcome.key,
             )
         else:
             log.info(

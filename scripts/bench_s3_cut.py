@@ -1,20 +1,25 @@
 """How soon a cancel ends a job's S3 upload: the answer, its connection and its thread.
 
 The worker in-process (fake runtime) delivers to a real S3-compatible server (moto) on
-127.0.0.1 through the tests' fault proxy, with ``UPLOAD_STALL_S`` at a minute. Two
+127.0.0.1 through the tests' fault proxy, with ``UPLOAD_STALL_S`` at a minute. Three
 cases, each cancelled on a cue from the proxy: ``hang`` (S3 takes the request and
-answers nothing; cancelled once the request is held) and ``moving`` (a 3 MB output
-goes out 64 KB every 0.02 s; cancelled after its third pause). Prints, per run, the
-seconds from ``Worker.cancel`` to the job's answer, to the proxy seeing every
-connection closed and to the upload threads gone, and whether the object was stored.
+answers nothing; cancelled once the request is held), ``moving`` (a 3 MB output
+goes out 64 KB every 0.02 s; cancelled after its third pause) and ``multipart`` (a
+20 MB output, sent in parts of 8 MB, each 64 KB every 0.05 s; cancelled after 20
+pauses, the parts moving). Prints, per run, the seconds from ``Worker.cancel`` to the
+job's answer, to the proxy seeing every connection closed, to the upload threads gone
+and (multipart) to the end of the abort of what the cut left, then the objects stored
+and the multipart uploads left in the bucket.
 
     .venv/bin/python scripts/bench_s3_cut.py --repeat 3
+    .venv/bin/python scripts/bench_s3_cut.py --repeat 1 --cases multipart
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 import tempfile
 import threading
@@ -50,7 +55,8 @@ def _when(condition: Callable[[], bool]) -> float | None:
     return time.monotonic()
 
 
-def _stored(endpoint: str, bucket: str) -> int:
+def _left(endpoint: str, bucket: str) -> str:
+    """Objects stored and multipart uploads left in ``bucket``, asked past the proxy."""
     client = boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
@@ -58,10 +64,12 @@ def _stored(endpoint: str, bucket: str) -> int:
         aws_secret_access_key=SECRET,
         region_name="us-east-1",
     )
-    return int(client.list_objects_v2(Bucket=bucket).get("KeyCount", 0))
+    objects = int(client.list_objects_v2(Bucket=bucket).get("KeyCount", 0))
+    uploads = len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    return f"objects stored {objects}, multipart uploads left {uploads}"
 
 
-def _run(endpoint: str, case: str, image: str) -> str:
+def _run(endpoint: str, case: str, images: dict[str, str]) -> str:
     bucket = new_bucket(endpoint, KEY_ID, SECRET, "bench")
     proxy = FaultProxy(endpoint)
     limits = bucket_settings(
@@ -73,22 +81,26 @@ def _run(endpoint: str, case: str, image: str) -> str:
             settings = Settings(
                 work_dir=Path(folder), bucket=limits, job_timeout_s=600.0, job_stop_grace_s=30.0
             )
-            worker = Worker(settings, FakeRuntime(settings), uploader=S3Uploader(limits))
+            uploader = S3Uploader(limits)
+            worker = Worker(settings, FakeRuntime(settings), uploader=uploader)
             worker.boot()
             if case == "hang":
                 proxy.hang()
                 job = {"id": "hang", "input": {"workflow": workflows.batch(1)}}
                 cue: Callable[[], bool] = proxy.hung.is_set
             else:
-                proxy.throttle(65536, 0.02)
-                images = [{"name": "a.png", "image": image}]
+                pause_s, pauses = (0.02, 3) if case == "moving" else (0.05, 20)
+                proxy.throttle(65536, pause_s)
                 job = {
-                    "id": "moving",
-                    "input": {"workflow": workflows.invert("a.png"), "images": images},
+                    "id": case,
+                    "input": {
+                        "workflow": workflows.invert("a.png"),
+                        "images": [{"name": "a.png", "image": images[case]}],
+                    },
                 }
 
                 def cue() -> bool:
-                    return proxy.pauses >= 3
+                    return proxy.pauses >= pauses
 
             answered = threading.Event()
             thread = threading.Thread(target=lambda: (worker.handle(job), answered.set()))
@@ -106,9 +118,17 @@ def _run(endpoint: str, case: str, image: str) -> str:
             def since(moment: float | None) -> str:
                 return f"none in {BOUND_S:g} s" if moment is None else f"{moment - cancelled:.3f} s"
 
+            cleanup = ""
+            if case == "multipart":
+                # Before engine/s3_multipart.py there was no cleanup to wait for.
+                cleaner = getattr(uploader, "cleaner", None)
+                ended = (
+                    None if cleaner is None else _when(lambda: cleaner.finished > 0)  # type: ignore[union-attr]
+                )
+                cleanup = ", abort ended " + ("(no cleanup)" if cleaner is None else since(ended))
             return (
                 f"{case}: answer {since(answer)}, connections closed {since(closed)}, "
-                f"upload threads gone {since(gone)}, objects stored {_stored(endpoint, bucket)}"
+                f"upload threads gone {since(gone)}{cleanup}, {_left(endpoint, bucket)}"
             )
     finally:
         proxy.close()
@@ -117,15 +137,30 @@ def _run(endpoint: str, case: str, image: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each case (3)")
-    repeat = parser.parse_args().repeat
+    parser.add_argument(
+        "--cases",
+        default="hang,moving,multipart",
+        help="which cases, comma-separated (hang,moving,multipart)",
+    )
+    args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - {"hang", "moving", "multipart"}
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    image = base64.b64encode(noise_png(1024)).decode()
+    # 1024 px of noise: a 3 MB PNG, one request; 2600 px: about 20 MB, three parts.
+    images = {
+        case: base64.b64encode(noise_png(side)).decode()
+        for case, side in (("moving", 1024), ("multipart", 2600))
+        if case in cases
+    }
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
-        for _ in range(repeat):
-            for case in ("hang", "moving"):
-                print(_run(f"http://{host}:{port}", case, image), flush=True)
+        for _ in range(args.repeat):
+            for case in cases:
+                print(_run(f"http://{host}:{port}", case, images), flush=True)
     finally:
         server.stop()
 

@@ -130,7 +130,7 @@ def test_a_start_never_answered_is_kept_without_an_upload_id() -> None:
 
 
 def cleaner_for(client: Any, bound_s: float | None = None) -> MultipartCleaner:
-    return MultipartCleaner("outputs", lambda: client, (KEY_ID, SECRET), bound_s)
+    return MultipartCleaner("outputs", lambda: client, (KEY_ID, SECRET), bound_s, 0.0)
 
 
 def test_the_cleaner_aborts_known_uploads_by_their_id_on_its_own_thread(
@@ -149,7 +149,7 @@ def test_the_cleaner_aborts_known_uploads_by_their_id_on_its_own_thread(
         jobs.append(logs.current_job_id())
         return client
 
-    cleaner = MultipartCleaner("outputs", new_client)
+    cleaner = MultipartCleaner("outputs", new_client, start_after_s=0.0)
     with logs.bind_job("job-1"):
         cleaner.abort(KEY, [Unfinished(KEY, "u-1", time.time())])
     assert cleaner.wait(1, 30.0)
@@ -235,3 +235,20 @@ def test_the_uploaders_leased_clients_keep_a_ledger() -> None:
     """What a cut leaves is known only where the leased client carries one."""
     lease = S3Uploader(bucket())._lease(600.0)
     assert isinstance(lease.ledger, MultipartLedger)
+
+
+def test_an_upload_s3_no_longer_has_is_not_a_failure(
+    stubbed: tuple[Any, Stubber], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cut came as the completion went out and S3 completed it (or it was aborted
+    already): NoSuchUpload is said as such, not as a refusal."""
+    caplog.set_level(logging.INFO, logger="engine.s3_multipart")
+    client, stub = stubbed
+    stub.add_client_error("abort_multipart_upload", "NoSuchUpload", http_status_code=404)
+    cleaner = cleaner_for(client)
+    cleaner.abort(KEY, [Unfinished(KEY, "u-1", time.time())])
+    assert cleaner.wait(1, 30.0)
+    assert cleaner.outcomes() == [Outcome(KEY, (), None, ("u-1",))]
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert "had ended already" in record.getMessage()
