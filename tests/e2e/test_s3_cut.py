@@ -294,11 +294,27 @@ def test_a_refused_abort_leaves_the_answer_as_it_was_and_says_why(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The key may not AbortMultipartUpload (S3 answers 403 to the DELETE): the job
-    answers its cancel as before, and one log line says the parts stay and why."""
+    """The key may not AbortMultipartUpload (S3 answers 403 to the DELETE): the worker
+    answers the cancelled job as before and serves the next one, and one log line says
+    the parts stay and why."""
     caplog.set_level(logging.INFO, logger="engine.s3_multipart")
     fault_proxy.throttle(65536, 0.05)
-    uploader = S3Uploader(settings_for(fault_proxy.url, bucket))
+    limits = settings_for(fault_proxy.url, bucket)
+    settings = Settings(
+        work_dir=tmp_path / "work", bucket=limits, job_timeout_s=600.0, job_stop_grace_s=30.0
+    )
+    uploader = S3Uploader(limits)
+    worker = Worker(settings, FakeRuntime(settings), uploader=uploader)
+    worker.boot()
+    # 2600 px of noise: a PNG of about 20 MB, inverted into an output as large.
+    image = base64.b64encode(noise_png(2600)).decode()
+    job = {
+        "id": "refused",
+        "input": {
+            "workflow": workflows.invert("a.png"),
+            "images": [{"name": "a.png", "image": image}],
+        },
+    }
     moving = parts_moving(fault_proxy)
 
     def cue() -> bool:
@@ -307,18 +323,20 @@ def test_a_refused_abort_leaves_the_answer_as_it_was_and_says_why(
         fault_proxy.answer(403, match="DELETE ")  # the parts' connections stay throttled
         return True
 
-    message = deliver_cut(uploader, big_file(tmp_path), cue)
-    assert message.startswith("The job was cancelled and stopped while delivering outputs")
+    body = cancel_when(worker, job, cue)
+    assert_cancelled_while_delivering(body)
     assert uploader.cleaner.wait(1, 30.0), "the cleanup never ended"
     assert fault_proxy.faults == 1
-    assert multipart_uploads(s3_endpoint, bucket) == ["cut/big.png"]
+    (key,) = multipart_uploads(s3_endpoint, bucket)
+    assert key.startswith("refused/")
     lines = [r.getMessage() for r in caplog.records if r.name == "engine.s3_multipart"]
     assert len(lines) == 1, lines
-    assert "could not abort the unfinished multipart upload of cut/big.png" in lines[0]
+    assert f"could not abort the unfinished multipart upload of {key}" in lines[0]
     assert "HTTP 403 AccessDenied" in lines[0]
     assert "not allowed s3:AbortMultipartUpload" in lines[0]
     assert "lifecycle rule" in lines[0]
     assert SECRET not in caplog.text and KEY_ID not in caplog.text
+    serves_the_next_job(worker, fault_proxy)
 
 
 def test_an_abort_s3_never_answers_holds_neither_the_answer_nor_the_next_job(
