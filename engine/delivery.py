@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from engine import logs
 from engine.deadline import Deadline
 from engine.errors import ItemError, OutputDeliveryError, ResponseTooLargeError
 from engine.outputs import OutputFile
@@ -252,12 +253,15 @@ def _to_bucket(
     deadline = Deadline.start(None if limit is None else limit.seconds)
 
     def upload(file: OutputFile, key: str) -> dict[str, Any]:
-        size = file.path.stat().st_size
-        if isinstance(uploader, BoundedUploader):
-            url = uploader.upload(key, file.path, file.mime_type, deadline=deadline)
-        else:
-            url = uploader.upload(key, file.path, file.mime_type)
-        return _item(file, "s3_url", url, size)
+        # The upload thread's lines are the job's (a retry, a cut upload's abort), not
+        # those of whichever job holds the engine meanwhile.
+        with logs.bind_job(job_id):
+            size = file.path.stat().st_size
+            if isinstance(uploader, BoundedUploader):
+                url = uploader.upload(key, file.path, file.mime_type, deadline=deadline)
+            else:
+                url = uploader.upload(key, file.path, file.mime_type)
+            return _item(file, "s3_url", url, size)
 
     # Not ``with``: leaving it would wait for every thread, and a stuck request is the
     # very thing this must not wait for. At the deadline or the job's cancel the uploads

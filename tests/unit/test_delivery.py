@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from engine import s3
+from engine import logs, s3
 from engine.deadline import Deadline
 from engine.delivery import deliver, object_key
 from engine.errors import ItemError, OutputDeliveryError, ResponseTooLargeError
@@ -257,6 +257,21 @@ class TestUploads:
         items, errors = deliver(files, job_id="j", uploader=RecordingUploader(), budget_bytes=1)
         assert [i["filename"] for i in items] == ["here.png"]
         assert errors == ["gone.png: cannot be read: No such file or directory"]
+
+    def test_an_uploads_log_lines_are_its_jobs(self, tmp_path: Path) -> None:
+        """The upload threads log under the delivering job's id, even while another job
+        holds the engine (whose id unbound threads' lines would otherwise carry)."""
+        seen: list[str] = []
+
+        class Noting(RecordingUploader):
+            def upload(self, key: str, path: Path, content_type: str) -> str:
+                seen.append(logs.current_job_id())
+                return super().upload(key, path, content_type)
+
+        files = [output(make_png(tmp_path / f"{n}.png")) for n in ("a", "b")]
+        with logs.engine_job("the-running-one"):
+            deliver(files, job_id="sync-7", uploader=Noting(), budget_bytes=1)
+        assert seen == ["sync-7", "sync-7"]
 
     def test_uploads_run_concurrently_but_bounded(self, tmp_path: Path) -> None:
         """Several files upload at once, never more than four."""
