@@ -206,6 +206,23 @@ class PortTaken(RuntimeError):
     again on another port (:data:`PORT_ATTEMPTS`)."""
 
 
+def _start_bound(
+    start: Callable[[], object], server: ComfyServer, stop: Callable[[], None], what: str
+) -> None:
+    """``start()`` until ``server`` holds its port, ``stop()`` between the tries (the
+    ``start_bound`` of :class:`ComfyServer` and :class:`PeerSide`)."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        start()
+        try:
+            server.wait_bound()
+            return
+        except PortTaken as exc:
+            stop()
+            if attempt == PORT_ATTEMPTS:
+                raise
+            print(f"{exc}: starting {what} again on another port", file=sys.stderr)
+
+
 class LogTail:
     """The lines a child process appends to its log file, read as they come.
 
@@ -573,16 +590,7 @@ class ComfyServer:
         """:meth:`start`, then :meth:`wait_bound`, on another port when the picked one was
         taken (up to :data:`PORT_ATTEMPTS` starts). For a benchmark that does not time
         the server's start; one that does checks :meth:`bound` after the sample."""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            self.start(cpu, extra_model_paths)
-            try:
-                self.wait_bound()
-                return
-            except PortTaken as exc:
-                self.stop()
-                if attempt == PORT_ATTEMPTS:
-                    raise
-                print(f"{exc}: starting ComfyUI again on another port", file=sys.stderr)
+        _start_bound(lambda: self.start(cpu, extra_model_paths), self, self.stop, "ComfyUI")
 
     def log_time(self, needle: str) -> float | None:
         """When the first log line containing ``needle`` was read, or ``None``."""
@@ -1043,16 +1051,7 @@ class PeerSide:
         another port when another process took it first (up to :data:`PORT_ATTEMPTS`).
         For a benchmark that does not time the start; bench_cold_start checks
         ``server.bound()`` after each sample instead, so its start stays start.sh's."""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            self.start(cuda)
-            try:
-                self.server.wait_bound()
-                return
-            except PortTaken as exc:
-                self.stop()
-                if attempt == PORT_ATTEMPTS:
-                    raise
-                print(f"{exc}: starting worker-comfyui again on another port", file=sys.stderr)
+        _start_bound(lambda: self.start(cuda), self.server, self.stop, "worker-comfyui")
 
     def stop(self) -> None:
         """End the handler and ComfyUI."""
