@@ -111,29 +111,26 @@ def assert_cancelled_while_delivering(body: dict[str, Any]) -> None:
     assert SECRET not in str(body)
 
 
-def stored(endpoint: str, bucket: str) -> list[str]:
-    """The keys in ``bucket``, asked of the S3 server itself (past the proxy)."""
-    client = boto3.session.Session().client(
+def owner_client(endpoint: str) -> Any:
+    """A client of the S3 server itself (past the proxy), with the test's keys."""
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=KEY_ID,
         aws_secret_access_key=SECRET,
         region_name="us-east-1",
     )
-    listed = client.list_objects_v2(Bucket=bucket)
+
+
+def stored(endpoint: str, bucket: str) -> list[str]:
+    """The keys in ``bucket``, asked of the S3 server itself (past the proxy)."""
+    listed = owner_client(endpoint).list_objects_v2(Bucket=bucket)
     return [item["Key"] for item in listed.get("Contents", [])]
 
 
 def multipart_uploads(endpoint: str, bucket: str) -> list[str]:
     """The keys of the bucket's unfinished multipart uploads, asked of the S3 server."""
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-        region_name="us-east-1",
-    )
-    listed = client.list_multipart_uploads(Bucket=bucket)
+    listed = owner_client(endpoint).list_multipart_uploads(Bucket=bucket)
     return [upload["Key"] for upload in listed.get("Uploads", [])]
 
 
