@@ -47,6 +47,7 @@ from engine.runtime import (
     pack_fixes,
     pack_imports,
     video_save,
+    webm_save,
 )
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.model_paths import ModelPaths
@@ -349,6 +350,35 @@ def _apply_deferred_animated(target: Target) -> None:
         animated_save.install(_node_class(target, name), target.folder_paths.get_output_directory)
 
 
+# What SaveWEBM.execute does that webm_save.WebmFile replays in a process (ComfyUI 0.3.64):
+# the PyAV names its code uses and its frames' format.
+_WEBM_NAMES = ("av", "open", "metadata", "add_stream", "VideoFrame", "from_ndarray", "encode")
+_WEBM_NAMES_END = ("mux", "close")
+
+
+def _check_deferred_webm(target: Target) -> str | None:
+    node_class = _node_class(target, webm_save.NODE)
+    method = getattr(node_class, "__dict__", {}).get("execute")
+    function = getattr(method, "__func__", None)
+    if not isinstance(method, classmethod) or not inspect.isfunction(function):
+        return "SaveWEBM.execute as a classmethod"
+    if function.__closure__ is not None:
+        # Run with other globals for one call: ComfyUI's own function, no wrapper.
+        return "SaveWEBM.execute as a plain function"
+    if "rgb24" not in function.__code__.co_consts:
+        return "SaveWEBM.execute's rgb24 frames"
+    if _missing(function.__globals__.get("av"), "open"):
+        return "av (PyAV) in SaveWEBM's module"
+    missing = _names_used(function, *_WEBM_NAMES, *_WEBM_NAMES_END)
+    if missing is not None:
+        return f"SaveWEBM.execute's {missing.removeprefix('its ')}"
+    return _missing(target.folder_paths, "get_output_directory")
+
+
+def _apply_deferred_webm(target: Target) -> None:
+    webm_save.install(_node_class(target, webm_save.NODE), target.folder_paths.get_output_directory)
+
+
 def _check_decoded_inputs(target: Target) -> str | None:
     nodes = target.nodes
     return (
@@ -524,6 +554,24 @@ REGISTRY: tuple[Patch, ...] = (
         check=_check_deferred_animated,
         apply=_apply_deferred_animated,
         node_types=animated_save.NODES,
+    ),
+    Patch(
+        name="deferred_webm",
+        phase="after_node_init",
+        replaces="comfy_extras' SaveWEBM.execute (wrapped: while another job is in flight, "
+        "ComfyUI's own code runs with a PyAV recorder, and the WebM it describes is encoded "
+        "in a helper process after the node returns)",
+        why="SaveWEBM's VP9 / AV1 encode ran on the engine thread for seconds, time the next "
+        "job's run waited",
+        without="SaveWEBM encodes on the engine thread, as ComfyUI does; the next job waits",
+        expects="SaveWEBM.execute as a classmethod of a plain function looking av (PyAV) up in "
+        "its module: av.open(path, mode='w'), container.metadata, add_stream(codec, rate=...), "
+        "the stream's width, height, pix_fmt, bit_rate and options, "
+        "av.VideoFrame.from_ndarray(format='rgb24'), encode, mux, close; "
+        "folder_paths.get_output_directory",
+        check=_check_deferred_webm,
+        apply=_apply_deferred_webm,
+        node_types=(webm_save.NODE,),
     ),
     Patch(
         name="decoded_inputs",

@@ -24,8 +24,9 @@ Every other call runs ComfyUI's own ``save_to``: no hand-off (a lone job: sendin
 frames to a process would only add to its time), a file object or a path outside the
 output folder (a node that reads its file back), a format or codec ``save_to`` refuses
 (it raises, as before), odd frame sizes (H.264's 4:2:0 needs even ones: ComfyUI's error).
-VideoFromFile (a loaded video saved again), SaveWEBM and VHS_VideoCombine are not
-changed; SaveAnimatedWEBP/PNG hand off to the same encoder processes (``animated_save``).
+VideoFromFile (a loaded video saved again) and VHS_VideoCombine are not changed;
+SaveAnimatedWEBP/PNG (``animated_save``) and SaveWEBM (``webm_save``) hand off to the
+same encoder processes.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ class Encoded(Protocol):
 
 def submit(video: Encoded, path: str, deadline: Deadline | None = None) -> Future[None]:
     """Write ``video`` at ``path`` in an encoder process; ends with ``deadline`` at the latest.
-    The one pool of the hand-offs: SaveVideo's :class:`VideoFile` and SaveAnimatedWEBP's /
-    SaveAnimatedPNG's ``animated_save.AnimatedFile``."""
+    The one pool of the hand-offs: SaveVideo's :class:`VideoFile`, SaveAnimatedWEBP's /
+    SaveAnimatedPNG's ``animated_save.AnimatedFile`` and SaveWEBM's ``webm_save.WebmFile``."""
     return _shared_pool().submit(video, (path,), {}, deadline)
 
 

@@ -29,6 +29,7 @@ from engine.runtime import (
     pack_imports,
     patches,
     video_save,
+    webm_save,
 )
 from engine.runtime.headless_server import HeadlessPromptServer
 from engine.runtime.lazy_mapping import LazyMapping
@@ -37,6 +38,8 @@ from engine.runtime.model_paths import ModelPaths
 from engine.runtime.patches import NAMES, REGISTRY, Patches, Target, patch_named
 from engine.settings import Settings
 from tests.unit.test_animated_save import _NODES_SOURCE as _ANIMATED_NODES
+from tests.unit.test_webm_save import _FAKE_AV
+from tests.unit.test_webm_save import _NODE as _WEBM_NODE
 
 
 def _module(source: str, name: str = "stand_in") -> types.ModuleType:
@@ -123,7 +126,8 @@ def test_a_phase_applies_its_patches_in_order_and_the_summary_lists_them(
     assert applied.applied == ["folder_paths_restore", "parallel_png"]
     assert applied.summary() == (
         "in force: folder_paths_restore, parallel_png; off: deferred_video, decoded_inputs; "
-        "not needed: reactor_restorers; waiting for their node files: deferred_animated"
+        "not needed: reactor_restorers; waiting for their node files: deferred_animated, "
+        "deferred_webm"
     )
 
 
@@ -610,7 +614,50 @@ def test_a_patch_of_node_classes_waits_for_the_file_that_defines_them() -> None:
     eager = Patches(registry=(waiting,))
     eager.apply_phase("after_node_init", target)
     assert calls == ["node_patch"] and eager.waiting == []
-    assert [p.name for p in REGISTRY if p.node_types] == ["deferred_animated"]
+    assert [p.name for p in REGISTRY if p.node_types] == ["deferred_animated", "deferred_webm"]
+
+
+# -- deferred_webm ---------------------------------------------------------------------------
+
+
+def _webm_target(monkeypatch: pytest.MonkeyPatch, source: str = _WEBM_NODE) -> Target:
+    monkeypatch.setitem(sys.modules, "av", _module(_FAKE_AV, "av"))
+    module = _module(source, "stand_in_nodes_video")
+    nodes = types.SimpleNamespace(NODE_CLASS_MAPPINGS={webm_save.NODE: module.SaveWEBM})
+    return Target(nodes=nodes, folder_paths=types.SimpleNamespace(get_output_directory=str))
+
+
+def test_deferred_webm_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = _webm_target(monkeypatch)
+    node_class = target.nodes.NODE_CLASS_MAPPINGS[webm_save.NODE]
+    original = node_class.__dict__["execute"].__func__
+    assert _apply("deferred_webm", target).is_applied("deferred_webm")
+    assert node_class.__dict__["execute"].__func__.__wrapped__ is original
+
+
+@pytest.mark.parametrize(
+    ("moved", "replacement", "named"),
+    [
+        ('format="rgb24"', 'format="rgb48le"', "rgb24"),  # frames of another depth
+        ("container.close()", "del container", "close"),
+        ("    @classmethod\n    def execute", "    def execute", "as a classmethod"),
+        ("import av\n", "import av\nav = None\n", "av (PyAV)"),
+    ],
+)
+def test_deferred_webm_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    moved: str,
+    replacement: str,
+    named: str,
+) -> None:
+    assert moved in _WEBM_NODE
+    target = _webm_target(monkeypatch, _WEBM_NODE.replace(moved, replacement))
+    node_class = target.nodes.NODE_CLASS_MAPPINGS[webm_save.NODE]
+    original = node_class.__dict__["execute"]
+    _skipped_once("deferred_webm", _apply("deferred_webm", target), caplog)
+    assert node_class.__dict__["execute"] is original
+    assert named in caplog.text
 
 
 # -- decoded_inputs --------------------------------------------------------------------------
