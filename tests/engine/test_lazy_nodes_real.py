@@ -115,12 +115,13 @@ def test_a_deferred_node_type_runs_the_first_time_a_workflow_names_it(tmp_path: 
     assert report["outputs"] == ["3"]
     # Only the file the workflow needed was imported, and only when the job named it.
     assert report["loaded"] == ["nodes_post_processing.py"]
-    # The patch of nodes_images.py's classes waited for that file, and applied when the
-    # second job's SaveAnimatedWEBP loaded it.
-    assert report["waiting_at_boot"] == ["deferred_animated"]
+    # The patches of nodes_images.py's and nodes_video.py's classes waited for their
+    # files; the first applied when the second job's SaveAnimatedWEBP loaded its file,
+    # the other still waits for its own.
+    assert report["waiting_at_boot"] == ["deferred_animated", "deferred_webm"]
     assert report["animated_outputs"] == ["2"]
     assert report["animated_applied"] and report["animated_wrapped"]
-    assert report["waiting_after"] == []
+    assert report["waiting_after"] == ["deferred_webm"]
     # A full walk imports the rest and sees exactly the types counted by name at boot
     # (a pack of the checkout that cannot import here is not this test's to judge).
     skip_packs_that_cannot_import(report["failed_packs"])
