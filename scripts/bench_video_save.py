@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""SaveVideo's encode handed off (the ``deferred_video`` patch) against ComfyUI's own, in a
-stream of jobs with MAX_CONCURRENT_JOBS=2, on the real ComfyUI in-process.
+"""A video save node's encode handed off (the ``deferred_video`` patch for SaveVideo,
+``deferred_animated`` for SaveAnimatedWEBP / SaveAnimatedPNG) against ComfyUI's own, in a
+stream of jobs, on the real ComfyUI in-process.
 
 Each job: ``BenchFrames`` (a custom node written here: ``--frames`` frames of a smooth
 random field panning across the picture, ``--width`` x ``--height``) -> ``BenchSleep``
 (``scripts/_bench_common.SLEEP_NODE``: sleeps holding no lock, as a GPU kernel keeps the
 engine busy and leaves the CPU free; ``--run-s``, by default the lone encode's time,
-measured first) -> ComfyUI's ``CreateVideo`` -> ``SaveVideo`` (H.264 MP4). The jobs go
-through ``Worker.handle`` as the runpod SDK sends them: two callers, two jobs in flight.
+measured first) -> the save node ``--node`` names: ComfyUI's ``CreateVideo`` ->
+``SaveVideo`` (H.264 MP4, the default), or ``SaveAnimatedWEBP`` (ComfyUI's defaults, as
+its Wan 2.1 templates have them: lossless, quality 80, method ``default``) or
+``SaveAnimatedPNG`` (``compress_level`` 4) at 16 fps. The jobs go through
+``Worker.handle`` as the runpod SDK sends them (base64 answers; ``RESPONSE_LIMIT_MB`` is
+raised to 1024 here, as a lossless animation of 81 frames is larger than the default 20).
 
-Both settings run on one booted runtime, alternated stream by stream (on, off, then
-off, on, ...) for ``--rounds`` rounds after a warm-up stream each: ``on`` is the patch
-as the worker boots it; ``off`` puts ComfyUI's own ``VideoFromComponents.save_to``
-back, which is what ``COMFY_PATCHES_OFF=deferred_video`` gives. Figures per setting:
-jobs per minute, the engine's busy fraction (time inside ``Runtime.run`` over the
-stream's wall time) and the stand-in GPU's (the sleeping node's seconds over the wall
-time: how much of the stream a GPU would have worked).
+Settings, on one booted runtime, alternated stream by stream (in order, then reversed,
+...) for ``--rounds`` rounds after a warm-up stream each (``--against``): ``on``, two
+callers (two jobs in flight) with the patch as the worker boots it; ``off``, two callers
+with ComfyUI's own function put back (what ``COMFY_PATCHES_OFF`` gives); ``one``, one
+caller (one job in flight: the worker hands nothing off). Figures per setting: jobs per
+minute, the engine's busy fraction (time inside ``Runtime.run`` over the stream's wall
+time) and the stand-in GPU's (the sleeping node's seconds over the wall time: how much
+of the stream a GPU would have worked).
 
 ``--gil`` measures what decided between a writer thread and a process: a stand-in for
 the next job's Python runs beside one encode (``engine.runtime.video_encode``, the
@@ -34,6 +40,8 @@ for its file when the hand-off is forced for a lone job (``Runtime.run`` with pe
 files): what handing off would cost a job with nothing waiting.
 
     COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_video_save.py
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/bench_video_save.py --node SaveAnimatedWEBP \
+        --against off one
     python scripts/bench_video_save.py --gil
 
 A benchmark, not a test: it prints figures and the settings that made them.
@@ -218,6 +226,37 @@ def gil(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
+NODES = ("SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG")
+"""The save nodes ``--node`` may name."""
+
+PATCHES = {"SaveVideo": "deferred_video"}
+"""The patch that hands each node's encode off (the animated ones: ``deferred_animated``)."""
+
+
+def save_nodes(node: str) -> dict[str, Any]:
+    """The workflow's nodes after the sleeping node "2", for the save node ``node``."""
+    frames = ["2", 0]
+    if node == "SaveVideo":
+        return {
+            "3": {"class_type": "CreateVideo", "inputs": {"images": frames, "fps": 16.0}},
+            "4": {
+                "class_type": "SaveVideo",
+                "inputs": {
+                    "video": ["3", 0],
+                    "filename_prefix": "bench/clip",
+                    "format": "auto",
+                    "codec": "auto",
+                },
+            },
+        }
+    inputs: dict[str, Any] = {"images": frames, "filename_prefix": "bench/clip", "fps": 16.0}
+    if node == "SaveAnimatedWEBP":
+        inputs |= {"lossless": True, "quality": 80, "method": "default"}
+    else:
+        inputs |= {"compress_level": 4}
+    return {"3": {"class_type": node, "inputs": inputs}}
+
+
 def workflow(seed: int, args: argparse.Namespace, run_s: float) -> dict[str, Any]:
     return {
         "1": {
@@ -231,16 +270,7 @@ def workflow(seed: int, args: argparse.Namespace, run_s: float) -> dict[str, Any
             },
         },
         "2": {"class_type": "BenchSleep", "inputs": {"image": ["1", 0], "seconds": run_s}},
-        "3": {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 16.0}},
-        "4": {
-            "class_type": "SaveVideo",
-            "inputs": {
-                "video": ["3", 0],
-                "filename_prefix": "bench/clip",
-                "format": "auto",
-                "codec": "auto",
-            },
-        },
+        **save_nodes(args.node),
     }
 
 
@@ -256,15 +286,51 @@ class Figures:
         return 60.0 * self.jobs / self.wall_s
 
 
-def stream(worker: Any, runtime: Metered, jobs: list[dict[str, Any]], run_s: float) -> Figures:
-    """``jobs`` through ``worker`` with two in flight at once, as the SDK sends them."""
-    wall, busy = stream_jobs(worker, runtime, jobs, 2)
+def stream(
+    worker: Any, runtime: Metered, jobs: list[dict[str, Any]], run_s: float, callers: int
+) -> Figures:
+    """``jobs`` through ``worker`` with ``callers`` in flight at once, as the SDK sends them."""
+    wall, busy = stream_jobs(worker, runtime, jobs, callers)
     return Figures(len(jobs), wall, busy, len(jobs) * run_s)
+
+
+def _print_streams(
+    args: argparse.Namespace,
+    names: list[str],
+    labels: dict[str, str],
+    figures: dict[str, list[Figures]],
+) -> None:
+    print(f"stream of {args.jobs} jobs with {args.node}, medians of {args.rounds} rounds:")
+    for name in names:
+        runs = figures[name]
+        print(
+            f"  {labels[name]}: "
+            f"{statistics.median(r.per_minute for r in runs):.2f} jobs/min, engine busy "
+            f"{100 * statistics.median(r.busy_s / r.wall_s for r in runs):.1f}%, stand-in GPU "
+            f"busy {100 * statistics.median(r.gpu_s / r.wall_s for r in runs):.1f}%"
+        )
+    for name in args.against:
+        ratios = [
+            b.per_minute / a.per_minute for a, b in zip(figures[name], figures["on"], strict=True)
+        ]
+        print(
+            f"  {labels['on']} against {labels[name]}: jobs/min "
+            f"x{statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"))
+    parser.add_argument("--node", choices=NODES, default="SaveVideo", help="the save node")
+    parser.add_argument(
+        "--against",
+        nargs="+",
+        choices=("off", "one"),
+        default=["off"],
+        help="settings the patch on with 2 in flight is compared with: off (2 in flight, "
+        "ComfyUI's own encode) and/or one (1 in flight)",
+    )
     parser.add_argument("--jobs", type=int, default=10, help="jobs per stream")
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds")
     parser.add_argument("--frames", type=int, default=81)
@@ -283,6 +349,9 @@ def main() -> int:
         help="seconds the sleeping node takes (default: the lone encode's time, measured)",
     )
     parser.add_argument("--lone", type=int, default=3, help="lone jobs per setting")
+    parser.add_argument(
+        "--lone-only", action="store_true", help="no streams: only the lone jobs (--lone)"
+    )
     parser.add_argument(
         "--gil", action="store_true", help="only the thread-or-process measure (no ComfyUI)"
     )
@@ -318,20 +387,29 @@ def _bench(args: argparse.Namespace, work: Path, load_before: str) -> int:
         "COMFY_LOG_LEVEL": "WARNING",
         "WORKER_DIR": str(work),
         "OUTPUT_METADATA": "true",
+        # Answers are base64 here (no S3): a lossless animation of 81 frames of 832x480
+        # is tens of MB, beyond the default limit of 20.
+        "RESPONSE_LIMIT_MB": "1024",
     }
     comfy = ComfyRuntime(Settings.from_env(env))
     comfy.boot()
     runtime = Metered(comfy)
-    from comfy_api.latest import InputImpl
+    patch = PATCHES.get(args.node, "deferred_animated")
+    if args.node == "SaveVideo":
+        from comfy_api.latest import InputImpl
 
-    video_class = InputImpl.VideoFromComponents
-    deferring = video_class.save_to
-    if not getattr(deferring, "_deferred_video", False):
-        raise SystemExit("the deferred_video patch is not in force (COMFY_PATCHES_OFF?)")
+        owner, attribute = InputImpl.VideoFromComponents, "save_to"
+    else:
+        import nodes
+
+        owner, attribute = nodes.NODE_CLASS_MAPPINGS[args.node], "save_images"
+    deferring = getattr(owner, attribute)
+    if not getattr(deferring, f"_{patch}", False):
+        raise SystemExit(f"the {patch} patch is not in force (COMFY_PATCHES_OFF?)")
     own = deferring.__wrapped__
 
     def setting(on: bool) -> None:
-        video_class.save_to = deferring if on else own
+        setattr(owner, attribute, deferring if on else own)
 
     serial = 0
 
@@ -379,43 +457,39 @@ def _bench(args: argparse.Namespace, work: Path, load_before: str) -> int:
 
     worker = Worker(Settings.from_env({**env, "MAX_CONCURRENT_JOBS": "2"}), runtime)  # type: ignore[arg-type]
     worker.boot()
-    figures: dict[bool, list[Figures]] = {True: [], False: []}
-    for round_no in range(args.rounds + 1):  # round 0 warms up, unreported
-        order = (True, False) if round_no % 2 else (False, True)
-        for on in order:
+    # Setting -> (patch on, callers): the patch on with 2 in flight, and what it is against.
+    settings = {"on": (True, 2), "off": (False, 2), "one": (True, 1)}
+    names = ["on", *args.against]
+    labels = {
+        "on": f"{patch} on, 2 in flight",
+        "off": f"{patch} off, 2 in flight",
+        "one": "1 in flight",
+    }
+    figures: dict[str, list[Figures]] = {name: [] for name in names}
+    for round_no in range(0 if args.lone_only else args.rounds + 1):  # round 0 warms up
+        for name in names if round_no % 2 else list(reversed(names)):
+            on, callers = settings[name]
             setting(on)
-            result = stream(worker, runtime, jobs(args.jobs if round_no else 2, run_s), run_s)
+            batch = jobs(args.jobs if round_no else 2, run_s)
+            result = stream(worker, runtime, batch, run_s, callers)
             if round_no:
-                figures[on].append(result)
+                figures[name].append(result)
                 print(
-                    f"  round {round_no} deferred_video {'on ' if on else 'off'}: "
+                    f"  round {round_no} {labels[name]}: "
                     f"{result.per_minute:5.2f} jobs/min, engine busy "
                     f"{100 * result.busy_s / result.wall_s:5.1f}%, stand-in GPU busy "
                     f"{100 * result.gpu_s / result.wall_s:5.1f}% ({result.jobs} jobs in "
                     f"{result.wall_s:.1f} s)",
                     flush=True,
                 )
-    ratios = [
-        b.per_minute / a.per_minute for a, b in zip(figures[False], figures[True], strict=True)
-    ]
-    print(f"stream of {args.jobs} jobs, MAX_CONCURRENT_JOBS=2, medians of {args.rounds} rounds:")
-    for on in (True, False):
-        runs = figures[on]
-        print(
-            f"  deferred_video {'on ' if on else 'off'}: "
-            f"{statistics.median(r.per_minute for r in runs):.2f} jobs/min, engine busy "
-            f"{100 * statistics.median(r.busy_s / r.wall_s for r in runs):.1f}%, stand-in GPU "
-            f"busy {100 * statistics.median(r.gpu_s / r.wall_s for r in runs):.1f}%"
-        )
-    print(
-        f"  on against off: jobs/min x{statistics.median(ratios):.2f} (rounds: "
-        f"{', '.join(f'{r:.2f}' for r in ratios)})"
-    )
+    setting(True)
+    if not args.lone_only:
+        _print_streams(args, names, labels, figures)
 
     lone: dict[str, list[float]] = {"on": [], "off": [], "own": [], "forced": []}
-    names = ("on", "off", "own", "forced")
+    kinds = ("on", "off", "own", "forced")
     for index in range(args.lone):
-        for name in names if index % 2 == 0 else tuple(reversed(names)):
+        for name in kinds if index % 2 == 0 else tuple(reversed(kinds)):
             setting(name != "off")
             if name in ("own", "forced"):
                 lone[name].append(lone_run(run_s, name == "forced")[1])
@@ -428,7 +502,7 @@ def _bench(args: argparse.Namespace, work: Path, load_before: str) -> int:
     setting(True)
     print(f"a lone job ({args.lone} of each, alternated), median latency:")
     print(
-        f"  Worker.handle: deferred_video on {statistics.median(lone['on']):.2f} s, off "
+        f"  Worker.handle: {patch} on {statistics.median(lone['on']):.2f} s, off "
         f"{statistics.median(lone['off']):.2f} s (alone, the worker hands nothing off: "
         "ComfyUI's own encode either way)"
     )
@@ -437,6 +511,8 @@ def _bench(args: argparse.Namespace, work: Path, load_before: str) -> int:
         f"{statistics.median(lone['own']):.2f} s, the hand-off forced "
         f"{statistics.median(lone['forced']):.2f} s"
     )
+    for name in kinds:
+        print(f"  each {name}: {', '.join(f'{x:.2f}' for x in lone[name])} s")
     print(
         f"1-minute load average: {load_before} before, {load_average()} after "
         f"({os.cpu_count()} CPUs)"
