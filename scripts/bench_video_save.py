@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A video save node's encode handed off (the ``deferred_video`` patch for SaveVideo,
-``deferred_animated`` for SaveAnimatedWEBP / SaveAnimatedPNG) against ComfyUI's own, in a
-stream of jobs, on the real ComfyUI in-process.
+``deferred_animated`` for SaveAnimatedWEBP / SaveAnimatedPNG, ``deferred_webm`` for
+SaveWEBM) against ComfyUI's own, in a stream of jobs, on the real ComfyUI in-process.
 
 Each job: ``BenchFrames`` (a custom node written here: ``--frames`` frames of a smooth
 random field panning across the picture, ``--width`` x ``--height``) -> ``BenchSleep``
@@ -10,7 +10,8 @@ engine busy and leaves the CPU free; ``--run-s``, by default the lone encode's t
 measured first) -> the save node ``--node`` names: ComfyUI's ``CreateVideo`` ->
 ``SaveVideo`` (H.264 MP4, the default), or ``SaveAnimatedWEBP`` (ComfyUI's defaults, as
 its Wan 2.1 templates have them: lossless, quality 80, method ``default``) or
-``SaveAnimatedPNG`` (``compress_level`` 4) at 16 fps. The jobs go through
+``SaveAnimatedPNG`` (``compress_level`` 4) at 16 fps, or ``SaveWEBM`` (VP9, crf 32, its
+defaults; ``deferred_webm``). The jobs go through
 ``Worker.handle`` as the runpod SDK sends them (base64 answers; ``RESPONSE_LIMIT_MB`` is
 raised to 1024 here, as a lossless animation of 81 frames is larger than the default 20).
 
@@ -226,10 +227,10 @@ def gil(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
-NODES = ("SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG")
+NODES = ("SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveWEBM")
 """The save nodes ``--node`` may name."""
 
-PATCHES = {"SaveVideo": "deferred_video"}
+PATCHES = {"SaveVideo": "deferred_video", "SaveWEBM": "deferred_webm"}
 """The patch that hands each node's encode off (the animated ones: ``deferred_animated``)."""
 
 
@@ -252,6 +253,8 @@ def save_nodes(node: str) -> dict[str, Any]:
     inputs: dict[str, Any] = {"images": frames, "filename_prefix": "bench/clip", "fps": 16.0}
     if node == "SaveAnimatedWEBP":
         inputs |= {"lossless": True, "quality": 80, "method": "default"}
+    elif node == "SaveWEBM":
+        inputs |= {"codec": "vp9", "crf": 32.0}
     else:
         inputs |= {"compress_level": 4}
     return {"3": {"class_type": node, "inputs": inputs}}
@@ -402,11 +405,14 @@ def _bench(args: argparse.Namespace, work: Path, load_before: str) -> int:
     else:
         import nodes
 
-        owner, attribute = nodes.NODE_CLASS_MAPPINGS[args.node], "save_images"
-    deferring = getattr(owner, attribute)
-    if not getattr(deferring, f"_{patch}", False):
+        owner = nodes.NODE_CLASS_MAPPINGS[args.node]
+        attribute = "execute" if args.node == "SaveWEBM" else "save_images"
+    # SaveWEBM's execute is a classmethod: swapped as the class holds it.
+    deferring = owner.__dict__[attribute]
+    function = getattr(deferring, "__func__", deferring)
+    if not getattr(function, f"_{patch}", False):
         raise SystemExit(f"the {patch} patch is not in force (COMFY_PATCHES_OFF?)")
-    own = deferring.__wrapped__
+    own = classmethod(function.__wrapped__) if function is not deferring else function.__wrapped__
 
     def setting(on: bool) -> None:
         setattr(owner, attribute, deferring if on else own)
