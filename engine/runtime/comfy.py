@@ -382,6 +382,8 @@ class ComfyRuntime:
         # What output files embed: the user's workflow, as ComfyUI's editor sends it.
         if job.sent_prompt is not None:
             extra_data[output_metadata.SENT_PROMPT] = job.sent_prompt
+        if not self._settings.output_metadata:  # nothing, even from nodes that ignore the flag
+            extra_data[output_metadata.METADATA_OFF] = True
         if job.sent_graph is not None:
             extra_data["extra_pnginfo"] = {"workflow": job.sent_graph}
         api_key = job.api_key_comfy_org or self._settings.comfy_org_api_key

@@ -15,8 +15,14 @@ graph they sent) into ``extra_data`` under :data:`SENT_PROMPT`, and the graph it
 ``execution.get_input_data`` so that an output node's hidden prompt is that one; every
 other node (a pack's node that reads other nodes' values from the prompt) still gets the
 prompt that runs. Without :data:`SENT_PROMPT` (``OUTPUT_METADATA=false``, a warm-up)
-nothing changes. ``OUTPUT_METADATA=false`` is ComfyUI's ``--disable-metadata``: nothing
-is embedded at all.
+nothing changes.
+
+``OUTPUT_METADATA=false`` is ComfyUI's ``--disable-metadata``, which each save node checks
+itself. Two of ComfyUI 0.3.64's do not (:data:`EMBED_ANYWAY`): SaveWEBM writes the prompt
+into its container and SaveSVGNode into its file whatever the flag says. With the job's
+:data:`METADATA_OFF` those two get no prompt (``None``, which both skip), so nothing is
+embedded at all, as the contract says. Other nodes keep theirs: a pack's output node may
+read the prompt for more than metadata, and each honours the flag or not on its own.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ from typing import Any
 
 SENT_PROMPT = "worker_sent_prompt"
 """The key of ``extra_data`` holding the prompt as the user sent it."""
+METADATA_OFF = "worker_metadata_off"
+"""The key of ``extra_data`` set (True) when the job's files embed nothing."""
+EMBED_ANYWAY = frozenset({"SaveWEBM", "SaveSVGNode"})
+"""ComfyUI's save nodes that embed the hidden prompt under ``--disable-metadata`` too
+(0.3.64: ``comfy_extras/nodes_video.py``, ``nodes_images.py``)."""
 
 _WRAPPED = "_output_metadata"
 
@@ -53,13 +64,18 @@ def _sent_prompt_for_outputs(original: Callable[..., Any]) -> Callable[..., Any]
     ) -> Any:
         extra = {} if extra_data is None else extra_data
         result = original(inputs, class_def, unique_id, outputs, dynprompt, extra)
-        sent = extra.get(SENT_PROMPT) if isinstance(extra, dict) else None
         if (
-            sent is None
+            not isinstance(extra, dict)
             or dynprompt is None
             or getattr(class_def, "OUTPUT_NODE", False) is not True
         ):
             return result
+        sent = extra.get(SENT_PROMPT)
+        if sent is None:
+            if extra.get(METADATA_OFF) is not True or _class_type(dynprompt, unique_id) not in (
+                EMBED_ANYWAY
+            ):
+                return result
         running = dynprompt.get_original_prompt()
         input_data_all, _missing, hidden_v3 = result
         # ComfyUI handed this node the running prompt itself (the same object): swap it.
@@ -73,3 +89,11 @@ def _sent_prompt_for_outputs(original: Callable[..., Any]) -> Callable[..., Any]
         return result
 
     return get_input_data
+
+
+def _class_type(dynprompt: Any, unique_id: Any) -> Any:
+    """The node's type as the running prompt names it (None when it cannot be told)."""
+    try:
+        return dynprompt.get_node(unique_id).get("class_type")
+    except Exception:  # ComfyUI's NodeNotFoundError, or a shape it no longer has
+        return None

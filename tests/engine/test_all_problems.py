@@ -74,6 +74,14 @@ result = runtime.run(JobSpec(prompt_id="png", workflow={
 }))
 (item,) = result.outputs["2"]["images"]
 facts["png"] = str(runtime.directories.output / item["subfolder"] / item["filename"])
+# SaveWEBM embeds the prompt whatever --disable-metadata says (output_metadata.EMBED_ANYWAY).
+result = runtime.run(JobSpec(prompt_id="webm", workflow={
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 2, "color": 0}},
+    "2": {"class_type": "SaveWEBM", "inputs": {"images": ["1", 0], "filename_prefix": "meta/w",
+          "codec": "vp9", "fps": 8.0, "crf": 32.0}},
+}))
+(item,) = result.outputs["2"]["images"]
+facts["webm"] = str(runtime.directories.output / item["subfolder"] / item["filename"])
 print(json.dumps(facts))
 """
 
@@ -155,6 +163,28 @@ def test_output_metadata_false_leaves_the_workflow_out_of_pngs(
     (item,) = runtime.run(JobSpec(prompt_id="meta-on", workflow=workflow)).outputs["2"]["images"]
     with Image.open(runtime.directories.output / item["subfolder"] / item["filename"]) as image:
         assert "prompt" in image.info
+
+
+def test_output_metadata_false_leaves_the_prompt_out_of_savewebms_file_too(
+    packless: dict[str, Any], runtime: ComfyRuntime, prefix: str
+) -> None:
+    """ComfyUI's SaveWEBM ignores --disable-metadata; with OUTPUT_METADATA=false its file
+    carries no prompt all the same. With the default it does."""
+    import av
+
+    def tags(path: Path) -> set[str]:
+        with av.open(str(path)) as container:
+            return {key.lower() for key in container.metadata}
+
+    assert "prompt" not in tags(Path(packless["webm"]))
+    workflow = {
+        "1": node("EmptyImage", width=16, height=16, batch_size=2, color=0),
+        "2": node(
+            "SaveWEBM", images=["1", 0], filename_prefix=prefix, codec="vp9", fps=8.0, crf=32.0
+        ),
+    }
+    (item,) = runtime.run(JobSpec(prompt_id="webm-on", workflow=workflow)).outputs["2"]["images"]
+    assert "prompt" in tags(runtime.directories.output / item["subfolder"] / item["filename"])
 
 
 def refused(runtime: ComfyRuntime, workflow: dict[str, Any]) -> list[str]:

@@ -118,8 +118,9 @@ def test_during_a_run_savewebm_returns_before_its_encode_and_writes_comfyuis_web
     own = _saved(runtime, plain)
     try:
         assert own.stat().st_size > 0
-        # SaveWEBM writes the prompt whatever OUTPUT_METADATA says (ComfyUI 0.3.64's V3
-        # hidden inputs): the two differ by their prefixes, of one length.
+        # SaveWEBM writes the prompt whatever --disable-metadata says (the worker gives it
+        # none with OUTPUT_METADATA=false: output_metadata.EMBED_ANYWAY); here the runtime
+        # embeds, and the two prompts differ by their prefixes, of one length.
         handed_content, own_content = _content(path), _content(own)
         prompt = handed_content["metadata"]["PROMPT"]
         handed_content["metadata"]["PROMPT"] = prompt.replace(f"{prefix}/one", f"{prefix}/two")

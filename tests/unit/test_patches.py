@@ -210,6 +210,9 @@ class _DynPrompt:
     def get_original_prompt(self) -> dict[str, Any]:
         return self.prompt
 
+    def get_node(self, node_id: str) -> dict[str, Any]:
+        return self.prompt[node_id]
+
 
 def test_output_metadata_applied() -> None:
     """Output nodes (V1 and V3) get the prompt as sent; other nodes the one that runs."""
@@ -233,6 +236,31 @@ def test_output_metadata_applied() -> None:
     data, _, _ = execution.get_input_data({}, save, "9", None, _DynPrompt(running), {})
     assert data["prompt"] == [running]
     assert not output_metadata.install(execution)  # once only
+
+
+def test_output_metadata_off_takes_the_prompt_from_the_nodes_that_ignore_the_flag() -> None:
+    """OUTPUT_METADATA=false: SaveWEBM (V3) and SaveSVGNode (V1), which embed the prompt
+    under --disable-metadata too, get none; every other node keeps ComfyUI's answer."""
+    execution = _module(_EXECUTION)
+    _apply("output_metadata", Target(execution=execution))
+    running = {
+        "2": {"class_type": "SaveWEBM", "inputs": {}},
+        "3": {"class_type": "SaveSVGNode", "inputs": {}},
+        "4": {"class_type": "SaveImage", "inputs": {}},
+    }
+    off = {output_metadata.METADATA_OFF: True}
+    webm = type("SaveWEBM", (), {"OUTPUT_NODE": True, "V3": True})
+    svg = type("SaveSVGNode", (), {"OUTPUT_NODE": True})
+    save = type("SaveImage", (), {"OUTPUT_NODE": True})
+    dyn = _DynPrompt(running)
+    _, _, hidden = execution.get_input_data({}, webm, "2", None, dyn, off)
+    assert hidden["prompt"] is None
+    data, _, _ = execution.get_input_data({}, svg, "3", None, dyn, off)
+    assert data["prompt"] == [None]
+    data, _, _ = execution.get_input_data({}, save, "4", None, dyn, off)
+    assert data["prompt"] == [running]  # SaveImage checks --disable-metadata itself
+    _, _, hidden = execution.get_input_data({}, webm, "2", None, dyn, {})
+    assert hidden["prompt"] is running  # a warm-up: ComfyUI's own answer
 
 
 def test_output_metadata_skipped(caplog: pytest.LogCaptureFixture) -> None:
