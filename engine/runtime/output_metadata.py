@@ -71,11 +71,11 @@ def _sent_prompt_for_outputs(original: Callable[..., Any]) -> Callable[..., Any]
         ):
             return result
         sent = extra.get(SENT_PROMPT)
-        if sent is None:
-            if extra.get(METADATA_OFF) is not True or _class_type(dynprompt, unique_id) not in (
-                EMBED_ANYWAY
-            ):
-                return result
+        if sent is None and (
+            extra.get(METADATA_OFF) is not True
+            or _class_type(dynprompt, unique_id) not in EMBED_ANYWAY
+        ):
+            return result
         running = dynprompt.get_original_prompt()
         input_data_all, _missing, hidden_v3 = result
         # ComfyUI handed this node the running prompt itself (the same object): swap it.
