@@ -22,8 +22,8 @@ own ui result; the job waits for the file after the run
 Nothing of ComfyUI's is redone: file names, counter, metadata, the frames' conversion
 (its own, one frame at a time, so no float temporary of the whole video) and the ui
 result are its code's. The stand-in lives in the globals of a copy of ``save_images``
-made for that call, not in the module: no other thread and no other node of the file
-sees it.
+made for that call (``rebound.with_global``), not in the module: no other thread and no
+other node of the file sees it.
 
 Every other call runs ComfyUI's own ``save_images`` as it is: a lone job (no hand-off: a
 process would only add the frames' copy to its time), and, inside a handed-off call, a
@@ -34,11 +34,11 @@ The encoder processes are the video hand-off's (``video_save.submit``), one pool
 from __future__ import annotations
 
 import functools
-import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.runtime import fast_save, video_save
+from engine.runtime.rebound import with_global
 
 if TYPE_CHECKING:
     from engine.deadline import Deadline
@@ -87,19 +87,10 @@ def _deferring(original: Any, output_directory: Callable[[], str]) -> Callable[.
         pending, deadline = fast_save.handed_off()
         if pending is None:
             return original(self, *args, **kwargs)
-        namespace = dict(original.__globals__)
-        namespace["Image"] = _HandingOffPil(
-            namespace["Image"], _HandOff(pending, deadline, output_directory)
+        pil = _HandingOffPil(
+            original.__globals__["Image"], _HandOff(pending, deadline, output_directory)
         )
-        call = types.FunctionType(
-            original.__code__,
-            namespace,
-            original.__name__,
-            original.__defaults__,
-            original.__closure__,
-        )
-        call.__kwdefaults__ = original.__kwdefaults__
-        return call(self, *args, **kwargs)
+        return with_global(original, "Image", pil)(self, *args, **kwargs)
 
     save_images._deferred_animated = True  # type: ignore[attr-defined]
     return save_images

@@ -28,12 +28,12 @@ is handed off, and ComfyUI's own code runs again from the start.
 from __future__ import annotations
 
 import functools
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.runtime import fast_save, video_save
+from engine.runtime.rebound import with_global
 
 if TYPE_CHECKING:
     from engine.deadline import Deadline
@@ -106,16 +106,7 @@ def _deferring(original: Any, output_directory: Callable[[], str]) -> Callable[.
         if pending is None:
             return original(cls, *args, **kwargs)
         recorder = _RecordingAv(original.__globals__["av"], output_directory)
-        namespace = dict(original.__globals__)
-        namespace["av"] = recorder
-        call = types.FunctionType(
-            original.__code__,
-            namespace,
-            original.__name__,
-            original.__defaults__,
-            original.__closure__,
-        )
-        call.__kwdefaults__ = original.__kwdefaults__
+        call = with_global(original, "av", recorder)
         try:
             result = call(cls, *args, **kwargs)
             if recorder.container is not None and not recorder.container.closed:
