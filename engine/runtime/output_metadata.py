@@ -18,11 +18,13 @@ prompt that runs. Without :data:`SENT_PROMPT` (``OUTPUT_METADATA=false``, a warm
 nothing changes.
 
 ``OUTPUT_METADATA=false`` is ComfyUI's ``--disable-metadata``, which each save node checks
-itself. Two of ComfyUI 0.3.64's do not (:data:`EMBED_ANYWAY`): SaveWEBM writes the prompt
-into its container and SaveSVGNode into its file whatever the flag says. With the job's
-:data:`METADATA_OFF` those two get no prompt (``None``, which both skip), so nothing is
-embedded at all, as the contract says. Other nodes keep theirs: a pack's output node may
-read the prompt for more than metadata, and each honours the flag or not on its own.
+itself. Some do not (:data:`EMBED_ANYWAY`): ComfyUI 0.3.64's SaveWEBM writes the prompt
+into its container and SaveSVGNode into its file whatever the flag says, and so does
+VideoHelperSuite's VHS_VideoCombine (its MP4's ``comment`` tag and first-frame PNG), one
+of the packs the image installs. With the job's :data:`METADATA_OFF` those get no prompt
+(``None``, which each skips), so nothing is embedded at all, as the contract says. Other
+nodes keep theirs: another pack's output node may read the prompt for more than
+metadata, and each honours the flag or not on its own.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ SENT_PROMPT = "worker_sent_prompt"
 """The key of ``extra_data`` holding the prompt as the user sent it."""
 METADATA_OFF = "worker_metadata_off"
 """The key of ``extra_data`` set (True) when the job's files embed nothing."""
-EMBED_ANYWAY = frozenset({"SaveWEBM", "SaveSVGNode"})
-"""ComfyUI's save nodes that embed the hidden prompt under ``--disable-metadata`` too
-(0.3.64: ``comfy_extras/nodes_video.py``, ``nodes_images.py``)."""
+EMBED_ANYWAY = frozenset({"SaveWEBM", "SaveSVGNode", "VHS_VideoCombine"})
+"""Save nodes that embed the hidden prompt under ``--disable-metadata`` too, and read it
+for nothing else: ComfyUI 0.3.64's (``comfy_extras/nodes_video.py``, ``nodes_images.py``)
+and VideoHelperSuite's at the image's pin (``videohelpersuite/nodes.py``)."""
 
 _WRAPPED = "_output_metadata"
 

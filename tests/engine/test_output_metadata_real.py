@@ -137,3 +137,35 @@ def test_vhs_video_combine_embeds_the_prompt_as_sent(worker: Worker, tmp_path: P
     comment = json.loads(tags["comment"])
     assert json.loads(comment["prompt"]) == sent, comment
     no_worker_names(json.dumps(comment))
+
+
+def test_vhs_video_combine_embeds_no_prompt_with_output_metadata_false(
+    runtime: ComfyRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VHS_VideoCombine writes the prompt whatever --disable-metadata says; with
+    OUTPUT_METADATA=false (the flag, and the runtime's setting) its MP4 carries none."""
+    import dataclasses
+
+    from comfy.cli_args import args
+
+    from tests.engine.support import require_packs
+
+    require_packs("ComfyUI-VideoHelperSuite")
+    monkeypatch.setattr(args, "disable_metadata", True)
+    off = dataclasses.replace(runtime._settings, output_metadata=False)
+    monkeypatch.setattr(runtime, "_settings", off)
+    worker = Worker(
+        Settings(work_dir=runtime.directories.input.parent, output_metadata=False), runtime
+    )
+    workflow = workflows.vhs(3)
+    workflow["2"]["inputs"]["filename_prefix"] = "clips/quiet"
+    files = by_name(worker.handle({"id": "meta-vhs-off", "input": {"workflow": workflow}}))
+    (name,) = [n for n in files if n.endswith(".mp4")]
+    video = tmp_path / name
+    video.write_bytes(files[name])
+    with av.open(str(video)) as container:
+        comment = json.loads(dict(container.metadata).get("comment", "{}"))
+    assert "prompt" not in comment, comment
+    for png in (n for n in files if n.endswith(".png")):
+        with Image.open(io.BytesIO(files[png])) as image:
+            assert "prompt" not in image.info, png

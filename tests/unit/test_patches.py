@@ -261,6 +261,10 @@ def test_output_metadata_off_takes_the_prompt_from_the_nodes_that_ignore_the_fla
     assert data["prompt"] == [running]  # SaveImage checks --disable-metadata itself
     _, _, hidden = execution.get_input_data({}, webm, "2", None, dyn, {})
     assert hidden["prompt"] is running  # a warm-up: ComfyUI's own answer
+    running["5"] = {"class_type": "VHS_VideoCombine", "inputs": {}}
+    vhs = type("VideoCombine", (), {"OUTPUT_NODE": True})
+    data, _, _ = execution.get_input_data({}, vhs, "5", None, dyn, off)
+    assert data["prompt"] == [None]
 
 
 def test_output_metadata_skipped(caplog: pytest.LogCaptureFixture) -> None:
