@@ -143,3 +143,16 @@ def _remove_links_into(models_dir: Path, root: Path) -> None:
 def prefix(request: pytest.FixtureRequest) -> str:
     """A ``filename_prefix`` in a subfolder of its own, as the worker gives each job."""
     return f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}/out"
+
+
+@pytest.fixture
+def metadata_off() -> Iterator[None]:
+    """``OUTPUT_METADATA=false`` as the save nodes see it: ComfyUI's ``--disable-metadata``
+    (files that embed no prompt: two runs with two prefixes then write the same bytes)."""
+    from comfy.cli_args import args
+
+    before, args.disable_metadata = args.disable_metadata, True
+    try:
+        yield
+    finally:
+        args.disable_metadata = before

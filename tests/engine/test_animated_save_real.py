@@ -19,7 +19,6 @@ import io
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +71,6 @@ def _saved(runtime: ComfyRuntime, result: dict[str, Any]) -> list[Path]:
         runtime.directories.output / item["subfolder"] / item["filename"]
         for item in result["ui"]["images"]
     ]
-
-
-@pytest.fixture
-def metadata_off() -> Iterator[None]:
-    """``OUTPUT_METADATA=false``: ComfyUI's ``--disable-metadata``."""
-    from comfy.cli_args import args
-
-    before, args.disable_metadata = args.disable_metadata, True
-    try:
-        yield
-    finally:
-        args.disable_metadata = before
 
 
 def test_the_patch_is_in_force(runtime: ComfyRuntime) -> None:

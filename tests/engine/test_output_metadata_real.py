@@ -140,18 +140,15 @@ def test_vhs_video_combine_embeds_the_prompt_as_sent(worker: Worker, tmp_path: P
 
 
 def test_vhs_video_combine_embeds_no_prompt_with_output_metadata_false(
-    runtime: ComfyRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runtime: ComfyRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metadata_off: None
 ) -> None:
     """VHS_VideoCombine writes the prompt whatever --disable-metadata says; with
     OUTPUT_METADATA=false (the flag, and the runtime's setting) its MP4 carries none."""
     import dataclasses
 
-    from comfy.cli_args import args
-
     from tests.engine.support import require_packs
 
     require_packs("ComfyUI-VideoHelperSuite")
-    monkeypatch.setattr(args, "disable_metadata", True)
     off = dataclasses.replace(runtime._settings, output_metadata=False)
     monkeypatch.setattr(runtime, "_settings", off)
     worker = Worker(

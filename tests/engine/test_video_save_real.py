@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -54,18 +53,6 @@ def _saved(runtime: ComfyRuntime, result: Any) -> Path:
     return runtime.directories.output / item["subfolder"] / item["filename"]
 
 
-@pytest.fixture
-def no_metadata() -> Iterator[None]:
-    """Files that embed no prompt: two runs with two prefixes then write the same bytes."""
-    from comfy.cli_args import args
-
-    before, args.disable_metadata = args.disable_metadata, True
-    try:
-        yield
-    finally:
-        args.disable_metadata = before
-
-
 def test_the_patch_is_in_force(runtime: ComfyRuntime) -> None:
     from comfy_api.latest import InputImpl
 
@@ -73,7 +60,7 @@ def test_the_patch_is_in_force(runtime: ComfyRuntime) -> None:
 
 
 def test_during_a_run_savevideo_returns_before_its_encode_and_writes_comfyuis_bytes(
-    runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, prefix: str, no_metadata: None
+    runtime: ComfyRuntime, monkeypatch: pytest.MonkeyPatch, prefix: str, metadata_off: None
 ) -> None:
     pool = GatedPool()
     monkeypatch.setattr(video_save, "_shared_pool", lambda: pool)

@@ -13,7 +13,6 @@ packet's bytes and timing, the metadata, the stream's settings) and by their siz
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +63,6 @@ def _content(path: Path) -> dict[str, Any]:
 def _saved(runtime: ComfyRuntime, result: Any) -> Path:
     (item,) = result.outputs["4"]["images"]
     return runtime.directories.output / item["subfolder"] / item["filename"]
-
-
-@pytest.fixture
-def metadata_off() -> Iterator[None]:
-    """``OUTPUT_METADATA=false``: ComfyUI's ``--disable-metadata``."""
-    from comfy.cli_args import args
-
-    before, args.disable_metadata = args.disable_metadata, True
-    try:
-        yield
-    finally:
-        args.disable_metadata = before
 
 
 def test_the_patch_is_in_force(runtime: ComfyRuntime) -> None:
