@@ -16,6 +16,12 @@ socket down from the cancelling thread, which wakes the reader at once. Its own 
 limit ends it too, since the read timeout never reaches past the time left. The connect,
 the TLS handshake and the wait for the response headers are cut the same way
 (:mod:`engine.connections`).
+
+The body is read as it comes off the wire, never decompressed: every request asks for
+``Accept-Encoding: identity``, and a server that answers with a ``Content-Encoding``
+anyway is refused before a byte is read. Decoding it would turn one read of 64 KB into
+gigabytes in one call (a gzip in a gzip, or brotli: 1.6 KB on the wire made 2.1 GB in
+memory before this check), past every size limit, which counts after each read.
 """
 
 from __future__ import annotations
@@ -117,8 +123,17 @@ def bounded_chunks(
     ``timed_out()``. The job's ``deadline`` passing, or its cancel, raises its own error
     (``deadline.exceeded(where)``); a stall or a rate under the minimum an
     :class:`ItemError` naming the setting. Other transport errors (a body cut short)
-    propagate as httpx raised them.
+    propagate as httpx raised them. A ``Content-Encoding`` other than ``identity`` raises
+    an :class:`ItemError` before the body is read (see the module's note).
     """
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in {"", "identity"}:
+        raise ItemError(
+            "",
+            f"the server sent the file compressed (Content-Encoding: {encoding[:40]}) though "
+            "it was asked for the file as it is (Accept-Encoding: identity); serve it "
+            "without compression",
+        )
     sock = _socket_of(response)
     listening = (
         deadline.on_cancel(lambda: shut(sock)) if deadline is not None else contextlib.nullcontext()
@@ -138,7 +153,9 @@ def bounded_chunks(
     def chunks() -> Iterator[bytes]:
         meter = _RateMeter(limits, time.monotonic())
         try:
-            for chunk in response.iter_bytes():
+            # Raw: the bytes as sent (the encoding was checked above), so the size limits
+            # count what arrives and nothing expands between two checks.
+            for chunk in response.iter_raw():
                 stop = stop_reason(None)
                 if stop is not None:
                     raise stop

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gzip
 import io
 import ipaddress
 import ssl
@@ -53,6 +54,9 @@ class ImageServer:
         self.stop = threading.Event()
         self.png = image_bytes("PNG")
         self.jpeg = image_bytes("JPEG")
+        # A gzip in a gzip: under 200 bytes on the wire, 8 MB once decoded, all of it
+        # in one read; with more zeros, gigabytes.
+        self.bomb = gzip.compress(gzip.compress(b"\0" * (8 << 20), 9), 9)
         self.server = LoopbackServer(type("Handler", (_Handler,), {"site": self}), tls)
         self.port = self.server.port
         self.url = self.server.url
@@ -97,14 +101,20 @@ class _Handler(BaseHTTPRequestHandler):
             hops = int(path.rsplit("/", 1)[1])
             target = "/good.png" if hops <= 1 else f"/redirect/{hops - 1}"
             self._redirect(target)
+        elif path == "/gzip-bomb":
+            self._send(200, site.bomb, "image/png", {"Content-Encoding": "gzip, gzip"})
         elif path == "/to-metadata":
             self._redirect("http://169.254.169.254/latest/meta-data/")
         else:
             self._send(404, b"not found", "text/plain")
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -201,6 +211,29 @@ def test_a_declared_oversized_body_is_refused(server: ImageServer, input_dir: Pa
 
 def test_a_chunked_oversized_body_is_cut_off(server: ImageServer, input_dir: Path) -> None:
     assert "download was stopped" in fail(server, "/big-chunked", input_dir)
+
+
+def test_a_compressed_body_is_refused_before_it_is_decoded(
+    server: ImageServer, input_dir: Path, tmp_path: Path
+) -> None:
+    """The worker asks for identity; decoding a gzip bomb would blow up memory in one read."""
+    detail = fail(server, "/gzip-bomb", input_dir)
+    assert "(Content-Encoding: gzip, gzip)" in detail
+    assert "serve it without compression" in detail
+    downloader = HttpDownloader(ALLOW_LOOPBACK)  # model files share the reader
+    try:
+        with pytest.raises(ItemError, match=r"Content-Encoding: gzip, gzip"):
+            downloader.download(
+                server.url + "/gzip-bomb",
+                tmp_path / ".model.part",
+                max_bytes=LIMIT,
+                limit_name="MODEL_MAX_FILE_GB",
+                deadline=Deadline.start(None),
+                check_size=lambda size: None,
+                on_progress=lambda done, total: None,
+            )
+    finally:
+        downloader.close()
 
 
 def test_a_server_that_never_answers_times_out(server: ImageServer, input_dir: Path) -> None:
