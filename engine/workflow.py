@@ -217,7 +217,7 @@ def explain_unsent_files(
         error.details.append(
             f"{where}: file {value!r} not found: it is not in this job's input.images "
             "and not in the worker's input folder (a job sees only the files it sends, "
-            "plus those baked into the image)"
+            "plus those baked into the image's ComfyUI/input folder)"
         )
 
 

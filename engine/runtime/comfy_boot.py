@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.baked_inputs import link_baked_inputs
 from engine.errors import RuntimeBootError
 from engine.runtime import (
     Directories,
@@ -151,6 +152,11 @@ def import_comfy(
     _check_utils_module(checkout)
     folder_paths = importlib.import_module("folder_paths")
     _configure_paths(folder_paths, extra_config, settings, dirs)
+    # Static inputs baked where ComfyUI keeps them (worker-comfyui's Dockerfiles COPY
+    # theirs into /comfyui/input), readable by their plain names as on a ComfyUI server.
+    linked = link_baked_inputs(checkout / "input", dirs.input)
+    if linked:
+        log.debug("linked %d input file(s) from %s", len(linked), checkout / "input")
     # Every change to ComfyUI and the packs, each checked before it applies (patches.py).
     patches = Patches(off=settings.comfy_patches_off)
     target = Target(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from engine.runtime.comfy import ComfyRuntime
 from engine.settings import Settings
 from engine.worker import Worker
 from tests import workflows
-from tests.engine.support import ENGINE_MARKS
+from tests.engine.support import COMFYUI_PATH, ENGINE_MARKS
 
 pytestmark = ENGINE_MARKS
 
@@ -72,6 +73,25 @@ def test_loaders_read_the_jobs_own_folder_and_the_cache_still_serves_a_repeat(
     # workers share this input folder and may have left theirs).
     left = [p for p in input_dir.glob("job-*") if not SPARE.fullmatch(p.name) or any(p.iterdir())]
     assert left == []
+
+
+def test_a_file_baked_into_comfyuis_own_input_folder_is_read_by_its_name(
+    worker: Worker,
+) -> None:
+    """worker-comfyui's Dockerfiles bake static inputs with ``COPY input/ /comfyui/input/``:
+    ComfyUI's own input folder (it ships ``example.png`` there). Boot links its entries
+    into the worker's input folder, so a job that names one without sending it runs."""
+    baked = (COMFYUI_PATH or Path("absent")) / "input" / "example.png"
+    if not baked.is_file():
+        pytest.skip(f"{baked} is not there (ComfyUI ships it)")
+    answer = worker.handle(
+        {"id": "baked-1", "input": {"workflow": workflows.invert("example.png")}}
+    )
+    assert answer.get("errors") == [], answer
+    (saved,) = answer["images"]
+    want = Image.open(baked).convert("RGB").getpixel((0, 0))
+    got = pixel(saved)
+    assert max(abs(a - (255 - b)) for a, b in zip(got, want, strict=True)) <= 1
 
 
 def test_a_file_a_killed_job_left_is_swept_at_boot_and_never_loaded(

@@ -720,7 +720,7 @@ def test_a_file_another_job_sent_is_not_found_by_its_plain_name(settings: Settin
     assert body["details"] == [
         "Node 1 (LoadImage) input 'image': file 'killme.png' not found: it is not in this "
         "job's input.images and not in the worker's input folder (a job sees only the files "
-        "it sends, plus those baked into the image)"
+        "it sends, plus those baked into the image's ComfyUI/input folder)"
     ]
 
 
