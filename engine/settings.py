@@ -8,6 +8,7 @@ error names the variable and the value it expected.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -175,6 +176,22 @@ def _split_bucket_url(url: str, bucket_override: str | None) -> tuple[str, str]:
         "BUCKET_ENDPOINT_URL must name the bucket (https://host/bucket or "
         f"https://bucket.s3.region.amazonaws.com), or set BUCKET_NAME; got {url!r}"
     )
+
+
+# S3 hosts that name their region: AWS (s3.<region>., s3-<region>., s3.dualstack.<region>.),
+# Backblaze B2 and Wasabi. A request signed for another region is refused there, and a
+# presigned URL signed for one does not open.
+_REGION_IN_HOST = re.compile(
+    r"s3[.-](?:dualstack\.)?([a-z]{2}(?:-[a-z]+)+-[0-9]+)\."
+    r"(?:amazonaws\.com(?:\.cn)?|backblazeb2\.com|wasabisys\.com)"
+)
+
+
+def _region_of(endpoint_url: str) -> str:
+    """The region an S3 endpoint's host names (``s3.eu-west-1.amazonaws.com``), as
+    RunPod's ``rp_upload`` (worker-comfyui's uploader) reads it; else ``us-east-1``."""
+    match = _REGION_IN_HOST.fullmatch(urlsplit(endpoint_url).hostname or "")
+    return match.group(1) if match else "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -481,7 +498,7 @@ def _bucket_from_env(
         bucket=bucket,
         access_key_id=key_id or "",
         secret_access_key=secret or "",
-        region=get("BUCKET_REGION") or "us-east-1",
+        region=get("BUCKET_REGION") or _region_of(endpoint_url),
         url_expiry_s=expiry,
         public_url=(get("BUCKET_PUBLIC_URL") or "").rstrip("/") or None,
         upload_timeout_s=upload_timeout_s,

@@ -177,6 +177,33 @@ def test_bucket_url_forms(url: str, endpoint: str, bucket: str) -> None:
     assert (s.bucket.endpoint_url, s.bucket.bucket) == (endpoint, bucket)
 
 
+@pytest.mark.parametrize(
+    ("url", "region"),
+    [
+        # worker-comfyui's documented form: RunPod's rp_upload signs for the host's region.
+        ("https://my-bucket.s3.eu-west-1.amazonaws.com", "eu-west-1"),
+        ("https://s3.ap-southeast-2.amazonaws.com/my-bucket", "ap-southeast-2"),
+        ("https://my-bucket.s3-us-west-2.amazonaws.com", "us-west-2"),
+        ("https://my-bucket.s3.dualstack.eu-central-1.amazonaws.com", "eu-central-1"),
+        ("https://my-bucket.s3.us-west-004.backblazeb2.com", "us-west-004"),
+        ("https://s3.amazonaws.com/my-bucket", "us-east-1"),
+        ("http://127.0.0.1:9000/outputs", "us-east-1"),
+        ("https://acct.r2.cloudflarestorage.com/b", "us-east-1"),
+    ],
+)
+def test_the_region_comes_from_an_s3_host_that_names_one(url: str, region: str) -> None:
+    env = {
+        "BUCKET_ENDPOINT_URL": url,
+        "BUCKET_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-value",
+    }
+    bucket = Settings.from_env(env).bucket
+    assert bucket is not None and bucket.region == region
+    # BUCKET_REGION still decides when set.
+    bucket = Settings.from_env({**env, "BUCKET_REGION": "auto"}).bucket
+    assert bucket is not None and bucket.region == "auto"
+
+
 def test_secrets_never_in_repr() -> None:
     s = Settings.from_env(
         {
