@@ -63,6 +63,11 @@ OTHER_WORKERS_VARIABLES: dict[tuple[str, ...], str] = {
         "there is no ComfyUI server to wait for: ComfyUI boots in-process before the "
         "worker takes its first job"
     ),
+    ("PUBLIC_KEY",): (
+        "worker-comfyui starts an SSH server for it; this image runs none. The worker's log "
+        "(the endpoint's Logs, COMFY_LOG_LEVEL=DEBUG for every step) names each job's "
+        "problem; to look inside the image, run it on a GPU pod or locally"
+    ),
 }
 """runpod-workers/worker-comfyui's variables that mean nothing here, each group with what
 this worker does instead. Accepted with any value, so deployments made for it start

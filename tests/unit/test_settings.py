@@ -121,6 +121,14 @@ def test_worker_comfyui_variables_each_say_what_instead() -> None:
     assert "in-process" in api
 
 
+def test_public_key_for_ssh_says_there_is_no_ssh_server() -> None:
+    """worker-comfyui starts sshd when PUBLIC_KEY is set; here a boot line says there is
+    none, so a user whose ssh is refused finds why in the log."""
+    (line,) = Settings.from_env({"PUBLIC_KEY": "ssh-ed25519 AAAAC3Nz user@host"}).boot_warnings()
+    assert line.startswith("PUBLIC_KEY is set but has no effect here")
+    assert "SSH server" in line and "ssh-ed25519" not in line
+
+
 def test_refresh_worker_is_a_boolean() -> None:
     assert Settings.from_env({"REFRESH_WORKER": "true"}).refresh_worker is True
     assert Settings.from_env({}).refresh_worker is False
