@@ -418,6 +418,7 @@ def _verify(image: InputImage, data: bytes, settings: Settings) -> Image.Image:
                     f"the image is {width}x{height} = {width * height} pixels, over the "
                     f"{settings.input_max_pixels}-pixel limit (INPUT_MAX_PIXELS)",
                 )
+            _check_frames(name, im, settings)
             # verify() checks structure and checksums but leaves the image unusable...
             im.verify()
         # ...so a second open decodes the pixels, which catches truncated data (also a
@@ -449,6 +450,35 @@ def _verify(image: InputImage, data: bytes, settings: Settings) -> Image.Image:
         raise ItemError(
             name, f"not a decodable image{source} (corrupt or truncated: {exc})"
         ) from exc
+
+
+def _check_frames(name: str, im: Image.Image, settings: Settings) -> None:
+    """Raise :class:`ItemError` when an animated image's frames together exceed the limits.
+
+    ComfyUI's LoadImage decodes every frame of a GIF, WEBP, APNG or TIFF into one tensor
+    of the canvas's size (12 bytes a pixel), so the frames together are held to
+    ``INPUT_MAX_PIXELS``, as one still image is, and their count to ``INPUT_MAX_FRAMES``.
+    Without it a GIF of 150 KB (10,000 one-pixel frames on a 4096x4096 canvas) passed the
+    checks and asked LoadImage for 2 TB. Pillow counts frames from their headers (or the
+    count an APNG or WEBP declares), never decoding pixels.
+    """
+    frames = int(getattr(im, "n_frames", 1))
+    if frames <= 1:
+        return
+    width, height = im.size
+    total = frames * width * height
+    if frames > settings.input_max_frames:
+        over = f"over the {settings.input_max_frames}-frame limit (INPUT_MAX_FRAMES)"
+    elif total > settings.input_max_pixels:
+        over = f"over the {settings.input_max_pixels}-pixel limit (INPUT_MAX_PIXELS)"
+    else:
+        return
+    raise ItemError(
+        name,
+        f"the image has {frames} frames of {width}x{height} = {total} pixels together, "
+        f"{over}; LoadImage decodes every frame: send fewer or smaller frames, or a video "
+        "(.mp4) for the video loaders",
+    )
 
 
 def _noun(name: str) -> str:

@@ -56,6 +56,14 @@ def png_declaring(width: int, height: int) -> bytes:
     )
 
 
+def gif_of_tiny_frames(width: int, height: int, frames: int) -> bytes:
+    """A GIF whose ``width`` x ``height`` canvas holds ``frames`` one-pixel frames: 15 bytes
+    a frame, each of which ComfyUI's LoadImage decodes to the whole canvas."""
+    screen = struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + screen + frame * frames + b"\x3b"
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -335,6 +343,41 @@ class TestVerification:
         [detail] = details(exc_info)
         assert "9000x9000" in detail
         assert "INPUT_MAX_PIXELS" in detail
+
+    def test_an_animated_image_whose_frames_together_are_over_the_pixel_limit_is_refused(
+        self, input_dir: Path
+    ) -> None:
+        """1,000 frames of 4096x4096 in 15 KB: LoadImage would decode 200 GB of them."""
+        bomb = gif_of_tiny_frames(4096, 4096, 1000)
+        with pytest.raises(InputImageError) as exc_info:
+            store([("bomb.gif", b64(bomb))], input_dir)
+        [detail] = details(exc_info)
+        assert "1000 frames of 4096x4096 = 16777216000 pixels together" in detail
+        assert "(INPUT_MAX_PIXELS)" in detail
+        assert files_under(input_dir) == []
+
+    def test_an_animated_image_of_too_many_frames_is_refused(self, input_dir: Path) -> None:
+        settings = Settings(input_max_frames=10)
+        with pytest.raises(InputImageError) as exc_info:
+            store([("a.gif", b64(gif_of_tiny_frames(2, 2, 11)))], input_dir, settings)
+        assert "over the 10-frame limit (INPUT_MAX_FRAMES)" in details(exc_info)[0]
+        [path] = store([("a.gif", b64(gif_of_tiny_frames(2, 2, 10)))], input_dir, settings)
+        assert path.exists()
+
+    def test_an_animated_image_within_the_limits_is_stored(self, input_dir: Path) -> None:
+        settings = Settings(input_max_pixels=64 * 64 * 3)
+        frames = [Image.new("RGB", (64, 64), (i * 80, 0, 0)) for i in range(3)]
+        buffer = io.BytesIO()
+        frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+        [path] = store([("a.webp", b64(buffer.getvalue()))], input_dir, settings)
+        assert Image.open(path).n_frames == 3
+        with pytest.raises(InputImageError) as exc_info:
+            store(
+                [("b.webp", b64(buffer.getvalue()))],
+                input_dir,
+                Settings(input_max_pixels=64 * 64 * 2),
+            )
+        assert "3 frames of 64x64 = 12288 pixels together" in details(exc_info)[0]
 
     def test_a_lower_pixel_limit_from_settings_applies(self, input_dir: Path) -> None:
         settings = Settings(input_max_pixels=100)
