@@ -27,6 +27,8 @@ FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHORT_COMMIT = re.compile(r"^[0-9a-f]{7,39}$")
 _SCP_LIKE = re.compile(r"^(?:[\w.-]+@)?(?P<host>[\w.-]+):(?P<path>(?!/)[^\s]+)$")
 # ComfyUI ships these in custom_nodes/; they are not packs.
+# A Comfy Registry id: one name, no scheme, host or path (comfyui-kjnodes, ComfyUI-GGUF).
+_REGISTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _COMFY_OWN_FILES = {"example_node.py.example", "websocket_image_save.py"}
 # The manager installs packs at run time, which this worker never does.
 MANAGER = "comfyui-manager"
@@ -78,6 +80,17 @@ def https_url(url: str) -> str:
         return f"https://{parts.hostname}{parts.path}"
     if parts.scheme == "https" and parts.netloc:
         return url
+    if _REGISTRY_ID.fullmatch(url) and not Path(url).exists():  # not a local folder
+        # What worker-comfyui's `comfy-node-install <id>` and ComfyUI-Manager take.
+        raise PackError(
+            f"{url}: a Comfy Registry id (what comfy-node-install takes), not a repository: "
+            "the registry serves archives, not git commits, and this command resolves "
+            "nothing online but git",
+            [
+                f"add it by its repository, which https://registry.comfy.org/nodes/{url} "
+                "links: scripts/add_custom_nodes.py https://github.com/OWNER/NAME.git"
+            ],
+        )
     raise PackError(
         f"{url}: the image build fetches packs over https; give the pack's https clone URL",
         ["e.g. https://github.com/OWNER/NAME.git (push a local repository there first)"],

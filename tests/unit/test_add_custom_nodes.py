@@ -507,6 +507,17 @@ def test_a_file_url_is_refused_for_the_image_build(repo: Repo, tmp_path: Path) -
     repo.refuse("fetches packs over https", urls=((tmp_path / "x").as_uri(),))
 
 
+def test_a_registry_id_says_to_give_its_repository(repo: Repo) -> None:
+    """worker-comfyui's Dockerfiles name packs by registry id (`comfy-node-install
+    comfyui-kjnodes`): the refusal says so and where the repository is linked."""
+    text = repo.refuse(
+        "comfyui-kjnodes: a Comfy Registry id",
+        "https://registry.comfy.org/nodes/comfyui-kjnodes",
+        urls=("comfyui-kjnodes",),
+    )
+    assert "push a local repository" not in text
+
+
 def test_a_commit_that_does_not_exist(repo: Repo, tmp_path: Path, git_config: Path) -> None:
     make_pack(tmp_path, git_config, "ComfyUI-GGUF", GGUF)
     repo.refuse(
