@@ -219,6 +219,9 @@ class Settings:
     # of a 4096x4096 image is 16384x16384, 1 GiB as RGBA once decoded.
     output_max_pixels: int = 16384 * 16384
     input_allow_private_urls: bool = False
+    allow_path_nodes: bool = False
+    """``ALLOW_PATH_NODES``: run pack nodes that open raw paths or URLs (engine/path_nodes.py),
+    for an endpoint whose callers may see each other's files and the worker's network."""
     input_max_frames: int = 200_000
     """``INPUT_MAX_FRAMES``: the most packets (video frames, audio blocks) an input video or
     audio file may hold; the check reads each one, so this bounds its time: 200,000
@@ -395,6 +398,7 @@ class Settings:
             input_max_pixels=number(int, "INPUT_MAX_PIXELS", 8192 * 8192, 1),
             output_max_pixels=number(int, "OUTPUT_MAX_PIXELS", cls.output_max_pixels, 1),
             input_allow_private_urls=boolean("INPUT_ALLOW_PRIVATE_URLS", False),
+            allow_path_nodes=boolean("ALLOW_PATH_NODES", False),
             input_max_frames=number(int, "INPUT_MAX_FRAMES", cls.input_max_frames, 1),
             download_stall_s=number(float, "DOWNLOAD_STALL_S", cls.download_stall_s, 0.1),
             download_min_kb_per_s=number(

@@ -47,6 +47,7 @@ from engine.job_watch import Arrival, JobWatch
 from engine.model_prefetch import Prefetcher
 from engine.model_urls import ModelUrls
 from engine.outputs import OutputFile, collect_outputs
+from engine.path_nodes import check_path_nodes
 from engine.pipeline import Ticket
 from engine.request import JobRequest, parse_request, request_secrets
 from engine.runtime import JobSpec, ProgressEvent, Runtime, load_runtime
@@ -502,6 +503,9 @@ class Worker:
             self.runtime.node_definitions,
             max_nodes=self.settings.workflow_max_nodes,
         )
+        # Before any model is downloaded: nodes that open raw paths or URLs are refused.
+        if not self.settings.allow_path_nodes:
+            check_path_nodes(workflow)
         # What output files embed: the workflow as sent, before the per-job rewrites below.
         sent_prompt, sent_graph = None, None
         if self.settings.output_metadata:

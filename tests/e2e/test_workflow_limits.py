@@ -80,3 +80,33 @@ def test_a_cycle_and_a_missing_link_are_named(worker: WorkerServer) -> None:
     assert body["status"] == "FAILED"
     assert "Node 5 (SaveImage) input 'images': links to node 99" in body["error"]
     assert "Nodes 3 (ImageInvert), 4 (ImageInvert) form a cycle" in body["error"]
+
+
+def test_nodes_that_open_raw_paths_or_urls_are_refused_by_name(worker: WorkerServer) -> None:
+    """Pack nodes that open any path or URL (another job's output folder, listed whole;
+    cloud metadata through FFmpeg) or save into any folder: each named, in one answer."""
+    workflow = workflows.batch(count=1, size=8)
+    workflow["3"] = {
+        "class_type": "VHS_LoadVideoPath",
+        "inputs": {"video": "http://169.254.169.254/latest/meta-data/"},
+    }
+    workflow["4"] = {
+        "class_type": "LoadImagesFromFolderKJ",
+        "inputs": {"folder": ["9", 0], "include_subfolders": True},  # a wired value too
+    }
+    workflow["5"] = {
+        "class_type": "SaveImageKJ",
+        "inputs": {"images": ["1", 0], "output_folder": "/tmp", "filename_prefix": "x"},
+    }
+    workflow["6"] = {
+        "class_type": "SaveStringKJ",
+        "inputs": {"string": "ok", "output_folder": "output", "filename_prefix": "x"},
+    }
+    body = worker.runsync({"workflow": workflow})
+    assert body["status"] == "FAILED", body
+    error = body["error"]
+    assert "Node 3 (VHS_LoadVideoPath) input 'video': this node opens any path or URL" in error
+    assert "load it with VHS_LoadVideo" in error
+    assert "Node 4 (LoadImagesFromFolderKJ) input 'folder'" in error
+    assert "Node 5 (SaveImageKJ) input 'output_folder': '/tmp' would save outside" in error
+    assert "Node 6" not in error  # its default folder goes through ComfyUI's own saving
