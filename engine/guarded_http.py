@@ -129,7 +129,10 @@ class GuardedHttp:
         watch: SocketWatch | None,
     ) -> Iterator[httpx.Response]:
         """:meth:`get`'s body: one hop after another; yields the final response once."""
-        current = httpx.URL(url.strip())
+        try:
+            current = httpx.URL(url.strip())
+        except httpx.InvalidURL as exc:  # not an httpx.HTTPError: callers would not catch it
+            raise ItemError("", f"not a valid URL ({exc})") from exc
         for hop in range(self._max_redirects + 1):
             response: httpx.Response | None = None
             try:

@@ -676,6 +676,14 @@ class TestHttpFetcher:
         assert error.reason.startswith("refused: 169.254.169.254 is a link-local address")
         assert seen == []
 
+    @pytest.mark.parametrize("url", ["http://0177.0.0.1/a.png", "http://[::1/a.png"])
+    def test_a_url_httpx_cannot_parse_is_a_named_item_error(self, url: str) -> None:
+        """Before: httpx.InvalidURL (no HTTPError) escaped the fetcher and failed the job
+        as an unexpected error instead of naming the image."""
+        fetcher, seen = make_fetcher(lambda r: httpx.Response(200), {})
+        assert fetch_error(fetcher, url).reason.startswith("not a valid URL (Invalid ")
+        assert seen == []
+
     def test_private_addresses_are_fetched_when_allowed(self) -> None:
         fetcher, seen = make_fetcher(
             lambda r: httpx.Response(200, content=b"png"),
