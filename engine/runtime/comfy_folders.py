@@ -51,11 +51,21 @@ def folders_backing_input(
     Each folder of :func:`folder_names_backing_input` is marked when it does not exist.
     """
     names = folder_names_backing_input(folder_paths, node_class, input_name, received)
-    return [
-        path if Path(path).is_dir() else f"{path} (missing)"
-        for name in names
-        for path in folder_paths.get_folder_paths(name)
-    ]
+    return [marked(path) for name in names for path in folder_paths.get_folder_paths(name)]
+
+
+def marked(path: str) -> str:
+    """``path``, with ``(missing)`` when it is not a folder. A network volume filled one
+    level too high (``/runpod-volume/checkpoints`` beside a missing
+    ``/runpod-volume/models/checkpoints``, worker-comfyui's most common volume mistake)
+    is named, with where to move it."""
+    folder = Path(path)
+    if folder.is_dir():
+        return path
+    beside = folder.parent.parent / folder.name
+    if folder.parent.name == "models" and beside.is_dir():
+        return f"{path} (missing; {beside} exists: move it to {path})"
+    return f"{path} (missing)"
 
 
 def folder_names_backing_input(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.runtime.comfy_folders import marked
 from engine.runtime.model_paths import ModelPaths
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ def hardwired_input_folders(
                 continue
         else:
             folders.append(str(Path(folder_paths.models_dir) / name))
-    return [f if Path(f).is_dir() else f"{f} (missing)" for f in folders]
+    return [marked(f) for f in folders]
 
 
 # -- what the patch registry applies (engine/runtime/patches.py) ----------------------

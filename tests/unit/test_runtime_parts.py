@@ -98,6 +98,26 @@ def test_checkpoint_input_names_every_checkpoint_folder(tmp_path: Path) -> None:
     ]
 
 
+def test_a_volume_filled_one_level_too_high_is_named_with_where_to_move_it(
+    tmp_path: Path,
+) -> None:
+    """worker-comfyui's first volume mistake: checkpoints/ at the volume's root, not
+    under models/. The error's folder list says so instead of a bare "(missing)"."""
+    fp = FakeFolderPaths(tmp_path, {"checkpoints": []})
+    volume = tmp_path / "volume"
+    (volume / "checkpoints").mkdir(parents=True)
+    fp.folders["checkpoints"][1] = str(volume / "models" / "checkpoints")
+    fp.folders["checkpoints"].append(str(tmp_path / "elsewhere" / "models" / "checkpoints"))
+    node = make_node({"ckpt_name": lambda f: (f.get_filename_list("checkpoints"),)})
+    node.folder_paths = fp
+    assert folders_backing_input(fp, node, "ckpt_name", "sd15.safetensors") == [
+        str(tmp_path / "models" / "checkpoints"),
+        f"{volume}/models/checkpoints (missing; {volume}/checkpoints exists: move it to "
+        f"{volume}/models/checkpoints)",
+        f"{tmp_path}/elsewhere/models/checkpoints (missing)",
+    ]
+
+
 def test_another_threads_listings_do_not_count_as_the_nodes(tmp_path: Path) -> None:
     """Jobs overlap: while a lane records one node's INPUT_TYPES(), the engine thread runs
     another job and lists folders too. Only the recording thread's listings count, and
