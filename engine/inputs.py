@@ -282,6 +282,7 @@ def _stage(
             settings.input_max_pixels,
             source,
             max_frames=settings.input_max_frames,
+            max_video_pixels=settings.input_max_video_pixels,
             deadline=deadline,
         )
     # A hidden temporary name in the same folder: the final rename is atomic and

@@ -54,6 +54,7 @@ def verify_media(
     source: str,
     *,
     max_frames: int,
+    max_video_pixels: int | None = None,
     deadline: Deadline | None = None,
 ) -> None:
     """Raise :class:`ItemError` unless ``data`` is a decodable ``kind`` within the pixel
@@ -62,7 +63,11 @@ def verify_media(
     A video suffix accepts a file with only an audio stream (``LoadAudio`` reads
     videos too); an audio suffix needs an audio stream. ``source`` says where the
     bytes came from in messages (`` downloaded from <url>`` or empty). ``max_frames``
-    bounds the packets of every stream together (``INPUT_MAX_FRAMES``).
+    bounds the packets of every stream together (``INPUT_MAX_FRAMES``); ``max_video_pixels``
+    the video stream's frames times their size (``INPUT_MAX_VIDEO_PIXELS``): ComfyUI's
+    LoadVideo and VideoHelperSuite's loaders (with no frame cap) decode every frame into
+    one tensor of 12 bytes a pixel, and a still 1080p frame cost libx264 (ultrafast, crf 51)
+    43 bytes, so a file of 8.5 MB holds 200,000 of them: 5 TB once loaded.
     """
     what = "video or audio" if kind == "video" else "audio"
     try:
@@ -78,8 +83,14 @@ def verify_media(
                         f"the video is {width}x{height} = {width * height} pixels a frame, over "
                         f"the {max_pixels}-pixel limit (INPUT_MAX_PIXELS)",
                     )
+            frame_pixels = (
+                stream.codec_context.width * stream.codec_context.height
+                if stream.type == "video"
+                else 0
+            )
             decoded = False
             count = 0
+            frames = 0
             # Every packet of every stream, one by one, so that the bounds are checked
             # between any two (a demux of one stream skips the others' packets in C).
             for read, packet in enumerate(container.demux()):
@@ -92,6 +103,18 @@ def verify_media(
                         f"the file holds more than {max_frames} frames (INPUT_MAX_FRAMES); "
                         f"send a shorter {kind}, or raise INPUT_MAX_FRAMES",
                     )
+                if packet.size and frame_pixels and packet.stream.index == stream.index:
+                    frames += 1
+                    if max_video_pixels is not None and frames * frame_pixels > max_video_pixels:
+                        width, height = stream.codec_context.width, stream.codec_context.height
+                        raise ItemError(
+                            name,
+                            f"the video holds more than {max_video_pixels // frame_pixels} "
+                            f"frames of {width}x{height}, over the {max_video_pixels}-pixel "
+                            "limit of all its frames together (INPUT_MAX_VIDEO_PIXELS; the "
+                            "video loaders decode every frame): send a shorter or smaller "
+                            "video, or raise INPUT_MAX_VIDEO_PIXELS",
+                        )
                 if not decoded and packet.stream.index == stream.index:
                     # Until the first frame comes out; flush packets at the end count too.
                     decoded = next(iter(packet.decode()), None) is not None

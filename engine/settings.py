@@ -222,6 +222,10 @@ class Settings:
     allow_path_nodes: bool = False
     """``ALLOW_PATH_NODES``: run pack nodes that open raw paths or URLs (engine/path_nodes.py),
     for an endpoint whose callers may see each other's files and the worker's network."""
+    input_max_video_pixels: int = 1 << 30
+    """``INPUT_MAX_VIDEO_PIXELS``: an input video's frames times their pixels, all together
+    (the loaders decode every frame, 12 bytes a pixel: 2^30 is 12 GiB, 517 frames of
+    1080p, 2,688 of 832x480)."""
     input_max_frames: int = 200_000
     """``INPUT_MAX_FRAMES``: the most packets (video frames, audio blocks) an input video or
     audio file may hold; the check reads each one, so this bounds its time: 200,000
@@ -400,6 +404,9 @@ class Settings:
             input_allow_private_urls=boolean("INPUT_ALLOW_PRIVATE_URLS", False),
             allow_path_nodes=boolean("ALLOW_PATH_NODES", False),
             input_max_frames=number(int, "INPUT_MAX_FRAMES", cls.input_max_frames, 1),
+            input_max_video_pixels=number(
+                int, "INPUT_MAX_VIDEO_PIXELS", cls.input_max_video_pixels, 1
+            ),
             download_stall_s=number(float, "DOWNLOAD_STALL_S", cls.download_stall_s, 0.1),
             download_min_kb_per_s=number(
                 float, "DOWNLOAD_MIN_KB_PER_S", cls.download_min_kb_per_s, 0

@@ -153,6 +153,23 @@ def test_a_video_of_more_frames_than_the_limit_is_refused(input_dir: Path) -> No
     store_images(images, input_dir, Settings(input_max_frames=2000))  # at the limit: fine
 
 
+def test_a_video_whose_frames_together_are_over_the_pixel_limit_is_refused(
+    input_dir: Path,
+) -> None:
+    """The loaders decode every frame: a still frame costs H.264 43 bytes, so frames
+    times their size is bounded, not the file's size."""
+    data = media_factory.tiny_frames_video(2000)  # 4x4 frames: 32,000 pixels in all
+    images = [InputImage(name="long.mkv", image=base64.b64encode(data).decode())]
+    with pytest.raises(InputImageError) as exc_info:
+        store_images(images, input_dir, Settings(input_max_video_pixels=16 * 1999))
+    [detail] = exc_info.value.details
+    assert detail.startswith(
+        "long.mkv: the video holds more than 1999 frames of 4x4, over the 31984-pixel limit "
+        "of all its frames together (INPUT_MAX_VIDEO_PIXELS"
+    )
+    store_images(images, input_dir, Settings(input_max_video_pixels=16 * 2000))  # at the limit
+
+
 def test_the_media_check_stops_when_the_job_is_cancelled(input_dir: Path) -> None:
     """The check reads the job's deadline as it goes: a cancelled job gets its own error,
     not a verdict on the file."""
