@@ -283,6 +283,7 @@ def _stage(
             source,
             max_frames=settings.input_max_frames,
             max_video_pixels=settings.input_max_video_pixels,
+            max_audio_samples=settings.input_max_audio_samples,
             deadline=deadline,
         )
     # A hidden temporary name in the same folder: the final rename is atomic and

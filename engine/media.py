@@ -55,6 +55,7 @@ def verify_media(
     *,
     max_frames: int,
     max_video_pixels: int | None = None,
+    max_audio_samples: int | None = None,
     deadline: Deadline | None = None,
 ) -> None:
     """Raise :class:`ItemError` unless ``data`` is a decodable ``kind`` within the pixel
@@ -68,6 +69,9 @@ def verify_media(
     LoadVideo and VideoHelperSuite's loaders (with no frame cap) decode every frame into
     one tensor of 12 bytes a pixel, and a still 1080p frame cost libx264 (ultrafast, crf 51)
     43 bytes, so a file of 8.5 MB holds 200,000 of them: 5 TB once loaded.
+    ``max_audio_samples`` bounds the samples of its audio streams, all channels together
+    (``INPUT_MAX_AUDIO_SAMPLES``): LoadAudio decodes them whole at 4 bytes a sample, and a
+    FLAC of 8-channel silence from PyAV's encoder took 26.7 KB for 73.7 million of them.
     """
     what = "video or audio" if kind == "video" else "audio"
     try:
@@ -91,6 +95,7 @@ def verify_media(
             decoded = False
             count = 0
             frames = 0
+            samples = 0
             # Every packet of every stream, one by one, so that the bounds are checked
             # between any two (a demux of one stream skips the others' packets in C).
             for read, packet in enumerate(container.demux()):
@@ -115,6 +120,16 @@ def verify_media(
                             "video loaders decode every frame): send a shorter or smaller "
                             "video, or raise INPUT_MAX_VIDEO_PIXELS",
                         )
+                if packet.size and packet.stream.type == "audio":
+                    samples += _samples(packet)
+                    if max_audio_samples is not None and samples > max_audio_samples:
+                        raise ItemError(
+                            name,
+                            f"the file's audio holds more than {max_audio_samples} samples, "
+                            "all channels together (INPUT_MAX_AUDIO_SAMPLES; the audio "
+                            f"loaders decode all of it): send a shorter {kind}, or raise "
+                            "INPUT_MAX_AUDIO_SAMPLES",
+                        )
                 if not decoded and packet.stream.index == stream.index:
                     # Until the first frame comes out; flush packets at the end count too.
                     decoded = next(iter(packet.decode()), None) is not None
@@ -135,6 +150,17 @@ def verify_media(
         raise ItemError(
             name, f"not a decodable {kind} file{source} ({type(exc).__name__}: {detail})"
         ) from exc
+
+
+def _samples(packet: Any) -> int:
+    """The samples, all channels together, one audio packet decodes to; 0 when unknown."""
+    context = packet.stream.codec_context
+    rate = context.sample_rate or 0
+    if packet.duration and packet.time_base and rate:
+        per_channel = int(packet.duration * packet.time_base * rate)
+    else:  # a container that gives no durations: the codec's fixed frame, if it has one
+        per_channel = context.frame_size or 0
+    return per_channel * (context.channels or 1)
 
 
 def _stream(container: Any, kind: MediaKind) -> Any:

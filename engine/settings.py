@@ -226,6 +226,10 @@ class Settings:
     """``INPUT_MAX_VIDEO_PIXELS``: an input video's frames times their pixels, all together
     (the loaders decode every frame, 12 bytes a pixel: 2^30 is 12 GiB, 517 frames of
     1080p, 2,688 of 832x480)."""
+    input_max_audio_samples: int = 1 << 29
+    """``INPUT_MAX_AUDIO_SAMPLES``: an input file's audio samples, all channels together
+    (LoadAudio decodes them whole, 4 bytes a sample: 2^29 is 2 GiB, 93 minutes of 48 kHz
+    stereo)."""
     input_max_frames: int = 200_000
     """``INPUT_MAX_FRAMES``: the most packets (video frames, audio blocks) an input video or
     audio file may hold; the check reads each one, so this bounds its time: 200,000
@@ -404,6 +408,9 @@ class Settings:
             input_allow_private_urls=boolean("INPUT_ALLOW_PRIVATE_URLS", False),
             allow_path_nodes=boolean("ALLOW_PATH_NODES", False),
             input_max_frames=number(int, "INPUT_MAX_FRAMES", cls.input_max_frames, 1),
+            input_max_audio_samples=number(
+                int, "INPUT_MAX_AUDIO_SAMPLES", cls.input_max_audio_samples, 1
+            ),
             input_max_video_pixels=number(
                 int, "INPUT_MAX_VIDEO_PIXELS", cls.input_max_video_pixels, 1
             ),

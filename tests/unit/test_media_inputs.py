@@ -170,6 +170,24 @@ def test_a_video_whose_frames_together_are_over_the_pixel_limit_is_refused(
     store_images(images, input_dir, Settings(input_max_video_pixels=16 * 2000))  # at the limit
 
 
+@pytest.mark.parametrize("name", ["tone.flac", "tone.wav", "tone.mp3", "tone.ogg", "tone.m4a"])
+def test_audio_of_more_samples_than_the_limit_is_refused(
+    name: str, tmp_path: Path, input_dir: Path
+) -> None:
+    """LoadAudio decodes it all: silence compresses past any size limit, so the samples
+    are counted (half a second of mono 44.1 kHz: 22,050, and an encoder's padding)."""
+    data = media_factory.make_audio(tmp_path / name, seconds=0.5).read_bytes()
+    images = [InputImage(name=name, image=base64.b64encode(data).decode())]
+    with pytest.raises(InputImageError) as exc_info:
+        store_images(images, input_dir, Settings(input_max_audio_samples=20_000))
+    [detail] = exc_info.value.details
+    assert detail.startswith(
+        f"{name}: the file's audio holds more than 20000 samples, all channels together "
+        "(INPUT_MAX_AUDIO_SAMPLES"
+    )
+    store_images(images, input_dir, Settings(input_max_audio_samples=30_000))
+
+
 def test_the_media_check_stops_when_the_job_is_cancelled(input_dir: Path) -> None:
     """The check reads the job's deadline as it goes: a cancelled job gets its own error,
     not a verdict on the file."""
