@@ -273,6 +273,19 @@ if $custom_nodes; then
     "$VENV/bin/python" scripts/install_custom_nodes.py --comfyui "$comfyui" --python "$VENV/bin/python"
 fi
 
+# A ComfyUI the user already runs may hold packs whose requirements this venv lacks: say so
+# here rather than leave it to a boot log full of their import tracebacks.
+if [[ -n ${COMFYUI_PATH:-} ]] && ! $custom_nodes; then
+    packs=()
+    for folder in "$comfyui"/custom_nodes/*/; do
+        name=$(basename "$folder")
+        [[ -d $folder && $name != __pycache__ && $name != .* ]] && packs+=("$name")
+    done
+    if ((${#packs[@]})); then
+        warn "$comfyui/custom_nodes holds ${#packs[@]} pack(s) (${packs[*]}); their requirements are not installed into $VENV: a pack that cannot import is named at boot (ComfyUI logs its traceback) and the worker runs without it. Install what they need into $VENV, or use scripts/setup.sh --image-env for the image's environment with its packs"
+    fi
+fi
+
 say "Done. ComfyUI: $comfyui"
 if [[ -n ${COMFYUI_PATH:-} ]]; then
     say "Run every test, the real engine's included: COMFYUI_PATH=$comfyui scripts/test"

@@ -21,8 +21,11 @@ def test_handler_runs_test_input_json_and_boots_in_a_readable_log(tmp_path: Path
     # ComfyUI's line per model search path, told as one.
     assert "Adding extra search path" not in log
     assert "extra model search paths added" in log
-    # torio's FFmpeg probing: one-liners, no tracebacks (torchaudio may be absent).
-    assert "Traceback" not in log
+    # torio's FFmpeg probing: one-liners, no tracebacks (torchaudio may be absent). A pack
+    # of the checkout's own custom_nodes/ that cannot import in this venv (a ComfyUI you
+    # already run, its packs' requirements not installed here) gets ComfyUI's traceback
+    # and the worker's line naming the pack and the missing module: that is its problem.
+    assert "Traceback" not in _without_pack_import_failures(log)
     if "torio._extension.utils" in log:
         assert "found no FFmpeg 4-6 libraries" in log
     boot = log.split("engine.worker: worker ready", 1)[0].splitlines()
@@ -30,6 +33,27 @@ def test_handler_runs_test_input_json_and_boots_in_a_readable_log(tmp_path: Path
     # checkout's own custom_nodes/ add theirs.
     if not any(p.is_dir() for p in (COMFYUI_PATH / "custom_nodes").iterdir()):
         assert len(boot) <= 100, "\n".join(boot)
+
+
+def _without_pack_import_failures(log: str) -> str:
+    """``log`` less each block from a ``Traceback`` line to ComfyUI's "Cannot import
+    <pack> module for custom nodes" line, where the worker names that pack too."""
+    kept: list[str] = []
+    block: list[str] = []
+    for line in log.splitlines():
+        if "Traceback (most recent call last)" in line:
+            kept.extend(block)
+            block = [line]
+        elif block and "Cannot import " in line and "module for custom nodes" in line:
+            pack = line.split("Cannot import ", 1)[1].split(" module for custom nodes", 1)[0]
+            if f"node pack {pack} failed to import" not in log:
+                kept.extend(block)
+            block = []
+        elif block:
+            block.append(line)
+        else:
+            kept.append(line)
+    return "\n".join(kept + block)
 
 
 def test_comfy_log_level_reaches_the_job_command(tmp_path: Path) -> None:
