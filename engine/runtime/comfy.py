@@ -359,7 +359,7 @@ class ComfyRuntime:
         executor.history_result = {}
         # SaveImage hands its PNG encodes off instead of waiting: the worker waits for
         # them after the run, so the engine never does (fast_save.saves_into).
-        with fast_save.saves_into(job.pending_files, job.deadline):
+        with fast_save.saves_into(job.pending_files, job.deadline, prompt):
             await executor.execute_async(prompt, job.prompt_id, checked.extra_data, checked.outputs)
         # The last node ends with the run: in-process there is no final ``executing``
         # event with node None (ComfyUI's main.py sends that one, after execute returns).

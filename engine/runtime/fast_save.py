@@ -137,26 +137,51 @@ _handing_off = threading.local()
 
 
 @contextlib.contextmanager
-def saves_into(pending: PendingFiles | None, deadline: Deadline | None = None) -> Iterator[None]:
+def saves_into(
+    pending: PendingFiles | None,
+    deadline: Deadline | None = None,
+    prompt: dict[str, Any] | None = None,
+) -> Iterator[None]:
     """While the block runs on this thread (the engine's, during a job's run), SaveImage
     hands every image, one or many, to the encoder processes and returns at once; the
     files land in ``pending``, which the worker waits for after the run. Each file's name
     is taken on disk first (an empty file), so the next save's counter skips it; a
     LoadImage in the same run waits for them (:func:`wait_for_saves`). ``None``: saves
     are waited for in the node, as without this. ``deadline`` (the job's) ends every wait
-    for an encoder process, in the node or after it."""
-    previous = getattr(_handing_off, "pending", None), getattr(_handing_off, "deadline", None)
-    _handing_off.pending, _handing_off.deadline = pending, deadline
+    for an encoder process, in the node or after it. ``prompt``: the one the run executes
+    (:func:`outputs_read`)."""
+    previous = (
+        getattr(_handing_off, "pending", None),
+        getattr(_handing_off, "deadline", None),
+        getattr(_handing_off, "prompt", None),
+    )
+    _handing_off.pending, _handing_off.deadline, _handing_off.prompt = pending, deadline, prompt
     try:
         yield
     finally:
-        _handing_off.pending, _handing_off.deadline = previous
+        _handing_off.pending, _handing_off.deadline, _handing_off.prompt = previous
 
 
 def handed_off() -> tuple[PendingFiles | None, Deadline | None]:
     """Where this thread's run hands its files off, and the job's deadline (:func:`saves_into`);
     ``(None, None)`` outside such a run. Other save patches (``video_save``) hand off here too."""
     return getattr(_handing_off, "pending", None), getattr(_handing_off, "deadline", None)
+
+
+def outputs_read(node_id: Any) -> bool:
+    """Whether another node of this thread's run may take an output of node ``node_id``
+    (a node that reads or deletes the files a save node names); True when it cannot be
+    told: no prompt given, or a node the prompt does not hold (one a node expanded into)."""
+    prompt: dict[str, Any] | None = getattr(_handing_off, "prompt", None)
+    if prompt is None or node_id not in prompt:
+        return True
+    for other in prompt.values():
+        inputs = other.get("inputs") if isinstance(other, dict) else None
+        for value in (inputs or {}).values():
+            # A link: [source node id, output index], as ComfyUI's API format writes it.
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id):
+                return True
+    return False
 
 
 def wait_for_saves() -> None:

@@ -46,6 +46,7 @@ from engine.runtime import (
     output_scope,
     pack_fixes,
     pack_imports,
+    vhs_save,
     video_save,
     webm_save,
 )
@@ -379,6 +380,33 @@ def _apply_deferred_webm(target: Target) -> None:
     webm_save.install(_node_class(target, webm_save.NODE), target.folder_paths.get_output_directory)
 
 
+# What VHS's ffmpeg_process does that vhs_save's encode thread relies on (VHS at the
+# image's pin): it starts ffmpeg with subprocess.Popen (recorded, to be killed) and writes
+# the metadata file under folder_paths.get_temp_directory() (one folder per encode).
+_VHS_PROCESS_NAMES = ("subprocess", "Popen", "folder_paths", "get_temp_directory", "write")
+
+
+def _check_deferred_vhs(target: Target) -> str | None:
+    function = getattr(_node_class(target, vhs_save.NODE), "combine_video", None)
+    if not inspect.isfunction(function) or function.__closure__ is not None:
+        # Run with other globals for one call: VHS's own function, no wrapper.
+        return "VideoCombine.combine_video as a plain function"
+    missing = _names_used(function, "ffmpeg_process")
+    if missing is not None:
+        return f"VideoCombine.combine_video's {missing.removeprefix('its ')}"
+    process = function.__globals__.get("ffmpeg_process")
+    if not inspect.isgeneratorfunction(process):
+        return "ffmpeg_process as a generator function in VideoCombine's module"
+    missing = _names_used(process, *_VHS_PROCESS_NAMES)
+    if missing is not None:
+        return f"ffmpeg_process's {missing.removeprefix('its ')}"
+    return None
+
+
+def _apply_deferred_vhs(target: Target) -> None:
+    vhs_save.install(_node_class(target, vhs_save.NODE))
+
+
 def _check_decoded_inputs(target: Target) -> str | None:
     nodes = target.nodes
     return (
@@ -572,6 +600,25 @@ REGISTRY: tuple[Patch, ...] = (
         check=_check_deferred_webm,
         apply=_apply_deferred_webm,
         node_types=(webm_save.NODE,),
+    ),
+    Patch(
+        name="deferred_vhs",
+        phase="after_node_init",
+        replaces="ComfyUI-VideoHelperSuite's VideoCombine.combine_video (wrapped: while "
+        "another job is in flight, VHS's own code runs with an ffmpeg_process stand-in "
+        "that feeds VHS's own generator on a thread through a bounded queue, and the file "
+        "is waited for after the run)",
+        why="VHS_VideoCombine waited on the engine thread until ffmpeg had encoded the whole "
+        "video, time the next job's run waited",
+        without="VHS_VideoCombine waits for ffmpeg on the engine thread, as VHS does; the "
+        "next job waits",
+        expects="VideoCombine.combine_video as a plain function calling its module's "
+        "generator function ffmpeg_process(args, video_format, video_metadata, file_path, "
+        "env), which starts ffmpeg with subprocess.Popen, writes each frame to its stdin and "
+        "its metadata file under folder_paths.get_temp_directory()",
+        check=_check_deferred_vhs,
+        apply=_apply_deferred_vhs,
+        node_types=(vhs_save.NODE,),
     ),
     Patch(
         name="decoded_inputs",

@@ -24,7 +24,8 @@ Every other call runs ComfyUI's own ``save_to``: no hand-off (a lone job: sendin
 frames to a process would only add to its time), a file object or a path outside the
 output folder (a node that reads its file back), a format or codec ``save_to`` refuses
 (it raises, as before), odd frame sizes (H.264's 4:2:0 needs even ones: ComfyUI's error).
-VideoFromFile (a loaded video saved again) and VHS_VideoCombine are not changed;
+VideoFromFile (a loaded video saved again) is not changed; VHS_VideoCombine hands off
+its own way (``vhs_save``: its ffmpeg fed from a thread);
 SaveAnimatedWEBP/PNG (``animated_save``) and SaveWEBM (``webm_save``) hand off to the
 same encoder processes.
 """

@@ -28,6 +28,7 @@ from engine.runtime import (
     output_scope,
     pack_imports,
     patches,
+    vhs_save,
     video_save,
     webm_save,
 )
@@ -38,6 +39,7 @@ from engine.runtime.model_paths import ModelPaths
 from engine.runtime.patches import NAMES, REGISTRY, Patches, Target, patch_named
 from engine.settings import Settings
 from tests.unit.test_animated_save import _NODES_SOURCE as _ANIMATED_NODES
+from tests.unit.test_vhs_save import _VHS
 from tests.unit.test_webm_save import _FAKE_AV
 from tests.unit.test_webm_save import _NODE as _WEBM_NODE
 
@@ -127,7 +129,7 @@ def test_a_phase_applies_its_patches_in_order_and_the_summary_lists_them(
     assert applied.summary() == (
         "in force: folder_paths_restore, parallel_png; off: deferred_video, decoded_inputs; "
         "not needed: reactor_restorers; waiting for their node files: deferred_animated, "
-        "deferred_webm"
+        "deferred_webm, deferred_vhs"
     )
 
 
@@ -646,7 +648,11 @@ def test_a_patch_of_node_classes_waits_for_the_file_that_defines_them() -> None:
     eager = Patches(registry=(waiting,))
     eager.apply_phase("after_node_init", target)
     assert calls == ["node_patch"] and eager.waiting == []
-    assert [p.name for p in REGISTRY if p.node_types] == ["deferred_animated", "deferred_webm"]
+    assert [p.name for p in REGISTRY if p.node_types] == [
+        "deferred_animated",
+        "deferred_webm",
+        "deferred_vhs",
+    ]
 
 
 # -- deferred_webm ---------------------------------------------------------------------------
@@ -689,6 +695,52 @@ def test_deferred_webm_skipped(
     original = node_class.__dict__["execute"]
     _skipped_once("deferred_webm", _apply("deferred_webm", target), caplog)
     assert node_class.__dict__["execute"] is original
+    assert named in caplog.text
+
+
+# -- deferred_vhs ----------------------------------------------------------------------------
+
+
+def _vhs_target(source: str = _VHS) -> Target:
+    module = _module(source, "stand_in_vhs_nodes")
+    nodes = types.SimpleNamespace(NODE_CLASS_MAPPINGS={vhs_save.NODE: module.VideoCombine})
+    return Target(nodes=nodes)
+
+
+def test_deferred_vhs_applied() -> None:
+    target = _vhs_target()
+    node_class = target.nodes.NODE_CLASS_MAPPINGS[vhs_save.NODE]
+    original = node_class.combine_video
+    assert _apply("deferred_vhs", target).is_applied("deferred_vhs")
+    assert node_class.combine_video.__wrapped__ is original
+
+
+@pytest.mark.parametrize(
+    ("moved", "replacement", "named"),
+    [
+        # The frames go to ffmpeg some other way: nothing to stand in for.
+        ("output_process = ffmpeg_process(", "output_process = encode_with(", "ffmpeg_process"),
+        # ffmpeg started by another module: the encode could not kill it.
+        ("subprocess.Popen(args", "os.popen(args", "Popen"),
+        # The metadata file elsewhere: overlapping encodes would share it.
+        ("folder_paths.get_temp_directory()", "TEMP", "get_temp_directory"),
+        # Not a generator any more: nothing to feed frame by frame.
+        (
+            "def ffmpeg_process(",
+            "def ffmpeg_process(*args):\n    return subprocess.Popen(args)\n\n\ndef _gone(",
+            "generator",
+        ),
+    ],
+)
+def test_deferred_vhs_skipped(
+    caplog: pytest.LogCaptureFixture, moved: str, replacement: str, named: str
+) -> None:
+    assert moved in _VHS
+    target = _vhs_target(_VHS.replace(moved, replacement))
+    node_class = target.nodes.NODE_CLASS_MAPPINGS[vhs_save.NODE]
+    original = node_class.combine_video
+    _skipped_once("deferred_vhs", _apply("deferred_vhs", target), caplog)
+    assert node_class.combine_video is original
     assert named in caplog.text
 
 
