@@ -305,6 +305,78 @@ def count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:
         return frames, (stream.codec_context.width, stream.codec_context.height)
 
 
+# x264 (core 165, in PyAV 18.1.0's and 19.0.2's wheels) does not give the same bytes for
+# the same frames every time on a CPU with AVX-512: encoding one 11-frame clip again and
+# again in one process, with the same settings and identical YUV input, about one encode
+# in 500 coded one P-frame differently (its packet 23 bytes longer, that frame decoded up
+# to 56 levels apart in a few pixels, mean 1.1). None in 2000 with x264's asm limited to
+# AVX2, none in 1500 with it off, so it is x264's AVX-512 code, not the settings or the
+# threads (x264 runs one thread here: PyAV leaves FFmpeg's thread_count at 1). ComfyUI's
+# own SaveVideo differs from itself the same way, so two MP4s of the same frames are
+# compared by what x264 does reproduce.
+H264_DECODED_MEAN_LEVELS = 2.0
+"""How far apart two encodes' decoded frames may be, in mean levels per pixel: x264's
+re-coded frame above was 1.1; other frames, timing or conversion are far more."""
+
+
+def h264_content(path: Path) -> dict[str, Any]:
+    """An MP4 of H.264 (and AAC) as PyAV reads it, all but the bytes of the H.264 packets:
+    the metadata, each stream's settings, x264's own line of every setting it encoded
+    with (its SEI), every packet's timing and keyframe flag, the AAC packets' bytes."""
+    import av
+
+    with av.open(str(path)) as container:
+        streams = []
+        for stream in container.streams:
+            context = stream.codec_context
+            if stream.type == "video":
+                settings = (context.width, context.height, context.pix_fmt, stream.average_rate)
+            else:
+                settings = (context.sample_rate, context.layout.name, context.format.name)
+            streams.append((stream.type, context.name, stream.time_base, settings))
+        packets: list[tuple[Any, ...]] = []
+        x264 = b""
+        for packet in container.demux():
+            if not packet.size:
+                continue
+            timing = (packet.stream.index, packet.pts, packet.dts, packet.duration)
+            if packet.stream.type == "video":
+                data = bytes(packet)
+                if not x264 and b"x264 - core" in data:
+                    x264 = data[data.index(b"x264 - core") :].split(b"\x00", 1)[0]
+                packets.append((*timing, packet.is_keyframe))
+            else:
+                packets.append((*timing, bytes(packet)))
+        return {
+            "metadata": dict(container.metadata),
+            "streams": streams,
+            "x264": x264.decode(),
+            "packets": packets,
+        }
+
+
+def decoded_frames(path: Path) -> list[Any]:
+    """Every frame of the file's video stream, decoded to rgb24 (numpy arrays)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def assert_same_h264(path: Path, other: Path) -> None:
+    """``path`` is ``other`` encoded again: the same :func:`h264_content`, and frames that
+    decode alike (within :data:`H264_DECODED_MEAN_LEVELS`)."""
+    content = h264_content(path)
+    assert content == h264_content(other)
+    assert "options: " in content["x264"], content["x264"]  # x264 named its settings
+    frames, others = decoded_frames(path), decoded_frames(other)
+    assert len(frames) == len(others) > 0
+    for index, (frame, again) in enumerate(zip(frames, others, strict=True)):
+        assert frame.shape == again.shape
+        apart = abs(frame.astype(float) - again).mean()
+        assert apart <= H264_DECODED_MEAN_LEVELS, f"frame {index}: {apart:.2f} levels apart"
+
+
 # -- packs on a network volume -----------------------------------------------------------
 
 VOLUME_PACK_ORIGIN = "https://github.com/example/volume-pack-missing.git"
