@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from engine.addresses import IPAddress, refusal_reason
-from engine.errors import InputImageError, ItemError
+from engine.deadline import Deadline
+from engine.errors import InputImageError, ItemError, JobInterruptedError
 from engine.fetch import HttpFetcher
 from engine.guarded_http import USER_AGENT
 from engine.inputs import safe_input_path, store_images
@@ -363,6 +364,34 @@ class TestVerification:
         assert "over the 10-frame limit (INPUT_MAX_FRAMES)" in details(exc_info)[0]
         [path] = store([("a.gif", b64(gif_of_tiny_frames(2, 2, 10)))], input_dir, settings)
         assert path.exists()
+
+    def test_a_tiff_of_too_many_pages_is_refused_at_the_cap_not_walked_whole(
+        self, input_dir: Path
+    ) -> None:
+        """Pillow walks every TIFF page to count them (about 180 us a page): the check
+        stops one past the limit."""
+        pages = [Image.new("L", (2, 2)) for _ in range(40)]
+        buffer = io.BytesIO()
+        pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+        images = [("a.tiff", b64(buffer.getvalue()))]
+        with pytest.raises(InputImageError) as exc_info:
+            store(images, input_dir, Settings(input_max_frames=10))
+        [detail] = details(exc_info)
+        assert "has more than 10 frames of 2x2, over the 10-frame limit" in detail
+        [path] = store(images, input_dir, Settings(input_max_frames=40))
+        assert Image.open(path).n_frames == 40
+
+    def test_counting_tiff_pages_stops_when_the_job_is_cancelled(self, input_dir: Path) -> None:
+        pages = [Image.new("L", (1, 1)) for _ in range(600)]
+        buffer = io.BytesIO()
+        pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+        deadline = Deadline.start(None)
+        deadline.cancel()
+        request = [InputImage(name="a.tiff", image=b64(buffer.getvalue()))]
+        with pytest.raises(JobInterruptedError) as exc_info:
+            store_images(request, input_dir, Settings(), FakeFetcher({}), deadline)
+        assert exc_info.value.message.endswith("while checking input images")
+        assert files_under(input_dir) == []
 
     def test_an_animated_image_within_the_limits_is_stored(self, input_dir: Path) -> None:
         settings = Settings(input_max_pixels=64 * 64 * 3)
