@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A video save node's encode handed off (the ``deferred_video`` patch for SaveVideo,
 ``deferred_animated`` for SaveAnimatedWEBP / SaveAnimatedPNG, ``deferred_webm`` for
-SaveWEBM) against ComfyUI's own, in a stream of jobs, on the real ComfyUI in-process.
+SaveWEBM, ``deferred_vhs`` for VHS_VideoCombine) against ComfyUI's own, in a stream of
+jobs, on the real ComfyUI in-process.
 
 Each job: ``BenchFrames`` (a custom node written here: ``--frames`` frames of a smooth
 random field panning across the picture, ``--width`` x ``--height``) -> ``BenchSleep``
@@ -11,7 +12,9 @@ measured first) -> the save node ``--node`` names: ComfyUI's ``CreateVideo`` ->
 ``SaveVideo`` (H.264 MP4, the default), or ``SaveAnimatedWEBP`` (ComfyUI's defaults, as
 its Wan 2.1 templates have them: lossless, quality 80, method ``default``) or
 ``SaveAnimatedPNG`` (``compress_level`` 4) at 16 fps, or ``SaveWEBM`` (VP9, crf 32, its
-defaults; ``deferred_webm``). The jobs go through
+defaults; ``deferred_webm``), or VideoHelperSuite's ``VHS_VideoCombine`` (``video/h264-mp4``,
+crf 19, ``yuv420p``, the prompt in its metadata, at 16 fps; ``deferred_vhs``: the pack must
+be in the checkout's ``custom_nodes``). The jobs go through
 ``Worker.handle`` as the runpod SDK sends them (base64 answers; ``RESPONSE_LIMIT_MB`` is
 raised to 1024 here, as a lossless animation of 81 frames is larger than the default 20).
 
@@ -227,10 +230,14 @@ def gil(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
-NODES = ("SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveWEBM")
+NODES = ("SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveWEBM", "VHS_VideoCombine")
 """The save nodes ``--node`` may name."""
 
-PATCHES = {"SaveVideo": "deferred_video", "SaveWEBM": "deferred_webm"}
+PATCHES = {
+    "SaveVideo": "deferred_video",
+    "SaveWEBM": "deferred_webm",
+    "VHS_VideoCombine": "deferred_vhs",
+}
 """The patch that hands each node's encode off (the animated ones: ``deferred_animated``)."""
 
 
@@ -250,6 +257,21 @@ def save_nodes(node: str) -> dict[str, Any]:
                 },
             },
         }
+    if node == "VHS_VideoCombine":
+        combine = {
+            "images": frames,
+            "frame_rate": 16,
+            "loop_count": 0,
+            "filename_prefix": "bench/clip",
+            "format": "video/h264-mp4",
+            "pingpong": False,
+            "save_output": True,
+            "pix_fmt": "yuv420p",
+            "crf": 19,
+            "save_metadata": True,
+            "trim_to_audio": False,
+        }
+        return {"3": {"class_type": node, "inputs": combine}}
     inputs: dict[str, Any] = {"images": frames, "filename_prefix": "bench/clip", "fps": 16.0}
     if node == "SaveAnimatedWEBP":
         inputs |= {"lossless": True, "quality": 80, "method": "default"}
@@ -406,7 +428,9 @@ def _bench(args: argparse.Namespace, work: Path, load_before: str) -> int:
         import nodes
 
         owner = nodes.NODE_CLASS_MAPPINGS[args.node]
-        attribute = "execute" if args.node == "SaveWEBM" else "save_images"
+        attribute = {"SaveWEBM": "execute", "VHS_VideoCombine": "combine_video"}.get(
+            args.node, "save_images"
+        )
     # SaveWEBM's execute is a classmethod: swapped as the class holds it.
     deferring = owner.__dict__[attribute]
     function = getattr(deferring, "__func__", deferring)
