@@ -3,10 +3,12 @@ real ComfyUI-VideoHelperSuite pack and its ffmpeg.
 
 While a run hands its files off, VHS's node returns its ui result before ffmpeg has
 written the MP4 (VHS's own generator, held back at its start until the test lets it go);
-the MP4 then written is the one VHS writes in the node: every H.264 packet's bytes and
-timing and the container's tags. Not byte for byte: VHS has ffmpeg stamp each file with
-the time it was made (``-metadata creation_time=now``), so two files of VHS's own from
-the same frames differ there. With ``OUTPUT_METADATA=false`` the handed-off MP4 and its
+the MP4 then written is the one VHS writes in the node: the container's tags, the
+stream's settings, x264's line of every setting it used, every packet's timing, and
+frames that decode alike. Not byte for byte: VHS has ffmpeg stamp each file with the
+time it was made (``-metadata creation_time=now``), and x264 does not repeat its bytes
+exactly on a CPU with AVX-512 (``tests/engine/support.py``): two files of VHS's own from
+the same frames differ there too. With ``OUTPUT_METADATA=false`` the handed-off MP4 and its
 first-frame PNG carry no prompt.
 """
 
@@ -28,7 +30,14 @@ from engine.runtime.comfy import ComfyRuntime
 from engine.runtime.patches import Target, patch_named
 from engine.runtime.pending_files import PendingFiles
 from tests import workflows
-from tests.engine.support import ENGINE_MARKS, count_video_frames, require_packs
+from tests.engine.support import (
+    ENGINE_MARKS,
+    H264_DECODED_MEAN_LEVELS,
+    count_video_frames,
+    decoded_frames,
+    h264_content,
+    require_packs,
+)
 
 pytestmark = ENGINE_MARKS
 
@@ -89,22 +98,10 @@ def _files(runtime: ComfyRuntime, result: Any) -> tuple[Path, Path]:
 
 
 def _content(path: Path) -> dict[str, Any]:
-    """An MP4 as PyAV reads it: all but the time it was made."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        context = stream.codec_context
-        packets = [
-            (bytes(p), p.pts, p.dts, p.is_keyframe) for p in container.demux(stream) if p.size
-        ]
-        tags = {k: v for k, v in container.metadata.items() if k != "creation_time"}
-        return {
-            "tags": tags,
-            "stream": (context.name, context.width, context.height, context.pix_fmt),
-            "rate": (stream.average_rate, stream.time_base),
-            "packets": packets,
-        }
+    """An MP4 as :func:`h264_content` reads it, without the time ffmpeg stamped on it."""
+    content = h264_content(path)
+    content["metadata"].pop("creation_time", None)
+    return content
 
 
 def test_the_patch_is_in_force(runtime: ComfyRuntime, vhs_class: Any) -> None:
@@ -131,11 +128,17 @@ def test_during_a_run_vhs_returns_before_its_encode_and_writes_vhss_mp4(
     own, _ = _files(runtime, plain)
     handed_content, own_content = _content(video), _content(own)
     # The two prompts differ by their prefixes, of one length.
-    comment = handed_content["tags"]["comment"]
-    handed_content["tags"]["comment"] = comment.replace(f"{prefix}/one", f"{prefix}/two")
+    comment = handed_content["metadata"]["comment"]
+    handed_content["metadata"]["comment"] = comment.replace(f"{prefix}/one", f"{prefix}/two")
     assert handed_content == own_content
-    assert json.loads(json.loads(own_content["tags"]["comment"])["prompt"])["2"]
+    assert "options: " in own_content["x264"], own_content["x264"]
+    assert json.loads(json.loads(own_content["metadata"]["comment"])["prompt"])["2"]
     assert count_video_frames(video) == (6, (64, 48))
+    frames, others = decoded_frames(video), decoded_frames(own)
+    assert len(frames) == len(others) == 6
+    for index, (frame, again) in enumerate(zip(frames, others, strict=True)):
+        apart = abs(frame.astype(float) - again).mean()
+        assert apart <= H264_DECODED_MEAN_LEVELS, f"frame {index}: {apart:.2f} levels apart"
 
 
 def test_with_output_metadata_false_the_handed_off_mp4_embeds_no_prompt(
@@ -156,7 +159,7 @@ def test_with_output_metadata_false_the_handed_off_mp4_embeds_no_prompt(
     assert len(pending) == 1 and not video.exists()
     gate.set()
     assert pending.wait() == []
-    comment = json.loads(_content(video)["tags"].get("comment", "{}"))
+    comment = json.loads(_content(video)["metadata"].get("comment", "{}"))
     assert "prompt" not in comment, comment
     from PIL import Image
 
