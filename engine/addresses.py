@@ -64,7 +64,8 @@ def refusal_reason(address: IPAddress) -> str | None:
 def resolve_host(host: str, port: int) -> list[IPAddress]:
     """Every address ``host`` resolves to, in the resolver's order of preference."""
     # getaddrinfo has no timeout of its own (the system resolver's, ~5 s per try,
-    # applies); the download deadline is checked again once it returns.
+    # applies): engine.guarded_http waits for it only until the download's deadline or
+    # the job's cancel.
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _canon, sockaddr in infos:

@@ -24,6 +24,7 @@ import functools
 import ipaddress
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
@@ -164,7 +165,9 @@ class GuardedHttp:
             "link the file itself",
         )
 
-    def _addresses(self, url: httpx.URL, deadline: float) -> list[IPAddress]:
+    def _addresses(
+        self, url: httpx.URL, deadline: float, job: Deadline | None = None
+    ) -> list[IPAddress]:
         """The addresses ``url``'s host resolves to, all checked; raises if any is refused."""
         if url.scheme not in {"http", "https"}:
             raise ItemError(
@@ -175,13 +178,11 @@ class GuardedHttp:
             raise ItemError("", "the URL has no host")
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            addresses = list(self._resolver(host, port))
+            addresses = _resolve_within(self._resolver, host, port, deadline, job)
         except (OSError, UnicodeError) as exc:
             raise ItemError("", f"could not resolve host {host} ({exc})") from exc
         if not addresses:
             raise ItemError("", f"could not resolve host {host}")
-        if time.monotonic() > deadline:
-            raise DeadlinePassed("the deadline passed while resolving the host")
         if self._allow_private:
             return addresses
         for address in addresses:
@@ -207,7 +208,7 @@ class GuardedHttp:
         watch: SocketWatch | None = None,
     ) -> httpx.Response:
         """GET ``url`` from one of its checked addresses; the body is left unread."""
-        addresses = self._addresses(url, deadline)
+        addresses = self._addresses(url, deadline, job)
         host = url.raw_host.decode("ascii")
         headers = {
             "User-Agent": USER_AGENT,
@@ -247,6 +248,40 @@ class GuardedHttp:
                 error = exc
         assert error is not None  # the resolver returned at least one address
         raise error
+
+
+def _resolve_within(
+    resolver: Resolver, host: str, port: int, deadline: float, job: Deadline | None
+) -> list[IPAddress]:
+    """``resolver(host, port)``, given up when ``deadline`` passes or ``job`` is cancelled.
+
+    The system's resolver has no timeout a caller sets (its own, about 5 s a try and
+    server, applies) and no cancel: a name whose DNS server never answers held the job
+    past its limit. The lookup runs on a daemon thread, left to end by itself when
+    given up; raises :class:`DeadlinePassed` then, and the resolver's own errors.
+    """
+    done = threading.Event()
+    outcome: list[list[IPAddress] | BaseException] = []
+
+    def lookup() -> None:
+        try:
+            outcome.append(list(resolver(host, port)))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="resolve", daemon=True).start()
+    with job.on_cancel(done.set) if job is not None else contextlib.nullcontext():
+        # No deadline is inf (a model download bounded by the job alone): Event.wait takes
+        # at most TIMEOUT_MAX.
+        done.wait(min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX))
+    if not outcome or (job is not None and job.expired()):
+        raise DeadlinePassed("the deadline passed while resolving the host")
+    (result,) = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 class DeadlinePassed(httpx.TimeoutException):

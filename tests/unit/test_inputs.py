@@ -713,6 +713,39 @@ class TestHttpFetcher:
         assert fetch_error(fetcher, url).reason.startswith("not a valid URL (Invalid ")
         assert seen == []
 
+    @pytest.mark.parametrize("cancel", [True, False])
+    def test_a_name_whose_lookup_never_ends_is_given_up_at_the_cancel_or_the_limit(
+        self, cancel: bool
+    ) -> None:
+        """The system resolver has no timeout of its own to set: before, the fetch waited
+        for the lookup (here, until the test released it), past the job's cancel and the
+        download's limit."""
+        entered, release, answered = threading.Event(), threading.Event(), threading.Event()
+
+        def stuck(host: str, port: int) -> list[IPAddress]:
+            entered.set()
+            release.wait(10)  # the bound only guards a broken test
+            answered.set()
+            return [ipaddress.ip_address(PUBLIC)]
+
+        client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+        timeout_s = 60.0 if cancel else 0.3
+        settings = Settings(input_download_timeout_s=timeout_s)
+        fetcher = HttpFetcher(settings, client, resolver=stuck)
+        job = Deadline.start(None)
+        if cancel:
+            threading.Thread(target=lambda: entered.wait(30) and job.cancel()).start()
+        try:
+            if cancel:
+                with pytest.raises(JobInterruptedError, match="cancelled"):
+                    fetcher.fetch_within("https://slow-dns.example/a.png", job)
+            else:
+                with pytest.raises(ItemError, match=r"timed out after 0\.3 s"):
+                    fetcher.fetch_within("https://slow-dns.example/a.png", job)
+            assert entered.is_set() and not answered.is_set()  # given up, not answered
+        finally:
+            release.set()
+
     def test_private_addresses_are_fetched_when_allowed(self) -> None:
         fetcher, seen = make_fetcher(
             lambda r: httpx.Response(200, content=b"png"),
