@@ -14,7 +14,8 @@ its Wan 2.1 templates have them: lossless, quality 80, method ``default``) or
 ``SaveAnimatedPNG`` (``compress_level`` 4) at 16 fps, or ``SaveWEBM`` (VP9, crf 32, its
 defaults; ``deferred_webm``), or VideoHelperSuite's ``VHS_VideoCombine`` (``video/h264-mp4``,
 crf 19, ``yuv420p``, the prompt in its metadata, at 16 fps; ``deferred_vhs``: the pack must
-be in the checkout's ``custom_nodes``). The jobs go through
+be in the checkout's ``custom_nodes``; "on" hands off on any CPU count, where the patch
+waits for ``vhs_save.MIN_CPUS``). The jobs go through
 ``Worker.handle`` as the runpod SDK sends them (base64 answers; ``RESPONSE_LIMIT_MB`` is
 raised to 1024 here, as a lossless animation of 81 frames is larger than the default 20).
 
@@ -437,6 +438,11 @@ def _bench(args: argparse.Namespace, work: Path, load_before: str) -> int:
     if not getattr(function, f"_{patch}", False):
         raise SystemExit(f"the {patch} patch is not in force (COMFY_PATCHES_OFF?)")
     own = classmethod(function.__wrapped__) if function is not deferring else function.__wrapped__
+    if args.node == "VHS_VideoCombine":
+        from engine.runtime import vhs_save
+
+        # "on" hands off whatever this machine's CPU count (the patch waits for MIN_CPUS).
+        vhs_save.MIN_CPUS = 1
 
     def setting(on: bool) -> None:
         setattr(owner, attribute, deferring if on else own)

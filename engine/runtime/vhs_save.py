@@ -27,7 +27,8 @@ into one file, ``<temp>/metadata.txt``, which ffmpeg reads when it starts; with 
 that overlap the next node's (or job's) own, each handed-off encode has a folder of its
 own for it. ``subprocess``: the recorder above.
 
-Every other call runs VHS's own ``combine_video`` as it is: a lone job; audio to mux (VHS
+Every other call runs VHS's own ``combine_video`` as it is: a lone job; a process with
+fewer than :data:`MIN_CPUS` CPUs (measured slower there); audio to mux (VHS
 reads the finished video back right after); a ``meta_batch`` (its generator lives across
 runs); Pillow's ``image/*`` formats; a node whose ``Filenames`` output another node of the
 run takes (it may read or delete the files: ``fast_save.outputs_read``). Inside a
@@ -42,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import os
 import shutil
 import tempfile
 import threading
@@ -64,6 +66,13 @@ QUEUE_BYTES = 256 * 1024 * 1024
 """Frames waiting for ffmpeg at most (bytes), or :data:`QUEUE_FRAMES` frames if more: 81
 frames of 832x480 (97 MB) all wait there, 1000 frames of 1920x1080 (6.2 GB) do not."""
 QUEUE_FRAMES = 4
+
+MIN_CPUS = 8
+"""The CPUs this process may use below which VHS's encode stays in the node. VHS already
+runs ffmpeg beside its conversion of the frames, and x264 takes every core it finds; the
+hand-off moves only ffmpeg's last part out, which pays when it runs on cores the next
+job's conversion does not need. On 2 cores it lost (0.84x and 0.95x the jobs per minute,
+docs/benchmarks.md); a host with many cores beside its GPU was not measured."""
 
 
 def install(node_class: Any) -> bool:
@@ -97,11 +106,20 @@ def _deferring(original: Any) -> Callable[..., Any]:
 def _can_hand_off(kwargs: dict[str, Any]) -> bool:
     """Whether VHS's own call may hand its encode off (ComfyUI passes every input by name)."""
     return (
-        kwargs.get("audio") is None
+        _usable_cpus() >= MIN_CPUS
+        and kwargs.get("audio") is None
         and kwargs.get("meta_batch") is None
         and str(kwargs.get("format", "")).startswith("video/")
         and not fast_save.outputs_read(kwargs.get("unique_id"))
     )
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity; a cgroup quota is not seen)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class _StandIn:
