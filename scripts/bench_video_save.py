@@ -81,6 +81,8 @@ from _bench_common import (  # noqa: E402
     stream_jobs,
 )
 
+from tests.workflows import vhs_combine  # noqa: E402
+
 FRAMES_NODE = '''
 import torch
 
@@ -259,20 +261,7 @@ def save_nodes(node: str) -> dict[str, Any]:
             },
         }
     if node == "VHS_VideoCombine":
-        combine = {
-            "images": frames,
-            "frame_rate": 16,
-            "loop_count": 0,
-            "filename_prefix": "bench/clip",
-            "format": "video/h264-mp4",
-            "pingpong": False,
-            "save_output": True,
-            "pix_fmt": "yuv420p",
-            "crf": 19,
-            "save_metadata": True,
-            "trim_to_audio": False,
-        }
-        return {"3": {"class_type": node, "inputs": combine}}
+        return {"3": vhs_combine(frames, "bench/clip", frame_rate=16)}
     inputs: dict[str, Any] = {"images": frames, "filename_prefix": "bench/clip", "fps": 16.0}
     if node == "SaveAnimatedWEBP":
         inputs |= {"lossless": True, "quality": 80, "method": "default"}

@@ -76,13 +76,15 @@ def media(frames: int = 6, size: int = 64) -> Workflow:
     }
 
 
-def vhs_combine(images: list[Any], filename_prefix: str = "AnimateDiff") -> dict[str, Any]:
+def vhs_combine(
+    images: list[Any], filename_prefix: str = "AnimateDiff", frame_rate: int = 8
+) -> dict[str, Any]:
     """A VHS_VideoCombine node writing an H.264 MP4, with every input the pack requires."""
     return {
         "class_type": "VHS_VideoCombine",
         "inputs": {
             "images": images,
-            "frame_rate": 8,
+            "frame_rate": frame_rate,
             "loop_count": 0,
             "filename_prefix": filename_prefix,
             "format": "video/h264-mp4",
