@@ -26,9 +26,9 @@ from engine.packs.gitcli import fetch, git, remote_refs
 FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHORT_COMMIT = re.compile(r"^[0-9a-f]{7,39}$")
 _SCP_LIKE = re.compile(r"^(?:[\w.-]+@)?(?P<host>[\w.-]+):(?P<path>(?!/)[^\s]+)$")
-# ComfyUI ships these in custom_nodes/; they are not packs.
 # A Comfy Registry id: one name, no scheme, host or path (comfyui-kjnodes, ComfyUI-GGUF).
 _REGISTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# ComfyUI ships these in custom_nodes/; they are not packs.
 _COMFY_OWN_FILES = {"example_node.py.example", "websocket_image_save.py"}
 # The manager installs packs at run time, which this worker never does.
 MANAGER = "comfyui-manager"
