@@ -154,11 +154,8 @@ def bounded_chunks(
         meter = _RateMeter(limits, time.monotonic())
         try:
             # Raw: the bytes as sent (the encoding was checked above), so the size limits
-            # count what arrives and nothing expands between two checks. A transport that
-            # hands over a body already read (httpx's MockTransport) has no raw stream
-            # left: its body, unencoded, is the one chunk.
-            raw = [response.content] if response.is_stream_consumed else response.iter_raw()
-            for chunk in raw:
+            # count what arrives and nothing expands between two checks.
+            for chunk in response.iter_raw():
                 stop = stop_reason(None)
                 if stop is not None:
                     raise stop

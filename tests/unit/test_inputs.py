@@ -642,6 +642,24 @@ class TestRedactUrl:
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
+class _Body(httpx.SyncByteStream):
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._body
+
+
+def streamed(response: httpx.Response) -> httpx.Response:
+    """``response`` with its body unread, as a network transport hands it over: httpx reads
+    a body given as bytes at once, and the fetcher reads the raw stream."""
+    if not response.is_stream_consumed:  # a body given as an iterator: unread already
+        return response
+    return httpx.Response(
+        response.status_code, headers=response.headers, stream=_Body(response.content)
+    )
+
+
 def make_fetcher(
     handler: Handler,
     dns: dict[str, list[str]],
@@ -652,7 +670,7 @@ def make_fetcher(
 
     def record(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return handler(request)
+        return streamed(handler(request))
 
     def resolver(host: str, port: int) -> list[IPAddress]:
         if host not in dns:
